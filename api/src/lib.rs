@@ -1,0 +1,22 @@
+//! Shared Strait types: identities (SPIFFE), cluster names, localities and
+//! the protobuf APIs spoken between components.
+//!
+//! This crate holds data types and their validation only: no I/O, no
+//! crypto. Everything that verifies or issues certificates lives in
+//! `strait-ca`.
+
+pub mod cluster;
+pub mod identity;
+pub mod snapshot;
+
+pub use cluster::{ClusterName, Locality, NameError};
+pub use identity::{IdentityError, SpiffeId, TrustDomain};
+
+/// Generated protobuf and gRPC code.
+pub mod proto {
+    /// The certificate authority's API (`strait.ca.v1`).
+    pub mod ca {
+        #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+        tonic::include_proto!("strait.ca.v1");
+    }
+}

@@ -1,0 +1,34 @@
+//! Strait's certificate authority and the trust layer every component uses.
+//!
+//! - [`authority`]: make the mesh root, per-cluster intermediates and
+//!   short-lived workload certificates (rcgen).
+//! - [`store`]: the CA directory on disk (keys 0600, atomic writes).
+//! - [`csr`] and [`token`]: what the signing service checks before it signs.
+//! - [`server`] / [`client`]: the gRPC signing service and its client.
+//! - [`verify`] and [`tls`]: chain + SPIFFE identity verification and the
+//!   rustls configs proxies, gateways and controllers use.
+//! - [`manager`]: the workload-side `CertManager` that renews at 2/3 of
+//!   the certificate's life.
+//!
+//! It is not a general-purpose PKI: it issues SPIFFE X.509-SVIDs for one
+//! trust domain, nothing else.
+
+pub mod authority;
+pub mod client;
+pub mod csr;
+mod der;
+mod error;
+pub mod manager;
+pub mod pem;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod token;
+pub mod verify;
+
+pub use authority::Authority;
+pub use error::CaError;
+pub use manager::CertManager;
+pub use store::CaDir;
+pub use tls::CertStore;
+pub use verify::{SharedBundle, TrustBundle, VerifyError};

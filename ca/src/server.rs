@@ -1,0 +1,258 @@
+//! The CA's gRPC signing service (tonic over rustls).
+//!
+//! A caller authenticates with a bootstrap token (first certificate) or its
+//! current certificate over mTLS (renewal). Each refusal has its own gRPC
+//! code, message and a `strait-reason` metadata value.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, UnixTime};
+use strait_api::SpiffeId;
+use strait_api::proto::ca::certificate_authority_server::{
+    CertificateAuthority, CertificateAuthorityServer,
+};
+use strait_api::proto::ca::{SignRequest, SignResponse, TrustBundleRequest, TrustBundleResponse};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tonic::{Code, Request, Response, Status};
+
+use crate::authority::{Authority, MAX_WORKLOAD_TTL};
+use crate::csr::{self, CsrError};
+use crate::tls::{self, CertStore, ClientAuth};
+use crate::token::{TokenError, TokenStore};
+use crate::verify::{SharedBundle, Usage, VerifyError};
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The signing service of one cluster's intermediate.
+pub struct CaService {
+    authority: Arc<Authority>,
+    /// The intermediate's certificate, sent after the leaf.
+    intermediate: CertificateDer<'static>,
+    bundle: SharedBundle,
+    tokens: Arc<TokenStore>,
+    default_ttl: Duration,
+}
+
+impl std::fmt::Debug for CaService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaService")
+            .field("trust_domain", self.authority.trust_domain())
+            .finish_non_exhaustive()
+    }
+}
+
+fn refuse(code: Code, reason: &'static str, message: String) -> Status {
+    let mut status = Status::new(code, message);
+    status
+        .metadata_mut()
+        .insert("strait-reason", tonic::metadata::MetadataValue::from_static(reason));
+    status
+}
+
+impl From<CsrError> for Status {
+    fn from(e: CsrError) -> Self {
+        let code = match e {
+            CsrError::WrongTrustDomain { .. } | CsrError::CaRequested => Code::PermissionDenied,
+            _ => Code::InvalidArgument,
+        };
+        refuse(code, e.reason(), e.to_string())
+    }
+}
+
+impl From<TokenError> for Status {
+    fn from(e: TokenError) -> Self {
+        let code = match e {
+            TokenError::WrongIdentity { .. } => Code::PermissionDenied,
+            _ => Code::Unauthenticated,
+        };
+        refuse(code, e.reason(), e.to_string())
+    }
+}
+
+impl CaService {
+    pub fn new(
+        authority: Authority,
+        bundle: SharedBundle,
+        tokens: Arc<TokenStore>,
+        default_ttl: Duration,
+    ) -> Self {
+        Self {
+            intermediate: authority.cert().clone(),
+            authority: Arc::new(authority),
+            bundle,
+            tokens,
+            default_ttl: default_ttl.min(MAX_WORKLOAD_TTL),
+        }
+    }
+
+    /// Checks, authorizes and signs one request. `peer` is the caller's TLS
+    /// chain, when it presented one.
+    pub fn sign(
+        &self,
+        req: &SignRequest,
+        peer: Option<&[CertificateDer<'static>]>,
+    ) -> Result<SignResponse, Status> {
+        let checked = csr::check(&req.csr_der, self.authority.trust_domain())?;
+        self.authorize(&checked.id, &req.bootstrap_token, peer)?;
+        let ttl = match req.ttl_seconds {
+            0 => self.default_ttl,
+            s => Duration::from_secs(s).min(MAX_WORKLOAD_TTL),
+        };
+        let id = checked.id.clone();
+        let issued = self
+            .authority
+            .issue_for_csr(checked, ttl)
+            .map_err(|e| refuse(Code::Internal, "sign_failed", e.to_string()))?;
+        tracing::info!(identity = %id, not_after = %issued.not_after, "issued workload certificate");
+        Ok(SignResponse {
+            chain_der: vec![issued.cert.to_vec(), self.intermediate.to_vec()],
+            trust_bundle_der: self.bundle.get().roots().iter().map(|r| r.to_vec()).collect(),
+            not_before_unix: issued.not_before.unix_timestamp(),
+            not_after_unix: issued.not_after.unix_timestamp(),
+        })
+    }
+
+    fn authorize(
+        &self,
+        requested: &SpiffeId,
+        token: &str,
+        peer: Option<&[CertificateDer<'static>]>,
+    ) -> Result<(), Status> {
+        if !token.is_empty() {
+            return Ok(self.tokens.authorize(token, requested)?);
+        }
+        let Some(chain) = peer.filter(|c| !c.is_empty()) else {
+            return Err(refuse(
+                Code::Unauthenticated,
+                "no_credentials",
+                "no bootstrap token and no client certificate: present one of them".into(),
+            ));
+        };
+        let caller = self
+            .bundle
+            .get()
+            .verify(chain, UnixTime::now(), Usage::Client)
+            .map_err(|e: VerifyError| {
+                refuse(
+                    Code::Unauthenticated,
+                    "client_cert_invalid",
+                    format!("client certificate refused for renewal: {e}"),
+                )
+            })?;
+        if &caller != requested {
+            return Err(refuse(
+                Code::PermissionDenied,
+                "renewal_identity_mismatch",
+                format!("a renewal must keep the caller's identity: caller is {caller}, csr asks for {requested}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl CertificateAuthority for CaService {
+    async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        let peer = request.peer_certs();
+        let peer: Option<Vec<CertificateDer<'static>>> =
+            peer.map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
+        let res = Self::sign(self, request.get_ref(), peer.as_deref());
+        if let Err(status) = &res {
+            tracing::warn!(code = ?status.code(), message = status.message(), "refused signing request");
+        }
+        res.map(Response::new)
+    }
+
+    async fn trust_bundle(
+        &self,
+        _request: Request<TrustBundleRequest>,
+    ) -> Result<Response<TrustBundleResponse>, Status> {
+        let bundle = self.bundle.get();
+        Ok(Response::new(TrustBundleResponse {
+            trust_domain: bundle.trust_domain().to_string(),
+            roots_der: bundle.roots().iter().map(|r| r.to_vec()).collect(),
+        }))
+    }
+}
+
+/// A running CA server.
+#[derive(Debug)]
+pub struct Bound {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Bound {
+    /// Stops the server.
+    pub fn shutdown(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The identity the CA server presents.
+pub fn server_identity(td: &strait_api::TrustDomain) -> SpiffeId {
+    // "strait-system"/"ca" are valid segments, so this cannot fail.
+    td.workload_id("strait-system", "ca")
+        .unwrap_or_else(|_| td.id())
+}
+
+/// Serves `service` on `listener` over TLS with `server_cert` (which should
+/// carry [`server_identity`]). Client certificates are optional at the TLS
+/// layer and checked per request.
+pub fn serve(
+    service: CaService,
+    listener: TcpListener,
+    server_cert: CertStore,
+) -> Result<Bound, crate::tls::TlsError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| crate::tls::TlsError::Key(format!("listener has no address: {e}")))?;
+    let cfg = tls::server_config(&server_cert, &service.bundle, ClientAuth::Deferred, &[b"h2"])?;
+    let acceptor = TlsAcceptor::from(Arc::new(cfg));
+    // Handshakes run in their own tasks, so a slow or silent client never
+    // holds up the others; finished TLS streams go to tonic via a channel.
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let accept_loop = async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "ca tls handshake failed"),
+                    Err(_) => tracing::debug!("ca tls handshake timed out"),
+                }
+            });
+        }
+    };
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let svc = CertificateAuthorityServer::new(service);
+    let task = tokio::spawn(async move {
+        let server = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming);
+        tokio::select! {
+            res = server => if let Err(e) = res {
+                tracing::error!(error = %e, "ca server stopped");
+            },
+            () = accept_loop => {}
+        }
+    });
+    Ok(Bound { addr, task })
+}

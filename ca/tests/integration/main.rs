@@ -1,0 +1,9 @@
+//! Integration tests of the CA: certificates on disk, the gRPC service over
+//! real TLS sockets, verification and rotation.
+
+mod csr;
+mod fixture;
+mod grpc;
+mod manager;
+mod mtls;
+mod verify;
