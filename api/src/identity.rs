@@ -84,7 +84,11 @@ impl TrustDomain {
     }
 
     /// The conventional workload identity `spiffe://td/ns/<ns>/sa/<sa>`.
-    pub fn workload_id(&self, namespace: &str, service_account: &str) -> Result<SpiffeId, IdentityError> {
+    pub fn workload_id(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<SpiffeId, IdentityError> {
         SpiffeId::parse(&format!(
             "{SCHEME}{}/ns/{namespace}/sa/{service_account}",
             self.0
@@ -317,7 +321,10 @@ mod tests {
     #[test]
     fn rejects_wrong_or_upper_case_scheme() {
         assert!(matches!(err("https://td/x"), IdentityError::WrongScheme(_)));
-        assert!(matches!(err("SPIFFE://td/x"), IdentityError::WrongScheme(_)));
+        assert!(matches!(
+            err("SPIFFE://td/x"),
+            IdentityError::WrongScheme(_)
+        ));
         assert!(matches!(err("spiffe:/td/x"), IdentityError::WrongScheme(_)));
         assert!(matches!(err("td/x"), IdentityError::WrongScheme(_)));
     }
@@ -330,7 +337,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_trust_domain_characters() {
-        assert_eq!(err("spiffe://Strait.local"), IdentityError::TrustDomainChar('S'));
+        assert_eq!(
+            err("spiffe://Strait.local"),
+            IdentityError::TrustDomainChar('S')
+        );
         assert_eq!(err("spiffe://str ait"), IdentityError::TrustDomainChar(' '));
         assert_eq!(err("spiffe://tré"), IdentityError::TrustDomainChar('é'));
     }
@@ -399,7 +409,10 @@ mod tests {
     #[test]
     fn serde_round_trips_and_validates() {
         let id: SpiffeId = serde_json::from_str("\"spiffe://td/ns/a/sa/b\"").unwrap();
-        assert_eq!(serde_json::to_string(&id).unwrap(), "\"spiffe://td/ns/a/sa/b\"");
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            "\"spiffe://td/ns/a/sa/b\""
+        );
         let bad = serde_json::from_str::<SpiffeId>("\"spiffe://td//x\"").unwrap_err();
         assert!(bad.to_string().contains("segment 1 is empty"), "{bad}");
     }

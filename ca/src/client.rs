@@ -76,7 +76,8 @@ impl CaClient {
         bundle: &SharedBundle,
         identity: &CertStore,
     ) -> Result<Self, ClientError> {
-        let expected = ExpectedServer::Id(crate::server::server_identity(bundle.get().trust_domain()));
+        let expected =
+            ExpectedServer::Id(crate::server::server_identity(bundle.get().trust_domain()));
         let cfg = tls::client_config(identity, bundle, expected, &[b"h2"])?;
         let connector = TlsConnector::from(Arc::new(cfg));
         let connect = tower::service_fn(move |_uri: http::Uri| {
@@ -127,8 +128,16 @@ impl CaClient {
             .map(|s| UNIX_EPOCH + Duration::from_secs(s))
             .map_err(|_| ClientError::BadAnswer("negative not_after".into()))?;
         Ok(SignedChain {
-            chain: resp.chain_der.into_iter().map(CertificateDer::from).collect(),
-            roots: resp.trust_bundle_der.into_iter().map(CertificateDer::from).collect(),
+            chain: resp
+                .chain_der
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
+            roots: resp
+                .trust_bundle_der
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
             not_after,
         })
     }

@@ -129,12 +129,13 @@ pub fn check(der: &[u8], trust_domain: &TrustDomain) -> Result<CheckedCsr, CsrEr
     }
     // Only the key and algorithm are used from here on (rcgen re-checks the
     // signature; the extensions it does not know were refused above).
-    let params = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
-    .map_err(|e| match e {
-        rcgen::Error::InvalidCertificationRequestSignature => CsrError::BadSignature,
-        rcgen::Error::UnsupportedSignatureAlgorithm => CsrError::UnsupportedAlgorithm,
-        other => CsrError::Malformed(other.to_string()),
-    })?;
+    let params =
+        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
+            .map_err(|e| match e {
+                rcgen::Error::InvalidCertificationRequestSignature => CsrError::BadSignature,
+                rcgen::Error::UnsupportedSignatureAlgorithm => CsrError::UnsupportedAlgorithm,
+                other => CsrError::Malformed(other.to_string()),
+            })?;
     Ok(CheckedCsr { id, params })
 }
 

@@ -47,9 +47,10 @@ impl std::fmt::Debug for CaService {
 
 fn refuse(code: Code, reason: &'static str, message: String) -> Status {
     let mut status = Status::new(code, message);
-    status
-        .metadata_mut()
-        .insert("strait-reason", tonic::metadata::MetadataValue::from_static(reason));
+    status.metadata_mut().insert(
+        "strait-reason",
+        tonic::metadata::MetadataValue::from_static(reason),
+    );
     status
 }
 
@@ -110,7 +111,13 @@ impl CaService {
         tracing::info!(identity = %id, not_after = %issued.not_after, "issued workload certificate");
         Ok(SignResponse {
             chain_der: vec![issued.cert.to_vec(), self.intermediate.to_vec()],
-            trust_bundle_der: self.bundle.get().roots().iter().map(|r| r.to_vec()).collect(),
+            trust_bundle_der: self
+                .bundle
+                .get()
+                .roots()
+                .iter()
+                .map(|r| r.to_vec())
+                .collect(),
             not_before_unix: issued.not_before.unix_timestamp(),
             not_after_unix: issued.not_after.unix_timestamp(),
         })
@@ -147,7 +154,9 @@ impl CaService {
             return Err(refuse(
                 Code::PermissionDenied,
                 "renewal_identity_mismatch",
-                format!("a renewal must keep the caller's identity: caller is {caller}, csr asks for {requested}"),
+                format!(
+                    "a renewal must keep the caller's identity: caller is {caller}, csr asks for {requested}"
+                ),
             ));
         }
         Ok(())
@@ -217,7 +226,12 @@ pub fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| crate::tls::TlsError::Key(format!("listener has no address: {e}")))?;
-    let cfg = tls::server_config(&server_cert, &service.bundle, ClientAuth::Deferred, &[b"h2"])?;
+    let cfg = tls::server_config(
+        &server_cert,
+        &service.bundle,
+        ClientAuth::Deferred,
+        &[b"h2"],
+    )?;
     let acceptor = TlsAcceptor::from(Arc::new(cfg));
     // Handshakes run in their own tasks, so a slow or silent client never
     // holds up the others; finished TLS streams go to tonic via a channel.

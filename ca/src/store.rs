@@ -142,7 +142,11 @@ impl CaDir {
     }
 
     /// Signs and stores an intermediate for `cluster`.
-    pub fn new_intermediate(&self, cluster: &ClusterName, ttl: Duration) -> Result<PathBuf, CaError> {
+    pub fn new_intermediate(
+        &self,
+        cluster: &ClusterName,
+        ttl: Duration,
+    ) -> Result<PathBuf, CaError> {
         let dir = self.cluster_dir(cluster);
         let cert_path = dir.join("intermediate.pem");
         if cert_path.exists() {
@@ -162,7 +166,9 @@ impl CaDir {
         if !cert.exists() {
             return Err(CaError::bad_file(
                 &cert,
-                format!("cluster {cluster} has no intermediate; run `strait ca intermediate --cluster {cluster}` first"),
+                format!(
+                    "cluster {cluster} has no intermediate; run `strait ca intermediate --cluster {cluster}` first"
+                ),
             ));
         }
         self.load_authority(&cert, &dir.join("intermediate.key"))
@@ -178,7 +184,12 @@ impl CaDir {
         out: &Path,
     ) -> Result<IssuedFiles, CaError> {
         let ca = self.intermediate(cluster)?;
-        let (Issued { cert, not_after, .. }, key_pem) = ca.issue_with_new_key(id, ttl)?;
+        let (
+            Issued {
+                cert, not_after, ..
+            },
+            key_pem,
+        ) = ca.issue_with_new_key(id, ttl)?;
         fs::create_dir_all(out).map_err(CaError::io(out))?;
         let files = IssuedFiles {
             id: id.clone(),
@@ -216,11 +227,17 @@ fn read_text(path: &Path) -> Result<String, CaError> {
 
 /// Refuses private keys that others can read.
 fn check_key_mode(path: &Path) -> Result<(), CaError> {
-    let mode = fs::metadata(path).map_err(CaError::io(path))?.permissions().mode();
+    let mode = fs::metadata(path)
+        .map_err(CaError::io(path))?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
         return Err(CaError::bad_file(
             path,
-            format!("private key has mode {:o}; it must be 0600 (chmod 600 it)", mode & 0o777),
+            format!(
+                "private key has mode {:o}; it must be 0600 (chmod 600 it)",
+                mode & 0o777
+            ),
         ));
     }
     Ok(())
@@ -230,7 +247,10 @@ fn check_key_mode(path: &Path) -> Result<(), CaError> {
 /// temporary file in the same directory, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut f = fs::OpenOptions::new()

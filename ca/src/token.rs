@@ -83,7 +83,9 @@ impl TokenStore {
     }
 
     fn reload(&self) -> Result<(), CaError> {
-        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if mtime.is_some() && st.0 == mtime {
             return Ok(());
@@ -167,13 +169,15 @@ impl TokenStore {
     fn update(&self, f: impl FnOnce(&mut File)) -> Result<(), CaError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut st.1);
-        let json =
-            serde_json::to_vec_pretty(&st.1).map_err(|e| CaError::bad_file(&self.path, e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&st.1)
+            .map_err(|e| CaError::bad_file(&self.path, e.to_string()))?;
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(CaError::io(dir))?;
         }
         write_atomic(&self.path, &json, 0o600)?;
-        st.0 = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        st.0 = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
         Ok(())
     }
 }
@@ -205,9 +209,13 @@ mod tests {
     fn token_allows_only_its_identity_until_revoked() {
         let dir = tempfile::tempdir().unwrap();
         let store = TokenStore::open(&dir.path().join("tokens.json")).unwrap();
-        let t = store.create("default", "web", Duration::from_secs(60)).unwrap();
+        let t = store
+            .create("default", "web", Duration::from_secs(60))
+            .unwrap();
         assert!(t.starts_with(PREFIX));
-        store.authorize(&t, &id("spiffe://td/ns/default/sa/web")).unwrap();
+        store
+            .authorize(&t, &id("spiffe://td/ns/default/sa/web"))
+            .unwrap();
         assert!(matches!(
             store.authorize(&t, &id("spiffe://td/ns/default/sa/db")),
             Err(TokenError::WrongIdentity { .. })

@@ -31,7 +31,9 @@ pub enum VerifyError {
     NotYetValid,
     #[error("certificate does not chain to any root in the trust bundle")]
     UnknownIssuer,
-    #[error("a signature in the chain does not verify: it was signed by a key the bundle does not trust, or altered")]
+    #[error(
+        "a signature in the chain does not verify: it was signed by a key the bundle does not trust, or altered"
+    )]
     BadSignature,
     #[error("certificate is not allowed for this use: {0}")]
     BadUsage(String),

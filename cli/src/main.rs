@@ -1,1 +1,65 @@
-fn main() {}
+//! `strait`: one binary, a subcommand per role (like `consul agent`).
+//!
+//! The binary only parses arguments and calls into the component crates;
+//! it is the one place where `anyhow` is used.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod ca;
+mod output;
+
+use output::Format;
+
+/// Strait: a multi-cluster service mesh.
+///
+/// Start with the certificate authority, then run the components:
+///
+///   strait ca init --trust-domain strait.local --out ./ca
+///   strait ca intermediate --ca-dir ./ca --cluster east
+///   strait ca issue --ca-dir ./ca --cluster east \
+///       --spiffe-id spiffe://strait.local/ns/default/sa/web --out ./web-certs
+#[derive(Debug, Parser)]
+#[command(name = "strait", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    /// Output format for results: human tables, or json/yaml for scripts.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Human)]
+    output: Format,
+
+    /// Log filter (tracing syntax), e.g. `info` or `strait_ca=debug`.
+    #[arg(long, global = true, env = "STRAIT_LOG", default_value = "warn")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Certificate authority: make the root, cluster intermediates and
+    /// workload certificates; run the signing service; manage tokens.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Ca(cmd) => ca::run(cmd, cli.output),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

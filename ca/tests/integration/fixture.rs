@@ -24,7 +24,12 @@ pub fn id(s: &str) -> SpiffeId {
 
 pub fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let ca = CaDir::init(&dir.path().join("ca"), &td(), Duration::from_secs(86400 * 30)).unwrap();
+    let ca = CaDir::init(
+        &dir.path().join("ca"),
+        &td(),
+        Duration::from_secs(86400 * 30),
+    )
+    .unwrap();
     let cluster = ClusterName::new("east").unwrap();
     ca.new_intermediate(&cluster, Duration::from_secs(86400 * 7))
         .unwrap();
@@ -50,9 +55,15 @@ impl Fixture {
 
     /// A leaf signed by the cluster intermediate with arbitrary fields, for
     /// certificates the CA itself would never issue.
-    pub fn custom_leaf(&self, sans: Vec<SanType>, nb: OffsetDateTime, na: OffsetDateTime) -> Vec<CertificateDer<'static>> {
+    pub fn custom_leaf(
+        &self,
+        sans: Vec<SanType>,
+        nb: OffsetDateTime,
+        na: OffsetDateTime,
+    ) -> Vec<CertificateDer<'static>> {
         let (cert_pem, key_pem) = self.intermediate_pem();
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, KeyPair::from_pem(&key_pem).unwrap()).unwrap();
+        let issuer =
+            Issuer::from_ca_cert_pem(&cert_pem, KeyPair::from_pem(&key_pem).unwrap()).unwrap();
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
         p.distinguished_name.push(DnType::OrganizationName, "test");

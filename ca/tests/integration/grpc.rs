@@ -26,11 +26,22 @@ pub async fn start_ca() -> Running {
     let fx = fixture();
     let authority = fx.ca.intermediate(&fx.cluster).unwrap();
     let bundle = SharedBundle::new(fx.ca.bundle().unwrap());
-    let tokens = Arc::new(TokenStore::open(&fx.ca.cluster_dir(&fx.cluster).join("tokens.json")).unwrap());
-    let service = CaService::new(authority, bundle.clone(), tokens.clone(), Duration::from_secs(3600));
+    let tokens =
+        Arc::new(TokenStore::open(&fx.ca.cluster_dir(&fx.cluster).join("tokens.json")).unwrap());
+    let service = CaService::new(
+        authority,
+        bundle.clone(),
+        tokens.clone(),
+        Duration::from_secs(3600),
+    );
     let out = fx.ca.path().join("ca-server");
     fx.ca
-        .issue(&fx.cluster, &server::server_identity(&td()), Duration::from_secs(3600), &out)
+        .issue(
+            &fx.cluster,
+            &server::server_identity(&td()),
+            Duration::from_secs(3600),
+            &out,
+        )
         .unwrap();
     let store = CertStore::from_pem(
         &std::fs::read_to_string(out.join("chain.pem")).unwrap(),
@@ -39,7 +50,12 @@ pub async fn start_ca() -> Running {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bound = server::serve(service, listener, store).unwrap();
-    Running { fx, bound, bundle, tokens }
+    Running {
+        fx,
+        bound,
+        bundle,
+        tokens,
+    }
 }
 
 fn refused(r: Result<strait_ca::client::SignedChain, ClientError>) -> (tonic::Code, String) {
@@ -50,7 +66,11 @@ fn refused(r: Result<strait_ca::client::SignedChain, ClientError>) -> (tonic::Co
 }
 
 fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -61,12 +81,24 @@ fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
 
 #[tokio::test]
 async fn issues_over_grpc_and_openssl_verifies_the_chain() {
-    assert!(openssl_available(), "the openssl command line is required (.ci/run installs it)");
+    assert!(
+        openssl_available(),
+        "the openssl command line is required (.ci/run installs it)"
+    );
     let ca = start_ca().await;
-    let token = ca.tokens.create("default", "web", Duration::from_secs(600)).unwrap();
-    let mut client = CaClient::connect(ca.bound.addr, &ca.bundle, &CertStore::empty()).await.unwrap();
+    let token = ca
+        .tokens
+        .create("default", "web", Duration::from_secs(600))
+        .unwrap();
+    let mut client = CaClient::connect(ca.bound.addr, &ca.bundle, &CertStore::empty())
+        .await
+        .unwrap();
     let signed = client
-        .sign(csr(vec![uri(WEB)], vec![]), &token, Some(Duration::from_secs(7200)))
+        .sign(
+            csr(vec![uri(WEB)], vec![]),
+            &token,
+            Some(Duration::from_secs(7200)),
+        )
         .await
         .unwrap();
     assert_eq!(signed.chain.len(), 2);
@@ -79,22 +111,53 @@ async fn issues_over_grpc_and_openssl_verifies_the_chain() {
     std::fs::copy(ca.fx.ca.bundle_path(), d.join("root.pem")).unwrap();
     for purpose in ["sslclient", "sslserver"] {
         let (ok, text) = openssl(
-            &["verify", "-CAfile", "root.pem", "-untrusted", "int.pem", "-purpose", purpose, "leaf.pem"],
+            &[
+                "verify",
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "int.pem",
+                "-purpose",
+                purpose,
+                "leaf.pem",
+            ],
             d,
         );
-        assert!(ok && text.contains("leaf.pem: OK"), "openssl verify -purpose {purpose}: {text}");
+        assert!(
+            ok && text.contains("leaf.pem: OK"),
+            "openssl verify -purpose {purpose}: {text}"
+        );
     }
-    let (ok, text) = openssl(&["x509", "-in", "leaf.pem", "-noout", "-ext", "subjectAltName"], d);
+    let (ok, text) = openssl(
+        &[
+            "x509",
+            "-in",
+            "leaf.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+        d,
+    );
     assert!(ok, "{text}");
     assert!(text.contains(&format!("URI:{WEB}")), "{text}");
     assert!(!text.contains("DNS:"), "{text}");
     let (_, text) = openssl(&["x509", "-in", "leaf.pem", "-noout", "-text"], d);
     assert!(text.contains("CA:FALSE"), "{text}");
     assert!(text.contains("Digital Signature"), "{text}");
-    assert!(text.contains("TLS Web Server Authentication, TLS Web Client Authentication"), "{text}");
+    assert!(
+        text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+        "{text}"
+    );
     // The requested 2 h lifetime was honoured (give or take the 5 min backdate).
-    let life = signed.not_after.duration_since(std::time::SystemTime::now()).unwrap();
-    assert!(life > Duration::from_secs(7000) && life <= Duration::from_secs(7200), "{life:?}");
+    let life = signed
+        .not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        life > Duration::from_secs(7000) && life <= Duration::from_secs(7200),
+        "{life:?}"
+    );
 
     // The root's name constraint is real: OpenSSL refuses a leaf outside the
     // trust domain even when the intermediate signed it.
@@ -104,16 +167,34 @@ async fn issues_over_grpc_and_openssl_verifies_the_chain() {
         time::OffsetDateTime::now_utc() + time::Duration::hours(1),
     );
     std::fs::write(d.join("foreign.pem"), pem::encode_certs([&foreign[0]])).unwrap();
-    let (ok, text) = openssl(&["verify", "-CAfile", "root.pem", "-untrusted", "int.pem", "foreign.pem"], d);
-    assert!(!ok, "openssl must refuse a name-constraint violation: {text}");
+    let (ok, text) = openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "int.pem",
+            "foreign.pem",
+        ],
+        d,
+    );
+    assert!(
+        !ok,
+        "openssl must refuse a name-constraint violation: {text}"
+    );
     assert!(text.to_lowercase().contains("subtree"), "{text}");
 }
 
 #[tokio::test]
 async fn renews_over_mtls_with_the_current_certificate() {
     let ca = start_ca().await;
-    let token = ca.tokens.create("default", "web", Duration::from_secs(600)).unwrap();
-    let mut first = CaClient::connect(ca.bound.addr, &ca.bundle, &CertStore::empty()).await.unwrap();
+    let token = ca
+        .tokens
+        .create("default", "web", Duration::from_secs(600))
+        .unwrap();
+    let mut first = CaClient::connect(ca.bound.addr, &ca.bundle, &CertStore::empty())
+        .await
+        .unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::default();
     p.subject_alt_names = vec![uri(WEB)];
@@ -125,57 +206,152 @@ async fn renews_over_mtls_with_the_current_certificate() {
     )
     .unwrap();
     // Renewal: no token, the current certificate over mTLS.
-    let mut renewing = CaClient::connect(ca.bound.addr, &ca.bundle, &store).await.unwrap();
-    let again = renewing.sign(csr(vec![uri(WEB)], vec![]), "", None).await.unwrap();
-    assert_eq!(strait_ca::verify::spiffe_id_of(&again.chain[0]).unwrap(), id(WEB));
+    let mut renewing = CaClient::connect(ca.bound.addr, &ca.bundle, &store)
+        .await
+        .unwrap();
+    let again = renewing
+        .sign(csr(vec![uri(WEB)], vec![]), "", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        strait_ca::verify::spiffe_id_of(&again.chain[0]).unwrap(),
+        id(WEB)
+    );
     // ... but only for the same identity.
     let other = renewing
-        .sign(csr(vec![uri("spiffe://strait.local/ns/default/sa/db")], vec![]), "", None)
+        .sign(
+            csr(vec![uri("spiffe://strait.local/ns/default/sa/db")], vec![]),
+            "",
+            None,
+        )
         .await;
-    assert_eq!(refused(other), (tonic::Code::PermissionDenied, "renewal_identity_mismatch".into()));
+    assert_eq!(
+        refused(other),
+        (
+            tonic::Code::PermissionDenied,
+            "renewal_identity_mismatch".into()
+        )
+    );
 }
 
 #[tokio::test]
 async fn each_refusal_has_its_own_status_and_reason() {
     let ca = start_ca().await;
-    let mut client = CaClient::connect(ca.bound.addr, &ca.bundle, &CertStore::empty()).await.unwrap();
-    let good = ca.tokens.create("default", "web", Duration::from_secs(600)).unwrap();
+    let mut client = CaClient::connect(ca.bound.addr, &ca.bundle, &CertStore::empty())
+        .await
+        .unwrap();
+    let good = ca
+        .tokens
+        .create("default", "web", Duration::from_secs(600))
+        .unwrap();
     let expired = ca.tokens.create("default", "web", Duration::ZERO).unwrap();
-    let revoked = ca.tokens.create("prod", "api", Duration::from_secs(600)).unwrap();
+    let revoked = ca
+        .tokens
+        .create("prod", "api", Duration::from_secs(600))
+        .unwrap();
     ca.tokens.revoke("prod", "api").unwrap();
 
-    let mut bc = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x03, 0x01, 0x01, 0xff]);
+    let mut bc = rcgen::CustomExtension::from_oid_content(
+        &[2, 5, 29, 19],
+        vec![0x30, 0x03, 0x01, 0x01, 0xff],
+    );
     bc.set_criticality(true);
     let mut bad_sig = csr(vec![uri(WEB)], vec![]);
     let n = bad_sig.len();
     bad_sig[n - 5] ^= 1;
     let dns = rcgen::SanType::DnsName("x.example".try_into().unwrap());
     let cases: Vec<(&str, Vec<u8>, &str, tonic::Code, &str)> = vec![
-        ("extra SANs", csr(vec![uri(WEB), dns], vec![]), &good, tonic::Code::InvalidArgument, "csr_extra_sans"),
-        ("wrong trust domain", csr(vec![uri("spiffe://other/ns/default/sa/web")], vec![]), &good, tonic::Code::PermissionDenied, "csr_wrong_trust_domain"),
-        ("CA bit", csr(vec![uri(WEB)], vec![bc]), &good, tonic::Code::PermissionDenied, "csr_ca_requested"),
-        ("bad signature", bad_sig, &good, tonic::Code::InvalidArgument, "csr_bad_signature"),
-        ("garbage", b"garbage".to_vec(), &good, tonic::Code::InvalidArgument, "csr_malformed"),
-        ("expired token", csr(vec![uri(WEB)], vec![]), &expired, tonic::Code::Unauthenticated, "token_expired"),
-        ("revoked token", csr(vec![uri("spiffe://strait.local/ns/prod/sa/api")], vec![]), &revoked, tonic::Code::Unauthenticated, "token_revoked"),
-        ("unknown token", csr(vec![uri(WEB)], vec![]), "strait-bt-00", tonic::Code::Unauthenticated, "token_unknown"),
-        ("token for another identity", csr(vec![uri("spiffe://strait.local/ns/default/sa/db")], vec![]), &good, tonic::Code::PermissionDenied, "token_wrong_identity"),
-        ("no credentials", csr(vec![uri(WEB)], vec![]), "", tonic::Code::Unauthenticated, "no_credentials"),
+        (
+            "extra SANs",
+            csr(vec![uri(WEB), dns], vec![]),
+            &good,
+            tonic::Code::InvalidArgument,
+            "csr_extra_sans",
+        ),
+        (
+            "wrong trust domain",
+            csr(vec![uri("spiffe://other/ns/default/sa/web")], vec![]),
+            &good,
+            tonic::Code::PermissionDenied,
+            "csr_wrong_trust_domain",
+        ),
+        (
+            "CA bit",
+            csr(vec![uri(WEB)], vec![bc]),
+            &good,
+            tonic::Code::PermissionDenied,
+            "csr_ca_requested",
+        ),
+        (
+            "bad signature",
+            bad_sig,
+            &good,
+            tonic::Code::InvalidArgument,
+            "csr_bad_signature",
+        ),
+        (
+            "garbage",
+            b"garbage".to_vec(),
+            &good,
+            tonic::Code::InvalidArgument,
+            "csr_malformed",
+        ),
+        (
+            "expired token",
+            csr(vec![uri(WEB)], vec![]),
+            &expired,
+            tonic::Code::Unauthenticated,
+            "token_expired",
+        ),
+        (
+            "revoked token",
+            csr(vec![uri("spiffe://strait.local/ns/prod/sa/api")], vec![]),
+            &revoked,
+            tonic::Code::Unauthenticated,
+            "token_revoked",
+        ),
+        (
+            "unknown token",
+            csr(vec![uri(WEB)], vec![]),
+            "strait-bt-00",
+            tonic::Code::Unauthenticated,
+            "token_unknown",
+        ),
+        (
+            "token for another identity",
+            csr(vec![uri("spiffe://strait.local/ns/default/sa/db")], vec![]),
+            &good,
+            tonic::Code::PermissionDenied,
+            "token_wrong_identity",
+        ),
+        (
+            "no credentials",
+            csr(vec![uri(WEB)], vec![]),
+            "",
+            tonic::Code::Unauthenticated,
+            "no_credentials",
+        ),
     ];
     for (name, csr_der, token, code, reason) in cases {
         let got = refused(client.sign(csr_der, token, None).await);
         assert_eq!(got, (code, reason.to_owned()), "case {name}");
     }
     // The server is still healthy for good requests.
-    client.sign(csr(vec![uri(WEB)], vec![]), &good, None).await.unwrap();
+    client
+        .sign(csr(vec![uri(WEB)], vec![]), &good, None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn client_refuses_a_server_that_is_not_the_ca() {
     let ca = start_ca().await;
     // A bundle of a different mesh: the CA's certificate does not chain to it.
-    let other = strait_ca::Authority::new_root(&td(), Duration::from_secs(86400)).unwrap().0;
-    let foreign = SharedBundle::new(strait_ca::TrustBundle::new(td(), vec![other.cert().clone()]).unwrap());
+    let other = strait_ca::Authority::new_root(&td(), Duration::from_secs(86400))
+        .unwrap()
+        .0;
+    let foreign =
+        SharedBundle::new(strait_ca::TrustBundle::new(td(), vec![other.cert().clone()]).unwrap());
     let mut client = CaClient::connect(ca.bound.addr, &foreign, &CertStore::empty()).await;
     if let Ok(c) = client.as_mut() {
         // tonic may connect lazily; the first call must fail then.

@@ -71,21 +71,44 @@ async fn renews_at_two_thirds_and_survives_ca_outage() {
     let task = tokio::spawn(mgr.clone().run());
 
     // Renewal happens at ~2/3 of the 3 s life (not_after has 1 s granularity).
-    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.renewals >= 2)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.renewals >= 2))
+        .await
+        .unwrap()
+        .unwrap();
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(1000) && took <= Duration::from_millis(3000), "renewed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(1000) && took <= Duration::from_millis(3000),
+        "renewed after {took:?}"
+    );
     let second = serial(&store);
     assert_ne!(first, second);
 
     // CA down: renewals fail, are retried, and the current cert stays.
     signer.down.store(true, Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.failures >= 3)).await.unwrap().unwrap();
-    assert_eq!(serial(&store), second, "a failed renewal must keep the current certificate");
-    assert!(status.borrow().last_error.as_deref().unwrap().contains("unreachable"));
+    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.failures >= 3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        serial(&store),
+        second,
+        "a failed renewal must keep the current certificate"
+    );
+    assert!(
+        status
+            .borrow()
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("unreachable")
+    );
 
     // CA back: the next retry succeeds.
     signer.down.store(false, Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(3), status.wait_for(|s| s.renewals >= 3)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(3), status.wait_for(|s| s.renewals >= 3))
+        .await
+        .unwrap()
+        .unwrap();
     assert_ne!(serial(&store), second);
     task.abort();
 }
@@ -93,14 +116,18 @@ async fn renews_at_two_thirds_and_survives_ca_outage() {
 #[tokio::test]
 async fn grpc_signer_bootstraps_with_a_token_then_renews_with_its_cert() {
     let ca = crate::grpc::start_ca().await;
-    let token = ca.tokens.create("default", "web", Duration::from_secs(600)).unwrap();
+    let token = ca
+        .tokens
+        .create("default", "web", Duration::from_secs(600))
+        .unwrap();
     let signer = Arc::new(GrpcSigner {
         addr: ca.bound.addr,
         bundle: ca.bundle.clone(),
         bootstrap_token: token,
         ttl: None,
     });
-    let mgr = CertManager::new(id(WEB), signer, RenewPolicy::default()).with_bundle(ca.bundle.clone());
+    let mgr =
+        CertManager::new(id(WEB), signer, RenewPolicy::default()).with_bundle(ca.bundle.clone());
     mgr.renew_once().await.unwrap();
     let first = serial(&mgr.store());
     // Revoke the token: the renewal must now go through mTLS with the cert.

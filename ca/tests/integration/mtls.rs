@@ -15,7 +15,10 @@ use crate::fixture::{Fixture, fixture, id};
 fn parts(fx: &Fixture, who: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     use rustls::pki_types::pem::PemObject;
     let dir = tempfile::tempdir().unwrap();
-    let f = fx.ca.issue(&fx.cluster, &id(who), Duration::from_secs(3600), dir.path()).unwrap();
+    let f = fx
+        .ca
+        .issue(&fx.cluster, &id(who), Duration::from_secs(3600), dir.path())
+        .unwrap();
     let chain = strait_ca::pem::certs(&std::fs::read_to_string(f.chain).unwrap());
     let key = PrivateKeyDer::from_pem_file(f.key).unwrap();
     (chain, key)
@@ -37,7 +40,9 @@ async fn echo_server(certs: CertStore, bundle: SharedBundle) -> std::net::Socket
             let (tcp, _) = listener.accept().await.unwrap();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut s) = acceptor.accept(tcp).await else { return };
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let peer = tls::peer_identity(s.get_ref().1.peer_certificates()).unwrap();
                 let mut buf = [0u8; 64];
                 while let Ok(n) = s.read(&mut buf).await {
@@ -80,7 +85,11 @@ async fn dial(
 async fn both_sides_see_the_peer_spiffe_id() {
     let fx = fixture();
     let bundle = SharedBundle::new(fx.ca.bundle().unwrap());
-    let addr = echo_server(store(&fx, "spiffe://strait.local/ns/default/sa/api"), bundle.clone()).await;
+    let addr = echo_server(
+        store(&fx, "spiffe://strait.local/ns/default/sa/api"),
+        bundle.clone(),
+    )
+    .await;
     let client = store(&fx, "spiffe://strait.local/ns/default/sa/web");
     let api = ExpectedServer::Id(id("spiffe://strait.local/ns/default/sa/api"));
     let mut s = dial(addr, &client, &bundle, api).await.unwrap();
@@ -99,7 +108,11 @@ async fn both_sides_see_the_peer_spiffe_id() {
 async fn refuses_unexpected_server_identity_and_foreign_clients() {
     let fx = fixture();
     let bundle = SharedBundle::new(fx.ca.bundle().unwrap());
-    let addr = echo_server(store(&fx, "spiffe://strait.local/ns/default/sa/api"), bundle.clone()).await;
+    let addr = echo_server(
+        store(&fx, "spiffe://strait.local/ns/default/sa/api"),
+        bundle.clone(),
+    )
+    .await;
     let client = store(&fx, "spiffe://strait.local/ns/default/sa/web");
     let wrong = ExpectedServer::Id(id("spiffe://strait.local/ns/default/sa/db"));
     let err = dial(addr, &client, &bundle, wrong).await.unwrap_err();
@@ -109,9 +122,27 @@ async fn refuses_unexpected_server_identity_and_foreign_clients() {
     let other = fixture();
     let other_bundle = SharedBundle::new(other.ca.bundle().unwrap());
     let foreign = store(&other, "spiffe://strait.local/ns/default/sa/web");
-    assert!(dial(addr, &foreign, &other_bundle, ExpectedServer::AnyInTrustDomain).await.is_err());
+    assert!(
+        dial(
+            addr,
+            &foreign,
+            &other_bundle,
+            ExpectedServer::AnyInTrustDomain
+        )
+        .await
+        .is_err()
+    );
     // And a client without any certificate.
-    assert!(dial(addr, &CertStore::empty(), &bundle, ExpectedServer::AnyInTrustDomain).await.is_err());
+    assert!(
+        dial(
+            addr,
+            &CertStore::empty(),
+            &bundle,
+            ExpectedServer::AnyInTrustDomain
+        )
+        .await
+        .is_err()
+    );
 }
 
 #[tokio::test]
@@ -121,7 +152,9 @@ async fn rotation_swaps_the_certificate_without_dropping_open_connections() {
     let server = store(&fx, "spiffe://strait.local/ns/default/sa/api");
     let addr = echo_server(server.clone(), bundle.clone()).await;
     let client = store(&fx, "spiffe://strait.local/ns/default/sa/web");
-    let mut open = dial(addr, &client, &bundle, ExpectedServer::AnyInTrustDomain).await.unwrap();
+    let mut open = dial(addr, &client, &bundle, ExpectedServer::AnyInTrustDomain)
+        .await
+        .unwrap();
     let before = open.get_ref().1.peer_certificates().unwrap()[0].clone();
 
     // Rotate the server's certificate in place.
@@ -134,8 +167,12 @@ async fn rotation_swaps_the_certificate_without_dropping_open_connections() {
     let n = open.read(&mut buf).await.unwrap();
     assert!(buf[..n].ends_with(b"still"));
     // A new connection gets the new certificate.
-    let s2 = dial(addr, &client, &bundle, ExpectedServer::AnyInTrustDomain).await.unwrap();
+    let s2 = dial(addr, &client, &bundle, ExpectedServer::AnyInTrustDomain)
+        .await
+        .unwrap();
     let after = s2.get_ref().1.peer_certificates().unwrap()[0].clone();
-    assert_ne!(before, after, "new handshakes must use the rotated certificate");
+    assert_ne!(
+        before, after,
+        "new handshakes must use the rotated certificate"
+    );
 }
-
