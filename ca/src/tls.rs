@@ -91,6 +91,12 @@ impl CertStore {
         Ok(())
     }
 
+    /// Replaces the certificate with an already-built one.
+    pub fn set_certified(&self, ck: Arc<CertifiedKey>) {
+        let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
+        *g = Some(ck);
+    }
+
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -20,9 +20,27 @@
 //! The I/O layer (listeners, mTLS, HTTP/2 CONNECT tunnels) executes these
 //! decisions and lives elsewhere.
 
+pub mod admin;
 pub mod authz;
 pub mod balance;
+pub mod config;
+mod copy;
+pub mod forward;
+pub mod headers;
+pub mod inbound;
 pub mod locality;
+pub mod metrics;
+pub mod outbound;
 pub mod outlier;
+mod proxy;
 pub mod retry;
 pub mod route;
+pub mod router;
+pub mod sniff;
+pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod transport;
+
+pub use config::ProxyConfig;
+pub use proxy::{Proxy, StartError};

@@ -1,0 +1,303 @@
+//! The sidecar's own configuration (where it listens, who it is, where its
+//! app is). Routing data comes separately, as a [`Snapshot`].
+//!
+//! Parsed from YAML with unknown fields refused, then validated into the
+//! same struct; tests build a [`ProxyConfig`] directly.
+//!
+//! [`Snapshot`]: strait_api::snapshot::Snapshot
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use strait_api::snapshot::Protocol;
+use strait_api::{SpiffeId, TrustDomain};
+
+/// Why a proxy config was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("proxy config: {0}")]
+    Parse(String),
+    #[error("proxy config: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Where the sidecar's certificate comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// PEM files, e.g. from `strait ca issue` (chain leaf first, PKCS#8 key,
+    /// bundle of roots).
+    Files {
+        chain: PathBuf,
+        key: PathBuf,
+        bundle: PathBuf,
+    },
+    /// The cluster CA's signing service; the sidecar renews at 2/3 of life.
+    Ca {
+        address: SocketAddr,
+        spiffe_id: SpiffeId,
+        /// File holding the bootstrap token.
+        token_file: PathBuf,
+        bundle: PathBuf,
+    },
+}
+
+/// One port of the local app that the mesh may reach.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppPort {
+    /// The service port peers ask for.
+    pub port: u16,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    /// Where the app listens (default 127.0.0.1:<port>).
+    #[serde(default)]
+    pub target: Option<SocketAddr>,
+    /// A plaintext listener for clients outside the mesh (permissive mode).
+    /// Without it, plaintext to the inbound port is refused.
+    #[serde(default)]
+    pub permissive_listen: Option<SocketAddr>,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Http1
+}
+
+impl AppPort {
+    pub fn target(&self) -> SocketAddr {
+        self.target
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.port)))
+    }
+}
+
+/// Where the sidecar listens. Port 0 picks a free port (tests).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listeners {
+    /// mTLS from other sidecars and gateways.
+    #[serde(default = "default_inbound")]
+    pub inbound: SocketAddr,
+    /// Explicit HTTP proxy for the app (`http_proxy=`), plaintext.
+    #[serde(default = "default_outbound")]
+    pub outbound: SocketAddr,
+    /// `/metrics`, `/ready`, `/live`, `/config`.
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    /// Also listen on every service VIP:port of the snapshot.
+    #[serde(default = "default_true")]
+    pub bind_vips: bool,
+}
+
+fn default_inbound() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15006))
+}
+fn default_outbound() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15001))
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15000))
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self {
+            inbound: default_inbound(),
+            outbound: default_outbound(),
+            admin: default_admin(),
+            bind_vips: true,
+        }
+    }
+}
+
+/// Protective limits; every one has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head (request line + headers) in bytes.
+    pub max_header_bytes: usize,
+    /// Most headers in one request.
+    pub max_headers: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Time a client has to send a complete request head (slowloris).
+    #[serde(with = "strait_api::snapshot::duration_str")]
+    pub header_read_timeout: Duration,
+    /// Idle connections are closed after this.
+    #[serde(with = "strait_api::snapshot::duration_str")]
+    pub idle_timeout: Duration,
+    /// How long to wait for the first bytes before treating a connection
+    /// as opaque TCP.
+    #[serde(with = "strait_api::snapshot::duration_str")]
+    pub sniff_timeout: Duration,
+    /// Time to establish a connection (TCP + TLS) to a peer.
+    #[serde(with = "strait_api::snapshot::duration_str")]
+    pub connect_timeout: Duration,
+    /// Requests waiting for an endpoint beyond this are refused with 503
+    /// (circuit breaking on pending requests).
+    pub max_pending_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_concurrent_streams: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            sniff_timeout: Duration::from_millis(300),
+            connect_timeout: Duration::from_secs(2),
+            max_pending_requests: 10_000,
+        }
+    }
+}
+
+/// The whole sidecar configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub trust_domain: TrustDomain,
+    pub identity: IdentitySource,
+    #[serde(default)]
+    pub listeners: Listeners,
+    /// The app's ports reachable from the mesh.
+    #[serde(default)]
+    pub app: Vec<AppPort>,
+    /// The service this workload serves, `name.namespace`; its
+    /// authorization policies guard inbound traffic.
+    #[serde(default)]
+    pub local_service: Option<String>,
+    /// A snapshot file, re-read when it changes (a bad file is refused and
+    /// the last good snapshot stays).
+    #[serde(default)]
+    pub snapshot_file: Option<PathBuf>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// One structured log line per request (target `strait::access`).
+    #[serde(default)]
+    pub access_log: bool,
+}
+
+impl ProxyConfig {
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.app.iter().enumerate() {
+            if p.port == 0 {
+                return Err(invalid(format!("app[{i}].port"), "must not be 0"));
+            }
+            if !seen.insert(p.port) {
+                return Err(invalid(
+                    format!("app[{i}].port"),
+                    format!("port {} is listed twice", p.port),
+                ));
+            }
+        }
+        if let Some(s) = &self.local_service {
+            if crate::headers::parse_dst(&format!("{s}:1")).is_none() {
+                return Err(invalid(
+                    "local_service",
+                    format!("{s:?} is not of the form name.namespace"),
+                ));
+            }
+        }
+        let l = &self.limits;
+        if l.max_header_bytes < 1024 {
+            return Err(invalid(
+                "limits.max_header_bytes",
+                format!("{} is below the 1024-byte minimum", l.max_header_bytes),
+            ));
+        }
+        if l.max_headers == 0 || l.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "limits",
+                "max_headers and max_concurrent_streams must be at least 1",
+            ));
+        }
+        if l.sniff_timeout.is_zero() || l.header_read_timeout.is_zero() {
+            return Err(invalid(
+                "limits",
+                "sniff_timeout and header_read_timeout must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn app_port(&self, port: u16) -> Option<&AppPort> {
+        self.app.iter().find(|p| p.port == port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+trust_domain: strait.local
+identity:
+  files: { chain: c.pem, key: k.pem, bundle: b.pem }
+app:
+  - port: 9080
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = ProxyConfig::from_yaml(MINIMAL).unwrap();
+        assert_eq!(c.listeners.inbound.port(), 15006);
+        assert_eq!(c.app[0].protocol, Protocol::Http1);
+        assert_eq!(c.app[0].target(), "127.0.0.1:9080".parse().unwrap());
+        assert_eq!(c.limits.max_headers, 100);
+        assert!(!c.access_log);
+    }
+
+    #[test]
+    fn refuses_unknown_fields_and_bad_values_naming_them() {
+        let e = ProxyConfig::from_yaml(&format!("{MINIMAL}bogus: 1\n")).unwrap_err();
+        assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
+        let dup = format!("{MINIMAL}  - port: 9080\n");
+        let e = ProxyConfig::from_yaml(&dup).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("app[1].port: port 9080 is listed twice"),
+            "{e}"
+        );
+        let small = format!("{MINIMAL}limits: {{ max_header_bytes: 10 }}\n");
+        let e = ProxyConfig::from_yaml(&small).unwrap_err();
+        assert!(e.to_string().contains("limits.max_header_bytes"), "{e}");
+        let e = ProxyConfig::from_yaml("trust_domain: Bad!\n").unwrap_err();
+        assert!(e.to_string().contains("trust domain"), "{e}");
+    }
+}

@@ -1,0 +1,322 @@
+//! App -> mesh for one HTTP request: pick an endpoint, send the request
+//! over a pooled HTTP/2-over-mTLS connection, retry to another endpoint
+//! when the policy and budget allow, and record the outcome for the
+//! balancer and outlier detection.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use hyper::body::Body as _;
+use hyper::body::Incoming;
+use strait_api::snapshot::{Service, Snapshot};
+
+use crate::headers::{self, error};
+use crate::metrics::{Direction, DurationLabels, RequestLabels, ServiceReason};
+use crate::outlier::Outcome;
+use crate::retry::{self, Failure, RetryDecision};
+use crate::route::Hop;
+use crate::router::{Kind, Picked, service_key};
+use crate::state::Shared;
+use crate::transport::{Body, boxed, empty};
+
+/// Forwards `req` (already resolved to `service` and `port`) into the mesh.
+pub async fn forward(
+    shared: Arc<Shared>,
+    snapshot: Arc<Snapshot>,
+    service: &Service,
+    port: u16,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let svc_name = service_key(service);
+    let Some(_slot) = shared.enter_pending() else {
+        shared.metrics.refuse(Direction::outbound, "pending_limit");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests waiting for an upstream",
+        );
+    };
+    let (mut parts, body) = req.into_parts();
+    if let Some(why) = headers::smuggling(&parts.headers) {
+        shared.metrics.refuse(Direction::outbound, "smuggling");
+        return error(StatusCode::BAD_REQUEST, "bad_framing", why);
+    }
+    if let Err(resp) = prepare(&mut parts, &svc_name, port) {
+        return resp;
+    }
+    let route = service.route_for(parts.uri.path());
+    let deadline = tokio::time::Instant::now() + route.timeout;
+    let replayable = body.is_end_stream();
+    let mut body = Some(boxed(body));
+    let mut tried: Vec<usize> = Vec::new();
+    let mut retries = 0u32;
+    let local = snapshot.local.cluster.to_string();
+
+    let (resp, dest_cluster) = loop {
+        let picked = match shared
+            .router
+            .pick(&snapshot, service, &tried, Kind::Request)
+        {
+            Ok(p) => p,
+            Err(e) => {
+                break (
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_endpoints",
+                        e.to_string(),
+                    ),
+                    String::new(),
+                );
+            }
+        };
+        tried.push(picked.index);
+        let try_started = Instant::now();
+        let result = tokio::time::timeout_at(
+            deadline,
+            attempt(&shared, &picked, &parts, replayable, &mut body),
+        )
+        .await;
+        let failure = match result {
+            Err(_) => {
+                finish(&shared, service, &picked, Outcome::ServerError, None);
+                break (
+                    error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "timeout",
+                        format!("{svc_name} did not answer within {:?}", route.timeout),
+                    ),
+                    picked.endpoint.cluster.to_string(),
+                );
+            }
+            Ok(Ok(resp)) => {
+                let code = resp.status().as_u16();
+                let outcome = Outcome::from_status(code);
+                finish(
+                    &shared,
+                    service,
+                    &picked,
+                    outcome,
+                    Some(try_started.elapsed()),
+                );
+                if outcome == Outcome::Success || !replayable {
+                    break (resp, picked.endpoint.cluster.to_string());
+                }
+                match decide(
+                    &shared,
+                    service,
+                    &route.retry,
+                    &parts,
+                    Failure::Status(code),
+                    retries,
+                ) {
+                    RetryDecision::Retry => {
+                        retries += 1;
+                        continue;
+                    }
+                    _ => break (resp, picked.endpoint.cluster.to_string()),
+                }
+            }
+            Ok(Err(failure)) => {
+                finish(&shared, service, &picked, Outcome::ConnectFailure, None);
+                failure
+            }
+        };
+        let can_resend = replayable || body.is_some();
+        let decision = if can_resend {
+            decide(&shared, service, &route.retry, &parts, failure, retries)
+        } else {
+            RetryDecision::NotRetryable
+        };
+        if decision == RetryDecision::Retry {
+            retries += 1;
+            continue;
+        }
+        break (
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_failure",
+                format!("{svc_name}: {failure:?} (no retry: {})", decision.label()),
+            ),
+            picked.endpoint.cluster.to_string(),
+        );
+    };
+
+    let code = resp.status().as_u16();
+    shared
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            direction: Direction::outbound,
+            source_cluster: local,
+            source_principal: String::new(),
+            destination_service: svc_name.clone(),
+            destination_cluster: dest_cluster,
+            response_code: code,
+        })
+        .inc();
+    shared
+        .metrics
+        .request_duration
+        .get_or_create(&DurationLabels {
+            direction: Direction::outbound,
+            destination_service: svc_name.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    if shared.cfg.access_log {
+        tracing::info!(target: "strait::access", direction = "outbound", service = %svc_name,
+            method = %parts.method, path = %parts.uri.path(), status = code,
+            retries, duration_ms = started.elapsed().as_secs_f64() * 1e3);
+    }
+    resp
+}
+
+/// Rewrites the request for the hop between sidecars: HTTP/2, absolute
+/// URI, no hop-by-hop or spoofable headers, `strait-dst` set.
+fn prepare(parts: &mut Parts, svc_name: &str, port: u16) -> Result<(), Response<Body>> {
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| format!("{svc_name}:{port}"));
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = format!("http://{authority}{pq}")
+        .parse::<Uri>()
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "bad_uri", "invalid request target"))?;
+    parts.version = http::Version::HTTP_2;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_spoofable(&mut parts.headers);
+    parts.headers.remove(http::header::HOST);
+    let dst = HeaderValue::from_str(&format!("{svc_name}:{port}")).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_destination",
+            "invalid service",
+        )
+    })?;
+    parts.headers.insert(headers::DST, dst);
+    Ok(())
+}
+
+/// One try. `Err` carries a failure for which the request was not answered.
+async fn attempt(
+    shared: &Shared,
+    picked: &Picked,
+    parts: &Parts,
+    replayable: bool,
+    body: &mut Option<Body>,
+) -> Result<Response<Body>, Failure> {
+    let target = match picked.hop {
+        Hop::Direct(addr) => addr,
+        // Gateway tunnels come with the east-west gateway; until then a
+        // remote endpoint is reached directly (flat network on one host).
+        Hop::Gateway { target, .. } => target,
+    };
+    let identity = &picked.endpoint.identity;
+    let mut send = match shared.pool.get(target, identity).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(endpoint = %target, error = %e, "connect failed");
+            return Err(Failure::ConnectFailure);
+        }
+    };
+    let req_body = if replayable {
+        empty()
+    } else {
+        body.take().ok_or(Failure::ConnectFailure)?
+    };
+    let mut req = Request::from_parts(parts.clone(), req_body);
+    *req.extensions_mut() = http::Extensions::new();
+    match send.try_send_request(req).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, boxed(body)))
+        }
+        Err(mut e) => {
+            shared.pool.evict(target, identity);
+            match e.take_message() {
+                Some(req) => {
+                    // Never sent: the body is intact for another endpoint.
+                    if !replayable {
+                        *body = Some(req.into_body());
+                    }
+                    Err(Failure::ConnectFailure)
+                }
+                None => {
+                    let err = e.into_error();
+                    tracing::debug!(endpoint = %target, error = %err, "request failed in flight");
+                    Err(Failure::Reset)
+                }
+            }
+        }
+    }
+}
+
+fn finish(
+    shared: &Shared,
+    service: &Service,
+    picked: &Picked,
+    outcome: Outcome,
+    rtt: Option<std::time::Duration>,
+) {
+    if let Some(ej) = shared.router.finish(
+        service,
+        picked.endpoint.address,
+        Kind::Request,
+        outcome,
+        rtt,
+    ) {
+        tracing::warn!(service = %service_key(service), endpoint = %picked.endpoint.address, ejection = ?ej, "endpoint ejected by outlier detection");
+        shared
+            .metrics
+            .ejections
+            .get_or_create(&ServiceReason {
+                destination_service: service_key(service),
+                reason: format!("{outcome:?}").to_lowercase(),
+            })
+            .inc();
+    }
+}
+
+fn decide(
+    shared: &Shared,
+    service: &Service,
+    policy: &strait_api::snapshot::RetryPolicy,
+    parts: &Parts,
+    failure: Failure,
+    retries: u32,
+) -> RetryDecision {
+    let d = shared.router.with_budget(service, |budget| {
+        retry::decide(
+            policy,
+            &parts.method,
+            failure,
+            retries,
+            budget,
+            Instant::now(),
+        )
+    });
+    shared
+        .metrics
+        .retries
+        .get_or_create(&ServiceReason {
+            destination_service: service_key(service),
+            reason: d.label().to_owned(),
+        })
+        .inc();
+    d
+}

@@ -1,0 +1,183 @@
+//! Header hygiene shared by both directions: hop-by-hop headers, the
+//! headers only Strait may set, smuggling checks and error responses.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::transport::{Body, full};
+
+/// Where the outbound sidecar tells the inbound one which service port a
+/// request is for (`name.namespace:port`). Set only by Strait.
+pub const DST: &str = "strait-dst";
+/// The peer identity as forwarded to the app (Envoy's header, so apps and
+/// libraries already understand it).
+pub const XFCC: &str = "x-forwarded-client-cert";
+/// The reason Strait itself answered with an error.
+pub const ERROR: &str = "strait-error";
+
+/// Headers a client may try to use to claim an identity or steer routing.
+/// They are removed from everything an app sends.
+const SPOOFABLE: &[&str] = &[
+    XFCC,
+    "x-client-cert",
+    "x-ssl-client-cert",
+    "x-forwarded-client-cert-chain",
+    "x-spiffe-id",
+    "x-peer-identity",
+    "l5d-client-id",
+    "x-envoy-peer-metadata",
+];
+
+/// RFC 9110 7.6.1 connection-specific headers, plus those named in
+/// `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(h);
+    }
+    // `te: trailers` is the only TE value HTTP/2 allows (gRPC needs it).
+    let keep_te = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("trailers"));
+    if !keep_te {
+        headers.remove(header::TE);
+    }
+}
+
+/// Removes every header that only Strait may set.
+pub fn strip_spoofable(headers: &mut HeaderMap) {
+    for h in SPOOFABLE {
+        headers.remove(*h);
+    }
+    let strait: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("strait-"))
+        .cloned()
+        .collect();
+    for k in strait {
+        headers.remove(k);
+    }
+}
+
+/// A request-smuggling shape that must be refused (RFC 9112 6.3): both
+/// `Transfer-Encoding` and `Content-Length`, or several `Content-Length`
+/// values.
+pub fn smuggling(headers: &HeaderMap) -> Option<&'static str> {
+    let cl = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    if headers.contains_key(header::TRANSFER_ENCODING) && cl > 0 {
+        return Some("both transfer-encoding and content-length");
+    }
+    if cl > 1 {
+        return Some("several content-length headers");
+    }
+    None
+}
+
+/// An error answered by Strait itself, with a reason header and body.
+pub fn error(
+    status: StatusCode,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> Response<Body> {
+    let mut msg = message.into();
+    msg.push('\n');
+    let mut r = Response::new(full(msg));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(ERROR, HeaderValue::from_static(reason));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Parses `name.namespace:port`.
+pub fn parse_dst(v: &str) -> Option<(&str, &str, u16)> {
+    let (svc, port) = v.rsplit_once(':')?;
+    let (name, ns) = svc.split_once('.')?;
+    if name.is_empty() || ns.is_empty() || ns.contains('.') {
+        return None;
+    }
+    Some((name, ns, port.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_named_connection_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("gzip"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+        let mut g = HeaderMap::new();
+        g.insert("te", HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut g);
+        assert!(g.contains_key("te"));
+    }
+
+    #[test]
+    fn strips_identity_claims_and_strait_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            XFCC,
+            HeaderValue::from_static("URI=spiffe://evil/ns/x/sa/y"),
+        );
+        h.insert("strait-dst", HeaderValue::from_static("admin.ops:1"));
+        h.insert("l5d-client-id", HeaderValue::from_static("x"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_spoofable(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn detects_smuggling_shapes() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("5"));
+        assert_eq!(smuggling(&h), None);
+        h.append("content-length", HeaderValue::from_static("6"));
+        assert!(smuggling(&h).is_some());
+        let mut t = HeaderMap::new();
+        t.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        assert_eq!(smuggling(&t), None);
+        t.insert("content-length", HeaderValue::from_static("5"));
+        assert!(smuggling(&t).is_some());
+    }
+
+    #[test]
+    fn parses_destinations() {
+        assert_eq!(
+            parse_dst("web.default:8080"),
+            Some(("web", "default", 8080))
+        );
+        assert_eq!(parse_dst("web:8080"), None);
+        assert_eq!(parse_dst("web.default"), None);
+        assert_eq!(parse_dst("web.a.b:1"), None);
+        assert_eq!(parse_dst("web.default:99999"), None);
+    }
+}

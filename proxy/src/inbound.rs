@@ -1,0 +1,332 @@
+//! Mesh -> app: the mTLS listener. Every connection must present a
+//! certificate that chains to the trust bundle; requests then pass the local
+//! service's authorization policy and go to the app over plain HTTP/1.1,
+//! h2c, or (for `CONNECT` streams) raw TCP. The app sees the peer's SPIFFE ID
+//! in `x-forwarded-client-cert`, never a client-supplied one.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use strait_api::SpiffeId;
+use strait_api::snapshot::Protocol;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::authz::{self, EscapedSlashes, HttpRequest};
+use crate::headers::{self, error};
+use crate::metrics::{Direction, DurationLabels, ReasonLabels, RequestLabels, TcpLabels};
+use crate::sniff::{self, Detected};
+use crate::state::Shared;
+use crate::transport::{ALPN_H2, Body, boxed};
+
+/// Accepts mesh connections until the task is dropped.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let cfg = match strait_ca::tls::server_config(
+        &shared.identity.certs,
+        &shared.identity.bundle,
+        strait_ca::tls::ClientAuth::Required,
+        &[ALPN_H2],
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "inbound tls config");
+            return;
+        }
+    };
+    let acceptor = TlsAcceptor::from(Arc::new(cfg));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = connection(shared.clone(), acceptor, tcp, peer).await {
+                shared.metrics.refuse(Direction::inbound, reason);
+            }
+        });
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), &'static str> {
+    let _ = tcp.set_nodelay(true);
+    let limits = shared.cfg.limits.clone();
+    match sniff::detect(&tcp, limits.sniff_timeout).await {
+        Ok(Detected::Tls) => {}
+        Ok(_) => {
+            tracing::debug!(%peer, "plaintext on the mTLS port refused");
+            return Err("plaintext");
+        }
+        Err(_) => return Err("early_eof"),
+    }
+    let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "inbound mTLS handshake failed");
+            return Err("tls_handshake");
+        }
+        Err(_) => return Err("tls_handshake_timeout"),
+    };
+    let source = match strait_ca::tls::peer_identity(tls.get_ref().1.peer_certificates()) {
+        Ok(id) => Arc::new(id),
+        Err(_) => return Err("no_peer_identity"),
+    };
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        let source = source.clone();
+        async move { Ok::<_, Infallible>(handle(shared, source, req).await) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(50))
+        .max_local_error_reset_streams(Some(256))
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
+    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+        tracing::debug!(%peer, error = %e, "inbound connection ended");
+    }
+    Ok(())
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    source: Arc<SpiffeId>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let Some((name, ns, port)) = req
+        .headers()
+        .get(headers::DST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(headers::parse_dst)
+        .map(|(n, s, p)| (n.to_owned(), s.to_owned(), p))
+        .or_else(|| connect_target(&req))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "no_destination",
+            "missing strait-dst",
+        );
+    };
+    let service = format!("{name}.{ns}");
+    let Some(app) = shared.cfg.app_port(port).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_port",
+            format!("this workload serves no port {port}"),
+        );
+    };
+    let snapshot = shared.snapshot();
+    let policies = shared
+        .local_service(&snapshot)
+        .map(|s| s.authorization.as_slice())
+        .unwrap_or(&[]);
+    let is_connect = req.method() == Method::CONNECT;
+    let path = req.uri().path().to_owned();
+    let host = req.uri().authority().map(|a| a.as_str().to_owned());
+    let decision = authz::evaluate(
+        policies,
+        &authz::Request {
+            port,
+            source: Some(&source),
+            http: (!is_connect).then(|| HttpRequest {
+                method: req.method().as_str(),
+                path: &path,
+                host: host.as_deref(),
+            }),
+        },
+        EscapedSlashes::Reject,
+    );
+    let labels = |code: u16| RequestLabels {
+        direction: Direction::inbound,
+        source_cluster: String::new(),
+        source_principal: source.to_string(),
+        destination_service: service.clone(),
+        destination_cluster: snapshot.local.cluster.to_string(),
+        response_code: code,
+    };
+    if !decision.allowed {
+        shared
+            .metrics
+            .denied
+            .get_or_create(&ReasonLabels {
+                direction: Direction::inbound,
+                reason: decision.reason.label().to_owned(),
+            })
+            .inc();
+        shared.metrics.requests.get_or_create(&labels(403)).inc();
+        tracing::info!(source = %source, service = %service, path = %path, reason = decision.reason.label(), "denied by policy");
+        return error(
+            StatusCode::FORBIDDEN,
+            "denied",
+            format!("{source} may not call {service} on port {port}"),
+        );
+    }
+    if is_connect {
+        return tunnel_to_app(shared, req, app.target(), service).await;
+    }
+    let resp = forward_to_app(&shared, &source, req, &app).await;
+    let code = resp.status().as_u16();
+    shared.metrics.requests.get_or_create(&labels(code)).inc();
+    shared
+        .metrics
+        .request_duration
+        .get_or_create(&DurationLabels {
+            direction: Direction::inbound,
+            destination_service: service,
+        })
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// `CONNECT name.ns:port` names the destination of a TCP stream.
+fn connect_target(req: &Request<Incoming>) -> Option<(String, String, u16)> {
+    if req.method() != Method::CONNECT {
+        return None;
+    }
+    let a = req.uri().authority()?.as_str();
+    headers::parse_dst(a).map(|(n, s, p)| (n.to_owned(), s.to_owned(), p))
+}
+
+async fn forward_to_app(
+    shared: &Shared,
+    source: &SpiffeId,
+    req: Request<Incoming>,
+    app: &crate::config::AppPort,
+) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let authority = parts.uri.authority().cloned();
+    let target = app.target();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let Ok(uri) = format!("http://{target}{pq}").parse::<Uri>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_uri",
+            "request target is invalid",
+        );
+    };
+    parts.uri = uri;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_spoofable(&mut parts.headers);
+    let by = shared
+        .identity
+        .id()
+        .map(|i| i.to_string())
+        .unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&format!("By={by};URI={source}")) {
+        parts.headers.insert(headers::XFCC, v);
+    }
+    let client = match app.protocol {
+        Protocol::Http2 | Protocol::Grpc => {
+            parts.version = http::Version::HTTP_2;
+            &shared.app_h2
+        }
+        _ => {
+            parts.version = http::Version::HTTP_11;
+            if let Some(a) = authority {
+                if !parts.headers.contains_key(http::header::HOST) {
+                    if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                        parts.headers.insert(http::header::HOST, v);
+                    }
+                }
+            }
+            &shared.app_http1
+        }
+    };
+    match client
+        .request(Request::from_parts(parts, boxed(body)))
+        .await
+    {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, boxed(body))
+        }
+        Err(e) => {
+            tracing::debug!(app = %target, error = %e, "app request failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "app_unavailable",
+                format!("the local app at {target} did not answer"),
+            )
+        }
+    }
+}
+
+async fn tunnel_to_app(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    target: SocketAddr,
+    service: String,
+) -> Response<Body> {
+    // Connect first, so a dead app is a 503 rather than an accepted stream
+    // that closes at once.
+    let mut app = match tokio::time::timeout(
+        shared.cfg.limits.connect_timeout,
+        TcpStream::connect(target),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        _ => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "app_unavailable",
+                format!("the local app at {target} refused the connection"),
+            );
+        }
+    };
+    let _ = app.set_nodelay(true);
+    let labels = TcpLabels {
+        direction: Direction::inbound,
+        destination_service: service,
+    };
+    shared.metrics.tcp_connections.get_or_create(&labels).inc();
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "inbound CONNECT upgrade failed");
+                return;
+            }
+        };
+        let mut up = TokioIo::new(upgraded);
+        let (to_app, from_app) = crate::copy::bidirectional(&mut up, &mut app).await;
+        shared
+            .metrics
+            .tcp_bytes_sent
+            .get_or_create(&labels)
+            .inc_by(to_app);
+        shared
+            .metrics
+            .tcp_bytes_received
+            .get_or_create(&labels)
+            .inc_by(from_app);
+    });
+    Response::new(crate::transport::empty())
+}

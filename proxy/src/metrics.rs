@@ -1,0 +1,194 @@
+//! The sidecar's Prometheus metrics (text format on the admin port).
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Which way traffic flows through this sidecar.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    /// app -> mesh
+    outbound,
+    /// mesh -> app
+    inbound,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    pub source_cluster: String,
+    pub source_principal: String,
+    pub destination_service: String,
+    pub destination_cluster: String,
+    pub response_code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub direction: Direction,
+    pub destination_service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: Direction,
+    pub destination_service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub direction: Direction,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceReason {
+    pub destination_service: String,
+    pub reason: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.1 ms .. ~13 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 18,
+    ))
+}
+
+/// All metric families of one sidecar.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    pub tcp_connections: Family<TcpLabels, Counter>,
+    pub tcp_bytes_sent: Family<TcpLabels, Counter>,
+    pub tcp_bytes_received: Family<TcpLabels, Counter>,
+    /// Authorization denials by reason.
+    pub denied: Family<ReasonLabels, Counter>,
+    /// Refused connections and requests (bad input, limits, TLS failures).
+    pub refused: Family<ReasonLabels, Counter>,
+    pub retries: Family<ServiceReason, Counter>,
+    pub ejections: Family<ServiceReason, Counter>,
+    pub snapshot_version: Gauge,
+    pub snapshot_rejected: Counter,
+    pub cert_expiry_seconds: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("strait");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "HTTP requests handled, by direction, peer and response code",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<DurationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "request_duration_seconds",
+            "HTTP request latency as seen by this sidecar",
+            request_duration.clone(),
+        );
+        let tcp_connections = Family::default();
+        registry.register(
+            "tcp_connections",
+            "Opaque TCP connections proxied",
+            tcp_connections.clone(),
+        );
+        let tcp_bytes_sent = Family::default();
+        registry.register(
+            "tcp_sent_bytes",
+            "Bytes sent to the destination on TCP connections",
+            tcp_bytes_sent.clone(),
+        );
+        let tcp_bytes_received = Family::default();
+        registry.register(
+            "tcp_received_bytes",
+            "Bytes received from the destination on TCP connections",
+            tcp_bytes_received.clone(),
+        );
+        let denied = Family::default();
+        registry.register(
+            "authz_denied",
+            "Requests and connections denied by authorization policy",
+            denied.clone(),
+        );
+        let refused = Family::default();
+        registry.register(
+            "refused",
+            "Connections and requests refused for bad input, limits or TLS failures",
+            refused.clone(),
+        );
+        let retries = Family::default();
+        registry.register("retries", "Retries by decision", retries.clone());
+        let ejections = Family::default();
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            ejections.clone(),
+        );
+        let snapshot_version = Gauge::default();
+        registry.register(
+            "snapshot_version",
+            "Version of the config snapshot in use",
+            snapshot_version.clone(),
+        );
+        let snapshot_rejected = Counter::default();
+        registry.register(
+            "snapshot_rejected",
+            "Config snapshots refused as invalid (the last good one stays)",
+            snapshot_rejected.clone(),
+        );
+        let cert_expiry_seconds = Gauge::default();
+        registry.register(
+            "cert_expiry_timestamp_seconds",
+            "Expiry of the workload certificate, Unix seconds",
+            cert_expiry_seconds.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            tcp_connections,
+            tcp_bytes_sent,
+            tcp_bytes_received,
+            denied,
+            refused,
+            retries,
+            ejections,
+            snapshot_version,
+            snapshot_rejected,
+            cert_expiry_seconds,
+        }
+    }
+
+    pub fn refuse(&self, direction: Direction, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabels {
+                direction,
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,327 @@
+//! App -> mesh listeners: the explicit HTTP proxy port, and one listener per
+//! service VIP:port of the snapshot (rebound as the snapshot changes).
+//! Each connection is sniffed: HTTP/1.1 and HTTP/2 get per-request routing
+//! ([`crate::forward`]); anything else is opaque TCP, balanced per
+//! connection and carried in an HTTP/2 `CONNECT` stream over mTLS.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use strait_api::snapshot::{Protocol, Snapshot};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::headers::error;
+use crate::metrics::{Direction, TcpLabels};
+use crate::outlier::Outcome;
+use crate::route::{self, Hop};
+use crate::router::{Kind, service_key};
+use crate::sniff::{self, Detected};
+use crate::state::Shared;
+use crate::transport::{Body, empty};
+
+/// What a listener was bound for.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// The explicit proxy: the service comes from each request's host.
+    Proxy,
+    /// A service VIP:port.
+    Vip(IpAddr, u16),
+}
+
+/// Serves the explicit HTTP proxy port.
+pub async fn serve_proxy(shared: Arc<Shared>, listener: TcpListener) {
+    accept_loop(shared, listener, Target::Proxy).await;
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, target: Target) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(connection(shared, tcp, target));
+    }
+}
+
+async fn connection(shared: Arc<Shared>, tcp: TcpStream, target: Target) {
+    let _ = tcp.set_nodelay(true);
+    let declared = match target {
+        Target::Vip(vip, port) => route::find_service(&shared.snapshot(), vip, port)
+            .ok()
+            .map(|(_, p)| p.protocol),
+        Target::Proxy => None,
+    };
+    let detected = if declared == Some(Protocol::Tcp) {
+        Detected::Tcp
+    } else {
+        match sniff::detect(&tcp, shared.cfg.limits.sniff_timeout).await {
+            Ok(d) => d,
+            Err(_) => return,
+        }
+    };
+    match (detected, target) {
+        (Detected::Http1 | Detected::Http2, _) => serve_http(shared, tcp, target, detected).await,
+        (Detected::Tls | Detected::Tcp, Target::Vip(vip, port)) => {
+            tcp_tunnel(shared, tcp, vip, port).await;
+        }
+        (_, Target::Proxy) => shared.metrics.refuse(Direction::outbound, "proxy_not_http"),
+    }
+}
+
+async fn serve_http(shared: Arc<Shared>, tcp: TcpStream, target: Target, detected: Detected) {
+    let limits = shared.cfg.limits.clone();
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(request(shared, target, req).await) }
+    });
+    let io = TokioIo::new(tcp);
+    let result = if detected == Detected::Http2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(Some(50))
+            .max_local_error_reset_streams(Some(256))
+            .serve_connection(io, svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers)
+            .serve_connection(io, svc)
+            .await
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "outbound connection ended");
+    }
+}
+
+async fn request(shared: Arc<Shared>, target: Target, req: Request<Incoming>) -> Response<Body> {
+    let snapshot = shared.snapshot();
+    let resolved = match target {
+        Target::Vip(vip, port) => route::find_service(&snapshot, vip, port)
+            .map(|(s, p)| (s, p.port))
+            .map_err(|e| e.to_string()),
+        Target::Proxy => resolve_host(&snapshot, &req),
+    };
+    let (service, port) = match resolved {
+        Ok(x) => x,
+        Err(msg) => return error(StatusCode::NOT_FOUND, "unknown_service", msg),
+    };
+    if req.method() == Method::CONNECT {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "connect_unsupported",
+            "use the service VIP for TCP",
+        );
+    }
+    let service = service.clone();
+    crate::forward::forward(shared.clone(), snapshot.clone(), &service, port, req).await
+}
+
+/// Finds the service an explicit-proxy request names in its authority:
+/// `svc.ns`, `svc.ns.svc.cluster.local`, `svc.ns.svc.clusterset.local`, or a
+/// VIP, with an optional port (default: the service's only port, else 80).
+fn resolve_host<'a>(
+    snapshot: &'a Snapshot,
+    req: &Request<Incoming>,
+) -> Result<(&'a strait_api::snapshot::Service, u16), String> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .ok_or("request names no host")?;
+    let (name_part, port) = match host.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h,
+            Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad port in {host:?}"))?,
+            ),
+        ),
+        _ => (host, None),
+    };
+    let name_part = name_part.to_ascii_lowercase();
+    if let Ok(ip) = name_part.trim_matches(['[', ']']).parse::<IpAddr>() {
+        let port = port.unwrap_or(80);
+        return route::find_service(snapshot, ip, port)
+            .map(|(s, p)| (s, p.port))
+            .map_err(|e| e.to_string());
+    }
+    let base = ["svc.clusterset.local", "svc.cluster.local", "svc"]
+        .iter()
+        .find_map(|suffix| name_part.strip_suffix(&format!(".{suffix}")))
+        .unwrap_or(&name_part);
+    let (name, ns) = base
+        .split_once('.')
+        .ok_or_else(|| format!("{host:?} is not a mesh service name (want name.namespace)"))?;
+    let service = snapshot
+        .service(ns, name)
+        .ok_or_else(|| format!("no service {name}.{ns} in the mesh"))?;
+    let port = match (port, service.ports.as_slice()) {
+        (Some(p), _) => p,
+        (None, [only]) => only.port,
+        (None, _) => 80,
+    };
+    service
+        .port(port)
+        .map(|p| (service, p.port))
+        .ok_or_else(|| format!("service {name}.{ns} has no port {port}"))
+}
+
+/// Opaque TCP: pick an endpoint per connection and carry the bytes in a
+/// `CONNECT name.ns:port` stream to its sidecar.
+async fn tcp_tunnel(shared: Arc<Shared>, mut tcp: TcpStream, vip: IpAddr, port: u16) {
+    let snapshot = shared.snapshot();
+    let Ok((service, _)) = route::find_service(&snapshot, vip, port) else {
+        shared
+            .metrics
+            .refuse(Direction::outbound, "unknown_service");
+        return;
+    };
+    let svc_name = service_key(service);
+    let mut tried = Vec::new();
+    // Connect failures go to another endpoint (nothing was sent yet).
+    for _ in 0..3 {
+        let Ok(picked) = shared
+            .router
+            .pick(&snapshot, service, &tried, Kind::Connection)
+        else {
+            break;
+        };
+        tried.push(picked.index);
+        let addr = match picked.hop {
+            Hop::Direct(a) | Hop::Gateway { target: a, .. } => a,
+        };
+        let upgraded =
+            match open_connect(&shared, addr, &picked.endpoint.identity, &svc_name, port).await {
+                Ok(u) => u,
+                Err(reason) => {
+                    tracing::debug!(endpoint = %addr, reason, "tcp tunnel setup failed");
+                    shared.router.finish(
+                        service,
+                        addr,
+                        Kind::Connection,
+                        Outcome::ConnectFailure,
+                        None,
+                    );
+                    continue;
+                }
+            };
+        let labels = TcpLabels {
+            direction: Direction::outbound,
+            destination_service: svc_name.clone(),
+        };
+        shared.metrics.tcp_connections.get_or_create(&labels).inc();
+        let mut up = TokioIo::new(upgraded);
+        let (sent, received) = crate::copy::bidirectional(&mut tcp, &mut up).await;
+        shared
+            .metrics
+            .tcp_bytes_sent
+            .get_or_create(&labels)
+            .inc_by(sent);
+        shared
+            .metrics
+            .tcp_bytes_received
+            .get_or_create(&labels)
+            .inc_by(received);
+        shared
+            .router
+            .finish(service, addr, Kind::Connection, Outcome::Success, None);
+        return;
+    }
+    shared.metrics.refuse(Direction::outbound, "no_endpoints");
+}
+
+async fn open_connect(
+    shared: &Shared,
+    addr: SocketAddr,
+    identity: &strait_api::SpiffeId,
+    svc_name: &str,
+    port: u16,
+) -> Result<hyper::upgrade::Upgraded, &'static str> {
+    let mut send = shared
+        .pool
+        .get(addr, identity)
+        .await
+        .map_err(|_| "connect")?;
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("{svc_name}:{port}"))
+        .body(empty())
+        .map_err(|_| "bad_request")?;
+    let resp = match send.send_request(req).await {
+        Ok(r) => r,
+        Err(_) => {
+            shared.pool.evict(addr, identity);
+            return Err("send");
+        }
+    };
+    if resp.status() != StatusCode::OK {
+        return Err("refused");
+    }
+    hyper::upgrade::on(resp).await.map_err(|_| "upgrade")
+}
+
+/// Keeps one listener per service VIP:port of the current snapshot.
+pub async fn manage_vips(shared: Arc<Shared>) {
+    let mut rx = shared.subscribe();
+    let mut bound: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
+    loop {
+        let snapshot = rx.borrow_and_update().clone();
+        let wanted: Vec<SocketAddr> = snapshot
+            .services
+            .iter()
+            .flat_map(|s| s.ports.iter().map(move |p| SocketAddr::new(s.vip, p.port)))
+            .collect();
+        bound.retain(|addr, task| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for addr in wanted {
+            if bound.contains_key(&addr) {
+                continue;
+            }
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::debug!(%addr, "listening on service VIP");
+                    let t = tokio::spawn(accept_loop(
+                        shared.clone(),
+                        l,
+                        Target::Vip(addr.ip(), addr.port()),
+                    ));
+                    bound.insert(addr, t);
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "cannot listen on service VIP"),
+            }
+        }
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+    for (_, t) in bound {
+        t.abort();
+    }
+}

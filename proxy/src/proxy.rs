@@ -1,0 +1,299 @@
+//! Starting a sidecar: identity, snapshot source, listeners. Returns a
+//! handle with the addresses actually bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use strait_api::snapshot::{Snapshot, SnapshotError};
+use strait_ca::manager::{CertManager, GrpcSigner, RenewPolicy};
+use strait_ca::{CertStore, SharedBundle, TrustBundle};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::{IdentitySource, ProxyConfig};
+use crate::state::Shared;
+use crate::transport::Identity;
+
+/// Why a sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("identity: {0}")]
+    Identity(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+}
+
+fn read(path: &Path) -> Result<String, StartError> {
+    std::fs::read_to_string(path).map_err(|e| StartError::File {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// A running sidecar.
+pub struct Proxy {
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("inbound", &self.inbound)
+            .field("outbound", &self.outbound)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Starts a sidecar with `snapshot` (or the config's snapshot file when
+    /// one is set).
+    pub async fn start(cfg: ProxyConfig, snapshot: Snapshot) -> Result<Self, StartError> {
+        let mut tasks = Vec::new();
+        let identity = load_identity(&cfg, &mut tasks).await?;
+        let snapshot = match &cfg.snapshot_file {
+            Some(p) => Snapshot::from_yaml(&read(p)?).map_err(|e| StartError::File {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?,
+            None => {
+                snapshot.validate()?;
+                snapshot
+            }
+        };
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let inbound = bind(cfg.listeners.inbound).await?;
+        let outbound = bind(cfg.listeners.outbound).await?;
+        let admin = bind(cfg.listeners.admin).await?;
+        let addrs = (
+            local(&inbound, cfg.listeners.inbound),
+            local(&outbound, cfg.listeners.outbound),
+            local(&admin, cfg.listeners.admin),
+        );
+        let shared = Arc::new(Shared::new(cfg, identity, snapshot));
+        tasks.push(tokio::spawn(crate::inbound::serve(shared.clone(), inbound)));
+        tasks.push(tokio::spawn(crate::outbound::serve_proxy(
+            shared.clone(),
+            outbound,
+        )));
+        tasks.push(tokio::spawn(crate::admin::serve(shared.clone(), admin)));
+        if shared.cfg.listeners.bind_vips {
+            tasks.push(tokio::spawn(crate::outbound::manage_vips(shared.clone())));
+        }
+        if let Some(path) = shared.cfg.snapshot_file.clone() {
+            tasks.push(tokio::spawn(watch_snapshot(shared.clone(), path)));
+        }
+        tracing::info!(inbound = %addrs.0, outbound = %addrs.1, admin = %addrs.2, "sidecar started");
+        Ok(Self {
+            inbound: addrs.0,
+            outbound: addrs.1,
+            admin: addrs.2,
+            shared,
+            tasks,
+        })
+    }
+
+    /// Installs a new snapshot (refused if invalid: the current one stays).
+    pub fn apply(&self, snapshot: Snapshot) -> Result<(), SnapshotError> {
+        self.shared.apply(snapshot)
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot()
+    }
+
+    /// Prometheus text of this sidecar's metrics.
+    pub fn metrics(&self) -> String {
+        self.shared.metrics.encode()
+    }
+
+    /// Why traffic to `namespace/name` goes where it goes now.
+    pub fn route_reason(&self, namespace: &str, name: &str) -> Option<String> {
+        let snap = self.shared.snapshot();
+        let svc = snap.service(namespace, name)?;
+        self.shared.router.reason(svc).map(|r| r.to_string())
+    }
+
+    /// Stops every listener and background task.
+    pub fn shutdown(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    l.local_addr().unwrap_or(fallback)
+}
+
+async fn load_identity(
+    cfg: &ProxyConfig,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<Identity, StartError> {
+    let td = cfg.trust_domain.clone();
+    match &cfg.identity {
+        IdentitySource::Files { chain, key, bundle } => {
+            let certs = CertStore::from_pem(&read(chain)?, &read(key)?)
+                .map_err(|e| StartError::Identity(format!("{}: {e}", chain.display())))?;
+            let bundle_set = TrustBundle::from_pem(td.clone(), &read(bundle)?)
+                .map_err(|e| StartError::Identity(format!("{}: {e}", bundle.display())))?;
+            let shared_bundle = SharedBundle::new(bundle_set);
+            tasks.push(tokio::spawn(watch_identity_files(
+                certs.clone(),
+                shared_bundle.clone(),
+                td,
+                [chain.clone(), key.clone(), bundle.clone()],
+            )));
+            Ok(Identity {
+                certs,
+                bundle: shared_bundle,
+            })
+        }
+        IdentitySource::Ca {
+            address,
+            spiffe_id,
+            token_file,
+            bundle,
+        } => {
+            let bundle = SharedBundle::new(
+                TrustBundle::from_pem(td, &read(bundle)?)
+                    .map_err(|e| StartError::Identity(format!("{}: {e}", bundle.display())))?,
+            );
+            let signer = Arc::new(GrpcSigner {
+                addr: *address,
+                bundle: bundle.clone(),
+                bootstrap_token: read(token_file)?.trim().to_owned(),
+                ttl: None,
+            });
+            let mgr = Arc::new(
+                CertManager::new(spiffe_id.clone(), signer, RenewPolicy::default())
+                    .with_bundle(bundle.clone()),
+            );
+            let mut delay = Duration::from_millis(200);
+            let mut last = String::new();
+            for _ in 0..6 {
+                match mgr.renew_once().await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        last = e.to_string();
+                        tracing::warn!(error = %e, "first certificate not issued yet; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+            }
+            if mgr.store().current().is_none() {
+                return Err(StartError::Identity(format!(
+                    "the CA at {address} did not issue a certificate: {last}"
+                )));
+            }
+            let certs = mgr.store();
+            tasks.push(tokio::spawn(mgr.run()));
+            Ok(Identity { certs, bundle })
+        }
+    }
+}
+
+/// Re-reads certificate files when they change (rotation by file).
+async fn watch_identity_files(
+    certs: CertStore,
+    bundle: SharedBundle,
+    td: strait_api::TrustDomain,
+    paths: [PathBuf; 3],
+) {
+    let mut seen: Vec<Option<SystemTime>> = paths.iter().map(|p| mtime(p)).collect();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now: Vec<Option<SystemTime>> = paths.iter().map(|p| mtime(p)).collect();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let [chain, key, bundle_path] = &paths;
+        match (read(chain), read(key)) {
+            (Ok(c), Ok(k)) => match CertStore::from_pem(&c, &k) {
+                Ok(fresh) => {
+                    if let Some(ck) = fresh.current() {
+                        if certs
+                            .current()
+                            .map(|cur| cur.cert != ck.cert)
+                            .unwrap_or(true)
+                        {
+                            certs.set_certified(ck);
+                            tracing::info!("workload certificate reloaded from files");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "new certificate files refused; keeping the current certificate")
+                }
+            },
+            _ => tracing::warn!("certificate files unreadable; keeping the current certificate"),
+        }
+        if let Ok(text) = read(bundle_path) {
+            match TrustBundle::from_pem(td.clone(), &text) {
+                Ok(b) => bundle.set(b),
+                Err(e) => {
+                    tracing::warn!(error = %e, "new trust bundle refused; keeping the current one")
+                }
+            }
+        }
+    }
+}
+
+/// Re-reads the snapshot file when it changes; a bad file is refused and
+/// the last good snapshot stays.
+async fn watch_snapshot(shared: Arc<Shared>, path: PathBuf) {
+    let mut seen = mtime(&path);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = mtime(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let parsed = read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Snapshot::from_yaml(&t).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(s) => {
+                let _ = shared.apply(s);
+            }
+            Err(e) => {
+                shared.metrics.snapshot_rejected.inc();
+                tracing::warn!(file = %path.display(), error = %e, "refused snapshot file; keeping the last good snapshot");
+            }
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Fake workloads for tests and scenarios: echo servers over HTTP/1.1, h2c,
+//! gRPC (unary and server streaming) and raw TCP, with configurable
+//! latency and failure rate. Each answers with its own name, so tests can
+//! count which endpoint served a request, and with the peer identity it
+//! saw in `x-forwarded-client-cert`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::transport::{Body, full};
+
+/// Generated gRPC code of the echo API.
+pub mod pb {
+    #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+    tonic::include_proto!("strait.echo.v1");
+}
+
+/// How an echo server behaves.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// Added before every answer.
+    pub latency: Duration,
+    /// Share of requests answered with 503 (deterministic: every n-th).
+    pub failure_rate: f64,
+}
+
+/// A running echo server.
+#[derive(Debug)]
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub name: String,
+    /// Requests (or connections, for TCP) served.
+    pub served: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Echo {
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn should_fail(n: u64, rate: f64) -> bool {
+    if rate <= 0.0 {
+        return false;
+    }
+    let every = (1.0 / rate.min(1.0)).round().max(1.0) as u64;
+    n % every == every - 1
+}
+
+/// HTTP echo (HTTP/1.1 and, with `h2c`, HTTP/2 prior knowledge). The body
+/// is `<name> <method> <path> peer=<xfcc>` then the request body.
+pub async fn http(addr: SocketAddr, name: &str, h2c: bool, b: Behaviour) -> std::io::Result<Echo> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let served = Arc::new(AtomicU64::new(0));
+    let (name_c, served_c) = (name.to_owned(), served.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (name, served, b) = (name_c.clone(), served_c.clone(), b.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (name, served, b) = (name.clone(), served.clone(), b.clone());
+                    async move { Ok::<_, Infallible>(answer(req, &name, &served, &b).await) }
+                });
+                let io = TokioIo::new(tcp);
+                if h2c {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                }
+            });
+        }
+    });
+    Ok(Echo {
+        addr,
+        name: name.to_owned(),
+        served,
+        task,
+    })
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    name: &str,
+    served: &AtomicU64,
+    b: &Behaviour,
+) -> Response<Body> {
+    let n = served.fetch_add(1, Ordering::Relaxed);
+    if !b.latency.is_zero() {
+        tokio::time::sleep(b.latency).await;
+    }
+    let peer = req
+        .headers()
+        .get(crate::headers::XFCC)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let head = format!("{name} {} {} peer={peer}\n", req.method(), req.uri().path());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&body);
+    let mut resp = Response::new(full(out));
+    resp.headers_mut().insert(
+        "x-echo-server",
+        http::HeaderValue::from_str(name).unwrap_or(http::HeaderValue::from_static("?")),
+    );
+    if should_fail(n, b.failure_rate) {
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    resp
+}
+
+/// TCP echo: writes `<name>\n` first, then echoes every byte.
+pub async fn tcp(addr: SocketAddr, name: &str) -> std::io::Result<Echo> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let served = Arc::new(AtomicU64::new(0));
+    let (name_c, served_c) = (name.to_owned(), served.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            served_c.fetch_add(1, Ordering::Relaxed);
+            let name = name_c.clone();
+            tokio::spawn(async move {
+                if tcp.write_all(format!("{name}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tcp.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(Echo {
+        addr,
+        name: name.to_owned(),
+        served,
+        task,
+    })
+}
+
+struct GrpcEcho {
+    name: String,
+    served: Arc<AtomicU64>,
+}
+
+fn peer_of<T>(req: &tonic::Request<T>) -> String {
+    req.metadata()
+        .get(crate::headers::XFCC)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+#[tonic::async_trait]
+impl pb::echo_server::Echo for GrpcEcho {
+    async fn unary(
+        &self,
+        req: tonic::Request<pb::EchoRequest>,
+    ) -> Result<tonic::Response<pb::EchoReply>, tonic::Status> {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        let peer = peer_of(&req);
+        Ok(tonic::Response::new(pb::EchoReply {
+            message: req.into_inner().message,
+            server: self.name.clone(),
+            peer,
+            seq: 0,
+        }))
+    }
+
+    type StreamStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::EchoReply, tonic::Status>> + Send>,
+    >;
+
+    async fn stream(
+        &self,
+        req: tonic::Request<pb::EchoRequest>,
+    ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        let peer = peer_of(&req);
+        let r = req.into_inner();
+        let server = self.name.clone();
+        let items = (0..r.count).map(move |seq| {
+            Ok(pb::EchoReply {
+                message: r.message.clone(),
+                server: server.clone(),
+                peer: peer.clone(),
+                seq,
+            })
+        });
+        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+}
+
+/// gRPC echo over h2c.
+pub async fn grpc(addr: SocketAddr, name: &str) -> std::io::Result<Echo> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let served = Arc::new(AtomicU64::new(0));
+    let svc = pb::echo_server::EchoServer::new(GrpcEcho {
+        name: name.to_owned(),
+        served: served.clone(),
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    Ok(Echo {
+        addr,
+        name: name.to_owned(),
+        served,
+        task,
+    })
+}

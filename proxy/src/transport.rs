@@ -1,0 +1,214 @@
+//! Connections between sidecars: mTLS (TLS 1.3, ALPN h2, SPIFFE identity
+//! both ways) carrying HTTP/2, pooled per peer endpoint.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use strait_api::SpiffeId;
+use strait_ca::tls::{self, ExpectedServer};
+use strait_ca::{CertStore, SharedBundle};
+use tokio::net::TcpStream;
+
+/// Error type of proxied bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type the proxy moves around.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// ALPN of sidecar-to-sidecar connections.
+pub const ALPN_H2: &[u8] = b"h2";
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Wraps any body into [`Body`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// Why a peer connection could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    #[error("connect to {addr} timed out")]
+    Timeout { addr: SocketAddr },
+    #[error("connect to {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mTLS with {addr} failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP/2 handshake with {addr} failed: {source}")]
+    H2 {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("tls config: {0}")]
+    Config(#[from] tls::TlsError),
+}
+
+/// The local identity and trust, shared by listeners and the pool.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub certs: CertStore,
+    pub bundle: SharedBundle,
+}
+
+impl Identity {
+    pub fn id(&self) -> Option<SpiffeId> {
+        self.certs.identity()
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
+
+/// HTTP/2-over-mTLS connections to peer sidecars, one per (endpoint,
+/// expected identity). Concurrent requests to a peer without a connection
+/// wait for one connect instead of racing many.
+pub struct PeerPool {
+    identity: Identity,
+    connect_timeout: Duration,
+    slots: Mutex<HashMap<(SocketAddr, SpiffeId), Slot>>,
+    configs: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+}
+
+impl std::fmt::Debug for PeerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerPool").finish_non_exhaustive()
+    }
+}
+
+impl PeerPool {
+    pub fn new(identity: Identity, connect_timeout: Duration) -> Self {
+        Self {
+            identity,
+            connect_timeout,
+            slots: Mutex::new(HashMap::new()),
+            configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client_config(&self, expected: &SpiffeId) -> Result<Arc<ClientConfig>, ConnectError> {
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = configs.get(expected) {
+            return Ok(c.clone());
+        }
+        let mut cfg = tls::client_config(
+            &self.identity.certs,
+            &self.identity.bundle,
+            ExpectedServer::Id(expected.clone()),
+            &[ALPN_H2],
+        )?;
+        cfg.resumption = rustls::client::Resumption::in_memory_sessions(64);
+        let cfg = Arc::new(cfg);
+        configs.insert(expected.clone(), cfg.clone());
+        Ok(cfg)
+    }
+
+    /// A ready HTTP/2 sender to the sidecar at `addr`, which must present
+    /// `identity`.
+    pub async fn get(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+    ) -> Result<SendRequest<Body>, ConnectError> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry((addr, identity.clone())).or_default().clone()
+        };
+        let mut guard = slot.lock().await;
+        if let Some(send) = guard.as_ref() {
+            if !send.is_closed() {
+                return Ok(send.clone());
+            }
+        }
+        let send = self.connect(addr, identity).await?;
+        *guard = Some(send.clone());
+        Ok(send)
+    }
+
+    /// Forgets a connection that failed, so the next request reconnects.
+    pub fn evict(&self, addr: SocketAddr, identity: &SpiffeId) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.remove(&(addr, identity.clone()));
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+    ) -> Result<SendRequest<Body>, ConnectError> {
+        let cfg = self.client_config(identity)?;
+        let timeout = self.connect_timeout;
+        let fut = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|source| ConnectError::Io { addr, source })?;
+            let _ = tcp.set_nodelay(true);
+            let name =
+                ServerName::try_from("sidecar.strait.invalid").map_err(|e| ConnectError::Tls {
+                    addr,
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(|source| ConnectError::Tls { addr, source })?;
+            handshake_h2(TokioIo::new(tls), addr).await
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| ConnectError::Timeout { addr })?
+    }
+}
+
+/// The HTTP/2 client handshake over any byte stream (a TLS connection, or a
+/// TLS session inside a gateway tunnel); the connection task is spawned.
+pub async fn handshake_h2<T>(io: T, addr: SocketAddr) -> Result<SendRequest<Body>, ConnectError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .handshake(io)
+        .await
+        .map_err(|source| ConnectError::H2 { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(peer = %addr, error = %e, "peer connection closed");
+        }
+    });
+    Ok(send)
+}
