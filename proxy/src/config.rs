@@ -37,9 +37,10 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Where the sidecar's certificate comes from.
+/// Where the sidecar's certificate comes from. In YAML: a map with exactly
+/// one of `files:` or `ca:`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "IdentityYaml")]
 pub enum IdentitySource {
     /// PEM files, e.g. from `strait ca issue` (chain leaf first, PKCS#8 key,
     /// bundle of roots).
@@ -56,6 +57,50 @@ pub enum IdentitySource {
         token_file: PathBuf,
         bundle: PathBuf,
     },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilesYaml {
+    chain: PathBuf,
+    key: PathBuf,
+    bundle: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaYaml {
+    address: SocketAddr,
+    spiffe_id: SpiffeId,
+    token_file: PathBuf,
+    bundle: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityYaml {
+    files: Option<FilesYaml>,
+    ca: Option<CaYaml>,
+}
+
+impl TryFrom<IdentityYaml> for IdentitySource {
+    type Error = String;
+    fn try_from(y: IdentityYaml) -> Result<Self, String> {
+        match (y.files, y.ca) {
+            (Some(f), None) => Ok(Self::Files {
+                chain: f.chain,
+                key: f.key,
+                bundle: f.bundle,
+            }),
+            (None, Some(c)) => Ok(Self::Ca {
+                address: c.address,
+                spiffe_id: c.spiffe_id,
+                token_file: c.token_file,
+                bundle: c.bundle,
+            }),
+            _ => Err("identity needs exactly one of `files:` or `ca:`".into()),
+        }
+    }
 }
 
 /// One port of the local app that the mesh may reach.
@@ -299,5 +344,25 @@ app:
         assert!(e.to_string().contains("limits.max_header_bytes"), "{e}");
         let e = ProxyConfig::from_yaml("trust_domain: Bad!\n").unwrap_err();
         assert!(e.to_string().contains("trust domain"), "{e}");
+    }
+
+    #[test]
+    fn identity_is_files_or_ca_but_not_both() {
+        let ca = "trust_domain: strait.local\nidentity:\n  ca: { address: 127.0.0.1:8600, spiffe_id: spiffe://strait.local/ns/a/sa/b, token_file: t, bundle: b.pem }\n";
+        let c = ProxyConfig::from_yaml(ca).unwrap();
+        assert!(matches!(c.identity, IdentitySource::Ca { .. }));
+        let both = "trust_domain: strait.local\nidentity:\n  files: { chain: c, key: k, bundle: b }\n  ca: { address: 127.0.0.1:8600, spiffe_id: spiffe://strait.local/ns/a/sa/b, token_file: t, bundle: b.pem }\n";
+        let e = ProxyConfig::from_yaml(both).unwrap_err();
+        assert!(
+            e.to_string().contains("exactly one of `files:` or `ca:`"),
+            "{e}"
+        );
+        let bad_id = ca.replace("spiffe://strait.local/ns/a/sa/b", "spiffe://x//y");
+        assert!(
+            ProxyConfig::from_yaml(&bad_id)
+                .unwrap_err()
+                .to_string()
+                .contains("segment")
+        );
     }
 }

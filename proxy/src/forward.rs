@@ -44,8 +44,8 @@ pub async fn forward(
         shared.metrics.refuse(Direction::outbound, "smuggling");
         return error(StatusCode::BAD_REQUEST, "bad_framing", why);
     }
-    if let Err(resp) = prepare(&mut parts, &svc_name, port) {
-        return resp;
+    if let Err(why) = prepare(&mut parts, &svc_name, port) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", why);
     }
     let route = service.route_for(parts.uri.path());
     let deadline = tokio::time::Instant::now() + route.timeout;
@@ -175,7 +175,7 @@ pub async fn forward(
 
 /// Rewrites the request for the hop between sidecars: HTTP/2, absolute
 /// URI, no hop-by-hop or spoofable headers, `strait-dst` set.
-fn prepare(parts: &mut Parts, svc_name: &str, port: u16) -> Result<(), Response<Body>> {
+fn prepare(parts: &mut Parts, svc_name: &str, port: u16) -> Result<(), &'static str> {
     let authority = parts
         .uri
         .authority()
@@ -195,18 +195,13 @@ fn prepare(parts: &mut Parts, svc_name: &str, port: u16) -> Result<(), Response<
         .unwrap_or("/");
     parts.uri = format!("http://{authority}{pq}")
         .parse::<Uri>()
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "bad_uri", "invalid request target"))?;
+        .map_err(|_| "invalid request target")?;
     parts.version = http::Version::HTTP_2;
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_spoofable(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
-    let dst = HeaderValue::from_str(&format!("{svc_name}:{port}")).map_err(|_| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "bad_destination",
-            "invalid service",
-        )
-    })?;
+    let dst =
+        HeaderValue::from_str(&format!("{svc_name}:{port}")).map_err(|_| "invalid service name")?;
     parts.headers.insert(headers::DST, dst);
     Ok(())
 }

@@ -286,20 +286,17 @@ async fn tunnel_to_app(
 ) -> Response<Body> {
     // Connect first, so a dead app is a 503 rather than an accepted stream
     // that closes at once.
-    let mut app = match tokio::time::timeout(
+    let Ok(Ok(mut app)) = tokio::time::timeout(
         shared.cfg.limits.connect_timeout,
         TcpStream::connect(target),
     )
     .await
-    {
-        Ok(Ok(s)) => s,
-        _ => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "app_unavailable",
-                format!("the local app at {target} refused the connection"),
-            );
-        }
+    else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "app_unavailable",
+            format!("the local app at {target} refused the connection"),
+        );
     };
     let _ = app.set_nodelay(true);
     let labels = TcpLabels {

@@ -269,12 +269,9 @@ async fn open_connect(
         .uri(format!("{svc_name}:{port}"))
         .body(empty())
         .map_err(|_| "bad_request")?;
-    let resp = match send.send_request(req).await {
-        Ok(r) => r,
-        Err(_) => {
-            shared.pool.evict(addr, identity);
-            return Err("send");
-        }
+    let Ok(resp) = send.send_request(req).await else {
+        shared.pool.evict(addr, identity);
+        return Err("send");
     };
     if resp.status() != StatusCode::OK {
         return Err("refused");

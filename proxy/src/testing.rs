@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::transport::{Body, full};
@@ -36,7 +37,8 @@ pub struct Behaviour {
     pub failure_rate: f64,
 }
 
-/// A running echo server.
+/// A running echo server. Dropping it (or [`Echo::stop`]) closes the
+/// listener and every open connection, like a killed process.
 #[derive(Debug)]
 pub struct Echo {
     pub addr: SocketAddr,
@@ -44,6 +46,7 @@ pub struct Echo {
     /// Requests (or connections, for TCP) served.
     pub served: Arc<AtomicU64>,
     task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
 }
 
 impl Echo {
@@ -53,12 +56,21 @@ impl Echo {
 
     pub fn stop(&self) {
         self.task.abort();
+        self.stop.send_replace(true);
     }
 }
 
 impl Drop for Echo {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
+    }
+}
+
+/// Runs `fut` until it ends or the server is stopped.
+async fn until_stopped<F: std::future::Future>(mut stop: watch::Receiver<bool>, fut: F) {
+    tokio::select! {
+        _ = fut => {}
+        _ = stop.wait_for(|s| *s) => {}
     }
 }
 
@@ -76,6 +88,7 @@ pub async fn http(addr: SocketAddr, name: &str, h2c: bool, b: Behaviour) -> std:
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let served = Arc::new(AtomicU64::new(0));
+    let (stop, stop_rx) = watch::channel(false);
     let (name_c, served_c) = (name.to_owned(), served.clone());
     let task = tokio::spawn(async move {
         loop {
@@ -84,7 +97,7 @@ pub async fn http(addr: SocketAddr, name: &str, h2c: bool, b: Behaviour) -> std:
             };
             let _ = tcp.set_nodelay(true);
             let (name, served, b) = (name_c.clone(), served_c.clone(), b.clone());
-            tokio::spawn(async move {
+            tokio::spawn(until_stopped(stop_rx.clone(), async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let (name, served, b) = (name.clone(), served.clone(), b.clone());
                     async move { Ok::<_, Infallible>(answer(req, &name, &served, &b).await) }
@@ -99,7 +112,7 @@ pub async fn http(addr: SocketAddr, name: &str, h2c: bool, b: Behaviour) -> std:
                         .serve_connection(io, svc)
                         .await;
                 }
-            });
+            }));
         }
     });
     Ok(Echo {
@@ -107,6 +120,7 @@ pub async fn http(addr: SocketAddr, name: &str, h2c: bool, b: Behaviour) -> std:
         name: name.to_owned(),
         served,
         task,
+        stop,
     })
 }
 
@@ -151,6 +165,7 @@ pub async fn tcp(addr: SocketAddr, name: &str) -> std::io::Result<Echo> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let served = Arc::new(AtomicU64::new(0));
+    let (stop, stop_rx) = watch::channel(false);
     let (name_c, served_c) = (name.to_owned(), served.clone());
     let task = tokio::spawn(async move {
         loop {
@@ -159,7 +174,7 @@ pub async fn tcp(addr: SocketAddr, name: &str) -> std::io::Result<Echo> {
             };
             served_c.fetch_add(1, Ordering::Relaxed);
             let name = name_c.clone();
-            tokio::spawn(async move {
+            tokio::spawn(until_stopped(stop_rx.clone(), async move {
                 if tcp.write_all(format!("{name}\n").as_bytes()).await.is_err() {
                     return;
                 }
@@ -174,7 +189,7 @@ pub async fn tcp(addr: SocketAddr, name: &str) -> std::io::Result<Echo> {
                         }
                     }
                 }
-            });
+            }));
         }
     });
     Ok(Echo {
@@ -182,6 +197,7 @@ pub async fn tcp(addr: SocketAddr, name: &str) -> std::io::Result<Echo> {
         name: name.to_owned(),
         served,
         task,
+        stop,
     })
 }
 
@@ -248,10 +264,13 @@ pub async fn grpc(addr: SocketAddr, name: &str) -> std::io::Result<Echo> {
         served: served.clone(),
     });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (stop, mut stop_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming(incoming)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
             .await;
     });
     Ok(Echo {
@@ -259,5 +278,6 @@ pub async fn grpc(addr: SocketAddr, name: &str) -> std::io::Result<Echo> {
         name: name.to_owned(),
         served,
         task,
+        stop,
     })
 }

@@ -1,1 +1,293 @@
-//! (later)
+//! Bad input and hostile peers: each case gets its documented outcome while
+//! a concurrent good client keeps succeeding.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use strait_api::{ClusterName, TrustDomain};
+use strait_proxy::Proxy;
+use strait_proxy::testing::{self, Behaviour};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// A client sidecar and a server sidecar for `web`, with a deny-/admin and
+/// allow-only-`client` policy.
+struct Pair {
+    mesh: Mesh,
+    _app: testing::Echo,
+    server: Proxy,
+    client: Proxy,
+    vip: SocketAddr,
+}
+
+const POLICY: &str = "    authorization:\n      - name: web\n        deny:\n          - { paths: [/admin] }\n        allow:\n          - { from: [\"spiffe://strait.local/ns/default/sa/client\"] }\n";
+
+async fn pair(octet: u8) -> Pair {
+    let mesh = Mesh::new();
+    let app = testing::http(
+        "127.0.0.1:0".parse().unwrap(),
+        "web",
+        false,
+        Behaviour::default(),
+    )
+    .await
+    .unwrap();
+    let vip: SocketAddr = format!("127.77.{octet}.1:80").parse().unwrap();
+    // The server needs its own service (with the policy) in its snapshot.
+    let own = header(1)
+        + &service(
+            "web",
+            &vip.ip().to_string(),
+            80,
+            "http1",
+            &[("127.0.0.1:9".parse().unwrap(), "us-east/a", "web")],
+            POLICY,
+        );
+    let server = mesh.server("web", 80, "http1", app.addr, &own).await;
+    let s = header(1)
+        + &service(
+            "web",
+            &vip.ip().to_string(),
+            80,
+            "http1",
+            &[(server.inbound, "us-east/a", "web")],
+            POLICY,
+        );
+    let client = mesh.client("client", &s).await;
+    wait_listening(vip).await;
+    Pair {
+        mesh,
+        _app: app,
+        server,
+        client,
+        vip,
+    }
+}
+
+/// Runs a good client against `vip` until `stop`; returns (ok, failed).
+fn good_client(vip: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let ok = AtomicU64::new(0);
+        let bad = AtomicU64::new(0);
+        let mut conn = Conn::open(vip).await;
+        while !stop.load(Ordering::Relaxed) {
+            let (status, _) = conn.get("/good", "web").await;
+            if status == 200 {
+                ok.fetch_add(1, Ordering::Relaxed);
+            } else {
+                bad.fetch_add(1, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (ok.into_inner(), bad.into_inner())
+    })
+}
+
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn smuggling_and_oversized_heads_are_refused_while_good_traffic_flows() {
+    let p = pair(20).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = good_client(p.vip, stop.clone());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "double CL",
+            b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"
+                .to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: web\r\nX-A: a\r\n  folded\r\nConnection: close\r\n\r\n"
+                .to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            "huge header",
+            [
+                b"GET / HTTP/1.1\r\nHost: web\r\nX-Big: ".to_vec(),
+                vec![b'a'; 100 * 1024],
+                b"\r\n\r\n".to_vec(),
+            ]
+            .concat(),
+            "HTTP/1.1 431",
+        ),
+        (
+            "header count",
+            [
+                b"GET / HTTP/1.1\r\nHost: web\r\n".to_vec(),
+                (0..200)
+                    .flat_map(|i| format!("X-{i}: v\r\n").into_bytes())
+                    .collect(),
+                b"\r\n".to_vec(),
+            ]
+            .concat(),
+            "HTTP/1.1 431",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let got = raw(p.vip, &bytes).await;
+        assert!(
+            got.starts_with(want),
+            "{name}: expected {want}, got {:?}",
+            got.lines().next()
+        );
+    }
+    // CL+TE (RFC 9112 6.3): Transfer-Encoding wins, Content-Length is
+    // dropped and the connection is closed after the response, so a request
+    // hidden in the "body" is never run as a second request.
+    let smuggle = b"POST /front HTTP/1.1\r\nHost: web\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: web\r\n\r\n";
+    let got = raw(p.vip, smuggle).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert_eq!(
+        got.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one response: {got}"
+    );
+    assert!(
+        got.contains("web POST /front") && !got.contains("/smuggled"),
+        "{got}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = good.await.unwrap();
+    assert!(
+        ok > 0 && failed == 0,
+        "good client: {ok} ok, {failed} failed"
+    );
+}
+
+#[tokio::test]
+async fn slowloris_is_cut_off_and_does_not_block_others() {
+    let p = pair(21).await;
+    let mut slow = TcpStream::connect(p.vip).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n")
+        .await
+        .unwrap();
+    // Others are served while the slow client dawdles.
+    let (status, _) = http1(p.vip, get("/", "web")).await;
+    assert_eq!(status, 200);
+    // The slow client is closed after the header-read timeout (10 s default
+    // would be slow for a test; the inbound port checks the same through TLS).
+    let mut plain = TcpStream::connect(p.server.inbound).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(3), plain.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "plaintext on the mTLS port gets nothing back");
+    assert!(p.server.metrics().contains("reason=\"plaintext\""));
+    drop(slow);
+}
+
+#[tokio::test]
+async fn unauthorized_identity_gets_403_and_deny_paths_cannot_be_bypassed() {
+    let p = pair(22).await;
+    for path in [
+        "/admin",
+        "/admin/x",
+        "//admin",
+        "/a/../admin",
+        "/a/%2e%2e/admin",
+        "/ADMIN/../admin",
+    ] {
+        let (status, body) = http1(p.vip, get(path, "web")).await;
+        assert!(status == 403 || status == 400, "{path}: {status} {body}");
+    }
+    let (status, _) = http1(p.vip, get("/%2Fadmin", "web")).await;
+    assert!(status == 403 || status == 400, "encoded slash: {status}");
+    assert_eq!(http1(p.vip, get("/ok", "web")).await.0, 200);
+
+    // Another workload (sa "intruder") is not allowed by the policy.
+    let s = header(1)
+        + &service(
+            "web",
+            "127.77.23.1",
+            80,
+            "http1",
+            &[(p.server.inbound, "us-east/a", "web")],
+            "",
+        );
+    let _intruder = p.mesh.client("intruder", &s).await;
+    let vip2 = "127.77.23.1:80".parse().unwrap();
+    wait_listening(vip2).await;
+    let (status, body) = http1(vip2, get("/ok", "web")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("intruder may not call web.default"), "{body}");
+    let m = p.server.metrics();
+    assert!(
+        m.contains("strait_authz_denied_total{direction=\"inbound\",reason=\"no_allow_match\"}"),
+        "{m}"
+    );
+    let _ = &p.client;
+}
+
+#[tokio::test]
+async fn certificates_from_another_trust_domain_or_root_are_refused() {
+    let p = pair(24).await;
+    // A workload of another mesh (other root, other trust domain).
+    let tmp = tempfile::tempdir().unwrap();
+    let evil_td = TrustDomain::new("evil.local").unwrap();
+    let evil = strait_ca::CaDir::init(&tmp.path().join("ca"), &evil_td, Duration::from_secs(3600))
+        .unwrap();
+    let c = ClusterName::new("x").unwrap();
+    evil.new_intermediate(&c, Duration::from_secs(3600))
+        .unwrap();
+    let files = evil
+        .issue(
+            &c,
+            &strait_api::SpiffeId::parse("spiffe://evil.local/ns/default/sa/client").unwrap(),
+            Duration::from_secs(600),
+            &tmp.path().join("w"),
+        )
+        .unwrap();
+    let certs = strait_ca::CertStore::from_pem(
+        &std::fs::read_to_string(files.chain).unwrap(),
+        &std::fs::read_to_string(files.key).unwrap(),
+    )
+    .unwrap();
+    // It trusts our bundle, so only the server's check can stop it.
+    let bundle = strait_ca::SharedBundle::new(p.mesh.ca.bundle().unwrap());
+    let cfg = strait_ca::tls::client_config(
+        &certs,
+        &bundle,
+        strait_ca::tls::ExpectedServer::AnyInTrustDomain,
+        &[b"h2"],
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(p.server.inbound).await.unwrap();
+    let r = async {
+        let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("x").unwrap(), tcp)
+            .await?;
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            Err(std::io::Error::other("closed"))
+        } else {
+            Ok(())
+        }
+    }
+    .await;
+    assert!(r.is_err(), "a foreign certificate must not get a session");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(p.server.metrics().contains("reason=\"tls_handshake\""));
+    // Good traffic is unaffected.
+    assert_eq!(http1(p.vip, get("/", "web")).await.0, 200);
+}
