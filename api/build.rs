@@ -1,7 +1,11 @@
 //! Compiles the protobuf APIs with `protox` (pure Rust, no system `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/strait/ca.proto"];
+    let protos = [
+        "proto/strait/ca.proto",
+        "proto/strait/config.proto",
+        "proto/strait/federation.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -19,4 +19,14 @@ pub mod proto {
         #![allow(clippy::all, missing_docs, rust_2018_idioms)]
         tonic::include_proto!("strait.ca.v1");
     }
+    /// Config push from a controller to its proxies (`strait.config.v1`).
+    pub mod config {
+        #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+        tonic::include_proto!("strait.config.v1");
+    }
+    /// Controller-to-controller linking and catalog sync (`strait.federation.v1`).
+    pub mod federation {
+        #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+        tonic::include_proto!("strait.federation.v1");
+    }
 }

@@ -386,7 +386,7 @@ fn serve(ca: CaArgs, listen: std::net::SocketAddr, ttl: Duration) -> anyhow::Res
             "strait CA for cluster {cluster} serving on {} (identity {server_id}); Ctrl-C to stop",
             bound.addr
         );
-        tokio::signal::ctrl_c().await?;
+        crate::signal::wait_for_shutdown().await;
         bound.shutdown();
         eprintln!("stopped");
         anyhow::Ok(())

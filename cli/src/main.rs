@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 
 mod ca;
 mod output;
+mod proxy;
+mod signal;
 
 use output::Format;
 
@@ -41,6 +43,8 @@ enum Command {
     /// workload certificates; run the signing service; manage tokens.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Run the sidecar proxy beside a workload.
+    Proxy(proxy::ProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Ca(cmd) => ca::run(cmd, cli.output),
+        Command::Proxy(args) => proxy::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,1 +1,30 @@
-//! Placeholder crate; filled by a later issue.
+//! Strait global DNS: an authoritative server for the mesh zone
+//! (`clusterset.local` by default) that answers A, AAAA and SRV for global
+//! services, `<svc>.<ns>.svc.<zone>` and per-cluster
+//! `<cluster>.<svc>.<ns>.svc.<zone>`, with health-aware failover to the next
+//! cluster's gateway when the local cluster has no healthy endpoint.
+//!
+//! Layers: [`view`] is the data the federation controller pushes (a
+//! [`DnsView`] swapped through a [`ViewHandle`]); [`mod@answer`] decides every
+//! response as a pure function of view and question; [`server`] runs
+//! hickory-server on UDP and TCP and only executes those decisions;
+//! [`metrics`] counts queries and answer latency.
+//!
+//! It is not a recursive resolver: names outside the zone get REFUSED and
+//! nothing is forwarded upstream. It does not check health itself (the view
+//! lists healthy endpoints only), does no DNSSEC, zone transfer, or DNS over
+//! TLS/HTTPS/QUIC.
+
+pub mod answer;
+pub mod metrics;
+pub mod server;
+pub mod view;
+
+pub use answer::{Answer, AnswerConfig, ClientKind, DEFAULT_TTL, Question, answer};
+pub use ipnet::IpNet;
+pub use metrics::{DnsMetrics, encode_metrics};
+pub use server::{DnsConfig, DnsServer, ServerError, run};
+pub use view::{
+    ClusterEndpoints, DEFAULT_ZONE, DnsView, GlobalService, IndexedView, LocalityWeight,
+    PortProtocol, ServicePort, ViewError, ViewHandle,
+};

@@ -1,1 +1,32 @@
-//! Placeholder crate; filled by a later issue.
+//! The Strait federation controller: one per cluster.
+//!
+//! What it is:
+//! - [`catalog`]: the local catalog (services, exports, traffic policies)
+//!   from a [`catalog::CatalogSource`]; the directory store for plain hosts;
+//! - [`health`]: active HTTP/TCP checks and passive reports from proxies;
+//! - [`snapshot`]: the pure function that builds a proxy's
+//!   [`strait_api::snapshot::Snapshot`] from the local catalog, imported
+//!   services and policies, reporting conflicts;
+//! - [`push`] / [`push_client`]: config push to proxies and gateways (gRPC
+//!   bidi stream, ACK/NACK) and a reusable client;
+//! - [`peering`] and [`sync`]: links from peering tokens, and catalog sync of
+//!   exported services between linked controllers with leases;
+//! - [`controller`]: `Controller::start` wires it all, with an admin HTTP
+//!   port (`/metrics`, `/ready`, `/status`);
+//! - [`grpc`]: tonic over the mesh rustls configs of `strait_ca::tls`, with
+//!   the caller's verified SPIFFE ID on every request; [`metrics`]: the
+//!   Prometheus families.
+//!
+//! What it is not: no data path (proxies and gateways carry traffic), no
+//! certificate issuing (`strait-ca`), no Kubernetes client yet.
+
+pub mod catalog;
+pub mod controller;
+pub mod grpc;
+pub mod health;
+pub mod metrics;
+pub mod peering;
+pub mod push;
+pub mod push_client;
+pub mod snapshot;
+pub mod sync;

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Turns one benchmark run into results.md, results.json and docs/performance.md.
+
+Input (in OUT): reference.md (bench/reference-bench.sh), tls.json, memory.json.
+Ratios are computed from numbers of the same run only.
+"""
+import json
+import os
+import re
+import sys
+
+out, doc = sys.argv[1], sys.argv[2]
+ref = open(os.path.join(out, "reference.md")).read()
+tls = json.load(open(os.path.join(out, "tls.json")))
+mem = json.load(open(os.path.join(out, "memory.json")))
+CAND = "strait_2hop_mtls"
+
+
+def tables(md):
+    """Markdown tables by the section heading above them: heading -> rows of dicts."""
+    res, head, cols = {}, None, None
+    for line in md.splitlines():
+        if line.startswith("## "):
+            head, cols = line[3:].strip(), None
+        elif line.startswith("|") and head:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cols is None:
+                cols = cells
+            elif not set(line) <= set("|-: "):
+                res.setdefault(head, []).append(dict(zip(cols, cells)))
+    return res
+
+
+def num(v):
+    m = re.match(r"^[-+]?[0-9.]+", v or "")
+    return float(m.group(0)) if m else None
+
+
+def ms(v):
+    """wrk latency ('812.00us', '1.2ms', '1s') in ms."""
+    if not v:
+        return None
+    m = re.match(r"^([0-9.]+)(us|ms|s)$", v)
+    if not m:
+        return None
+    x = float(m.group(1))
+    return {"us": x / 1000, "ms": x, "s": x * 1000}[m.group(2)]
+
+
+t = tables(ref)
+data = {"reference_markdown": "reference.md", "tls": tls, "memory": mem, "sections": t}
+summary = {}
+
+
+def find(section_prefix):
+    for k, rows in t.items():
+        if k.startswith(section_prefix):
+            return {r.get("stage", r.get("path", r.get("mode"))): r for r in rows}
+    return {}
+
+
+wrk = find("1. wrk")
+if wrk:
+    d, h, hp, c = (wrk.get(k, {}) for k in ("direct", "haproxy_2hop_mtls_http", "haproxy_2hop_plain", CAND))
+    rps = lambda r: num(r.get("req/s"))
+    if rps(c) and rps(h):
+        summary["http1_rps"] = {"direct": rps(d), "haproxy_mtls_pair": rps(h), "haproxy_plain_pair": rps(hp), "strait_mtls_pair": rps(c)}
+        summary["http1_ratio_vs_haproxy_mtls"] = rps(c) / rps(h)
+        summary["http1_ratio_vs_haproxy_plain"] = rps(c) / rps(hp) if rps(hp) else None
+        summary["http1_ratio_vs_direct"] = rps(c) / rps(d) if rps(d) else None
+        summary["vcpu_per_1k_rps"] = {"haproxy_mtls_pair": num(h.get("proxy vCPU per 1k rps")), "strait_mtls_pair": num(c.get("proxy vCPU per 1k rps"))}
+        summary["rss_mb_now_peak_50_conns"] = c.get("proxy RSS now/peak MB")
+oha = find("2. oha")
+if oha:
+    d, c, h = oha.get("direct", {}), oha.get(CAND, {}), oha.get("haproxy_2hop_mtls_http", {})
+    added = {}
+    for p in ("p50 ms", "p90 ms", "p99 ms", "p99.9 ms"):
+        if num(c.get(p)) is not None and num(d.get(p)) is not None:
+            added[p.replace(" ms", "")] = {"strait": num(c.get(p)) - num(d.get(p)),
+                                          "haproxy": (num(h.get(p)) - num(d.get(p))) if num(h.get(p)) is not None else None}
+    summary["fixed_rate_added_latency_ms"] = added
+    summary["fixed_rate_vcpu_per_1k_rps"] = {"strait": num(c.get("proxy vCPU per 1k rps")), "haproxy": num(h.get("proxy vCPU per 1k rps"))}
+h2 = find("3. h2load")
+if h2:
+    d, c, h = h2.get("direct_h2", {}), h2.get(CAND + "_h2", {}), h2.get("haproxy_2hop_mtls_h2", {})
+    if num(c.get("req/s")) and num(d.get("req/s")):
+        summary["http2_ratio_vs_direct"] = num(c.get("req/s")) / num(d.get("req/s"))
+        summary["http2_haproxy_ratio_vs_direct"] = num(h.get("req/s")) / num(d.get("req/s")) if num(h.get("req/s")) else None
+ip = find("4. iperf3")
+if ip:
+    summary["tcp_gbit_s"] = {k: num(v.get("Gbit/s (receiver)")) for k, v in ip.items()}
+    c = ip.get(CAND + "_l4", {})
+    summary["tcp_cpu_s_per_gb"] = {"strait": num(c.get("sidecar CPU s per GB")), "haproxy": num(ip.get("haproxy_2hop_mtls_l4tunnel", {}).get("sidecar CPU s per GB"))}
+st = find("5. openssl s_time")
+if st:
+    summary["haproxy_server_handshake_cpu_ms"] = num(st.get("new", {}).get("server sidecar CPU ms per handshake"))
+summary["strait_server_handshake_cpu_ms"] = tls.get("full_handshake_server_cpu_ms")
+summary["strait_idle_rss_mib_1000_services"] = mem.get("idle_rss_mib")
+data["summary"] = summary
+json.dump(data, open(os.path.join(out, "results.json"), "w"), indent=2)
+
+host = next((l for l in ref.splitlines() if l.startswith("Host:")), "")
+tools = next((l for l in ref.splitlines() if l.startswith("nginx ")), "")
+
+
+def f(x, n=2):
+    return "-" if x is None else f"{x:.{n}f}"
+
+
+lines = ["# Performance", "",
+         "Latest run of `scripts/bench.sh` (every number below comes from that one run; ratios compare",
+         "numbers measured side by side in it). Machine: " + host.replace("Host: ", ""), "", tools, "",
+         "## Summary", "", "| measure | Strait | HAProxy (same run) | target |", "|---|---|---|---|"]
+s = summary
+if "http1_rps" in s:
+    r = s["http1_rps"]
+    lines.append(f"| HTTP/1.1 mTLS pair, wrk 50 conns, req/s | {f(r['strait_mtls_pair'],0)} ({f(s['http1_ratio_vs_direct'],3)}x direct) | {f(r['haproxy_mtls_pair'],0)} ({f(r['haproxy_mtls_pair']/r['direct'],3)}x direct) | >= 1.0x HAProxy mTLS pair: **{f(s['http1_ratio_vs_haproxy_mtls'],2)}x** |")
+    lines.append(f"| ... vs HAProxy plaintext pair | {f(s['http1_ratio_vs_haproxy_plain'],2)}x | {f(r['haproxy_plain_pair'],0)} req/s | stretch >= 1.0x |")
+    v = s["vcpu_per_1k_rps"]
+    lines.append(f"| vCPU per 1,000 req/s (both sidecars), closed loop | {f(v['strait_mtls_pair'],3)} | {f(v['haproxy_mtls_pair'],3)} | <= 0.12 |")
+    lines.append(f"| RSS now/peak MB, both sidecars, 50 TLS conns | {s['rss_mb_now_peak_50_conns']} | | <= 20 MiB per sidecar |")
+for p, v in s.get("fixed_rate_added_latency_ms", {}).items():
+    tgt = {"p50": "<= 0.25 ms", "p99": "<= 0.5 ms", "p99.9": "<= 2 ms"}.get(p, "")
+    lines.append(f"| added latency over direct at fixed rate, {p} | {f(v['strait'],3)} ms | {f(v['haproxy'],3)} ms | {tgt} |")
+if "fixed_rate_vcpu_per_1k_rps" in s:
+    v = s["fixed_rate_vcpu_per_1k_rps"]
+    lines.append(f"| vCPU per 1,000 req/s at fixed rate | {f(v['strait'],3)} | {f(v['haproxy'],3)} | <= 0.12 |")
+if "http2_ratio_vs_direct" in s:
+    lines.append(f"| HTTP/2 pair vs direct (h2load) | {f(s['http2_ratio_vs_direct'],3)}x | {f(s['http2_haproxy_ratio_vs_direct'],3)}x | >= 0.40x |")
+if "tcp_gbit_s" in s:
+    g = s["tcp_gbit_s"]
+    lines.append(f"| one TCP stream through the pair, Gbit/s | {f(g.get(CAND + '_l4'))} (direct {f(g.get('direct'))}) | {f(g.get('haproxy_2hop_mtls_l4tunnel'))} | >= 5 |")
+    c = s["tcp_cpu_s_per_gb"]
+    lines.append(f"| CPU-s per GB, both sidecars | {f(c['strait'],3)} | {f(c['haproxy'],3)} | <= 1.2 |")
+lines.append(f"| server-side full mTLS handshake CPU | {f(s.get('strait_server_handshake_cpu_ms'),3)} ms (in memory) | {f(s.get('haproxy_server_handshake_cpu_ms'),3)} ms (s_time) | <= 0.4 ms |")
+lines.append(f"| idle sidecar RSS, 1,000-service snapshot ({mem.get('services')} VIP listeners) | {f(mem.get('idle_rss_mib'),1)} MiB | | <= 20 MiB |")
+lines += ["", "## TLS micro-benchmarks (rustls, ring, the sidecars' own config, one core)", "",
+          f"- full handshakes/s (client+server in one thread): {f(tls['full_handshakes_per_sec'],0)}; server CPU {f(tls['full_handshake_server_cpu_ms'],3)} ms each",
+          f"- resumed handshakes/s: {f(tls['resumed_handshakes_per_sec'],0)}; server CPU {f(tls['resumed_handshake_server_cpu_ms'],3)} ms each",
+          f"- bulk encrypt+decrypt: {f(tls['bulk_encrypt_decrypt_mb_per_sec'],0)} MB/s ({tls['cipher']})", "",
+          "## Full reference output", "", ref.split("\n", 1)[1] if "\n" in ref else ref, "",
+          "## Reproduce", "", "```sh", "./scripts/bench.sh    # installs nginx haproxy wrk nghttp2-client iperf3 when run as root", "```", ""]
+open(os.path.join(out, "results.md"), "w").write("\n".join(lines))
+open(doc, "w").write("\n".join(lines))
+print("\n".join(lines[:40]))

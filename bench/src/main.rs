@@ -1,0 +1,50 @@
+//! `strait-bench`: the tools behind `scripts/bench.sh`.
+//!
+//! - `strait-bench oha ...`: open-loop fixed-rate load generator with
+//!   oha-compatible flags and JSON (used as the reference script's `OHA`);
+//! - `strait-bench tls`: handshakes/s (full, resumed), server CPU per
+//!   handshake and bulk MB/s of the sidecars' rustls configuration;
+//! - `strait-bench memory --strait PATH`: RSS of an idle sidecar holding a
+//!   1,000-service snapshot.
+//!
+//! It is a measuring tool, not a test: nothing here asserts.
+
+mod loadgen;
+mod micro;
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = argv.split_first() else {
+        bail!("usage: strait-bench oha|tls|memory ... (see the crate docs)");
+    };
+    let out = match cmd.as_str() {
+        "oha" => {
+            let args = loadgen::parse(rest)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(loadgen::run(args))?
+        }
+        "tls" => micro::tls()?,
+        "memory" => {
+            let mut strait = PathBuf::from("target/release/strait");
+            let mut services = 1000;
+            let mut it = rest.iter();
+            while let Some(a) = it.next() {
+                match (a.as_str(), it.next()) {
+                    ("--strait", Some(p)) => strait = PathBuf::from(p),
+                    ("--services", Some(n)) => services = n.parse()?,
+                    _ => bail!("usage: strait-bench memory [--strait PATH] [--services N]"),
+                }
+            }
+            micro::memory(&strait, services)?
+        }
+        other => bail!("unknown command {other:?}; use oha, tls or memory"),
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

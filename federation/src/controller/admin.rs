@@ -1,0 +1,80 @@
+//! The admin HTTP port: `/metrics` (Prometheus text), `/ready`, `/live`
+//! and `/status` (JSON of [`super::Status`]).
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::Shared;
+
+pub(crate) fn encode_metrics(shared: &Shared) -> String {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &shared.registry) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    text
+}
+
+fn reply(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = code;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        res.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    res
+}
+
+fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+    }
+    match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            encode_metrics(shared),
+        ),
+        // The first world is built before the ports open, so a serving
+        // controller is ready.
+        "/ready" | "/live" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/status" => match serde_json::to_vec_pretty(&super::status::status(shared)) {
+            Ok(json) => reply(StatusCode::OK, "application/json", json),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{e}\n"),
+            ),
+        },
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics, /ready, /status\n",
+        ),
+    }
+}
+
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, _)) = accepted else { continue };
+                let shared = shared.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let res = route(&shared, &req);
+                        async move { Ok::<_, std::convert::Infallible>(res) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! What the CLI (and tests) call on a running controller.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strait_api::proto::federation::EstablishRequest;
+use strait_api::proto::federation::federation_client::FederationClient;
+use strait_api::snapshot::Snapshot;
+use strait_api::{ClusterName, Locality, SpiffeId};
+use strait_ca::tls::ExpectedServer;
+use tokio::task::JoinHandle;
+
+use super::tasks::AbortOnDrop;
+use super::{Shared, Status, controller_identity};
+use crate::catalog::store::DirectoryStore;
+use crate::catalog::{CatalogError, PolicySpec, Registration, ServiceKey};
+use crate::grpc::GrpcServer;
+use crate::health::Checker;
+use crate::peering::{FailMode, Link, PeeringError, PeeringToken, new_secret, now_unix};
+
+/// How a peering token is made.
+#[derive(Debug, Clone)]
+pub struct TokenOptions {
+    /// How long the token can be used (once).
+    pub ttl: Duration,
+    /// The controller address to put in the token (e.g. a load balancer);
+    /// defaults to the controller's advertised address.
+    pub controller: Option<SocketAddr>,
+}
+
+impl Default for TokenOptions {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(15 * 60),
+            controller: None,
+        }
+    }
+}
+
+/// A running controller. Dropping it stops everything.
+#[derive(Debug)]
+pub struct Handle {
+    shared: Arc<Shared>,
+    grpc_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    _grpc: GrpcServer,
+    _checker: Checker,
+    _tasks: Vec<AbortOnDrop>,
+}
+
+impl Handle {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        grpc_addr: SocketAddr,
+        admin_addr: Option<SocketAddr>,
+        grpc: GrpcServer,
+        checker: Checker,
+        tasks: Vec<JoinHandle<()>>,
+    ) -> Self {
+        Self {
+            shared,
+            grpc_addr,
+            admin_addr,
+            _grpc: grpc,
+            _checker: checker,
+            _tasks: tasks.into_iter().map(AbortOnDrop::new).collect(),
+        }
+    }
+
+    /// Where proxies and peers connect (mTLS gRPC).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The admin HTTP port, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn cluster(&self) -> &ClusterName {
+        &self.shared.cluster
+    }
+
+    /// The identity this controller presents.
+    pub fn identity(&self) -> SpiffeId {
+        controller_identity(&self.shared.td, &self.shared.cluster)
+    }
+
+    /// The directory store, unless the catalog comes from elsewhere.
+    pub fn store(&self) -> Result<&DirectoryStore, CatalogError> {
+        self.shared.store.as_deref().ok_or(CatalogError::ReadOnly)
+    }
+
+    pub fn register(&self, reg: Registration) -> Result<(), CatalogError> {
+        self.store()?.register(reg)
+    }
+
+    pub fn deregister(&self, key: &ServiceKey) -> Result<(), CatalogError> {
+        self.store()?.deregister(key)
+    }
+
+    /// Exports to every linked peer (`to` empty) or only to those named.
+    pub fn export(&self, key: &ServiceKey, to: Vec<ClusterName>) -> Result<(), CatalogError> {
+        self.store()?.export(key, to)
+    }
+
+    pub fn unexport(&self, key: &ServiceKey) -> Result<(), CatalogError> {
+        self.store()?.unexport(key)
+    }
+
+    pub fn set_policy(&self, policy: PolicySpec) -> Result<(), CatalogError> {
+        self.store()?.set_policy(policy)
+    }
+
+    pub fn remove_policy(&self, key: &ServiceKey) -> Result<(), CatalogError> {
+        self.store()?.remove_policy(key)
+    }
+
+    /// A passive health report (what proxies send over gRPC).
+    pub fn report_endpoint(
+        &self,
+        key: &ServiceKey,
+        addr: SocketAddr,
+        healthy: bool,
+        hold: Duration,
+    ) {
+        self.shared.health.report(key, addr, healthy, hold);
+    }
+
+    /// A one-time peering token for another cluster to `establish` with.
+    pub fn peering_token(&self, opts: TokenOptions) -> Result<String, PeeringError> {
+        let secret = new_secret();
+        let expires_unix = self.shared.links.add_secret(&secret, opts.ttl)?;
+        let bundle = self.shared.bundle.get();
+        let token = PeeringToken {
+            cluster: self.shared.cluster.clone(),
+            trust_domain: self.shared.td.clone(),
+            bundle_pem: strait_ca::pem::encode_certs(bundle.roots()),
+            controller: opts.controller.unwrap_or(self.shared.advertise),
+            gateways: self.shared.gateways.clone(),
+            server_identity: self.identity(),
+            secret,
+            expires_unix,
+        };
+        tracing::info!(cluster = %self.shared.cluster, expires_unix, "issued peering token");
+        Ok(token.encode())
+    }
+
+    /// Links with the cluster that issued `token`: checks it, calls that
+    /// controller once over mTLS, and stores the link on both sides.
+    pub async fn establish(&self, token: &str, fail_mode: FailMode) -> Result<Link, PeeringError> {
+        let t = PeeringToken::decode(token)?;
+        t.check(&self.shared.cluster, &self.shared.bundle.get())?;
+        let peer = t.cluster.clone();
+        let unreachable = |reason: String| PeeringError::Unreachable {
+            peer: peer.clone(),
+            addr: t.controller,
+            reason,
+        };
+        let expected = ExpectedServer::Id(t.server_identity.clone());
+        let channel = crate::grpc::channel(
+            t.controller,
+            &self.shared.certs,
+            &self.shared.bundle,
+            expected,
+        )
+        .map_err(|e| unreachable(e.to_string()))?;
+        let req = EstablishRequest {
+            secret: t.secret.clone(),
+            cluster: self.shared.cluster.to_string(),
+            controller_address: self.shared.advertise.to_string(),
+            gateways: self
+                .shared
+                .gateways
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        };
+        let mut client = FederationClient::new(channel);
+        let call = client.establish(req);
+        let resp = tokio::time::timeout(Duration::from_secs(15), call)
+            .await
+            .map_err(|_| unreachable("no answer within 15s".into()))?
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown => {
+                    unreachable(s.message().to_owned())
+                }
+                _ => PeeringError::Refused {
+                    peer: peer.clone(),
+                    message: s.message().to_owned(),
+                },
+            })?
+            .into_inner();
+        if resp.cluster != peer.as_str() {
+            return Err(PeeringError::Refused {
+                peer: peer.clone(),
+                message: format!("the controller answered as cluster {:?}", resp.cluster),
+            });
+        }
+        let link = Link {
+            peer: peer.clone(),
+            peer_identity: t.server_identity,
+            controller: t.controller,
+            gateways: t.gateways,
+            fail_mode,
+            established_unix: now_unix(),
+        };
+        self.shared.links.insert(link.clone())?;
+        tracing::info!(%peer, "link established");
+        Ok(link)
+    }
+
+    /// Removes the link: the peer's sync calls are refused from now on and
+    /// its imported services are dropped.
+    pub fn unlink(&self, peer: &ClusterName) -> Result<Link, PeeringError> {
+        self.shared.links.remove(peer)
+    }
+
+    pub fn set_fail_mode(&self, peer: &ClusterName, mode: FailMode) -> Result<(), PeeringError> {
+        self.shared.links.set_fail_mode(peer, mode)
+    }
+
+    pub fn links(&self) -> Vec<Link> {
+        self.shared.links.links().values().cloned().collect()
+    }
+
+    /// The snapshot a proxy at `locality` (default: the cluster's) gets now.
+    pub fn snapshot(&self, locality: Option<Locality>) -> Snapshot {
+        self.shared.snapshot(locality)
+    }
+
+    pub fn status(&self) -> Status {
+        super::status::status(&self.shared)
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        super::admin::encode_metrics(&self.shared)
+    }
+
+    /// Stops the controller and waits until its ports are closed (dropping
+    /// the handle stops it too, without waiting).
+    pub async fn shutdown(self) {
+        let Self {
+            _grpc,
+            _tasks,
+            _checker,
+            ..
+        } = self;
+        _grpc.stop().await;
+        for t in _tasks {
+            t.stop().await;
+        }
+        drop(_checker);
+    }
+}

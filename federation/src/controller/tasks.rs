@@ -1,0 +1,166 @@
+//! The controller's background tasks: rebuilding the world, running one
+//! importer per link, lease expiry and directory rescans.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strait_api::ClusterName;
+use tokio::task::JoinHandle;
+
+use super::Shared;
+use crate::catalog::store::DirectoryStore;
+use crate::peering::Link;
+use crate::push::Published;
+use crate::snapshot::merge;
+use crate::sync::import::run_importer;
+
+/// A task that is aborted when this is dropped.
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
+impl AbortOnDrop {
+    pub(crate) fn new(task: JoinHandle<()>) -> Self {
+        Self(Some(task))
+    }
+
+    /// Aborts the task and waits until it is gone.
+    pub(crate) async fn stop(mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// Builds and publishes the world at `version`, and brings the export log
+/// up to date.
+pub(crate) fn rebuild(shared: &Shared, version: u64) {
+    let catalog = shared.source.watch().borrow().clone();
+    let world = shared.build_world(version, catalog.clone());
+    let view = merge(&world);
+    shared
+        .metrics
+        .catalog_services
+        .set(i64::try_from(view.services.len()).unwrap_or(i64::MAX));
+    for c in &view.conflicts {
+        tracing::debug!(service = %c.service, cluster = %c.cluster, reason = %c.reason, "catalog conflict");
+    }
+    let health = &shared.health;
+    shared.exports.send_if_modified(|log| {
+        Arc::make_mut(log).update(
+            &shared.cluster,
+            &shared.td,
+            &shared.locality,
+            &catalog,
+            &|k, a| health.health(k, a),
+        )
+    });
+    shared
+        .world
+        .send_replace(Arc::new(Published { world, view }));
+}
+
+/// Rebuilds on every change of catalog, health, imports or links,
+/// coalescing bursts.
+pub(crate) async fn rebuild_loop(shared: Arc<Shared>, base: u64) {
+    let mut catalog = shared.source.watch();
+    let mut health = shared.health.subscribe();
+    let mut imports = shared.imports.subscribe();
+    let mut links = shared.links.watch();
+    let mut version = base;
+    loop {
+        let ok = tokio::select! {
+            r = catalog.changed() => r.is_ok(),
+            r = health.changed() => r.is_ok(),
+            r = imports.changed() => r.is_ok(),
+            r = links.changed() => r.is_ok(),
+        };
+        if !ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        catalog.mark_unchanged();
+        health.mark_unchanged();
+        imports.mark_unchanged();
+        links.mark_unchanged();
+        version += 1;
+        rebuild(&shared, version);
+    }
+}
+
+/// One importer per link, restarted when the peer's address or identity
+/// changes; a removed link's imports are dropped.
+pub(crate) async fn importers(shared: Arc<Shared>) {
+    let mut links = shared.links.watch();
+    let mut running: BTreeMap<ClusterName, (Link, AbortOnDrop)> = BTreeMap::new();
+    loop {
+        let current = links.borrow_and_update().clone();
+        running.retain(|peer, (link, _)| {
+            let keep = current.get(peer).is_some_and(|l| {
+                l.controller == link.controller && l.peer_identity == link.peer_identity
+            });
+            if current.get(peer).is_none() {
+                shared.imports.remove(peer);
+                let labels = crate::metrics::PeerLabels {
+                    peer: peer.to_string(),
+                };
+                shared.metrics.peer_up.remove(&labels);
+                shared.metrics.peer_sync_lag_seconds.remove(&labels);
+            }
+            keep
+        });
+        for (peer, link) in current.iter() {
+            if running.contains_key(peer) {
+                continue;
+            }
+            let task = tokio::spawn(run_importer(
+                link.clone(),
+                shared.cluster.clone(),
+                shared.certs.clone(),
+                shared.bundle.clone(),
+                shared.imports.clone(),
+                shared.sync.clone(),
+            ));
+            running.insert(peer.clone(), (link.clone(), AbortOnDrop::new(task)));
+        }
+        if links.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Applies lease expiry, refreshes the sync metrics and sweeps expired
+/// passive health reports.
+pub(crate) async fn leases(shared: Arc<Shared>) {
+    let every = (shared.sync.lease / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let links = shared.links.links();
+        shared
+            .imports
+            .expire(&links, shared.sync.lease, &shared.metrics);
+    }
+}
+
+/// Re-reads hand-edited catalog files; warns once per new problem.
+pub(crate) async fn rescan(store: Arc<DirectoryStore>, every: Duration) {
+    let mut last: Vec<String> = Vec::new();
+    loop {
+        tokio::time::sleep(every).await;
+        let errors: Vec<String> = store.rescan().iter().map(ToString::to_string).collect();
+        for e in errors.iter().filter(|e| !last.contains(e)) {
+            tracing::warn!(error = %e, "catalog file refused; its last good version stays in use");
+        }
+        last = errors;
+    }
+}

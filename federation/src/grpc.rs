@@ -1,0 +1,165 @@
+//! gRPC over the mesh's rustls configs (from `strait_ca::tls`): a server that
+//! runs tonic routes on connections it owns, and a client channel.
+//!
+//! The server does the TLS handshake itself (mTLS required, SPIFFE
+//! verification by `strait_ca::tls::server_config`), puts the verified peer
+//! identity into every request as a [`PeerIdentity`] extension, and serves
+//! HTTP/2 on a task per connection. Stopping the server aborts every
+//! connection at once, so long-lived streams end with it (a graceful tonic
+//! shutdown would wait for them forever).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::ServerName;
+use strait_api::SpiffeId;
+use strait_ca::tls::{self, ClientAuth, ExpectedServer, TlsError};
+use strait_ca::{CertStore, SharedBundle};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tonic::service::Routes;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a peer may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The SPIFFE ID the caller presented (verified during the handshake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity(pub SpiffeId);
+
+/// The verified caller of a request.
+pub fn peer_identity<T>(req: &tonic::Request<T>) -> Result<SpiffeId, tonic::Status> {
+    req.extensions()
+        .get::<PeerIdentity>()
+        .map(|p| p.0.clone())
+        .ok_or_else(|| tonic::Status::unauthenticated("no verified client certificate"))
+}
+
+/// A running gRPC server; dropping it stops the server and every connection.
+#[derive(Debug)]
+pub struct GrpcServer {
+    pub addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+impl GrpcServer {
+    /// Stops the server and waits until the port and every connection are
+    /// closed.
+    pub async fn stop(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// Serves `routes` on `listener` over mTLS with the certificate in `certs`;
+/// clients must present a certificate that chains to `bundle`.
+pub fn serve(
+    listener: TcpListener,
+    certs: &CertStore,
+    bundle: &SharedBundle,
+    routes: Routes,
+) -> Result<GrpcServer, TlsError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| TlsError::Key(format!("listener has no address: {e}")))?;
+    let cfg = tls::server_config(certs, bundle, ClientAuth::Required, &[b"h2"])?;
+    let acceptor = TlsAcceptor::from(Arc::new(cfg));
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((tcp, from)) = accepted else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    conns.spawn(connection(acceptor.clone(), tcp, from, routes.clone()));
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    });
+    Ok(GrpcServer {
+        addr,
+        task: Some(task),
+    })
+}
+
+async fn connection(acceptor: TlsAcceptor, tcp: TcpStream, from: SocketAddr, routes: Routes) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%from, error = %e, "grpc tls handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%from, "grpc tls handshake timed out");
+            return;
+        }
+    };
+    let id = match tls::peer_identity(tls.get_ref().1.peer_certificates()) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::debug!(%from, error = %e, "grpc peer has no usable identity");
+            return;
+        }
+    };
+    let peer = PeerIdentity(id);
+    let svc = tower::ServiceExt::map_request(routes, move |mut req: http::Request<_>| {
+        req.extensions_mut().insert(peer.clone());
+        req
+    });
+    let res = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
+        .await;
+    if let Err(e) = res {
+        tracing::debug!(%from, error = %e, "grpc connection ended");
+    }
+}
+
+/// A channel to a mesh gRPC server over mTLS, presenting `certs` and
+/// expecting the server to be `expected`. Connects lazily on first use and
+/// reconnects on the next call after a failure.
+pub fn channel(
+    addr: SocketAddr,
+    certs: &CertStore,
+    bundle: &SharedBundle,
+    expected: ExpectedServer,
+) -> Result<Channel, TlsError> {
+    let cfg = tls::client_config(certs, bundle, expected, &[b"h2"])?;
+    let connector = TlsConnector::from(Arc::new(cfg));
+    let connect = tower::service_fn(move |_uri: http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            // The name is not checked (identity is the SPIFFE ID); SNI needs one.
+            let name = ServerName::try_from("controller.strait.invalid")
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| TlsError::Key(format!("bad address {addr}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_with_connector_lazy(connect))
+}

@@ -1,0 +1,281 @@
+//! Endpoint health of the local catalog: active checks run by the
+//! controller and passive reports sent by proxies, merged into one value.
+//!
+//! An endpoint is unhealthy when its active check has failed
+//! `unhealthy_threshold` times in a row (and not yet passed
+//! `healthy_threshold` times since), or when a proxy reported it down and
+//! the report has not expired. Endpoints start healthy: a new endpoint
+//! serves until its check proves otherwise.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use strait_api::snapshot::Health;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::catalog::{HealthCheck, LocalCatalog, ServiceKey};
+
+mod check;
+#[cfg(test)]
+mod tests;
+
+pub use check::run_check;
+
+/// How long a passive report holds unless the caller says otherwise.
+pub const DEFAULT_PASSIVE_HOLD: Duration = Duration::from_secs(30);
+/// The longest a passive report may hold.
+pub const MAX_PASSIVE_HOLD: Duration = Duration::from_secs(600);
+
+type EndpointKey = (ServiceKey, SocketAddr);
+
+#[derive(Debug, Default)]
+struct Active {
+    healthy: bool,
+    successes: u32,
+    failures: u32,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    active: HashMap<EndpointKey, Active>,
+    /// Endpoints reported down, until when.
+    passive: HashMap<EndpointKey, Instant>,
+}
+
+/// What status shows about one endpoint's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthDetail {
+    pub health: Health,
+    /// The last active check failure, while it counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_error: Option<String>,
+    /// Seconds a passive "down" report still holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported_down_for_secs: Option<u64>,
+}
+
+/// Merged health of local endpoints; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HealthTable {
+    state: Arc<Mutex<State>>,
+    /// Bumped on every change of any endpoint's merged health.
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Default for HealthTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HealthTable {
+    pub fn new() -> Self {
+        Self {
+            state: Arc::default(),
+            changed: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Announces changes of merged health.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub fn health(&self, svc: &ServiceKey, addr: SocketAddr) -> Health {
+        self.detail(svc, addr).health
+    }
+
+    pub fn detail(&self, svc: &ServiceKey, addr: SocketAddr) -> HealthDetail {
+        let key = (svc.clone(), addr);
+        let g = self.lock();
+        let active = g.active.get(&key);
+        let active_down = active.is_some_and(|a| !a.healthy);
+        let now = Instant::now();
+        let passive = g.passive.get(&key).filter(|until| **until > now);
+        HealthDetail {
+            health: if active_down || passive.is_some() {
+                Health::Unhealthy
+            } else {
+                Health::Healthy
+            },
+            active_error: active
+                .filter(|a| !a.healthy)
+                .and_then(|a| a.last_error.clone()),
+            reported_down_for_secs: passive.map(|u| u.saturating_duration_since(now).as_secs()),
+        }
+    }
+
+    /// A proxy's passive report. `healthy = false` marks the endpoint down
+    /// for `hold`; `healthy = true` clears an earlier report.
+    pub fn report(&self, svc: &ServiceKey, addr: SocketAddr, healthy: bool, hold: Duration) {
+        let key = (svc.clone(), addr);
+        let before = self.health(svc, addr);
+        {
+            let mut g = self.lock();
+            if healthy {
+                g.passive.remove(&key);
+            } else {
+                let hold = hold.min(MAX_PASSIVE_HOLD);
+                g.passive.insert(key, Instant::now() + hold);
+            }
+        }
+        tracing::info!(service = %svc, endpoint = %addr, healthy, "passive health report");
+        if self.health(svc, addr) != before {
+            self.bump();
+        }
+    }
+
+    /// Drops expired passive reports and announces the change (the
+    /// controller calls this periodically; health values never depend on
+    /// it, only the change notification does).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let expired = {
+            let mut g = self.lock();
+            let before = g.passive.len();
+            g.passive.retain(|_, until| *until > now);
+            before != g.passive.len()
+        };
+        if expired {
+            self.bump();
+        }
+    }
+
+    /// Records one active check result, applying the thresholds.
+    pub fn record(
+        &self,
+        svc: &ServiceKey,
+        addr: SocketAddr,
+        hc: &HealthCheck,
+        result: Result<(), String>,
+    ) {
+        let before = self.health(svc, addr);
+        {
+            let mut g = self.lock();
+            let a = g
+                .active
+                .entry((svc.clone(), addr))
+                .or_insert_with(|| Active {
+                    healthy: true,
+                    ..Active::default()
+                });
+            match result {
+                Ok(()) => {
+                    a.failures = 0;
+                    a.successes = a.successes.saturating_add(1);
+                    if !a.healthy && a.successes >= hc.healthy_threshold {
+                        a.healthy = true;
+                        a.last_error = None;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(service = %svc, endpoint = %addr, error = %e, "health check failed");
+                    a.successes = 0;
+                    a.failures = a.failures.saturating_add(1);
+                    a.last_error = Some(e);
+                    if a.healthy && a.failures >= hc.unhealthy_threshold {
+                        a.healthy = false;
+                    }
+                }
+            }
+        }
+        let after = self.health(svc, addr);
+        if after != before {
+            tracing::info!(service = %svc, endpoint = %addr, health = ?after, "endpoint health changed");
+            self.bump();
+        }
+    }
+
+    /// Forgets active state of endpoints no longer checked.
+    fn retain_active(&self, keep: &dyn Fn(&EndpointKey) -> bool) {
+        let removed = {
+            let mut g = self.lock();
+            let before = g.active.len();
+            g.active.retain(|k, _| keep(k));
+            before != g.active.len()
+        };
+        if removed {
+            self.bump();
+        }
+    }
+}
+
+/// Runs the active checks of a catalog: one task per checked endpoint,
+/// reconciled on every catalog change. Dropping it stops every check.
+#[derive(Debug)]
+pub struct Checker {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Checker {
+    pub fn start(table: HealthTable, mut catalog: watch::Receiver<Arc<LocalCatalog>>) -> Self {
+        let task = tokio::spawn(async move {
+            let mut running: HashMap<EndpointKey, (HealthCheck, AbortOnDrop)> = HashMap::new();
+            loop {
+                let cat = catalog.borrow_and_update().clone();
+                let mut wanted: HashMap<EndpointKey, HealthCheck> = HashMap::new();
+                for (key, reg) in &cat.services {
+                    let Some(hc) = &reg.health_check else {
+                        continue;
+                    };
+                    for ep in &reg.endpoints {
+                        wanted.insert((key.clone(), ep.address), hc.clone());
+                    }
+                }
+                running.retain(|k, (hc, _)| wanted.get(k) == Some(hc));
+                table.retain_active(&|k| wanted.contains_key(k));
+                for (k, hc) in wanted {
+                    if running.contains_key(&k) {
+                        continue;
+                    }
+                    let task = tokio::spawn(check_loop(table.clone(), k.clone(), hc.clone()));
+                    running.insert(k, (hc, AbortOnDrop(task)));
+                }
+                if catalog.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        Self { task }
+    }
+}
+
+/// A task aborted when dropped (so aborting the checker stops every check).
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn check_loop(table: HealthTable, (svc, addr): EndpointKey, hc: HealthCheck) {
+    let target = SocketAddr::new(addr.ip(), hc.port.unwrap_or(addr.port()));
+    let mut tick = tokio::time::interval(hc.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = run_check(&hc, target).await;
+        table.record(&svc, addr, &hc, result);
+    }
+}

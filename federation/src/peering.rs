@@ -1,0 +1,322 @@
+//! Links between controllers: peering tokens and the durable link store.
+//!
+//! A peering token (base64url of JSON) carries what the receiving side needs
+//! to trust and reach the issuing controller once: its trust bundle, its
+//! controller and gateway addresses, the SPIFFE ID its controller presents
+//! and a one-time, expiring secret (only the SHA-256 is kept by the issuer).
+//! After `Establish` consumed the secret, both sides hold a [`Link`] and
+//! speak only mTLS with their controller identities.
+//!
+//! ```text
+//! STATE/links/<peer>.json        one link per peer (atomic writes)
+//! STATE/peering-secrets.json     pending token secrets (hashes, 0600)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use strait_api::{ClusterName, SpiffeId, TrustDomain};
+use strait_ca::TrustBundle;
+use tokio::sync::watch;
+
+#[cfg(test)]
+mod tests;
+
+/// Why linking failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeeringError {
+    #[error("peering token is malformed: {0}")]
+    BadToken(String),
+    #[error("peering token of cluster {cluster} expired {ago_secs}s ago; ask for a new one")]
+    TokenExpired { cluster: ClusterName, ago_secs: u64 },
+    #[error("cannot link cluster {0} with itself")]
+    SelfLink(ClusterName),
+    #[error(
+        "cluster {peer} is in trust domain {theirs}, this cluster in {ours}: only clusters of one mesh can be linked"
+    )]
+    DifferentTrustDomain {
+        peer: ClusterName,
+        theirs: TrustDomain,
+        ours: TrustDomain,
+    },
+    #[error(
+        "cluster {peer} trusts a different root CA than this cluster (no root in common): only clusters under one mesh root can be linked; issue both intermediates from the same `strait ca init` root"
+    )]
+    DifferentRoot { peer: ClusterName },
+    #[error("cannot reach the controller of {peer} at {addr}: {reason}")]
+    Unreachable {
+        peer: ClusterName,
+        addr: SocketAddr,
+        reason: String,
+    },
+    #[error("the controller of {peer} refused the link: {message}")]
+    Refused { peer: ClusterName, message: String },
+    #[error("cluster {0} is not linked")]
+    NotLinked(ClusterName),
+    #[error("peering secret is unknown, expired or already used; ask for a new token")]
+    BadSecret,
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("cannot write link state: {0}")]
+    Write(#[source] strait_ca::CaError),
+}
+
+/// What happens to a peer's imported endpoints when its lease runs out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailMode {
+    /// Keep the last known endpoints, marked stale (used only when nothing
+    /// better exists).
+    #[default]
+    FailStatic,
+    /// Withdraw them.
+    FailClosed,
+}
+
+/// A durable link to one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub peer: ClusterName,
+    /// The identity the peer's controller must present, both ways.
+    pub peer_identity: SpiffeId,
+    pub controller: SocketAddr,
+    pub gateways: Vec<SocketAddr>,
+    #[serde(default)]
+    pub fail_mode: FailMode,
+    pub established_unix: u64,
+}
+
+/// The token `strait peering token` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeeringToken {
+    pub cluster: ClusterName,
+    pub trust_domain: TrustDomain,
+    pub bundle_pem: String,
+    pub controller: SocketAddr,
+    pub gateways: Vec<SocketAddr>,
+    pub server_identity: SpiffeId,
+    pub secret: String,
+    pub expires_unix: u64,
+}
+
+pub(crate) fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl PeeringToken {
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        URL_SAFE_NO_PAD.encode(json)
+    }
+
+    pub fn decode(token: &str) -> Result<Self, PeeringError> {
+        let raw = URL_SAFE_NO_PAD
+            .decode(token.trim())
+            .map_err(|e| PeeringError::BadToken(format!("not base64url: {e}")))?;
+        serde_json::from_slice(&raw).map_err(|e| PeeringError::BadToken(e.to_string()))
+    }
+
+    /// Checks expiry, the cluster name and the trust bundle against ours.
+    pub fn check(&self, ours: &ClusterName, bundle: &TrustBundle) -> Result<(), PeeringError> {
+        let now = now_unix();
+        if self.expires_unix <= now {
+            return Err(PeeringError::TokenExpired {
+                cluster: self.cluster.clone(),
+                ago_secs: now - self.expires_unix,
+            });
+        }
+        if self.cluster == *ours {
+            return Err(PeeringError::SelfLink(self.cluster.clone()));
+        }
+        if self.trust_domain != *bundle.trust_domain() {
+            return Err(PeeringError::DifferentTrustDomain {
+                peer: self.cluster.clone(),
+                theirs: self.trust_domain.clone(),
+                ours: bundle.trust_domain().clone(),
+            });
+        }
+        let theirs = TrustBundle::from_pem(self.trust_domain.clone(), &self.bundle_pem)
+            .map_err(|e| PeeringError::BadToken(format!("trust bundle: {e}")))?;
+        let shared = theirs.roots().iter().any(|r| bundle.roots().contains(r));
+        if !shared {
+            return Err(PeeringError::DifferentRoot {
+                peer: self.cluster.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A fresh random secret (256 bits, base64url).
+pub fn new_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hash(secret: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Secrets {
+    /// SHA-256 (hex) -> expiry (unix seconds).
+    pending: BTreeMap<String, u64>,
+}
+
+/// Links and pending token secrets, on disk under the state directory.
+#[derive(Debug)]
+pub struct LinkStore {
+    dir: PathBuf,
+    secrets_path: PathBuf,
+    secrets: Mutex<Secrets>,
+    tx: watch::Sender<Arc<BTreeMap<ClusterName, Link>>>,
+    write: Mutex<()>,
+}
+
+impl LinkStore {
+    pub fn open(state_dir: &Path) -> Result<Self, PeeringError> {
+        let dir = state_dir.join("links");
+        let read_err = |path: &Path, reason: String| PeeringError::Read {
+            path: path.to_owned(),
+            reason,
+        };
+        fs::create_dir_all(&dir).map_err(|e| read_err(&dir, e.to_string()))?;
+        let mut links = BTreeMap::new();
+        let entries = fs::read_dir(&dir).map_err(|e| read_err(&dir, e.to_string()))?;
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            let raw = fs::read(&path).map_err(|e| read_err(&path, e.to_string()))?;
+            let link: Link =
+                serde_json::from_slice(&raw).map_err(|e| read_err(&path, e.to_string()))?;
+            links.insert(link.peer.clone(), link);
+        }
+        let secrets_path = state_dir.join("peering-secrets.json");
+        let secrets = match fs::read(&secrets_path) {
+            Ok(raw) => {
+                serde_json::from_slice(&raw).map_err(|e| read_err(&secrets_path, e.to_string()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Secrets::default(),
+            Err(e) => return Err(read_err(&secrets_path, e.to_string())),
+        };
+        Ok(Self {
+            dir,
+            secrets_path,
+            secrets: Mutex::new(secrets),
+            tx: watch::channel(Arc::new(links)).0,
+            write: Mutex::new(()),
+        })
+    }
+
+    pub fn watch(&self) -> watch::Receiver<Arc<BTreeMap<ClusterName, Link>>> {
+        self.tx.subscribe()
+    }
+
+    pub fn links(&self) -> Arc<BTreeMap<ClusterName, Link>> {
+        self.tx.borrow().clone()
+    }
+
+    pub fn get(&self, peer: &ClusterName) -> Option<Link> {
+        self.tx.borrow().get(peer).cloned()
+    }
+
+    fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds or replaces the link to `link.peer`.
+    pub fn insert(&self, link: Link) -> Result<(), PeeringError> {
+        let _g = self.write_lock();
+        let path = self.dir.join(format!("{}.json", link.peer));
+        let json = serde_json::to_vec_pretty(&link).unwrap_or_default();
+        strait_ca::store::write_atomic(&path, &json, 0o600).map_err(PeeringError::Write)?;
+        tracing::info!(peer = %link.peer, identity = %link.peer_identity, "link stored");
+        self.tx.send_modify(|m| {
+            Arc::make_mut(m).insert(link.peer.clone(), link);
+        });
+        Ok(())
+    }
+
+    /// Removes the link; the peer is refused from now on.
+    pub fn remove(&self, peer: &ClusterName) -> Result<Link, PeeringError> {
+        let _g = self.write_lock();
+        let link = self
+            .get(peer)
+            .ok_or_else(|| PeeringError::NotLinked(peer.clone()))?;
+        let path = self.dir.join(format!("{peer}.json"));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(PeeringError::Read {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        if let Ok(d) = fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        tracing::info!(%peer, "link removed");
+        self.tx.send_modify(|m| {
+            Arc::make_mut(m).remove(peer);
+        });
+        Ok(link)
+    }
+
+    pub fn set_fail_mode(&self, peer: &ClusterName, mode: FailMode) -> Result<(), PeeringError> {
+        let mut link = self
+            .get(peer)
+            .ok_or_else(|| PeeringError::NotLinked(peer.clone()))?;
+        link.fail_mode = mode;
+        self.insert(link)
+    }
+
+    fn save_secrets(&self, s: &Secrets) -> Result<(), PeeringError> {
+        let json = serde_json::to_vec_pretty(s).unwrap_or_default();
+        strait_ca::store::write_atomic(&self.secrets_path, &json, 0o600)
+            .map_err(PeeringError::Write)
+    }
+
+    /// Remembers a new token secret (its hash) until `ttl` passes.
+    pub fn add_secret(&self, secret: &str, ttl: Duration) -> Result<u64, PeeringError> {
+        let _g = self.write_lock();
+        let mut s = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_unix();
+        s.pending.retain(|_, exp| *exp > now);
+        let expires = now + ttl.as_secs().max(1);
+        s.pending.insert(hash(secret), expires);
+        self.save_secrets(&s)?;
+        Ok(expires)
+    }
+
+    /// Consumes a secret: valid once, before it expires.
+    pub fn consume_secret(&self, secret: &str) -> Result<(), PeeringError> {
+        let _g = self.write_lock();
+        let mut s = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_unix();
+        let found = s.pending.remove(&hash(secret));
+        s.pending.retain(|_, exp| *exp > now);
+        self.save_secrets(&s)?;
+        match found {
+            Some(exp) if exp > now => Ok(()),
+            _ => Err(PeeringError::BadSecret),
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Config push: the controller side of `strait.config.v1.ConfigDiscovery`.
+//!
+//! A proxy opens a stream and names its node (cluster, locality). The
+//! controller sends the full snapshot for that node, then a new one each
+//! time the snapshot *for that node* changes (never the same content
+//! twice). The proxy ACKs or NACKs each version; a NACK is logged, counted
+//! (`strait_config_pushes_total{result="nack"}`) and shown in status, and
+//! the proxy keeps its previous snapshot.
+//!
+//! Versions are the controller's world versions, which start from the wall
+//! clock (milliseconds × 1000) when the controller starts, so a restarted
+//! controller does not go back in version.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use strait_api::proto::config::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
+use strait_api::proto::config::{
+    EndpointHealthAck, EndpointHealthReport, SnapshotRequest, SnapshotResponse,
+};
+use strait_api::snapshot::{LocalPlace, Snapshot};
+use strait_api::{ClusterName, Locality};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::catalog::ServiceKey;
+use crate::health::{DEFAULT_PASSIVE_HOLD, HealthTable};
+use crate::metrics::Metrics;
+use crate::snapshot::{MergedView, World, snapshot_for};
+
+/// How long a proxy has to send its node after opening a stream.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A world and its merged view, published once per version.
+#[derive(Debug)]
+pub struct Published {
+    pub world: World,
+    pub view: MergedView,
+}
+
+/// A refused snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nack {
+    pub version: u64,
+    pub error: String,
+}
+
+/// One connected proxy, as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    pub node_id: String,
+    pub identity: String,
+    pub locality: String,
+    /// The last version sent, and the last one the proxy accepted.
+    pub sent_version: u64,
+    pub acked_version: u64,
+    /// The last NACK, while no later version was accepted.
+    pub last_nack: Option<Nack>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cluster: ClusterName,
+    locality: Locality,
+    world: watch::Receiver<Arc<Published>>,
+    health: HealthTable,
+    metrics: Arc<Metrics>,
+    clients: Mutex<BTreeMap<u64, ProxyStatus>>,
+    next_id: AtomicU64,
+}
+
+/// The config push service; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PushService {
+    inner: Arc<Inner>,
+}
+
+impl PushService {
+    pub fn new(
+        cluster: ClusterName,
+        locality: Locality,
+        world: watch::Receiver<Arc<Published>>,
+        health: HealthTable,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cluster,
+                locality,
+                world,
+                health,
+                metrics,
+                clients: Mutex::default(),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub fn server(&self) -> ConfigDiscoveryServer<Self> {
+        ConfigDiscoveryServer::new(self.clone())
+    }
+
+    /// Every connected proxy.
+    pub fn clients(&self) -> Vec<ProxyStatus> {
+        self.inner.lock().values().cloned().collect()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, ProxyStatus>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut ProxyStatus)) {
+        if let Some(s) = self.lock().get_mut(&id) {
+            f(s);
+        }
+    }
+}
+
+fn without_version(s: &Snapshot) -> Snapshot {
+    Snapshot {
+        version: 0,
+        ..s.clone()
+    }
+}
+
+async fn session(
+    inner: Arc<Inner>,
+    id: u64,
+    place: LocalPlace,
+    mut inbound: Streaming<SnapshotRequest>,
+    tx: mpsc::Sender<Result<SnapshotResponse, Status>>,
+) {
+    let mut world = inner.world.clone();
+    world.mark_changed();
+    let mut last: Option<Snapshot> = None;
+    loop {
+        tokio::select! {
+            changed = world.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let published = world.borrow_and_update().clone();
+                let snap = snapshot_for(&published.world, &published.view, &place);
+                let bare = without_version(&snap);
+                if last.as_ref() == Some(&bare) {
+                    continue;
+                }
+                let json = match serde_json::to_vec(&snap) {
+                    Ok(j) => j,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot serialize snapshot");
+                        continue;
+                    }
+                };
+                let msg = SnapshotResponse { version: snap.version, snapshot_json: json };
+                if tx.send(Ok(msg)).await.is_err() {
+                    break;
+                }
+                inner.metrics.push("sent");
+                inner.update(id, |s| s.sent_version = snap.version);
+                last = Some(bare);
+            }
+            msg = inbound.message() => {
+                let Ok(Some(m)) = msg else { break };
+                if m.version == 0 {
+                    continue;
+                }
+                if m.error.is_empty() {
+                    inner.metrics.push("ack");
+                    inner.update(id, |s| {
+                        s.acked_version = s.acked_version.max(m.version);
+                        s.last_nack = None;
+                    });
+                } else {
+                    inner.metrics.push("nack");
+                    tracing::warn!(proxy = id, version = m.version, error = %m.error, "proxy refused snapshot; it keeps its previous one");
+                    inner.update(id, |s| s.last_nack = Some(Nack { version: m.version, error: m.error.clone() }));
+                }
+            }
+            () = tx.closed() => break,
+        }
+    }
+    inner.lock().remove(&id);
+    inner.metrics.config_clients.dec();
+}
+
+#[tonic::async_trait]
+impl ConfigDiscovery for PushService {
+    type StreamSnapshotsStream = ReceiverStream<Result<SnapshotResponse, Status>>;
+
+    async fn stream_snapshots(
+        &self,
+        request: Request<Streaming<SnapshotRequest>>,
+    ) -> Result<Response<Self::StreamSnapshotsStream>, Status> {
+        let identity = crate::grpc::peer_identity(&request)?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no node message within 10s"))??
+            .ok_or_else(|| Status::cancelled("stream closed before the node message"))?;
+        let node = first
+            .node
+            .ok_or_else(|| Status::invalid_argument("the first message must carry the node"))?;
+        if node.cluster != self.inner.cluster.as_str() {
+            return Err(Status::failed_precondition(format!(
+                "node {:?} says it runs in cluster {:?}, but this controller serves cluster {}",
+                node.id, node.cluster, self.inner.cluster
+            )));
+        }
+        let locality = if node.locality.is_empty() {
+            self.inner.locality.clone()
+        } else {
+            node.locality.parse::<Locality>().map_err(|e| {
+                Status::invalid_argument(format!(
+                    "node locality {:?} is invalid: {e}",
+                    node.locality
+                ))
+            })?
+        };
+        let place = LocalPlace {
+            cluster: self.inner.cluster.clone(),
+            locality,
+        };
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.lock().insert(
+            id,
+            ProxyStatus {
+                node_id: node.id.clone(),
+                identity: identity.to_string(),
+                locality: place.locality.to_string(),
+                sent_version: 0,
+                acked_version: first.version,
+                last_nack: None,
+            },
+        );
+        self.inner.metrics.config_clients.inc();
+        tracing::info!(node = %node.id, %identity, locality = %place.locality, "proxy subscribed to config");
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(session(self.inner.clone(), id, place, inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn report_endpoint_health(
+        &self,
+        request: Request<EndpointHealthReport>,
+    ) -> Result<Response<EndpointHealthAck>, Status> {
+        let who = crate::grpc::peer_identity(&request)?;
+        let r = request.into_inner();
+        let addr: SocketAddr = r.address.parse().map_err(|_| {
+            Status::invalid_argument(format!("address {:?} is not ip:port", r.address))
+        })?;
+        let key = ServiceKey::new(&r.namespace, &r.service);
+        let known = self
+            .inner
+            .world
+            .borrow()
+            .world
+            .catalog
+            .services
+            .get(&key)
+            .is_some_and(|reg| reg.endpoints.iter().any(|e| e.address == addr));
+        if !known {
+            return Err(Status::not_found(format!(
+                "{addr} is not an endpoint of service {key} in cluster {}; report endpoints of this cluster to its own controller",
+                self.inner.cluster
+            )));
+        }
+        let hold = match r.hold_seconds {
+            0 => DEFAULT_PASSIVE_HOLD,
+            s => Duration::from_secs(u64::from(s)),
+        };
+        tracing::debug!(reporter = %who, service = %key, endpoint = %addr, healthy = r.healthy, "health report");
+        self.inner.health.report(&key, addr, r.healthy, hold);
+        Ok(Response::new(EndpointHealthAck {}))
+    }
+}

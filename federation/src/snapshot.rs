@@ -1,0 +1,281 @@
+//! Building a proxy's snapshot: a pure function of the controller's
+//! [`World`] (local catalog, endpoint health, what linked peers export, the
+//! traffic policies) and the proxy's place.
+//!
+//! A global service merges the endpoints of every cluster that serves it:
+//! the local registration (exported or not: local proxies always see local
+//! services) and each linked peer's export. Remote endpoints carry their
+//! cluster's gateways; endpoints of a peer whose lease ran out are `stale`.
+//! When two clusters disagree on a service's ports or protocols, the
+//! service keeps the first definition (local, then peers by name) and the
+//! other cluster's endpoints are left out: a [`Conflict`] says so.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use strait_api::snapshot::{Endpoint, Health, LocalPlace, Service, ServicePort, Snapshot};
+use strait_api::{ClusterName, Locality, SpiffeId, TrustDomain};
+
+use crate::catalog::{LocalCatalog, ServiceKey};
+
+#[cfg(test)]
+mod tests;
+
+/// A service as a peer exports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedService {
+    pub ports: Vec<ServicePort>,
+    pub endpoints: Vec<ImportedEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedEndpoint {
+    pub address: SocketAddr,
+    pub locality: Locality,
+    pub identity: SpiffeId,
+    /// Health as the exporting controller sees it.
+    pub health: Health,
+    pub weight: u32,
+}
+
+/// What one linked peer contributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerView {
+    pub gateways: Vec<SocketAddr>,
+    /// The lease ran out (fail-static keeps the services, marked stale).
+    pub stale: bool,
+    pub services: BTreeMap<ServiceKey, ImportedService>,
+}
+
+/// Everything snapshots are built from, at one version.
+#[derive(Debug, Clone)]
+pub struct World {
+    pub version: u64,
+    pub cluster: ClusterName,
+    pub trust_domain: TrustDomain,
+    /// Default locality of local endpoints.
+    pub locality: Locality,
+    pub catalog: Arc<LocalCatalog>,
+    /// Merged health of local endpoints; absent means healthy.
+    pub health: BTreeMap<(ServiceKey, SocketAddr), Health>,
+    /// Every linked peer, with or without services.
+    pub peers: BTreeMap<ClusterName, Arc<PeerView>>,
+}
+
+/// Two clusters disagree about a service, or a cluster's endpoints cannot
+/// be used; the service is served without them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Conflict {
+    pub service: String,
+    pub cluster: ClusterName,
+    pub reason: String,
+}
+
+/// A global service with the endpoints of every cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merged {
+    pub key: ServiceKey,
+    pub vip: IpAddr,
+    pub ports: Vec<ServicePort>,
+    pub endpoints: Vec<Endpoint>,
+    /// Clusters whose endpoints are included.
+    pub clusters: BTreeSet<ClusterName>,
+}
+
+/// The merged view of every service, and the conflicts found.
+#[derive(Debug, Clone, Default)]
+pub struct MergedView {
+    pub services: BTreeMap<ServiceKey, Merged>,
+    pub conflicts: Vec<Conflict>,
+}
+
+fn port_list(ports: &[ServicePort]) -> String {
+    let mut v: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{}/{:?}", p.port, p.protocol).to_lowercase())
+        .collect();
+    v.sort();
+    v.join(",")
+}
+
+fn same_ports(a: &[ServicePort], b: &[ServicePort]) -> bool {
+    port_list(a) == port_list(b)
+}
+
+/// Merges the local catalog and every peer's export.
+pub fn merge(world: &World) -> MergedView {
+    let mut out = MergedView::default();
+    let mut owner: BTreeMap<ServiceKey, ClusterName> = BTreeMap::new();
+    for (key, reg) in &world.catalog.services {
+        let endpoints = reg
+            .endpoints
+            .iter()
+            .filter_map(|ep| {
+                Some(Endpoint {
+                    address: ep.address,
+                    cluster: world.cluster.clone(),
+                    locality: ep
+                        .locality
+                        .clone()
+                        .unwrap_or_else(|| world.locality.clone()),
+                    health: world
+                        .health
+                        .get(&(key.clone(), ep.address))
+                        .copied()
+                        .unwrap_or_default(),
+                    weight: ep.weight,
+                    identity: reg.identity_of(ep, &world.trust_domain)?,
+                    gateways: Vec::new(),
+                })
+            })
+            .collect();
+        owner.insert(key.clone(), world.cluster.clone());
+        out.services.insert(
+            key.clone(),
+            Merged {
+                key: key.clone(),
+                vip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                ports: reg.ports.clone(),
+                endpoints,
+                clusters: BTreeSet::from([world.cluster.clone()]),
+            },
+        );
+    }
+    for (peer, view) in &world.peers {
+        for (key, svc) in &view.services {
+            let conflict = |reason: String| Conflict {
+                service: key.to_string(),
+                cluster: peer.clone(),
+                reason,
+            };
+            if view.gateways.is_empty() {
+                let why = format!(
+                    "cluster {peer} announced no gateway, so its endpoints cannot be reached"
+                );
+                out.conflicts.push(conflict(why));
+                continue;
+            }
+            let merged = out.services.entry(key.clone()).or_insert_with(|| {
+                owner.insert(key.clone(), peer.clone());
+                Merged {
+                    key: key.clone(),
+                    vip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    ports: svc.ports.clone(),
+                    endpoints: Vec::new(),
+                    clusters: BTreeSet::new(),
+                }
+            });
+            if !same_ports(&merged.ports, &svc.ports) {
+                let first = owner.get(key).map(ToString::to_string).unwrap_or_default();
+                let why = format!(
+                    "ports differ: {first} serves {}, {peer} serves {}; {peer}'s endpoints are left out",
+                    port_list(&merged.ports),
+                    port_list(&svc.ports)
+                );
+                out.conflicts.push(conflict(why));
+                continue;
+            }
+            let mut seen: HashSet<SocketAddr> =
+                merged.endpoints.iter().map(|e| e.address).collect();
+            for ep in &svc.endpoints {
+                if !seen.insert(ep.address) {
+                    let why = format!(
+                        "endpoint {} is also claimed by another cluster; left out",
+                        ep.address
+                    );
+                    out.conflicts.push(conflict(why));
+                    continue;
+                }
+                merged.endpoints.push(Endpoint {
+                    address: ep.address,
+                    cluster: peer.clone(),
+                    locality: ep.locality.clone(),
+                    health: if view.stale { Health::Stale } else { ep.health },
+                    weight: ep.weight,
+                    identity: ep.identity.clone(),
+                    gateways: view.gateways.clone(),
+                });
+            }
+            merged.clusters.insert(peer.clone());
+        }
+    }
+    for (key, policy) in &world.catalog.policies {
+        for c in &policy.failover {
+            if *c != world.cluster && !world.peers.contains_key(c) {
+                out.conflicts.push(Conflict {
+                    service: key.to_string(),
+                    cluster: c.clone(),
+                    reason: format!(
+                        "the failover order names cluster {c}, which is not linked; it is skipped"
+                    ),
+                });
+            }
+        }
+    }
+    assign_vips(&mut out.services);
+    out.conflicts.sort();
+    out.conflicts.dedup();
+    out
+}
+
+/// Stable VIPs in 127.77.0.0/16: a hash of `namespace/name`, probing
+/// forward on collision (in key order, so a VIP only moves when a
+/// colliding service is added before it).
+fn assign_vips(services: &mut BTreeMap<ServiceKey, Merged>) {
+    const SLOTS: u32 = 256 * 254;
+    let mut used = HashSet::new();
+    for (key, m) in services.iter_mut() {
+        let mut slot = fnv1a(key.to_string().as_bytes()) % SLOTS;
+        while !used.insert(slot) {
+            slot = (slot + 1) % SLOTS;
+        }
+        // Third octet 0..=255, fourth 1..=254 (never .0 or .255).
+        let (third, fourth) = (slot / 254, slot % 254 + 1);
+        m.vip = IpAddr::V4(Ipv4Addr::new(127, 77, third as u8, fourth as u8));
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The snapshot for a proxy at `place`, from a merged view.
+pub fn snapshot_for(world: &World, view: &MergedView, place: &LocalPlace) -> Snapshot {
+    let known = |c: &ClusterName| *c == world.cluster || world.peers.contains_key(c);
+    let services = view
+        .services
+        .values()
+        .map(|m| Service {
+            name: m.key.name.clone(),
+            namespace: m.key.namespace.clone(),
+            vip: m.vip,
+            ports: m.ports.clone(),
+            endpoints: m.endpoints.clone(),
+            routes: Vec::new(),
+            traffic: world
+                .catalog
+                .policies
+                .get(&m.key)
+                .map(|p| p.to_traffic(&known))
+                .unwrap_or_default(),
+            outlier_detection: Default::default(),
+            authorization: Vec::new(),
+        })
+        .collect();
+    Snapshot {
+        version: world.version,
+        local: place.clone(),
+        clusters: world.peers.keys().cloned().collect(),
+        services,
+    }
+}
+
+/// [`merge`] then [`snapshot_for`].
+pub fn build(world: &World, place: &LocalPlace) -> (Snapshot, Vec<Conflict>) {
+    let view = merge(world);
+    (snapshot_for(world, &view, place), view.conflicts)
+}

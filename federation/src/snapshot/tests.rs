@@ -1,0 +1,198 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use strait_api::snapshot::{Health, LocalPlace, Protocol, ServicePort};
+use strait_api::{ClusterName, Locality, SpiffeId, TrustDomain};
+
+use super::*;
+use crate::catalog::{EndpointSpec, Export, LocalCatalog, PolicySpec, Registration, ServiceKey};
+
+fn c(s: &str) -> ClusterName {
+    ClusterName::new(s).unwrap()
+}
+
+fn http(port: u16) -> Vec<ServicePort> {
+    vec![ServicePort {
+        port,
+        protocol: Protocol::Http1,
+    }]
+}
+
+fn imported(addr: &str, ports: Vec<ServicePort>) -> ImportedService {
+    ImportedService {
+        ports,
+        endpoints: vec![ImportedEndpoint {
+            address: addr.parse().unwrap(),
+            locality: "us-west/a".parse().unwrap(),
+            identity: SpiffeId::parse("spiffe://strait.local/ns/default/sa/reviews").unwrap(),
+            health: Health::Healthy,
+            weight: 1,
+        }],
+    }
+}
+
+fn world() -> World {
+    let reg = Registration {
+        name: "reviews".into(),
+        namespace: "default".into(),
+        ports: http(80),
+        endpoints: vec![EndpointSpec {
+            address: "10.0.0.1:15006".parse().unwrap(),
+            locality: None,
+            identity: None,
+            weight: 1,
+        }],
+        export: Export::All,
+        health_check: None,
+    };
+    let mut catalog = LocalCatalog::default();
+    catalog.services.insert(reg.key(), reg);
+    let key = ServiceKey::new("default", "reviews");
+    let west = PeerView {
+        gateways: vec!["192.0.2.1:15443".parse().unwrap()],
+        stale: false,
+        services: BTreeMap::from([(key.clone(), imported("10.1.0.1:15006", http(80)))]),
+    };
+    World {
+        version: 7,
+        cluster: c("east"),
+        trust_domain: TrustDomain::new("strait.local").unwrap(),
+        locality: "us-east/a".parse().unwrap(),
+        catalog: Arc::new(catalog),
+        health: BTreeMap::new(),
+        peers: BTreeMap::from([(c("west"), Arc::new(west))]),
+    }
+}
+
+fn place() -> LocalPlace {
+    LocalPlace {
+        cluster: c("east"),
+        locality: "us-east/b".parse::<Locality>().unwrap(),
+    }
+}
+
+#[test]
+fn merges_local_and_remote_endpoints_with_gateways_into_a_valid_snapshot() {
+    let (snap, conflicts) = build(&world(), &place());
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    snap.validate().unwrap();
+    assert_eq!(snap.version, 7);
+    assert_eq!(snap.clusters, vec![c("west")]);
+    let svc = snap.service("default", "reviews").unwrap();
+    assert_eq!(svc.endpoints.len(), 2);
+    let local = &svc.endpoints[0];
+    assert_eq!(local.cluster, c("east"));
+    assert_eq!(local.locality.to_string(), "us-east/a");
+    assert_eq!(
+        local.identity.as_str(),
+        "spiffe://strait.local/ns/default/sa/reviews"
+    );
+    assert!(local.gateways.is_empty());
+    let remote = &svc.endpoints[1];
+    assert_eq!(remote.cluster, c("west"));
+    assert_eq!(remote.gateways, vec!["192.0.2.1:15443".parse().unwrap()]);
+    assert_eq!(remote.health, Health::Healthy);
+}
+
+#[test]
+fn local_health_and_stale_peers_show_in_endpoint_health() {
+    let mut w = world();
+    let key = ServiceKey::new("default", "reviews");
+    w.health
+        .insert((key, "10.0.0.1:15006".parse().unwrap()), Health::Unhealthy);
+    let mut west = (*w.peers[&c("west")]).clone();
+    west.stale = true;
+    w.peers.insert(c("west"), Arc::new(west));
+    let (snap, _) = build(&w, &place());
+    let svc = snap.service("default", "reviews").unwrap();
+    assert_eq!(svc.endpoints[0].health, Health::Unhealthy);
+    assert_eq!(svc.endpoints[1].health, Health::Stale);
+}
+
+#[test]
+fn port_conflicts_are_reported_not_merged() {
+    let mut w = world();
+    let key = ServiceKey::new("default", "reviews");
+    let central = PeerView {
+        gateways: vec!["192.0.2.2:15443".parse().unwrap()],
+        stale: false,
+        services: BTreeMap::from([(
+            key,
+            imported(
+                "10.2.0.1:15006",
+                vec![ServicePort {
+                    port: 80,
+                    protocol: Protocol::Grpc,
+                }],
+            ),
+        )]),
+    };
+    w.peers.insert(c("central"), Arc::new(central));
+    let (snap, conflicts) = build(&w, &place());
+    snap.validate().unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].cluster, c("central"));
+    assert!(
+        conflicts[0]
+            .reason
+            .contains("ports differ: east serves 80/http1, central serves 80/grpc"),
+        "{}",
+        conflicts[0].reason
+    );
+    let svc = snap.service("default", "reviews").unwrap();
+    assert!(svc.endpoints.iter().all(|e| e.cluster != c("central")));
+}
+
+#[test]
+fn a_peer_without_gateways_is_reported_and_left_out() {
+    let mut w = world();
+    let mut west = (*w.peers[&c("west")]).clone();
+    west.gateways.clear();
+    w.peers.insert(c("west"), Arc::new(west));
+    let (snap, conflicts) = build(&w, &place());
+    snap.validate().unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert!(conflicts[0].reason.contains("no gateway"));
+    assert_eq!(
+        snap.service("default", "reviews").unwrap().endpoints.len(),
+        1
+    );
+}
+
+#[test]
+fn remote_only_services_appear_and_vips_are_stable_and_unique() {
+    let mut w = world();
+    let mut west = (*w.peers[&c("west")]).clone();
+    for i in 0..300 {
+        let key = ServiceKey::new("default", &format!("svc-{i}"));
+        west.services.insert(
+            key,
+            imported(&format!("10.1.1.{}:{}", i % 250, 1000 + i), http(80)),
+        );
+    }
+    w.peers.insert(c("west"), Arc::new(west));
+    let (snap, _) = build(&w, &place());
+    snap.validate().unwrap();
+    assert_eq!(snap.services.len(), 301);
+    let (again, _) = build(&w, &place());
+    assert_eq!(snap, again);
+}
+
+#[test]
+fn policies_keep_known_failover_clusters_and_report_the_others() {
+    let mut w = world();
+    let key = ServiceKey::new("default", "reviews");
+    let mut p = PolicySpec::new(&key);
+    p.failover = vec![c("central"), c("west")];
+    let mut cat = (*w.catalog).clone();
+    cat.policies.insert(key, p);
+    w.catalog = Arc::new(cat);
+    let (snap, conflicts) = build(&w, &place());
+    snap.validate().unwrap();
+    assert_eq!(
+        snap.service("default", "reviews").unwrap().traffic.failover,
+        vec![c("west")]
+    );
+    assert_eq!(conflicts.len(), 1);
+    assert!(conflicts[0].reason.contains("not linked"));
+}

@@ -1,0 +1,436 @@
+//! The importer: one task per link subscribes to the peer's exports and
+//! applies them to [`Imports`]; a lease keeper marks data stale (or
+//! withdraws it) when a peer goes quiet.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use strait_api::proto::federation::federation_client::FederationClient;
+use strait_api::proto::federation::{SyncRequest, SyncUpdate};
+use strait_api::{ClusterName, TrustDomain};
+use strait_ca::tls::ExpectedServer;
+use strait_ca::{CertStore, SharedBundle};
+use tokio::sync::watch;
+
+use super::{MAX_MESSAGE_BYTES, SyncConfig};
+use crate::catalog::ServiceKey;
+use crate::metrics::{Metrics, PeerLabels};
+use crate::peering::{FailMode, Link};
+use crate::snapshot::PeerView;
+
+/// Why a sync stream ended.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    #[error("cannot reach the controller of {peer}: {reason}")]
+    Unreachable { peer: ClusterName, reason: String },
+    #[error("the controller of {peer} refused sync: {message}")]
+    Refused { peer: ClusterName, message: String },
+    #[error("the controller at {addr} says it is cluster {claimed}, but the link is to {peer}")]
+    WrongCluster {
+        peer: ClusterName,
+        addr: SocketAddr,
+        claimed: String,
+    },
+    #[error("peer {peer} sent {count} services; the limit is {limit}: its catalog is refused")]
+    TooManyServices {
+        peer: ClusterName,
+        count: usize,
+        limit: usize,
+    },
+    #[error(
+        "peer {peer} sent {count} endpoints for {service}; the limit is {limit}: its catalog is refused"
+    )]
+    TooManyEndpoints {
+        peer: ClusterName,
+        service: ServiceKey,
+        count: usize,
+        limit: usize,
+    },
+}
+
+impl SyncError {
+    /// Limits are not fixed by retrying soon.
+    fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            Self::TooManyServices { .. } | Self::TooManyEndpoints { .. }
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    view: PeerView,
+    epoch: String,
+    version: u64,
+    last_contact: Option<Instant>,
+    up: bool,
+    error: Option<String>,
+    refused: Vec<String>,
+    full_resyncs: u64,
+    deltas: u64,
+}
+
+/// What status shows about one peer's sync.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerSyncStatus {
+    pub peer: ClusterName,
+    pub up: bool,
+    pub stale: bool,
+    pub services: usize,
+    pub version: u64,
+    /// Seconds since the last message (the age of imported data).
+    pub age_secs: Option<f64>,
+    pub full_resyncs: u64,
+    pub delta_updates: u64,
+    pub last_error: Option<String>,
+    /// Entries refused from this peer (foreign claims, invalid fields).
+    pub refused: Vec<String>,
+}
+
+/// Everything imported from peers; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Imports {
+    peers: Arc<Mutex<BTreeMap<ClusterName, PeerState>>>,
+    changed: Arc<watch::Sender<u64>>,
+    td: TrustDomain,
+}
+
+impl Imports {
+    pub fn new(td: TrustDomain) -> Self {
+        Self {
+            peers: Arc::default(),
+            changed: Arc::new(watch::channel(0).0),
+            td,
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<ClusterName, PeerState>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The views of `links`' peers (empty views for peers not heard yet).
+    pub fn views(
+        &self,
+        links: &BTreeMap<ClusterName, Link>,
+    ) -> BTreeMap<ClusterName, Arc<PeerView>> {
+        let g = self.lock();
+        links
+            .values()
+            .map(|l| {
+                let mut view = g.get(&l.peer).map(|s| s.view.clone()).unwrap_or_default();
+                if view.gateways.is_empty() {
+                    view.gateways = l.gateways.clone();
+                }
+                (l.peer.clone(), Arc::new(view))
+            })
+            .collect()
+    }
+
+    pub fn status(&self) -> Vec<PeerSyncStatus> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .map(|(peer, s)| PeerSyncStatus {
+                peer: peer.clone(),
+                up: s.up,
+                stale: s.view.stale,
+                services: s.view.services.len(),
+                version: s.version,
+                age_secs: s.last_contact.map(|t| now.duration_since(t).as_secs_f64()),
+                full_resyncs: s.full_resyncs,
+                delta_updates: s.deltas,
+                last_error: s.error.clone(),
+                refused: s.refused.clone(),
+            })
+            .collect()
+    }
+
+    /// Forgets a peer (unlinked).
+    pub fn remove(&self, peer: &ClusterName) {
+        if self.lock().remove(peer).is_some() {
+            self.bump();
+        }
+    }
+
+    fn resume_point(&self, peer: &ClusterName) -> (String, u64) {
+        let g = self.lock();
+        g.get(peer)
+            .map(|s| (s.epoch.clone(), s.version))
+            .unwrap_or_default()
+    }
+
+    fn set_down(&self, peer: &ClusterName, error: Option<String>) {
+        let mut g = self.lock();
+        let s = g.entry(peer.clone()).or_default();
+        s.up = false;
+        if error.is_some() {
+            s.error = error;
+        }
+    }
+
+    /// Applies one version (possibly several partial messages) from `peer`.
+    pub fn apply(
+        &self,
+        peer: &ClusterName,
+        batch: &[SyncUpdate],
+        cfg: &SyncConfig,
+    ) -> Result<(), SyncError> {
+        let Some(last) = batch.last() else {
+            return Ok(());
+        };
+        let reset = batch.first().is_some_and(|u| u.reset);
+        let mut g = self.lock();
+        let s = g.entry(peer.clone()).or_default();
+        let mut services = if reset {
+            BTreeMap::new()
+        } else {
+            s.view.services.clone()
+        };
+        let mut refused = Vec::new();
+        let mut changes = 0usize;
+        for u in batch {
+            for r in &u.removals {
+                if let Some(key) = ServiceKey::parse(r) {
+                    changes += usize::from(services.remove(&key).is_some());
+                }
+            }
+            for svc in &u.upserts {
+                if svc.cluster != peer.as_str() {
+                    refused.push(format!(
+                        "{}/{}: {peer} claims endpoints of cluster {:?}; a peer may only export its own",
+                        svc.namespace, svc.name, svc.cluster
+                    ));
+                    continue;
+                }
+                let (key, imported) = match super::convert::import_service(svc, &self.td) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        refused.push(e);
+                        continue;
+                    }
+                };
+                if imported.endpoints.len() > cfg.max_endpoints_per_service {
+                    return Err(SyncError::TooManyEndpoints {
+                        peer: peer.clone(),
+                        service: key,
+                        count: imported.endpoints.len(),
+                        limit: cfg.max_endpoints_per_service,
+                    });
+                }
+                changes += 1;
+                services.insert(key, imported);
+            }
+        }
+        if services.len() > cfg.max_services_per_peer {
+            return Err(SyncError::TooManyServices {
+                peer: peer.clone(),
+                count: services.len(),
+                limit: cfg.max_services_per_peer,
+            });
+        }
+        for r in &refused {
+            tracing::warn!(%peer, refused = %r, "refused imported entry");
+        }
+        let gateways: Vec<SocketAddr> = last
+            .gateways
+            .iter()
+            .filter_map(|g| g.parse().ok())
+            .collect();
+        let was_stale = s.view.stale;
+        let changed = services != s.view.services
+            || was_stale
+            || (!gateways.is_empty() && gateways != s.view.gateways);
+        if reset {
+            s.full_resyncs += 1;
+        } else if changes > 0 {
+            s.deltas += 1;
+        }
+        s.view.services = services;
+        s.view.stale = false;
+        if !gateways.is_empty() {
+            s.view.gateways = gateways;
+        }
+        s.epoch = last.epoch.clone();
+        s.version = last.version;
+        s.last_contact = Some(Instant::now());
+        s.up = true;
+        s.error = None;
+        if !refused.is_empty() {
+            s.refused = refused;
+        } else if reset {
+            s.refused.clear();
+        }
+        drop(g);
+        if changed {
+            self.bump();
+        }
+        Ok(())
+    }
+
+    /// Applies lease expiry per the links' fail modes and updates metrics.
+    pub fn expire(&self, links: &BTreeMap<ClusterName, Link>, lease: Duration, metrics: &Metrics) {
+        let now = Instant::now();
+        let mut changed = false;
+        {
+            let mut g = self.lock();
+            for (peer, s) in g.iter_mut() {
+                let labels = PeerLabels {
+                    peer: peer.to_string(),
+                };
+                let age = s.last_contact.map(|t| now.duration_since(t));
+                if let Some(age) = age {
+                    metrics
+                        .peer_sync_lag_seconds
+                        .get_or_create(&labels)
+                        .set(age.as_secs_f64());
+                }
+                metrics.peer_up.get_or_create(&labels).set(i64::from(s.up));
+                let expired = age.is_none_or(|a| a > lease);
+                if !expired || (s.view.services.is_empty() && !s.view.stale) {
+                    continue;
+                }
+                match links.get(peer).map(|l| l.fail_mode).unwrap_or_default() {
+                    FailMode::FailStatic if !s.view.stale => {
+                        tracing::warn!(%peer, "lease expired; keeping its endpoints, marked stale");
+                        s.view.stale = true;
+                        changed = true;
+                    }
+                    FailMode::FailClosed if !s.view.services.is_empty() => {
+                        tracing::warn!(%peer, "lease expired; withdrawing its endpoints (fail-closed)");
+                        s.view.services.clear();
+                        s.view.stale = false;
+                        // The data is gone: the next sync must be a full resend.
+                        s.epoch.clear();
+                        s.version = 0;
+                        changed = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if changed {
+            self.bump();
+        }
+    }
+}
+
+/// Keeps importing from `link`'s peer until the task is aborted.
+pub async fn run_importer(
+    link: Link,
+    local: ClusterName,
+    certs: CertStore,
+    bundle: SharedBundle,
+    imports: Imports,
+    cfg: SyncConfig,
+) {
+    let mut backoff = cfg.min_backoff;
+    loop {
+        let res = stream_once(&link, &local, &certs, &bundle, &imports, &cfg).await;
+        let peer = &link.peer;
+        match res {
+            Ok(()) => {
+                imports.set_down(peer, None);
+                backoff = cfg.min_backoff;
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "catalog sync failed");
+                if e.is_limit() {
+                    backoff = cfg.max_backoff;
+                }
+                imports.set_down(peer, Some(e.to_string()));
+            }
+        }
+        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(cfg.max_backoff);
+    }
+}
+
+async fn stream_once(
+    link: &Link,
+    local: &ClusterName,
+    certs: &CertStore,
+    bundle: &SharedBundle,
+    imports: &Imports,
+    cfg: &SyncConfig,
+) -> Result<(), SyncError> {
+    let peer = &link.peer;
+    let unreachable = |reason: String| SyncError::Unreachable {
+        peer: peer.clone(),
+        reason,
+    };
+    let expected = ExpectedServer::Id(link.peer_identity.clone());
+    let channel = crate::grpc::channel(link.controller, certs, bundle, expected)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mut client = FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let (epoch, version) = imports.resume_point(peer);
+    let req = SyncRequest {
+        cluster: local.to_string(),
+        epoch,
+        resume_version: version,
+    };
+    let mut stream = client
+        .sync(req)
+        .await
+        .map_err(|s| status_error(peer, &s))?
+        .into_inner();
+    let mut pending: Vec<SyncUpdate> = Vec::new();
+    let deadline = cfg.lease.max(cfg.heartbeat * 3);
+    loop {
+        let msg = tokio::time::timeout(deadline, stream.message())
+            .await
+            .map_err(|_| unreachable(format!("no message for {}ms", deadline.as_millis())))?
+            .map_err(|s| status_error(peer, &s))?;
+        let Some(u) = msg else { return Ok(()) };
+        if u.cluster != peer.as_str() {
+            return Err(SyncError::WrongCluster {
+                peer: peer.clone(),
+                addr: link.controller,
+                claimed: u.cluster,
+            });
+        }
+        let partial = u.partial;
+        pending.push(u);
+        let buffered: usize = pending.iter().map(|p| p.upserts.len()).sum();
+        if buffered > cfg.max_services_per_peer {
+            return Err(SyncError::TooManyServices {
+                peer: peer.clone(),
+                count: buffered,
+                limit: cfg.max_services_per_peer,
+            });
+        }
+        if partial {
+            continue;
+        }
+        imports.apply(peer, &pending, cfg)?;
+        pending.clear();
+    }
+}
+
+fn status_error(peer: &ClusterName, s: &tonic::Status) -> SyncError {
+    match s.code() {
+        tonic::Code::PermissionDenied
+        | tonic::Code::Unauthenticated
+        | tonic::Code::InvalidArgument => SyncError::Refused {
+            peer: peer.clone(),
+            message: s.message().to_owned(),
+        },
+        _ => SyncError::Unreachable {
+            peer: peer.clone(),
+            reason: format!("{:?}: {}", s.code(), s.message()),
+        },
+    }
+}

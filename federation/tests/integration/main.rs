@@ -1,0 +1,9 @@
+//! Integration tests of the federation controller over loopback sockets.
+
+mod cluster;
+mod controller;
+mod fixture;
+mod mesh;
+mod push;
+mod refusals;
+mod scale;

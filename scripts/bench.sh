@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The whole performance comparison in one run (about 4 minutes after the
+# release build): a Strait sidecar pair (mTLS) measured side by side with a
+# direct connection to nginx and HAProxy configured as the equivalent mTLS
+# proxy pair, by the same load generators, pinned to separate cores:
+#   wrk (HTTP/1.1 capacity), strait-bench oha (open-loop fixed rate,
+#   latency-corrected), h2load (HTTP/2), iperf3 (one TCP stream), plus TLS
+#   micro-benchmarks and the idle memory of a sidecar with 1,000 services.
+# Writes target/bench/results.md, target/bench/results.json and
+# docs/performance.md.
+#
+# Knobs (env): DURATION (10s) WARMUP (2s) CONNS (50) RATE (2000) and the
+# others of bench/reference-bench.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+need=()
+for t in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client iperf3:iperf3 openssl:openssl taskset:util-linux python3:python3; do
+  command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t#*:}")
+done
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "error: install ${need[*]} first (sudo apt-get install ${need[*]})" >&2; exit 1
+  fi
+fi
+
+echo "==> building release binaries"
+cargo build --release -q -p strait-cli -p strait-bench
+S=$ROOT/target/release/strait
+B=$ROOT/target/release/strait-bench
+OUT=$ROOT/target/bench
+rm -rf "$OUT"; mkdir -p "$OUT"
+W=$(mktemp -d -t strait-bench.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+
+echo "==> certificates and sidecar configs in $W"
+$S ca init --out "$W/ca" >/dev/null
+$S ca intermediate --ca-dir "$W/ca" --cluster bench >/dev/null
+for sa in client server; do
+  $S ca issue --ca-dir "$W/ca" --cluster bench --spiffe-id "spiffe://strait.local/ns/default/sa/$sa" --out "$W/$sa" >/dev/null
+done
+# Server sidecar: mTLS in on 19443, plaintext to nginx (HTTP/1.1, h2c) and iperf3.
+cat > "$W/server.yaml" <<EOF
+trust_domain: strait.local
+identity: { files: { chain: $W/server/chain.pem, key: $W/server/key.pem, bundle: $W/server/bundle.pem } }
+listeners: { inbound: 127.0.0.1:19443, outbound: 127.0.0.1:19001, admin: 127.0.0.1:19000, bind_vips: false }
+local_service: bench.default
+app:
+  - { port: 19082, protocol: http1, target: 127.0.0.1:18080 }
+  - { port: 19092, protocol: http2, target: 127.0.0.1:18090 }
+  - { port: 19083, protocol: tcp, target: 127.0.0.1:15201 }
+EOF
+# Client sidecar: the service VIP is 127.77.0.1 on the three entry ports.
+cat > "$W/client.yaml" <<EOF
+trust_domain: strait.local
+identity: { files: { chain: $W/client/chain.pem, key: $W/client/key.pem, bundle: $W/client/bundle.pem } }
+listeners: { inbound: 127.0.0.1:19444, outbound: 127.0.0.1:19002, admin: 127.0.0.1:19003, bind_vips: true }
+snapshot_file: $W/snapshot.yaml
+EOF
+cat > "$W/snapshot.yaml" <<EOF
+version: 1
+local: { cluster: bench, locality: local/a }
+services:
+  - name: bench
+    namespace: default
+    vip: 127.77.0.1
+    ports: [{ port: 19082, protocol: http1 }, { port: 19092, protocol: http2 }, { port: 19083, protocol: tcp }]
+    endpoints:
+      - { address: 127.0.0.1:19443, cluster: bench, locality: local/a, identity: spiffe://strait.local/ns/default/sa/server }
+EOF
+printf '#!/bin/sh\nexec %s oha "$@"\n' "$B" > "$W/oha"; chmod +x "$W/oha"
+$S proxy --config "$W/server.yaml" --check
+$S proxy --config "$W/client.yaml" --check
+
+echo "==> reference run (nginx direct, HAProxy pairs, Strait pair)"
+WORK="$W/ref" OHA="$W/oha" \
+CANDIDATE_NAME=strait_2hop_mtls \
+CANDIDATE_START="$S proxy --config $W/server.yaml & $S proxy --config $W/client.yaml & wait" \
+CANDIDATE_URL=http://127.77.0.1:19082/ CANDIDATE_H2_URL=http://127.77.0.1:19092/ CANDIDATE_TCP_PORT=19083 CANDIDATE_TCP_HOST=127.77.0.1 \
+  bash bench/reference-bench.sh > "$OUT/reference.log" 2>&1 || { tail -30 "$OUT/reference.log"; exit 1; }
+cp "$W/ref/results.md" "$OUT/reference.md"
+cp -r "$W/ref/raw" "$OUT/raw"
+
+echo "==> TLS micro-benchmarks (one core)"
+taskset -c 1 "$B" tls > "$OUT/tls.json"
+echo "==> idle sidecar memory with 1,000 services"
+"$B" memory --strait "$S" --services 1000 > "$OUT/memory.json"
+
+python3 bench/report.py "$OUT" "$ROOT/docs/performance.md"
+echo "==> done: $OUT/results.md, $OUT/results.json, docs/performance.md"
