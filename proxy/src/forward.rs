@@ -16,7 +16,6 @@ use crate::headers::{self, error};
 use crate::metrics::{Direction, DurationLabels, RequestLabels, ServiceReason};
 use crate::outlier::Outcome;
 use crate::retry::{self, Failure, RetryDecision};
-use crate::route::Hop;
 use crate::router::{Kind, Picked, service_key};
 use crate::state::Shared;
 use crate::transport::{Body, boxed, empty};
@@ -214,17 +213,12 @@ async fn attempt(
     replayable: bool,
     body: &mut Option<Body>,
 ) -> Result<Response<Body>, Failure> {
-    let target = match picked.hop {
-        Hop::Direct(addr) => addr,
-        // Gateway tunnels come with the east-west gateway; until then a
-        // remote endpoint is reached directly (flat network on one host).
-        Hop::Gateway { target, .. } => target,
-    };
     let identity = &picked.endpoint.identity;
-    let mut send = match shared.pool.get(target, identity).await {
+    let target = picked.endpoint.address;
+    let (mut send, hop) = match shared.pool.get_hop(&picked.endpoint, picked.hop).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::debug!(endpoint = %target, error = %e, "connect failed");
+            tracing::debug!(endpoint = %target, hop = ?picked.hop, error = %e, "connect failed");
             return Err(Failure::ConnectFailure);
         }
     };
@@ -242,7 +236,7 @@ async fn attempt(
             Ok(Response::from_parts(parts, boxed(body)))
         }
         Err(mut e) => {
-            shared.pool.evict(target, identity);
+            shared.pool.evict_hop(hop, identity);
             match e.take_message() {
                 Some(req) => {
                     // Never sent: the body is intact for another endpoint.

@@ -41,6 +41,7 @@ pub mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod transport;
+pub mod tunnel;
 
 pub use config::ProxyConfig;
 pub use proxy::{Proxy, StartError};

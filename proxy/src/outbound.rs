@@ -209,11 +209,9 @@ async fn tcp_tunnel(shared: Arc<Shared>, mut tcp: TcpStream, vip: IpAddr, port: 
             break;
         };
         tried.push(picked.index);
-        let addr = match picked.hop {
-            Hop::Direct(a) | Hop::Gateway { target: a, .. } => a,
-        };
+        let addr = picked.endpoint.address;
         let upgraded =
-            match open_connect(&shared, addr, &picked.endpoint.identity, &svc_name, port).await {
+            match open_connect(&shared, &picked.endpoint, picked.hop, &svc_name, port).await {
                 Ok(u) => u,
                 Err(reason) => {
                     tracing::debug!(endpoint = %addr, reason, "tcp tunnel setup failed");
@@ -252,16 +250,18 @@ async fn tcp_tunnel(shared: Arc<Shared>, mut tcp: TcpStream, vip: IpAddr, port: 
     shared.metrics.refuse(Direction::outbound, "no_endpoints");
 }
 
+/// `CONNECT name.ns:port` to the endpoint's sidecar, over the pooled
+/// connection of `hop` (direct, or a tunnel through a gateway).
 async fn open_connect(
     shared: &Shared,
-    addr: SocketAddr,
-    identity: &strait_api::SpiffeId,
+    endpoint: &strait_api::snapshot::Endpoint,
+    hop: Hop,
     svc_name: &str,
     port: u16,
 ) -> Result<hyper::upgrade::Upgraded, &'static str> {
-    let mut send = shared
+    let (mut send, hop) = shared
         .pool
-        .get(addr, identity)
+        .get_hop(endpoint, hop)
         .await
         .map_err(|_| "connect")?;
     let req = Request::builder()
@@ -270,7 +270,7 @@ async fn open_connect(
         .body(empty())
         .map_err(|_| "bad_request")?;
     let Ok(resp) = send.send_request(req).await else {
-        shared.pool.evict(addr, identity);
+        shared.pool.evict_hop(hop, &endpoint.identity);
         return Err("send");
     };
     if resp.status() != StatusCode::OK {

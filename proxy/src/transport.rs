@@ -14,9 +14,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use strait_api::SpiffeId;
+use strait_api::snapshot::Endpoint;
 use strait_ca::tls::{self, ExpectedServer};
 use strait_ca::{CertStore, SharedBundle};
 use tokio::net::TcpStream;
+
+use crate::route::Hop;
+use crate::tunnel::GatewayPool;
 
 /// Error type of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -73,6 +77,13 @@ pub enum ConnectError {
     },
     #[error("tls config: {0}")]
     Config(#[from] tls::TlsError),
+    #[error("gateway {gateway} refused CONNECT {target}: {status} {reason}")]
+    Refused {
+        gateway: SocketAddr,
+        target: SocketAddr,
+        status: u16,
+        reason: String,
+    },
 }
 
 /// The local identity and trust, shared by listeners and the pool.
@@ -91,13 +102,15 @@ impl Identity {
 type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
 
 /// HTTP/2-over-mTLS connections to peer sidecars, one per (endpoint,
-/// expected identity). Concurrent requests to a peer without a connection
+/// expected identity), either direct or through an east-west gateway
+/// ([`GatewayPool`]). Concurrent requests to a peer without a connection
 /// wait for one connect instead of racing many.
 pub struct PeerPool {
     identity: Identity,
     connect_timeout: Duration,
     slots: Mutex<HashMap<(SocketAddr, SpiffeId), Slot>>,
     configs: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+    gateways: GatewayPool,
 }
 
 impl std::fmt::Debug for PeerPool {
@@ -109,10 +122,41 @@ impl std::fmt::Debug for PeerPool {
 impl PeerPool {
     pub fn new(identity: Identity, connect_timeout: Duration) -> Self {
         Self {
+            gateways: GatewayPool::new(identity.clone(), connect_timeout),
             identity,
             connect_timeout,
             slots: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A ready HTTP/2 sender to `endpoint`'s sidecar along `hop`: direct, or
+    /// inside a tunnel through one of the endpoint's gateways (another
+    /// replica when the chosen one fails). Returns the hop actually used,
+    /// for [`PeerPool::evict_hop`].
+    pub async fn get_hop(
+        &self,
+        endpoint: &Endpoint,
+        hop: Hop,
+    ) -> Result<(SendRequest<Body>, Hop), ConnectError> {
+        match hop {
+            Hop::Direct(addr) => Ok((self.get(addr, &endpoint.identity).await?, hop)),
+            Hop::Gateway { gateway, target } => {
+                let cfg = self.client_config(&endpoint.identity)?;
+                let (send, gateway) = self
+                    .gateways
+                    .get(&endpoint.gateways, gateway, target, &endpoint.identity, cfg)
+                    .await?;
+                Ok((send, Hop::Gateway { gateway, target }))
+            }
+        }
+    }
+
+    /// Forgets the connection (or tunnel) of `hop` after a failure.
+    pub fn evict_hop(&self, hop: Hop, identity: &SpiffeId) {
+        match hop {
+            Hop::Direct(addr) => self.evict(addr, identity),
+            Hop::Gateway { gateway, target } => self.gateways.evict(gateway, target, identity),
         }
     }
 

@@ -3,6 +3,7 @@
 //! TCP clients and echo apps.
 
 mod badinput;
+mod crosscluster;
 mod protocols;
 mod resilience;
 mod support;

@@ -189,7 +189,8 @@ async fn traffic_prefers_the_local_zone_and_fails_over_when_it_dies() {
         (s_region.inbound, "us-east/b", "web"),
         (s_remote.inbound, "us-west/a", "web"),
     ];
-    let s = header(1) + &service("web", "127.77.13.1", 80, "http1", &eps, extra);
+    let gw = mesh.gateway("web", 80, &[s_remote.inbound]).await;
+    let s = header(1) + &service_via(gw.listener, "web", "127.77.13.1", 80, "http1", &eps, extra);
     let client = mesh.client("client", &s).await;
     let vip = "127.77.13.1:80".parse().unwrap();
     wait_listening(vip).await;
@@ -225,7 +226,8 @@ async fn distribute_weights_split_traffic_80_20_within_5_percent() {
         (s_east.inbound, "us-east/a", "web"),
         (s_west.inbound, "us-west/a", "web"),
     ];
-    let s = header(1) + &service("web", "127.77.14.1", 80, "http1", &eps, extra);
+    let gw = mesh.gateway("web", 80, &[s_west.inbound]).await;
+    let s = header(1) + &service_via(gw.listener, "web", "127.77.14.1", 80, "http1", &eps, extra);
     let _client = mesh.client("client", &s).await;
     let vip = "127.77.14.1:80".parse().unwrap();
     wait_listening(vip).await;

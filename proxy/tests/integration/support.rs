@@ -97,6 +97,44 @@ impl Mesh {
         Proxy::start(cfg, snap(snapshot)).await.unwrap()
     }
 
+    /// A west east-west gateway exporting `name.default` on `port` with
+    /// `endpoints` (sidecar inbound addresses).
+    pub async fn gateway(
+        &self,
+        name: &str,
+        port: u16,
+        endpoints: &[SocketAddr],
+    ) -> strait_gateway::Handle {
+        let IdentitySource::Files { chain, key, bundle } = self.identity("eastwest-gateway") else {
+            unreachable!("identity() issues files")
+        };
+        let cfg = strait_gateway::GatewayConfig {
+            cluster: ClusterName::new("west").unwrap(),
+            trust_domain: TrustDomain::new(TD).unwrap(),
+            identity: strait_gateway::config::IdentitySource::Files { chain, key, bundle },
+            listeners: strait_gateway::Listeners {
+                public: "127.0.0.1:0".parse().unwrap(),
+                admin: "127.0.0.1:0".parse().unwrap(),
+            },
+            limits: strait_gateway::Limits::default(),
+        };
+        let exports = strait_gateway::ExportTable {
+            services: vec![strait_gateway::ExportedService {
+                name: name.to_owned(),
+                namespace: "default".to_owned(),
+                ports: vec![port],
+                endpoints: endpoints
+                    .iter()
+                    .map(|&address| strait_gateway::ExportedEndpoint {
+                        address,
+                        health: Default::default(),
+                    })
+                    .collect(),
+            }],
+        };
+        strait_gateway::Gateway::start(cfg, exports).await.unwrap()
+    }
+
     /// A client-side sidecar that binds the snapshot's VIPs.
     pub async fn client(&self, sa: &str, snapshot: &str) -> Proxy {
         let cfg = self.config(sa, vec![], None, true);
@@ -119,8 +157,23 @@ pub fn header(version: u64) -> String {
     )
 }
 
-/// One service block with the given endpoints (`addr zone identity-sa`).
+/// One service block with the given endpoints (`addr zone identity-sa`);
+/// `us-west` endpoints name a gateway that does not exist.
 pub fn service(
+    name: &str,
+    vip: &str,
+    port: u16,
+    protocol: &str,
+    endpoints: &[(SocketAddr, &str, &str)],
+    extra: &str,
+) -> String {
+    let nowhere = "127.0.0.1:9".parse().unwrap();
+    service_via(nowhere, name, vip, port, protocol, endpoints, extra)
+}
+
+/// Like [`service`], with `us-west` endpoints reached through `gateway`.
+pub fn service_via(
+    gateway: SocketAddr,
     name: &str,
     vip: &str,
     port: u16,
@@ -133,9 +186,9 @@ pub fn service(
     );
     for (addr, loc, sa) in endpoints {
         let (cluster, gw) = if loc.starts_with("us-west") {
-            ("west", "\n        gateways: [127.0.0.1:9]")
+            ("west", format!("\n        gateways: [{gateway}]"))
         } else {
-            ("east", "")
+            ("east", String::new())
         };
         s.push_str(&format!(
             "      - address: {addr}\n        cluster: {cluster}\n        locality: {loc}\n        identity: spiffe://{TD}/ns/default/sa/{sa}{gw}\n"

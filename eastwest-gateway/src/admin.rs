@@ -1,0 +1,75 @@
+//! The gateway's admin port: `/metrics` (Prometheus text), `/ready` (a
+//! certificate is loaded and the gateway is not draining), `/live`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::gateway::Shared;
+
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(5))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        "/live" => text(StatusCode::OK, "text/plain", "live\n".into()),
+        "/ready" => {
+            let why = if shared.certs.current().is_none() {
+                Some("no certificate yet\n")
+            } else if shared.is_draining() {
+                Some("draining\n")
+            } else {
+                None
+            };
+            match why {
+                None => text(StatusCode::OK, "text/plain", "ready\n".into()),
+                Some(w) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", w.into()),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics, /ready or /live\n".into(),
+        ),
+    }
+}

@@ -1,0 +1,282 @@
+//! The gateway's own configuration: who it is, where it listens, and its
+//! protective limits. What it exports comes separately, as an
+//! [`crate::ExportTable`] pushed at runtime.
+//!
+//! Parsed from YAML with unknown fields refused, then validated; tests build
+//! a [`GatewayConfig`] directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use strait_api::{ClusterName, SpiffeId, TrustDomain};
+
+/// Why a gateway config was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gateway config: {0}")]
+    Parse(String),
+    #[error("gateway config: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Where the gateway's certificate comes from. In YAML: a map with exactly
+/// one of `files:` or `ca:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "IdentityYaml")]
+pub enum IdentitySource {
+    /// PEM files (chain leaf first, PKCS#8 key, bundle of roots).
+    Files {
+        chain: PathBuf,
+        key: PathBuf,
+        bundle: PathBuf,
+    },
+    /// The cluster CA's signing service; the gateway renews at 2/3 of life.
+    Ca {
+        address: SocketAddr,
+        spiffe_id: SpiffeId,
+        token_file: PathBuf,
+        bundle: PathBuf,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilesYaml {
+    chain: PathBuf,
+    key: PathBuf,
+    bundle: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaYaml {
+    address: SocketAddr,
+    spiffe_id: SpiffeId,
+    token_file: PathBuf,
+    bundle: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityYaml {
+    files: Option<FilesYaml>,
+    ca: Option<CaYaml>,
+}
+
+impl TryFrom<IdentityYaml> for IdentitySource {
+    type Error = String;
+    fn try_from(y: IdentityYaml) -> Result<Self, String> {
+        match (y.files, y.ca) {
+            (Some(f), None) => Ok(Self::Files {
+                chain: f.chain,
+                key: f.key,
+                bundle: f.bundle,
+            }),
+            (None, Some(c)) => Ok(Self::Ca {
+                address: c.address,
+                spiffe_id: c.spiffe_id,
+                token_file: c.token_file,
+                bundle: c.bundle,
+            }),
+            _ => Err("identity needs exactly one of `files:` or `ca:`".into()),
+        }
+    }
+}
+
+/// Where the gateway listens. Port 0 picks a free port (tests).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listeners {
+    /// The public mTLS listener other clusters' sidecars dial.
+    #[serde(default = "default_public")]
+    pub public: SocketAddr,
+    /// `/metrics`, `/ready`, `/live` (plain HTTP/1.1).
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+}
+
+fn default_public() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15443))
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15021))
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self {
+            public: default_public(),
+            admin: default_admin(),
+        }
+    }
+}
+
+/// Protective limits; every one has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent tunnels one source cluster may hold open.
+    pub max_streams_per_cluster: usize,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// A tunnel with no bytes either way for this long is closed.
+    #[serde(with = "strait_api::snapshot::duration_str")]
+    pub idle_timeout: Duration,
+    /// Time a client has to finish the TLS handshake.
+    #[serde(with = "strait_api::snapshot::duration_str")]
+    pub handshake_timeout: Duration,
+    /// Time to dial an endpoint's sidecar.
+    #[serde(with = "strait_api::snapshot::duration_str")]
+    pub connect_timeout: Duration,
+    /// On shutdown, how long open tunnels may run before they are cut.
+    #[serde(with = "strait_api::snapshot::duration_str")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_streams_per_cluster: 10_000,
+            max_concurrent_streams: 1024,
+            idle_timeout: Duration::from_secs(3600),
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The cluster this gateway fronts (for logs and metrics).
+    pub cluster: ClusterName,
+    pub trust_domain: TrustDomain,
+    pub identity: IdentitySource,
+    #[serde(default)]
+    pub listeners: Listeners,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl GatewayConfig {
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_streams_per_cluster == 0 {
+            return Err(invalid(
+                "limits.max_streams_per_cluster",
+                "must be at least 1",
+            ));
+        }
+        if l.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "limits.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        for (field, d) in [
+            ("limits.idle_timeout", l.idle_timeout),
+            ("limits.handshake_timeout", l.handshake_timeout),
+            ("limits.connect_timeout", l.connect_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        let (p, a) = (self.listeners.public, self.listeners.admin);
+        if p.port() != 0 && p == a {
+            return Err(invalid(
+                "listeners.admin",
+                format!("{a} is also the public listener"),
+            ));
+        }
+        if let IdentitySource::Ca { spiffe_id, .. } = &self.identity {
+            if spiffe_id.trust_domain_str() != self.trust_domain.as_str() {
+                return Err(invalid(
+                    "identity.ca.spiffe_id",
+                    format!("{spiffe_id} is outside trust domain {}", self.trust_domain),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+cluster: west
+trust_domain: strait.local
+identity:
+  files: { chain: c.pem, key: k.pem, bundle: b.pem }
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = GatewayConfig::from_yaml(MINIMAL).unwrap();
+        assert_eq!(c.listeners.public.port(), 15443);
+        assert_eq!(c.listeners.admin.port(), 15021);
+        assert_eq!(c.limits.max_streams_per_cluster, 10_000);
+        assert_eq!(c.cluster.as_str(), "west");
+    }
+
+    #[test]
+    fn refuses_unknown_fields_and_bad_values_naming_them() {
+        let e = GatewayConfig::from_yaml(&format!("{MINIMAL}bogus: 1\n")).unwrap_err();
+        assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
+        let zero = format!("{MINIMAL}limits: {{ max_streams_per_cluster: 0 }}\n");
+        let e = GatewayConfig::from_yaml(&zero).unwrap_err();
+        assert!(
+            e.to_string().contains("limits.max_streams_per_cluster"),
+            "{e}"
+        );
+        let idle = format!("{MINIMAL}limits: {{ idle_timeout: 0s }}\n");
+        let e = GatewayConfig::from_yaml(&idle).unwrap_err();
+        assert!(e.to_string().contains("limits.idle_timeout"), "{e}");
+        let same =
+            format!("{MINIMAL}listeners: {{ public: 127.0.0.1:9000, admin: 127.0.0.1:9000 }}\n");
+        let e = GatewayConfig::from_yaml(&same).unwrap_err();
+        assert!(e.to_string().contains("listeners.admin"), "{e}");
+    }
+
+    #[test]
+    fn ca_identity_must_be_in_the_trust_domain() {
+        let y = "cluster: west\ntrust_domain: strait.local\nidentity:\n  ca: { address: 127.0.0.1:8600, spiffe_id: spiffe://other.test/ns/x/sa/gw, token_file: t, bundle: b }\n";
+        let e = GatewayConfig::from_yaml(y).unwrap_err();
+        assert!(e.to_string().contains("identity.ca.spiffe_id"), "{e}");
+    }
+}

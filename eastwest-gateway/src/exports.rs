@@ -1,0 +1,364 @@
+//! What the gateway lets other clusters reach, and the pure decision for one
+//! `CONNECT` authority against it.
+//!
+//! The export table is pushed at runtime (by the federation controller, or
+//! a test). A `CONNECT` names either an endpoint `ip:port` (it must belong
+//! to an exported service) or a service `name.namespace:port` (the gateway
+//! picks a healthy endpoint; `port` must be one of the service's ports).
+//! No I/O here: [`ExportTable::decide`] is a table test away from proof.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use strait_api::snapshot::Health;
+
+/// The services this cluster exports, with their endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportTable {
+    #[serde(default)]
+    pub services: Vec<ExportedService>,
+}
+
+/// One exported service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedService {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Service ports a `name.namespace:port` CONNECT may ask for.
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub endpoints: Vec<ExportedEndpoint>,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+impl ExportedService {
+    /// `name.namespace`, the label per-service metrics carry.
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.name, self.namespace)
+    }
+}
+
+/// One endpoint: the inbound (mTLS) address of a workload's sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedEndpoint {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub health: Health,
+}
+
+/// Why an export table was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    #[error("services[{index}]: {reason}")]
+    Invalid { index: usize, reason: String },
+}
+
+impl ExportTable {
+    /// Names are non-empty DNS-ish labels, each service has a port, and no
+    /// service or endpoint is listed twice.
+    pub fn validate(&self) -> Result<(), ExportError> {
+        let mut names = std::collections::HashSet::new();
+        let mut endpoints = HashMap::new();
+        for (index, s) in self.services.iter().enumerate() {
+            let bad = |reason: String| ExportError::Invalid { index, reason };
+            for (what, v) in [("name", &s.name), ("namespace", &s.namespace)] {
+                let ok = !v.is_empty()
+                    && v.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !ok {
+                    return Err(bad(format!(
+                        "{what} {v:?} must be lowercase letters, digits or '-'"
+                    )));
+                }
+            }
+            if s.ports.is_empty() || s.ports.contains(&0) {
+                return Err(bad("ports must be non-empty and non-zero".into()));
+            }
+            if !names.insert((s.name.as_str(), s.namespace.as_str())) {
+                return Err(bad(format!("service {} is listed twice", s.key())));
+            }
+            for e in &s.endpoints {
+                if let Some(other) = endpoints.insert(e.address, index) {
+                    return Err(bad(format!(
+                        "endpoint {} also belongs to services[{other}]",
+                        e.address
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a `CONNECT` was refused. Each has a `strait-error` reason label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    #[error("{0:?} is neither ip:port nor name.namespace:port")]
+    BadAuthority(String),
+    #[error("{0} is this gateway itself")]
+    SelfTarget(SocketAddr),
+    #[error("{0} is not an endpoint of any exported service")]
+    UnknownEndpoint(SocketAddr),
+    #[error("service {0} is not exported by this cluster")]
+    NotExported(String),
+    #[error("service {service} exports no port {port}")]
+    UnknownPort { service: String, port: u16 },
+    #[error("service {0} has no healthy endpoint")]
+    NoHealthyEndpoint(String),
+}
+
+impl Refusal {
+    /// Short label for the `strait-error` header and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadAuthority(_) => "bad_authority",
+            Self::SelfTarget(_) => "self_target",
+            Self::UnknownEndpoint(_) => "unknown_endpoint",
+            Self::NotExported(_) => "not_exported",
+            Self::UnknownPort { .. } => "unknown_port",
+            Self::NoHealthyEndpoint(_) => "no_healthy_endpoint",
+        }
+    }
+
+    /// The HTTP status answered: policy refusals are 403; an exported
+    /// service with nothing healthy is 503 (the caller should fail over).
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Self::BadAuthority(_) => http::StatusCode::BAD_REQUEST,
+            Self::NoHealthyEndpoint(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            _ => http::StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The destination service label for metrics (`unknown` when the
+    /// authority names none we export).
+    pub fn service_label(&self) -> String {
+        match self {
+            Self::NotExported(s) | Self::NoHealthyEndpoint(s) => s.clone(),
+            Self::UnknownPort { service, .. } => service.clone(),
+            _ => "unknown".to_owned(),
+        }
+    }
+}
+
+/// Where an allowed tunnel goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The sidecar inbound address to dial.
+    pub target: SocketAddr,
+    /// `name.namespace` of the exported service.
+    pub service: String,
+}
+
+/// An [`ExportTable`] indexed for lookups.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    table: ExportTable,
+    by_endpoint: HashMap<SocketAddr, usize>,
+    by_name: HashMap<(String, String), usize>,
+}
+
+impl From<ExportTable> for Index {
+    fn from(table: ExportTable) -> Self {
+        let mut by_endpoint = HashMap::new();
+        let mut by_name = HashMap::new();
+        for (i, s) in table.services.iter().enumerate() {
+            by_name.insert((s.name.clone(), s.namespace.clone()), i);
+            for e in &s.endpoints {
+                by_endpoint.entry(e.address).or_insert(i);
+            }
+        }
+        Self {
+            table,
+            by_endpoint,
+            by_name,
+        }
+    }
+}
+
+impl Index {
+    pub fn table(&self) -> &ExportTable {
+        &self.table
+    }
+
+    /// Decides a `CONNECT` to `authority`. `own` are the gateway's own
+    /// addresses (never a target); `pick` chooses among `n` healthy
+    /// endpoints (randomness from the caller).
+    pub fn decide(
+        &self,
+        authority: &str,
+        own: &[SocketAddr],
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Result<Decision, Refusal> {
+        let bad = || Refusal::BadAuthority(authority.to_owned());
+        if let Ok(addr) = authority.parse::<SocketAddr>() {
+            if own.iter().any(|o| is_same(*o, addr)) {
+                return Err(Refusal::SelfTarget(addr));
+            }
+            let i = self
+                .by_endpoint
+                .get(&addr)
+                .ok_or(Refusal::UnknownEndpoint(addr))?;
+            return Ok(Decision {
+                target: addr,
+                service: self.table.services[*i].key(),
+            });
+        }
+        let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let (name, ns) = host.split_once('.').ok_or_else(bad)?;
+        if name.is_empty() || ns.is_empty() || ns.contains('.') {
+            return Err(bad());
+        }
+        let service = format!("{name}.{ns}");
+        let svc = self
+            .by_name
+            .get(&(name.to_owned(), ns.to_owned()))
+            .map(|i| &self.table.services[*i])
+            .ok_or_else(|| Refusal::NotExported(service.clone()))?;
+        if !svc.ports.contains(&port) {
+            return Err(Refusal::UnknownPort { service, port });
+        }
+        let healthy: Vec<SocketAddr> = svc
+            .endpoints
+            .iter()
+            .filter(|e| e.health == Health::Healthy)
+            .map(|e| e.address)
+            .filter(|a| !own.iter().any(|o| is_same(*o, *a)))
+            .collect();
+        if healthy.is_empty() {
+            return Err(Refusal::NoHealthyEndpoint(service));
+        }
+        let target = healthy[pick(healthy.len()).min(healthy.len() - 1)];
+        Ok(Decision { target, service })
+    }
+}
+
+/// `own` may be a wildcard bind (0.0.0.0:15443): then any address on the
+/// same port counts as the gateway itself.
+fn is_same(own: SocketAddr, addr: SocketAddr) -> bool {
+    own.port() == addr.port() && (own.ip().is_unspecified() || own.ip() == addr.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Index {
+        let t: ExportTable = serde_yaml_ng::from_str(
+            r#"
+services:
+  - name: reviews
+    namespace: shop
+    ports: [9080]
+    endpoints:
+      - { address: "127.0.20.1:15006" }
+      - { address: "127.0.20.2:15006", health: unhealthy }
+  - name: ratings
+    ports: [80, 81]
+    endpoints: []
+"#,
+        )
+        .unwrap();
+        Index::from(t)
+    }
+
+    const OWN: &[SocketAddr] = &[];
+
+    #[test]
+    fn endpoint_authority_must_be_in_the_table() {
+        let t = table();
+        let d = t.decide("127.0.20.1:15006", OWN, |_| 0).unwrap();
+        assert_eq!(d.service, "reviews.shop");
+        assert_eq!(d.target, "127.0.20.1:15006".parse().unwrap());
+        // An unhealthy endpoint is still an exported one: the caller chose it.
+        assert!(t.decide("127.0.20.2:15006", OWN, |_| 0).is_ok());
+        let e = t.decide("127.0.20.9:15006", OWN, |_| 0).unwrap_err();
+        assert_eq!(e.reason(), "unknown_endpoint");
+        assert_eq!(e.status(), http::StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn service_authority_picks_a_healthy_endpoint_on_an_exported_port() {
+        let t = table();
+        for i in 0..4 {
+            let d = t.decide("reviews.shop:9080", OWN, |_| i).unwrap();
+            assert_eq!(d.target, "127.0.20.1:15006".parse().unwrap());
+        }
+        let cases = [
+            ("reviews.shop:80", "unknown_port"),
+            ("details.shop:9080", "not_exported"),
+            ("ratings.default:80", "no_healthy_endpoint"),
+            ("reviews:9080", "bad_authority"),
+            ("a.b.c:80", "bad_authority"),
+            ("reviews.shop", "bad_authority"),
+            ("reviews.shop:x", "bad_authority"),
+        ];
+        for (authority, reason) in cases {
+            let e = t.decide(authority, OWN, |_| 0).unwrap_err();
+            assert_eq!(e.reason(), reason, "{authority}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_gateway_itself_is_never_a_target() {
+        let mut raw = table().table().clone();
+        raw.services[0].endpoints.push(ExportedEndpoint {
+            address: "127.0.20.3:15443".parse().unwrap(),
+            health: Health::Healthy,
+        });
+        let t = Index::from(raw);
+        let own = [
+            "0.0.0.0:15443".parse().unwrap(),
+            "127.0.0.1:15021".parse().unwrap(),
+        ];
+        for a in ["127.0.20.3:15443", "127.0.0.1:15021"] {
+            assert_eq!(
+                t.decide(a, &own, |_| 0).unwrap_err().reason(),
+                "self_target"
+            );
+        }
+        // By service name the gateway's own address is skipped.
+        for i in 0..2 {
+            let d = t.decide("reviews.shop:9080", &own, |_| i).unwrap();
+            assert_eq!(d.target, "127.0.20.1:15006".parse().unwrap());
+        }
+    }
+
+    #[test]
+    fn validation_names_the_bad_service() {
+        let mut t = table().table().clone();
+        assert_eq!(t.validate(), Ok(()));
+        t.services[1].endpoints = t.services[0].endpoints.clone();
+        let e = t.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("services[1]: endpoint 127.0.20.1:15006"),
+            "{e}"
+        );
+        t.services[1] = t.services[0].clone();
+        t.services[1].endpoints.clear();
+        let e = t.validate().unwrap_err().to_string();
+        assert!(e.contains("listed twice"), "{e}");
+        t.services[1].name = "Bad_Name".into();
+        let e = t.validate().unwrap_err().to_string();
+        assert!(e.contains("name \"Bad_Name\""), "{e}");
+    }
+
+    #[test]
+    fn table_refuses_unknown_fields() {
+        let e =
+            serde_yaml_ng::from_str::<ExportTable>("services: [{ name: a, ports: [1], vip: x }]")
+                .unwrap_err();
+        assert!(e.to_string().contains("unknown field `vip`"), "{e}");
+    }
+}

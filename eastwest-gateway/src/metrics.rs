@@ -1,0 +1,142 @@
+//! The gateway's Prometheus metrics. Per-service figures come from the
+//! `CONNECT` authority (what the tunnel was opened for), never from reading
+//! the tunnel's payload, which is TLS the gateway cannot decrypt.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Which way tunnel bytes flow.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    /// From the calling cluster towards the endpoint.
+    to_endpoint,
+    /// From the endpoint back to the calling cluster.
+    from_endpoint,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelLabels {
+    pub source_cluster: String,
+    pub destination_service: String,
+    /// `ok`, or the refusal / failure reason.
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub destination_service: String,
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// All metric families of one gateway.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub tunnels_active: Gauge,
+    pub tunnels: Family<TunnelLabels, Counter>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub setup_seconds: Histogram,
+    /// Client connections refused before any stream (TLS failures).
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    pub connections_active: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("strait_gateway");
+        let tunnels_active = Gauge::default();
+        registry.register("tunnels_active", "Tunnels open now", tunnels_active.clone());
+        let tunnels = Family::default();
+        registry.register(
+            "tunnels",
+            "CONNECT requests, by source cluster, destination service and result",
+            tunnels.clone(),
+        );
+        let bytes = Family::default();
+        registry.register(
+            "bytes",
+            "Tunnel bytes by destination service; by direction (to_endpoint, from_endpoint)",
+            bytes.clone(),
+        );
+        // 50 us .. ~3 s
+        let setup_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        registry.register(
+            "tunnel_setup_seconds",
+            "From CONNECT received to 200 sent (decision, limits, dial)",
+            setup_seconds.clone(),
+        );
+        let connections_refused = Family::default();
+        registry.register(
+            "connections_refused",
+            "Client connections refused before any stream, by reason",
+            connections_refused.clone(),
+        );
+        let connections_active = Gauge::default();
+        registry.register(
+            "connections_active",
+            "Client (outer mTLS) connections open now",
+            connections_active.clone(),
+        );
+        Self {
+            registry,
+            tunnels_active,
+            tunnels,
+            bytes,
+            setup_seconds,
+            connections_refused,
+            connections_active,
+        }
+    }
+
+    pub fn tunnel(&self, source_cluster: &str, service: &str, result: &str) {
+        self.tunnels
+            .get_or_create(&TunnelLabels {
+                source_cluster: source_cluster.to_owned(),
+                destination_service: service.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn refuse_connection(&self, reason: &str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The byte counter of one service and direction (shared, cheap clone).
+    pub fn bytes_counter(&self, service: &str, direction: Direction) -> Counter {
+        self.bytes
+            .get_or_create(&BytesLabels {
+                destination_service: service.to_owned(),
+                direction,
+            })
+            .clone()
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,272 @@
+//! One `CONNECT` stream: decide against the export table, apply the
+//! per-source-cluster limit, dial the endpoint's sidecar, answer 200 and pipe
+//! bytes both ways (with backpressure and an idle timeout) until either side
+//! ends.
+//!
+//! The gateway never terminates the inner TLS: it moves opaque bytes. All it
+//! knows about a tunnel is who opened it (the outer mTLS peer) and what for
+//! (the `CONNECT` authority).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use strait_api::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::gateway::Shared;
+use crate::metrics::Direction;
+
+/// The header carrying the reason the gateway refused a stream.
+pub const ERROR_HEADER: &str = "strait-error";
+
+/// Sees every chunk of tunnel bytes the gateway moves (tests only).
+pub type Tap = Arc<dyn Fn(Direction, &[u8]) + Send + Sync>;
+
+/// The authenticated outer peer of a connection.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub id: SpiffeId,
+    /// From the peer's chain (its intermediate's OU).
+    pub cluster: String,
+    pub addr: SocketAddr,
+}
+
+type Body = Full<Bytes>;
+
+fn refuse(status: StatusCode, reason: &'static str, message: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(message + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    r
+}
+
+/// Answers one stream of a client connection.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let cluster = peer.cluster.as_str();
+    if req.method() != Method::CONNECT {
+        shared.metrics.tunnel(cluster, "unknown", "not_connect");
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not_connect",
+            "this gateway serves CONNECT only".into(),
+        );
+    }
+    if shared.is_draining() {
+        shared.metrics.tunnel(cluster, "unknown", "draining");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "gateway is draining".into(),
+        );
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    let decision = shared
+        .exports()
+        .decide(&authority, &shared.own, |n| rand::random_range(0..n));
+    let decision = match decision {
+        Ok(d) => d,
+        Err(refusal) => {
+            shared
+                .metrics
+                .tunnel(cluster, &refusal.service_label(), refusal.reason());
+            tracing::info!(peer = %peer.id, peer_addr = %peer.addr, source_cluster = cluster, %authority,
+                reason = refusal.reason(), "CONNECT refused");
+            return refuse(refusal.status(), refusal.reason(), refusal.to_string());
+        }
+    };
+    let service = decision.service;
+    let Some(permit) = shared.acquire(cluster) else {
+        shared.metrics.tunnel(cluster, &service, "stream_limit");
+        tracing::info!(source_cluster = cluster, %service, "per-cluster stream limit reached");
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "stream_limit",
+            format!("cluster {cluster} has too many open tunnels"),
+        );
+    };
+    let target = decision.target;
+    let dial = tokio::time::timeout(
+        shared.cfg.limits.connect_timeout,
+        TcpStream::connect(target),
+    )
+    .await;
+    let Ok(Ok(upstream)) = dial else {
+        shared.metrics.tunnel(cluster, &service, "upstream_connect");
+        tracing::debug!(%target, %service, "endpoint unreachable");
+        return refuse(
+            StatusCode::BAD_GATEWAY,
+            "upstream_connect",
+            format!("endpoint {target} of {service} is unreachable"),
+        );
+    };
+    let _ = upstream.set_nodelay(true);
+    shared.metrics.tunnel(cluster, &service, "ok");
+    shared
+        .metrics
+        .setup_seconds
+        .observe(started.elapsed().as_secs_f64());
+    shared.active.fetch_add(1, Ordering::AcqRel);
+    shared.metrics.tunnels_active.inc();
+    tracing::debug!(peer = %peer.id, source_cluster = cluster, %service, %target, "tunnel open");
+    let guard = ActiveGuard(shared.clone());
+    tokio::spawn(async move {
+        let _guard = guard;
+        let _permit = permit;
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => pipe(&shared, TokioIo::new(upgraded), upstream, &service).await,
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Response::new(Full::new(Bytes::new()))
+}
+
+/// Counts a tunnel as active until dropped.
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.tunnels_active.dec();
+    }
+}
+
+const BUF: usize = 64 * 1024;
+
+async fn pipe<A, B>(shared: &Shared, client: A, upstream: B, service: &str)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Arc::new(Activity::new());
+    let tap = shared.tap.clone();
+    let mut a = Metered {
+        inner: client,
+        counter: shared
+            .metrics
+            .bytes_counter(service, Direction::to_endpoint),
+        direction: Direction::to_endpoint,
+        activity: activity.clone(),
+        tap: tap.clone(),
+    };
+    let mut b = Metered {
+        inner: upstream,
+        counter: shared
+            .metrics
+            .bytes_counter(service, Direction::from_endpoint),
+        direction: Direction::from_endpoint,
+        activity: activity.clone(),
+        tap,
+    };
+    let idle = shared.cfg.limits.idle_timeout;
+    tokio::select! {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUF, BUF) => {
+            if let Err(e) = r {
+                tracing::debug!(%service, error = %e, "tunnel ended with an error");
+            }
+        }
+        () = activity.idle_for(idle) => {
+            tracing::debug!(%service, ?idle, "tunnel idle; closed");
+        }
+    }
+}
+
+/// When a tunnel last moved a byte (milliseconds since its start).
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let due = last + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// Counts bytes read from `inner` (and shows them to the tap).
+struct Metered<T> {
+    inner: T,
+    counter: Counter,
+    direction: Direction,
+    activity: Arc<Activity>,
+    tap: Option<Tap>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let fresh = &buf.filled()[before..];
+        if !fresh.is_empty() {
+            this.counter.inc_by(fresh.len() as u64);
+            this.activity.touch();
+            if let Some(tap) = &this.tap {
+                tap(this.direction, fresh);
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

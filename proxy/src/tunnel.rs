@@ -1,0 +1,314 @@
+//! Cross-cluster hops through east-west gateways.
+//!
+//! What it is: the client side of gateway tunnels. Per gateway, one outer
+//! mTLS HTTP/2 connection (the gateway may be any identity of the trust
+//! domain), watched by a fast PING keepalive so a dead gateway is noticed
+//! within about two seconds. Per (gateway, endpoint, identity), one
+//! `CONNECT <endpoint ip:port>` stream on it, inside which runs the inner,
+//! end-to-end mTLS session with the destination sidecar (which must present
+//! the endpoint's identity) and an HTTP/2 connection that requests (and TCP
+//! `CONNECT`s) multiplex over, like [`crate::transport::PeerPool`] does for
+//! direct peers. When a gateway fails, the other replicas of the endpoint
+//! are tried before the endpoint counts as failed, and the failed gateway is
+//! tried last for a short while.
+//!
+//! What it is not: no routing decision (that is [`crate::route::hop`]) and
+//! no trust in the gateway: it only ever sees the inner TLS records.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, StatusCode};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use strait_api::SpiffeId;
+use strait_ca::tls::{self, ExpectedServer};
+use tokio::net::TcpStream;
+
+use crate::transport::{ALPN_H2, Body, ConnectError, Identity, empty, handshake_h2};
+
+/// PING interval and timeout on gateway connections: a dead gateway is
+/// evicted within about their sum.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+/// A gateway that failed is tried after its healthy replicas for this long.
+const DOWN_FOR: Duration = Duration::from_secs(5);
+
+type OuterSlot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
+type InnerSlot = Arc<tokio::sync::Mutex<Option<Inner>>>;
+type InnerKey = (SocketAddr, SocketAddr, SpiffeId);
+
+/// An inner session and the outer connection it rides on.
+#[derive(Clone)]
+struct Inner {
+    send: SendRequest<Body>,
+    outer: SendRequest<Body>,
+}
+
+impl Inner {
+    fn is_live(&self) -> bool {
+        !self.send.is_closed() && !self.outer.is_closed()
+    }
+}
+
+/// Pooled gateway connections and the tunnels inside them.
+pub struct GatewayPool {
+    identity: Identity,
+    connect_timeout: Duration,
+    outer: Mutex<HashMap<SocketAddr, OuterSlot>>,
+    inner: Mutex<HashMap<InnerKey, InnerSlot>>,
+    down: Mutex<HashMap<SocketAddr, Instant>>,
+    outer_config: Mutex<Option<Arc<ClientConfig>>>,
+}
+
+impl std::fmt::Debug for GatewayPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayPool").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl GatewayPool {
+    pub fn new(identity: Identity, connect_timeout: Duration) -> Self {
+        Self {
+            identity,
+            connect_timeout,
+            outer: Mutex::new(HashMap::new()),
+            inner: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashMap::new()),
+            outer_config: Mutex::new(None),
+        }
+    }
+
+    /// A ready HTTP/2 sender to the sidecar at `target` (which must present
+    /// `identity`) through `preferred` or, if it fails, another of
+    /// `replicas`. Returns the gateway that carried it.
+    pub async fn get(
+        &self,
+        replicas: &[SocketAddr],
+        preferred: SocketAddr,
+        target: SocketAddr,
+        identity: &SpiffeId,
+        inner_config: Arc<ClientConfig>,
+    ) -> Result<(SendRequest<Body>, SocketAddr), ConnectError> {
+        let order = self.order(replicas, preferred);
+        let mut last = None;
+        for gateway in order {
+            match self
+                .get_via(gateway, target, identity, inner_config.clone())
+                .await
+            {
+                Ok(send) => {
+                    lock(&self.down).remove(&gateway);
+                    return Ok((send, gateway));
+                }
+                Err(e) => {
+                    tracing::debug!(%gateway, endpoint = %target, error = %e, "gateway tunnel failed");
+                    if !matches!(e, ConnectError::Refused { .. }) {
+                        lock(&self.down).insert(gateway, Instant::now());
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(ConnectError::Timeout { addr: preferred }))
+    }
+
+    /// `preferred` first, then the other replicas; gateways that failed
+    /// recently go last.
+    fn order(&self, replicas: &[SocketAddr], preferred: SocketAddr) -> Vec<SocketAddr> {
+        let mut order = vec![preferred];
+        order.extend(replicas.iter().copied().filter(|g| *g != preferred));
+        let now = Instant::now();
+        let mut down = lock(&self.down);
+        down.retain(|_, at| now.duration_since(*at) < DOWN_FOR);
+        // Stable: healthy replicas keep their order, down ones move back.
+        order.sort_by_key(|g| down.contains_key(g));
+        order
+    }
+
+    /// Forgets the tunnel to `target` through `gateway`, so the next
+    /// request builds a new one.
+    pub fn evict(&self, gateway: SocketAddr, target: SocketAddr, identity: &SpiffeId) {
+        lock(&self.inner).remove(&(gateway, target, identity.clone()));
+    }
+
+    async fn get_via(
+        &self,
+        gateway: SocketAddr,
+        target: SocketAddr,
+        identity: &SpiffeId,
+        inner_config: Arc<ClientConfig>,
+    ) -> Result<SendRequest<Body>, ConnectError> {
+        let slot = lock(&self.inner)
+            .entry((gateway, target, identity.clone()))
+            .or_default()
+            .clone();
+        let mut guard = slot.lock().await;
+        if let Some(inner) = guard.as_ref() {
+            if inner.is_live() {
+                return Ok(inner.send.clone());
+            }
+        }
+        let outer = self.outer(gateway).await?;
+        let inner = tokio::time::timeout(
+            self.connect_timeout,
+            self.open_tunnel(outer.clone(), gateway, target, inner_config),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout { addr: target })?;
+        let send = match inner {
+            Ok(s) => s,
+            Err(e) => {
+                if outer.is_closed() {
+                    lock(&self.outer).remove(&gateway);
+                }
+                return Err(e);
+            }
+        };
+        *guard = Some(Inner {
+            send: send.clone(),
+            outer,
+        });
+        Ok(send)
+    }
+
+    /// `CONNECT target` on the gateway connection, then mTLS and HTTP/2
+    /// with the destination sidecar inside the stream.
+    async fn open_tunnel(
+        &self,
+        mut outer: SendRequest<Body>,
+        gateway: SocketAddr,
+        target: SocketAddr,
+        inner_config: Arc<ClientConfig>,
+    ) -> Result<SendRequest<Body>, ConnectError> {
+        let io_err = |e: String| ConnectError::Io {
+            addr: gateway,
+            source: std::io::Error::other(e),
+        };
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(target.to_string())
+            .body(empty())
+            .map_err(|e| io_err(e.to_string()))?;
+        let resp = outer
+            .send_request(req)
+            .await
+            .map_err(|source| ConnectError::H2 {
+                addr: gateway,
+                source,
+            })?;
+        if resp.status() != StatusCode::OK {
+            let reason = resp
+                .headers()
+                .get(crate::headers::ERROR)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            return Err(ConnectError::Refused {
+                gateway,
+                target,
+                status: resp.status().as_u16(),
+                reason,
+            });
+        }
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| io_err(e.to_string()))?;
+        let name =
+            ServerName::try_from("sidecar.strait.invalid").map_err(|e| io_err(e.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(inner_config)
+            .connect(name, TokioIo::new(upgraded))
+            .await
+            .map_err(|source| ConnectError::Tls {
+                addr: target,
+                source,
+            })?;
+        handshake_h2(TokioIo::new(tls), target).await
+    }
+
+    /// The pooled outer connection to `gateway`, connecting if needed.
+    async fn outer(&self, gateway: SocketAddr) -> Result<SendRequest<Body>, ConnectError> {
+        let slot = lock(&self.outer).entry(gateway).or_default().clone();
+        let mut guard = slot.lock().await;
+        if let Some(send) = guard.as_ref() {
+            if !send.is_closed() {
+                return Ok(send.clone());
+            }
+        }
+        *guard = None;
+        let send = tokio::time::timeout(self.connect_timeout, self.connect_outer(gateway))
+            .await
+            .map_err(|_| ConnectError::Timeout { addr: gateway })??;
+        *guard = Some(send.clone());
+        Ok(send)
+    }
+
+    fn outer_config(&self) -> Result<Arc<ClientConfig>, ConnectError> {
+        let mut g = lock(&self.outer_config);
+        if let Some(c) = g.as_ref() {
+            return Ok(c.clone());
+        }
+        let mut cfg = tls::client_config(
+            &self.identity.certs,
+            &self.identity.bundle,
+            ExpectedServer::AnyInTrustDomain,
+            &[ALPN_H2],
+        )?;
+        cfg.resumption = rustls::client::Resumption::in_memory_sessions(16);
+        let cfg = Arc::new(cfg);
+        *g = Some(cfg.clone());
+        Ok(cfg)
+    }
+
+    async fn connect_outer(&self, gateway: SocketAddr) -> Result<SendRequest<Body>, ConnectError> {
+        let cfg = self.outer_config()?;
+        let tcp = TcpStream::connect(gateway)
+            .await
+            .map_err(|source| ConnectError::Io {
+                addr: gateway,
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let name =
+            ServerName::try_from("gateway.strait.invalid").map_err(|e| ConnectError::Tls {
+                addr: gateway,
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ConnectError::Tls {
+                addr: gateway,
+                source,
+            })?;
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            .max_frame_size(1 << 16)
+            .max_send_buf_size(1 << 20)
+            .keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|source| ConnectError::H2 {
+                addr: gateway,
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%gateway, error = %e, "gateway connection closed");
+            }
+        });
+        tracing::debug!(%gateway, "gateway connection open");
+        Ok(send)
+    }
+}
