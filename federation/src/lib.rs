@@ -18,12 +18,15 @@
 //!   Prometheus families.
 //!
 //! What it is not: no data path (proxies and gateways carry traffic), no
-//! certificate issuing (`strait-ca`), no Kubernetes client yet.
+//! certificate issuing (`strait-ca`). [`kube`] (feature `kubernetes`) is
+//! the Kubernetes catalog source.
 
 pub mod catalog;
 pub mod controller;
 pub mod grpc;
 pub mod health;
+#[cfg(feature = "kubernetes")]
+pub mod kube;
 pub mod metrics;
 pub mod peering;
 pub mod push;

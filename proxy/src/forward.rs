@@ -92,7 +92,18 @@ pub async fn forward(
             }
             Ok(Ok(resp)) => {
                 let code = resp.status().as_u16();
-                let outcome = Outcome::from_status(code);
+                // The destination sidecar could not reach its app: the
+                // request was never processed, like a connect failure.
+                let unprocessed = code == 503
+                    && resp
+                        .headers()
+                        .get(headers::ERROR)
+                        .is_some_and(|v| v == "app_unavailable");
+                let (outcome, failure) = if unprocessed {
+                    (Outcome::ConnectFailure, Failure::ConnectFailure)
+                } else {
+                    (Outcome::from_status(code), Failure::Status(code))
+                };
                 finish(
                     &shared,
                     service,
@@ -103,14 +114,7 @@ pub async fn forward(
                 if outcome == Outcome::Success || !replayable {
                     break (resp, picked.endpoint.cluster.to_string());
                 }
-                match decide(
-                    &shared,
-                    service,
-                    &route.retry,
-                    &parts,
-                    Failure::Status(code),
-                    retries,
-                ) {
+                match decide(&shared, service, &route.retry, &parts, failure, retries) {
                     RetryDecision::Retry => {
                         retries += 1;
                         continue;

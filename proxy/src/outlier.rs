@@ -84,6 +84,14 @@ impl OutlierDetector {
         self.hosts = next;
     }
 
+    /// Forgets what was learned about one endpoint (its ejection and
+    /// failure count): the controller has fresh evidence it is healthy.
+    pub fn forgive(&mut self, address: &SocketAddr) {
+        if let Some(h) = self.hosts.get_mut(address) {
+            *h = HostState::default();
+        }
+    }
+
     /// Replaces the settings (a new snapshot), keeping the state.
     pub fn set_config(&mut self, config: OutlierDetection) {
         self.config = config;

@@ -125,6 +125,26 @@ impl Proxy {
         self.shared.snapshot()
     }
 
+    /// How many roots the sidecar trusts now (2 during a root rotation).
+    pub fn trusted_roots(&self) -> usize {
+        self.shared.identity.bundle.get().roots().len()
+    }
+
+    /// The leaf certificate the sidecar presents now.
+    pub fn certificate(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        let ck = self.shared.identity.certs.current()?;
+        ck.end_entity_cert().ok().map(|c| c.clone().into_owned())
+    }
+
+    /// A function that installs snapshots into this sidecar, for a task
+    /// that feeds it (e.g. from the controller's config push).
+    pub fn applier(
+        &self,
+    ) -> impl Fn(Snapshot) -> Result<(), SnapshotError> + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move |s| shared.apply(s)
+    }
+
     /// Prometheus text of this sidecar's metrics.
     pub fn metrics(&self) -> String {
         self.shared.metrics.encode()

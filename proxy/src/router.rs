@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use strait_api::snapshot::{Endpoint, Service, Snapshot};
+use strait_api::snapshot::{Endpoint, Health, Service, Snapshot};
 
 use crate::balance::{Balancer, EndpointLoad, EwmaConfig};
 use crate::locality::Reason;
@@ -26,6 +26,8 @@ struct ServiceState {
     rng: SmallRng,
     /// The last routing reason, for status.
     reason: Option<Reason>,
+    /// Health of each endpoint in the last snapshot.
+    health: HashMap<SocketAddr, Health>,
 }
 
 impl ServiceState {
@@ -44,6 +46,11 @@ impl ServiceState {
             budget,
             rng: SmallRng::from_os_rng(),
             reason: None,
+            health: service
+                .endpoints
+                .iter()
+                .map(|e| (e.address, e.health))
+                .collect(),
         }
     }
 
@@ -52,6 +59,16 @@ impl ServiceState {
         self.outlier.set_config(service.outlier_detection.clone());
         self.outlier
             .sync(service.endpoints.iter().map(|e| e.address));
+        // An endpoint the controller saw recover is not kept out by a
+        // passive ejection from before (fail-back follows health).
+        for e in &service.endpoints {
+            let before = self.health.insert(e.address, e.health);
+            if e.health == Health::Healthy && before.is_some_and(|b| b != Health::Healthy) {
+                self.outlier.forgive(&e.address);
+            }
+        }
+        self.health
+            .retain(|a, _| service.endpoints.iter().any(|e| e.address == *a));
         self.loads
             .retain(|a, _| service.endpoints.iter().any(|e| e.address == *a));
         if self.balancer.strategy() != service.traffic.load_balancer {
@@ -119,7 +136,14 @@ impl Router {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let st = &mut *st;
-        let candidates = route::candidates(service, &st.outlier, now);
+        let mut candidates = route::candidates(service, &st.outlier, now);
+        // Endpoints this request already tried count as down for its retry,
+        // so the locality plan itself moves on to the next tier.
+        for &i in tried {
+            if let Some(c) = candidates.get_mut(i) {
+                c.ejected = true;
+            }
+        }
         let ewma = self.ewma;
         let loads = &st.loads;
         let cost = |i: usize| {

@@ -1,0 +1,185 @@
+//! The resources the Kubernetes source reads besides the core ones:
+//! Strait's own CRDs (`GlobalService`, `TrafficPolicy`, group `strait.io`,
+//! version `v1alpha1`) and the Multi-Cluster Services `ServiceExport`
+//! (`multicluster.x-k8s.io/v1alpha1`), of which only the name matters.
+//!
+//! Every Strait resource is named after the Service it applies to, in the
+//! Service's namespace, as `ServiceExport` is.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Export options of a Service that has a `ServiceExport`: which peers see
+/// it and how the controller health-checks its endpoints. Without one, an
+/// exported Service goes to every linked peer with no active check.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "strait.io",
+    version = "v1alpha1",
+    kind = "GlobalService",
+    namespaced,
+    shortname = "gsvc"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalServiceSpec {
+    /// Peer clusters to export to; empty means every linked peer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+    /// Active health check of every endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+}
+
+/// The CRD form of [`crate::catalog::HealthCheck`]; durations are written
+/// like `5s` or `500ms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckSpec {
+    /// `http` or `tcp`.
+    pub kind: String,
+    /// HTTP path (http checks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Check this port on the pod IP instead of the sidecar inbound port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// Ordered failover and `distribute` weights of one Service, in one object
+/// (the CRD form of [`crate::catalog::PolicySpec`]).
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "strait.io",
+    version = "v1alpha1",
+    kind = "TrafficPolicy",
+    namespaced,
+    shortname = "tp"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicySpec {
+    /// Clusters to fail over to, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<String>,
+    /// Locality weights; the first rule whose `from` matches the caller wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distribute: Vec<DistributeSpec>,
+    /// Istio-like overprovisioning factor (1.0 to 10.0; default 1.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overprovisioning_factor: Option<f64>,
+}
+
+/// `from: us-east/*` -> `to: {"us-east/*": 80, "us-west/*": 20}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DistributeSpec {
+    pub from: String,
+    pub to: BTreeMap<String, u32>,
+}
+
+/// An MCS `ServiceExport`: its existence exports the Service of the same
+/// name and namespace. Spec and status are not read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceExport {
+    pub metadata: ObjectMeta,
+}
+
+impl kube::Resource for ServiceExport {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "ServiceExport".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "multicluster.x-k8s.io".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1alpha1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "serviceexports".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Why the CRD YAML could not be rendered.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot render crd yaml: {0}")]
+pub struct CrdYamlError(#[source] serde_yaml_ng::Error);
+
+/// The `CustomResourceDefinition` YAML of Strait's CRDs, as one
+/// multi-document stream (for `kubectl apply -f -` and the docs). The MCS
+/// `ServiceExport` CRD comes from the MCS API project and is not included.
+pub fn crd_yaml() -> Result<String, CrdYamlError> {
+    let mut out = String::new();
+    for crd in [GlobalService::crd(), TrafficPolicy::crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(&crd).map_err(CrdYamlError)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+    #[test]
+    fn crd_yaml_parses_back_into_both_definitions() {
+        let yaml = crd_yaml().unwrap();
+        let crds: Vec<CustomResourceDefinition> = serde_yaml_ng::Deserializer::from_str(&yaml)
+            .map(|d| CustomResourceDefinition::deserialize(d).unwrap())
+            .collect();
+        let names: Vec<_> = crds
+            .iter()
+            .filter_map(|c| c.metadata.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            ["globalservices.strait.io", "trafficpolicies.strait.io"]
+        );
+        for crd in &crds {
+            assert_eq!(crd.spec.group, "strait.io");
+            assert_eq!(crd.spec.scope, "Namespaced");
+            assert_eq!(crd.spec.versions[0].name, "v1alpha1");
+            assert!(crd.spec.versions[0].schema.is_some(), "has a schema");
+        }
+    }
+
+    #[test]
+    fn traffic_policy_reads_its_camel_case_yaml() {
+        let yaml = r#"
+apiVersion: strait.io/v1alpha1
+kind: TrafficPolicy
+metadata: { name: reviews, namespace: default }
+spec:
+  failover: [west, central]
+  distribute:
+    - from: "us-east/*"
+      to: { "us-east/*": 80, "us-west/*": 20 }
+  overprovisioningFactor: 1.2
+"#;
+        let tp: TrafficPolicy = serde_yaml_ng::from_str(yaml).unwrap();
+        assert_eq!(tp.spec.failover, ["west", "central"]);
+        assert_eq!(tp.spec.distribute[0].to["us-west/*"], 20);
+        assert_eq!(tp.spec.overprovisioning_factor, Some(1.2));
+    }
+}

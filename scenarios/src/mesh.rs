@@ -1,0 +1,865 @@
+//! A whole multi-cluster mesh in one process on loopback: one root CA, and
+//! per cluster an intermediate, a federation controller, east-west gateway
+//! replicas, a DNS server, echo workloads with sidecars and a client
+//! sidecar. Every component is the real library, talking over real sockets.
+//!
+//! Addresses: cluster `c` of a mesh with base octet `B` lives in
+//! `127.(B+c).0.0/16`: controller `.0.1` (gRPC 8610, admin 8611, peer relay
+//! 8612), DNS `.0.2:8653`, client sidecar `.0.3`, gateways `.0.(10+i):15443`,
+//! workload `w` replica `r` at `.(1+w).(1+r)` (app on the service port,
+//! sidecar inbound on 15006). Peers reach a controller through its relay, so
+//! a partition is a cut relay.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use strait_api::snapshot::{AuthorizationPolicy, Protocol, Snapshot};
+use strait_api::{ClusterName, Locality, SpiffeId, TrustDomain};
+use strait_ca::tls::ExpectedServer;
+use strait_ca::{CaDir, CertStore, SharedBundle};
+use strait_federation::catalog::{
+    CheckKind, EndpointSpec, Export, HealthCheck, PolicySpec, Registration, ServiceKey,
+};
+use strait_federation::controller::{
+    Controller, ControllerConfig, Handle as ControllerHandle, TokenOptions,
+};
+use strait_federation::peering::FailMode;
+use strait_gateway::{ExportTable, ExportedEndpoint, ExportedService, Gateway, GatewayConfig};
+use strait_proxy::Proxy;
+use strait_proxy::config::{AppPort, IdentitySource, Limits, Listeners, ProxyConfig};
+use strait_proxy::testing::{self, Behaviour, Echo};
+use tokio::task::JoinHandle;
+
+use crate::glue;
+use crate::relay::Relay;
+
+pub const TD: &str = "strait.local";
+const INBOUND_PORT: u16 = 15006;
+
+/// A workload (an exported or local service) of a cluster.
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    pub service: String,
+    pub namespace: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub replicas: usize,
+    pub behaviour: Behaviour,
+    pub export: Export,
+    /// Zone of the replicas (defaults to the cluster's).
+    pub zone: Option<String>,
+    pub authorization: Vec<AuthorizationPolicy>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub region: String,
+    pub zone: String,
+    pub gateways: usize,
+    pub workloads: Vec<WorkloadSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MeshSpec {
+    /// Second octet of the first cluster's /16 (see the module docs).
+    pub base_octet: u8,
+    pub dir: PathBuf,
+    pub clusters: Vec<ClusterSpec>,
+    pub links: Vec<(String, String)>,
+    /// Policies per cluster (applied to that cluster's controller).
+    pub policies: Vec<(String, PolicySpec)>,
+    /// Lease of imported data (shorter in scenarios than the default 30 s).
+    pub lease: Duration,
+}
+
+/// One replica of a workload.
+pub struct Replica {
+    pub ip: Ipv4Addr,
+    pub app: Option<Echo>,
+    pub sidecar: Proxy,
+    _feed: JoinHandle<()>,
+}
+
+pub struct Workload {
+    pub spec: WorkloadSpec,
+    pub replicas: Vec<Replica>,
+}
+
+pub struct Cluster {
+    pub name: ClusterName,
+    pub index: usize,
+    pub locality: Locality,
+    pub net: u8,
+    pub vip_octet: u8,
+    pub controller: Option<ControllerHandle>,
+    pub relay: Relay,
+    pub gateways: Vec<Option<strait_gateway::Handle>>,
+    pub dns: strait_dns::DnsServer,
+    pub client: Proxy,
+    pub workloads: Vec<Workload>,
+    tasks: Vec<JoinHandle<()>>,
+    certs: CertStore,
+    bundle: SharedBundle,
+}
+
+pub struct Mesh {
+    pub spec: MeshSpec,
+    pub ca: CaDir,
+    pub td: TrustDomain,
+    pub clusters: Vec<Cluster>,
+    pub(crate) rotations: usize,
+}
+
+fn ip(net: u8, c: u8, d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, net, c, d)
+}
+
+fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+impl Mesh {
+    pub async fn start(spec: MeshSpec) -> anyhow::Result<Self> {
+        let td = TrustDomain::new(TD)?;
+        std::fs::create_dir_all(&spec.dir)?;
+        let ca_dir = spec.dir.join("ca");
+        let ca = match CaDir::open(&ca_dir) {
+            Ok(ca) => ca,
+            Err(_) => CaDir::init(&ca_dir, &td, Duration::from_secs(365 * 86400))?,
+        };
+        let mut mesh = Self {
+            spec: spec.clone(),
+            ca,
+            td,
+            clusters: Vec::new(),
+            rotations: 0,
+        };
+        for (i, c) in spec.clusters.iter().enumerate() {
+            let cluster = mesh
+                .start_cluster(i, c)
+                .await
+                .with_context(|| format!("cluster {}", c.name))?;
+            mesh.clusters.push(cluster);
+        }
+        for (a, b) in &spec.links {
+            mesh.link(a, b).await?;
+        }
+        for (cluster, p) in &spec.policies {
+            mesh.cluster(cluster)?.controller()?.set_policy(p.clone())?;
+        }
+        Ok(mesh)
+    }
+
+    pub fn cluster(&self, name: &str) -> anyhow::Result<&Cluster> {
+        self.clusters
+            .iter()
+            .find(|c| c.name.as_str() == name)
+            .ok_or_else(|| anyhow!("no cluster {name:?} in this mesh"))
+    }
+
+    fn cluster_mut(&mut self, name: &str) -> anyhow::Result<&mut Cluster> {
+        self.clusters
+            .iter_mut()
+            .find(|c| c.name.as_str() == name)
+            .ok_or_else(|| anyhow!("no cluster {name:?} in this mesh"))
+    }
+
+    /// Certificate files for `identity` issued by `cluster`'s intermediate.
+    fn issue(
+        &self,
+        cluster: &ClusterName,
+        identity: &SpiffeId,
+        tag: &str,
+    ) -> anyhow::Result<(IdentitySource, CertStore)> {
+        let out = self.spec.dir.join("certs").join(cluster.as_str()).join(tag);
+        let f = self
+            .ca
+            .issue(cluster, identity, Duration::from_secs(86400), &out)?;
+        let store = CertStore::from_pem(
+            &std::fs::read_to_string(&f.chain)?,
+            &std::fs::read_to_string(&f.key)?,
+        )?;
+        Ok((
+            IdentitySource::Files {
+                chain: f.chain,
+                key: f.key,
+                bundle: f.bundle,
+            },
+            store,
+        ))
+    }
+
+    async fn start_cluster(&self, index: usize, spec: &ClusterSpec) -> anyhow::Result<Cluster> {
+        let name = ClusterName::new(&spec.name)?;
+        let net = self.spec.base_octet + index as u8;
+        let vip_octet = self.spec.base_octet + 40 + index as u8;
+        let locality = glue::locality(&spec.region, &spec.zone);
+        if self.ca.intermediate(&name).is_err() {
+            self.ca
+                .new_intermediate(&name, Duration::from_secs(30 * 86400))?;
+        }
+        let bundle = SharedBundle::new(self.ca.bundle()?);
+        // Gateways first: the controller advertises their addresses.
+        let mut gateways = Vec::new();
+        for i in 0..spec.gateways {
+            gateways.push(Some(self.start_gateway(&name, net, i).await?));
+        }
+        let gw_addrs: Vec<SocketAddr> = (0..spec.gateways)
+            .map(|i| sock(ip(net, 0, 10 + i as u8), 15443))
+            .collect();
+        let ctl_id = strait_federation::controller::controller_identity(&self.td, &name);
+        let (_, certs) = self.issue(&name, &ctl_id, "controller")?;
+        let relay = Relay::start(sock(ip(net, 0, 1), 8612), sock(ip(net, 0, 1), 8610)).await?;
+        let controller = self
+            .start_controller(
+                &name,
+                net,
+                &locality,
+                &gw_addrs,
+                certs.clone(),
+                bundle.clone(),
+                relay.addr,
+            )
+            .await?;
+        let dns_view =
+            strait_dns::view::ViewHandle::new(strait_dns::view::DnsView::new(name.clone()))?;
+        let mut dns_cfg = strait_dns::DnsConfig::new(sock(ip(net, 0, 2), 8653));
+        dns_cfg.meshed_clients = vec![];
+        let dns =
+            strait_dns::run(dns_cfg, dns_view.clone(), strait_dns::DnsMetrics::default()).await?;
+        let mut tasks = vec![tokio::spawn(feed_dns(
+            controller.grpc_addr(),
+            certs.clone(),
+            bundle.clone(),
+            name.clone(),
+            self.td.clone(),
+            dns_view,
+            vip_octet,
+        ))];
+        // The cluster's client sidecar (where scenario traffic starts).
+        let client_id = self.td.workload_id("default", "client")?;
+        let (client_files, client_certs) = self.issue(&name, &client_id, "client")?;
+        let client_cfg = proxy_config(&self.td, client_files, ip(net, 0, 3), vec![], None, true);
+        let client = Proxy::start(client_cfg, empty_snapshot(&name)?).await?;
+        let client_feed = feed(
+            &client,
+            controller.grpc_addr(),
+            client_certs,
+            bundle.clone(),
+            &self.td,
+            &name,
+            &locality,
+            Some(vip_octet),
+            None,
+        );
+        tasks.push(client_feed);
+        let mut cluster = Cluster {
+            name: name.clone(),
+            index,
+            locality,
+            net,
+            vip_octet,
+            controller: Some(controller),
+            relay,
+            gateways,
+            dns,
+            client,
+            workloads: Vec::new(),
+            tasks,
+            certs,
+            bundle,
+        };
+        for (w, ws) in spec.workloads.iter().enumerate() {
+            let workload = self.start_workload(&cluster, w, ws).await?;
+            cluster.workloads.push(workload);
+        }
+        self.register_all(&cluster)?;
+        Ok(cluster)
+    }
+
+    async fn start_gateway(
+        &self,
+        cluster: &ClusterName,
+        net: u8,
+        i: usize,
+    ) -> anyhow::Result<strait_gateway::Handle> {
+        let gw_id = self
+            .td
+            .workload_id("strait-system", &format!("gateway-{cluster}"))?;
+        let (identity, _) = self.issue(cluster, &gw_id, &format!("gateway-{i}"))?;
+        let yaml = "cluster: x\ntrust_domain: strait.local\nidentity: { files: { chain: c, key: k, bundle: b } }\n";
+        let mut cfg = GatewayConfig::from_yaml(yaml)?;
+        cfg.cluster = cluster.clone();
+        cfg.identity = match identity {
+            IdentitySource::Files { chain, key, bundle } => {
+                strait_gateway::config::IdentitySource::Files { chain, key, bundle }
+            }
+            IdentitySource::Ca { .. } => unreachable_identity()?,
+        };
+        cfg.listeners.public = sock(ip(net, 0, 10 + i as u8), 15443);
+        cfg.listeners.admin = sock(ip(net, 0, 10 + i as u8), 15021);
+        Ok(Gateway::start(cfg, ExportTable::default()).await?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_controller(
+        &self,
+        name: &ClusterName,
+        net: u8,
+        locality: &Locality,
+        gateways: &[SocketAddr],
+        certs: CertStore,
+        bundle: SharedBundle,
+        advertise: SocketAddr,
+    ) -> anyhow::Result<ControllerHandle> {
+        let state = self.spec.dir.join("state").join(name.as_str());
+        let mut cfg = ControllerConfig::new(name.clone(), state, certs, bundle);
+        cfg.locality = locality.clone();
+        cfg.listen = sock(ip(net, 0, 1), 8610);
+        cfg.admin_listen = Some(sock(ip(net, 0, 1), 8611));
+        cfg.advertise = Some(advertise);
+        cfg.gateways = gateways.to_vec();
+        cfg.sync.lease = self.spec.lease;
+        cfg.sync.heartbeat = (self.spec.lease / 4).max(Duration::from_millis(200));
+        cfg.rescan_interval = None;
+        Ok(Controller::start(cfg).await?)
+    }
+
+    async fn start_workload(
+        &self,
+        cluster: &Cluster,
+        w: usize,
+        spec: &WorkloadSpec,
+    ) -> anyhow::Result<Workload> {
+        let mut replicas = Vec::new();
+        let id = self.td.workload_id(&spec.namespace, &spec.service)?;
+        for r in 0..spec.replicas {
+            let wip = ip(cluster.net, 1 + w as u8, 1 + r as u8);
+            let app = start_app(spec, cluster, r, wip).await?;
+            let (files, certs) =
+                self.issue(&cluster.name, &id, &format!("{}-{r}", spec.service))?;
+            let app_port = AppPort {
+                port: spec.port,
+                protocol: spec.protocol,
+                target: Some(sock(wip, spec.port)),
+                permissive_listen: None,
+            };
+            let cfg = proxy_config(
+                &self.td,
+                files,
+                wip,
+                vec![app_port],
+                Some(format!("{}.{}", spec.service, spec.namespace)),
+                false,
+            );
+            let sidecar = Proxy::start(cfg, empty_snapshot(&cluster.name)?).await?;
+            let ctl = cluster.controller()?.grpc_addr();
+            let authz = Some((
+                spec.service.clone(),
+                spec.namespace.clone(),
+                spec.authorization.clone(),
+            ));
+            let feed = feed(
+                &sidecar,
+                ctl,
+                certs,
+                cluster.bundle.clone(),
+                &self.td,
+                &cluster.name,
+                &cluster.locality,
+                None,
+                authz,
+            );
+            replicas.push(Replica {
+                ip: wip,
+                app: Some(app),
+                sidecar,
+                _feed: feed,
+            });
+        }
+        Ok(Workload {
+            spec: spec.clone(),
+            replicas,
+        })
+    }
+
+    /// Registers every workload of `cluster` in its controller and pushes
+    /// the export table to its gateways.
+    fn register_all(&self, cluster: &Cluster) -> anyhow::Result<()> {
+        let ctl = cluster.controller()?;
+        let mut table = ExportTable::default();
+        for w in &cluster.workloads {
+            let s = &w.spec;
+            let zone_loc = s
+                .zone
+                .as_ref()
+                .map(|z| glue::locality(&cluster.locality.region, z));
+            let endpoints: Vec<EndpointSpec> = w
+                .replicas
+                .iter()
+                .map(|r| EndpointSpec {
+                    address: sock(r.ip, INBOUND_PORT),
+                    locality: zone_loc.clone(),
+                    identity: None,
+                    weight: 1,
+                })
+                .collect();
+            ctl.register(Registration {
+                name: s.service.clone(),
+                namespace: s.namespace.clone(),
+                ports: vec![strait_api::snapshot::ServicePort {
+                    port: s.port,
+                    protocol: s.protocol,
+                }],
+                endpoints: endpoints.clone(),
+                export: s.export.clone(),
+                health_check: Some(HealthCheck {
+                    kind: CheckKind::Tcp,
+                    path: None,
+                    port: Some(s.port),
+                    interval: Duration::from_millis(300),
+                    timeout: Duration::from_millis(200),
+                    healthy_threshold: 1,
+                    unhealthy_threshold: 2,
+                }),
+            })?;
+            if s.export.is_exported() {
+                table.services.push(ExportedService {
+                    name: s.service.clone(),
+                    namespace: s.namespace.clone(),
+                    ports: vec![s.port],
+                    endpoints: endpoints
+                        .iter()
+                        .map(|e| ExportedEndpoint {
+                            address: e.address,
+                            health: Default::default(),
+                        })
+                        .collect(),
+                });
+            }
+        }
+        for g in cluster.gateways.iter().flatten() {
+            g.apply(table.clone())?;
+        }
+        Ok(())
+    }
+
+    /// `a` takes a peering token from `b` and establishes the link.
+    pub async fn link(&self, a: &str, b: &str) -> anyhow::Result<()> {
+        let (ca, cb) = (self.cluster(a)?, self.cluster(b)?);
+        let token = cb.controller()?.peering_token(TokenOptions {
+            ttl: Duration::from_secs(600),
+            controller: Some(cb.relay.addr),
+        })?;
+        ca.controller()?
+            .establish(&token, FailMode::FailStatic)
+            .await
+            .with_context(|| format!("link {a} -> {b}"))?;
+        Ok(())
+    }
+
+    /// (file tag, identity) of every sidecar of a cluster.
+    pub(crate) fn sidecar_identities(
+        &self,
+        c: &Cluster,
+    ) -> anyhow::Result<Vec<(String, SpiffeId)>> {
+        let mut out = vec![(
+            "client".to_owned(),
+            self.td.workload_id("default", "client")?,
+        )];
+        for w in &c.workloads {
+            for r in 0..w.replicas.len() {
+                out.push((
+                    format!("{}-{r}", w.spec.service),
+                    self.td.workload_id(&w.spec.namespace, &w.spec.service)?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every sidecar of a cluster (the client first).
+    pub(crate) fn sidecars<'a>(&self, c: &'a Cluster) -> Vec<&'a Proxy> {
+        std::iter::once(&c.client)
+            .chain(
+                c.workloads
+                    .iter()
+                    .flat_map(|w| w.replicas.iter().map(|r| &r.sidecar)),
+            )
+            .collect()
+    }
+
+    /// Gives a cluster's controller a fresh certificate from the current CA.
+    pub(crate) fn reissue_controller(&self, cluster: &str) -> anyhow::Result<()> {
+        let c = self.cluster(cluster)?;
+        let id = strait_federation::controller::controller_identity(&self.td, &c.name);
+        let (_, store) = self.issue(&c.name, &id, "controller")?;
+        let ck = store
+            .current()
+            .ok_or_else(|| anyhow!("no certificate issued"))?;
+        c.certs.set_certified(ck);
+        Ok(())
+    }
+
+    pub fn set_policy(&self, cluster: &str, policy: PolicySpec) -> anyhow::Result<()> {
+        self.cluster(cluster)?.controller()?.set_policy(policy)?;
+        Ok(())
+    }
+
+    pub fn set_export(&self, cluster: &str, service: &str, export: bool) -> anyhow::Result<()> {
+        let c = self.cluster(cluster)?;
+        let key = ServiceKey {
+            namespace: c.workload(service)?.spec.namespace.clone(),
+            name: service.to_owned(),
+        };
+        if export {
+            c.controller()?.export(&key, vec![])?;
+        } else {
+            c.controller()?.unexport(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Stops every replica's app (the sidecars stay, like a crashed app).
+    pub fn kill_workload(&mut self, cluster: &str, service: &str) -> anyhow::Result<()> {
+        let w = self.cluster_mut(cluster)?.workload_mut(service)?;
+        for r in &mut w.replicas {
+            r.app = None;
+        }
+        Ok(())
+    }
+
+    pub async fn restart_workload(&mut self, cluster: &str, service: &str) -> anyhow::Result<()> {
+        let c = self.cluster_mut(cluster)?;
+        let (net_cluster, w) = (c.name.clone(), c.workload_mut(service)?);
+        let spec = w.spec.clone();
+        for (r, rep) in w.replicas.iter_mut().enumerate() {
+            if rep.app.is_none() {
+                rep.app = Some(start_app_retry(&spec, net_cluster.as_str(), r, rep.ip).await?);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn kill_gateway(&mut self, cluster: &str, replica: usize) -> anyhow::Result<()> {
+        let c = self.cluster_mut(cluster)?;
+        let g = c
+            .gateways
+            .get_mut(replica)
+            .ok_or_else(|| anyhow!("cluster {cluster} has no gateway {replica}"))?;
+        if let Some(h) = g.take() {
+            h.kill();
+        }
+        Ok(())
+    }
+
+    pub async fn restart_gateway(&mut self, cluster: &str, replica: usize) -> anyhow::Result<()> {
+        let (name, net) = {
+            let c = self.cluster(cluster)?;
+            (c.name.clone(), c.net)
+        };
+        let mut h = None;
+        for _ in 0..50 {
+            match self.start_gateway(&name, net, replica).await {
+                Ok(g) => {
+                    h = Some(g);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let h = h.ok_or_else(|| anyhow!("gateway {replica} of {cluster} did not restart"))?;
+        self.cluster_mut(cluster)?.gateways[replica] = Some(h);
+        let c = self.cluster(cluster)?;
+        self.register_all(c)
+    }
+
+    pub async fn kill_controller(&mut self, cluster: &str) -> anyhow::Result<()> {
+        if let Some(h) = self.cluster_mut(cluster)?.controller.take() {
+            h.shutdown().await;
+        }
+        Ok(())
+    }
+
+    pub async fn restart_controller(&mut self, cluster: &str) -> anyhow::Result<()> {
+        let (name, net, loc, certs, bundle, relay, ngw) = {
+            let c = self.cluster(cluster)?;
+            (
+                c.name.clone(),
+                c.net,
+                c.locality.clone(),
+                c.certs.clone(),
+                c.bundle.clone(),
+                c.relay.addr,
+                c.gateways.len(),
+            )
+        };
+        let gws: Vec<SocketAddr> = (0..ngw)
+            .map(|i| sock(ip(net, 0, 10 + i as u8), 15443))
+            .collect();
+        let h = self
+            .start_controller(&name, net, &loc, &gws, certs, bundle, relay)
+            .await?;
+        self.cluster_mut(cluster)?.controller = Some(h);
+        Ok(())
+    }
+
+    /// Cuts the named clusters' controllers off from their peers.
+    pub fn partition(&self, clusters: &[String]) -> anyhow::Result<()> {
+        for c in clusters {
+            self.cluster(c)?.relay.cut();
+        }
+        Ok(())
+    }
+
+    pub fn heal(&self, clusters: &[String]) -> anyhow::Result<()> {
+        for c in clusters {
+            self.cluster(c)?.relay.heal();
+        }
+        Ok(())
+    }
+
+    /// Stops everything.
+    pub async fn shutdown(mut self) {
+        for c in &mut self.clusters {
+            for t in c.tasks.drain(..) {
+                t.abort();
+            }
+            if let Some(h) = c.controller.take() {
+                h.shutdown().await;
+            }
+            for g in c.gateways.iter_mut() {
+                if let Some(g) = g.take() {
+                    g.kill();
+                }
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// Replaces the trust bundle the controller and feeds use.
+    pub(crate) fn set_bundle(&self, bundle: strait_ca::TrustBundle) {
+        self.bundle.set(bundle);
+    }
+
+    pub fn controller(&self) -> anyhow::Result<&ControllerHandle> {
+        self.controller
+            .as_ref()
+            .ok_or_else(|| anyhow!("the controller of {} is stopped", self.name))
+    }
+
+    pub fn workload(&self, service: &str) -> anyhow::Result<&Workload> {
+        self.workloads
+            .iter()
+            .find(|w| w.spec.service == service)
+            .ok_or_else(|| anyhow!("cluster {} has no workload {service:?}", self.name))
+    }
+
+    fn workload_mut(&mut self, service: &str) -> anyhow::Result<&mut Workload> {
+        let name = self.name.clone();
+        self.workloads
+            .iter_mut()
+            .find(|w| w.spec.service == service)
+            .ok_or_else(|| anyhow!("cluster {name} has no workload {service:?}"))
+    }
+
+    /// The VIP this cluster's client sidecar listens on for a service.
+    pub fn vip(&self, namespace: &str, service: &str) -> Option<IpAddr> {
+        let s = self.client.snapshot();
+        s.service(namespace, service).map(|x| x.vip)
+    }
+
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns.udp_addr()
+    }
+
+    pub fn client_proxy_addr(&self) -> SocketAddr {
+        self.client.outbound
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.controller.as_ref().and_then(|c| c.admin_addr())
+    }
+
+    pub fn gateway_addrs(&self) -> Vec<SocketAddr> {
+        self.gateways.iter().flatten().map(|g| g.listener).collect()
+    }
+}
+
+fn unreachable_identity() -> anyhow::Result<strait_gateway::config::IdentitySource> {
+    Err(anyhow!("mesh gateways use certificate files"))
+}
+
+fn empty_snapshot(cluster: &ClusterName) -> anyhow::Result<Snapshot> {
+    Ok(Snapshot::from_yaml(&format!(
+        "version: 0\nlocal: {{ cluster: {cluster} }}\nservices: []\n"
+    ))?)
+}
+
+fn proxy_config(
+    td: &TrustDomain,
+    identity: IdentitySource,
+    at: Ipv4Addr,
+    app: Vec<AppPort>,
+    local_service: Option<String>,
+    bind_vips: bool,
+) -> ProxyConfig {
+    ProxyConfig {
+        trust_domain: td.clone(),
+        identity,
+        listeners: Listeners {
+            inbound: sock(at, INBOUND_PORT),
+            outbound: sock(at, 15001),
+            admin: sock(at, 0),
+            bind_vips,
+        },
+        app,
+        local_service,
+        snapshot_file: None,
+        limits: Limits {
+            connect_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        },
+        access_log: false,
+    }
+}
+
+async fn start_app(
+    spec: &WorkloadSpec,
+    cluster: &Cluster,
+    r: usize,
+    at: Ipv4Addr,
+) -> anyhow::Result<Echo> {
+    start_app_retry(spec, cluster.name.as_str(), r, at).await
+}
+
+/// Starts the echo app, retrying while the port is still held by a
+/// just-stopped one.
+async fn start_app_retry(
+    spec: &WorkloadSpec,
+    cluster: &str,
+    r: usize,
+    at: Ipv4Addr,
+) -> anyhow::Result<Echo> {
+    let name = format!("{cluster}/{}-{r}", spec.service);
+    let addr = sock(at, spec.port);
+    let mut last = None;
+    for _ in 0..50 {
+        let res = match spec.protocol {
+            Protocol::Grpc => testing::grpc(addr, &name).await,
+            Protocol::Tcp => testing::tcp(addr, &name).await,
+            Protocol::Http2 => testing::http(addr, &name, true, spec.behaviour.clone()).await,
+            _ => testing::http(addr, &name, false, spec.behaviour.clone()).await,
+        };
+        match res {
+            Ok(e) => return Ok(e),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    Err(anyhow!(
+        "app {name} at {addr}: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
+/// Feeds a sidecar the snapshots its controller pushes.
+#[allow(clippy::too_many_arguments)]
+fn feed(
+    proxy: &Proxy,
+    controller: SocketAddr,
+    certs: CertStore,
+    bundle: SharedBundle,
+    td: &TrustDomain,
+    cluster: &ClusterName,
+    locality: &Locality,
+    vip_octet: Option<u8>,
+    authz: Option<(String, String, Vec<AuthorizationPolicy>)>,
+) -> JoinHandle<()> {
+    let expected = ExpectedServer::Id(strait_federation::controller::controller_identity(
+        td, cluster,
+    ));
+    let node = strait_api::proto::config::Node {
+        id: String::new(),
+        cluster: cluster.to_string(),
+        locality: locality.to_string(),
+    };
+    let sub = strait_federation::push_client::subscribe(
+        controller,
+        certs,
+        bundle,
+        expected,
+        node,
+        Default::default(),
+    );
+    let applier = proxy.applier();
+    tokio::spawn(async move {
+        let mut rx = sub.snapshots();
+        loop {
+            let next = rx.borrow_and_update().clone();
+            if let Some(s) = next {
+                let mut s = (*s).clone();
+                if let Some(o) = vip_octet {
+                    s = glue::shift_snapshot(s, o);
+                }
+                if let Some((n, ns, p)) = &authz {
+                    s = glue::with_authz(s, n, ns, p);
+                }
+                let _ = applier(s);
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        drop(sub);
+    })
+}
+
+/// Keeps a cluster's DNS view in step with its controller.
+async fn feed_dns(
+    controller: SocketAddr,
+    certs: CertStore,
+    bundle: SharedBundle,
+    cluster: ClusterName,
+    td: TrustDomain,
+    view: strait_dns::view::ViewHandle,
+    vip_octet: u8,
+) {
+    let expected = ExpectedServer::Id(strait_federation::controller::controller_identity(
+        &td, &cluster,
+    ));
+    let node = strait_api::proto::config::Node {
+        id: "dns".into(),
+        cluster: cluster.to_string(),
+        locality: String::new(),
+    };
+    let sub = strait_federation::push_client::subscribe(
+        controller,
+        certs,
+        bundle,
+        expected,
+        node,
+        Default::default(),
+    );
+    let mut rx = sub.snapshots();
+    loop {
+        let next = rx.borrow_and_update().clone();
+        if let Some(s) = next {
+            if let Err(e) = view.update(glue::dns_view(&s, vip_octet)) {
+                tracing::warn!(error = %e, "dns view refused");
+            }
+        }
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The mesh's directory for a scenario or demo.
+pub fn dir_for(base: &Path, name: &str) -> PathBuf {
+    base.join(name)
+}
