@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs every Strait test: formatting, lints, then the whole workspace's tests.
 # On a fresh Debian machine (as root) it first installs the command-line
-# tools the tests talk to (openssl, curl); without root it names what is
+# tools the tests talk to (openssl, curl, dig); without root it names what is
 # missing instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # tool -> Debian package
-declare -A PKG=([openssl]=openssl [curl]=curl)
+declare -A PKG=([openssl]=openssl [curl]=curl [dig]=dnsutils)
 missing=()
 for tool in "${!PKG[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${PKG[$tool]}")

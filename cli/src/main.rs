@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod ca;
+mod mesh_cmds;
 mod output;
 mod proxy;
 mod signal;
@@ -29,9 +30,10 @@ struct Cli {
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Human)]
     output: Format,
 
-    /// Log filter (tracing syntax), e.g. `info` or `strait_ca=debug`.
-    #[arg(long, global = true, env = "STRAIT_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter (tracing syntax), e.g. `info` or `strait_ca=debug`
+    /// [default: warn; error for `demo`].
+    #[arg(long, global = true, env = "STRAIT_LOG")]
+    log: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -45,13 +47,26 @@ enum Command {
     Ca(ca::CaCommand),
     /// Run the sidecar proxy beside a workload.
     Proxy(proxy::ProxyArgs),
+    /// Run a three-cluster mesh on this machine until Ctrl-C.
+    Demo(mesh_cmds::DemoArgs),
+    /// Declarative multi-cluster scenarios: faults and assertions.
+    #[command(subcommand)]
+    Scenario(mesh_cmds::ScenarioCommand),
+    /// Links, global services, endpoints and who serves each service now.
+    Status(mesh_cmds::StatusArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_log = if matches!(cli.command, Command::Demo(_)) {
+        "error"
+    } else {
+        "warn"
+    };
+    let filter = cli.log.as_deref().unwrap_or(default_log);
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
+            tracing_subscriber::EnvFilter::try_new(filter)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
@@ -59,6 +74,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ca(cmd) => ca::run(cmd, cli.output),
         Command::Proxy(args) => proxy::run(args),
+        Command::Demo(args) => mesh_cmds::demo(args),
+        Command::Scenario(cmd) => mesh_cmds::scenario(cmd, cli.output),
+        Command::Status(args) => mesh_cmds::status(args, cli.output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

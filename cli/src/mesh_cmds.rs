@@ -1,0 +1,257 @@
+//! `strait demo`, `strait scenario run|list` and `strait status`: the
+//! commands built on the in-process mesh of `strait-scenarios`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use strait_federation::controller::Status;
+use strait_scenarios::demo::{self, DemoState};
+use strait_scenarios::{runner, spec::Scenario};
+
+use crate::output::{Format, emit};
+
+/// Run a three-cluster mesh on this machine (no Kubernetes, no root).
+///
+/// Starts east, west and central on loopback addresses: one root CA, a
+/// controller, an east-west gateway and DNS per cluster, echo.demo exported
+/// from west and central, and links between all three. Prints how to try
+/// it and runs until Ctrl-C.
+///
+///   strait demo
+///   strait demo --dir /tmp/strait-demo
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct DemoArgs {
+    /// Where the demo keeps its CA, state and `demo.json`.
+    #[arg(long, default_value = "strait-demo")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScenarioCommand {
+    /// Run a scenario file and print its report (exit 1 when an assertion fails).
+    ///
+    ///   strait scenario run scenarios/failover-cross-cluster.yaml
+    #[command(verbatim_doc_comment)]
+    Run {
+        file: PathBuf,
+        /// Second octet of the scenario's loopback range (127.N.0.0/16 ...).
+        #[arg(long, default_value_t = 20)]
+        octet: u8,
+    },
+    /// List the scenarios in a directory with their descriptions.
+    List {
+        #[arg(default_value = "scenarios")]
+        dir: PathBuf,
+    },
+}
+
+/// Show links, global services, endpoints and who serves each service now.
+///
+/// Reads a running demo's `demo.json`, or asks the controllers whose admin
+/// addresses you give.
+///
+///   strait status
+///   strait status -o json
+///   strait status --controller 127.0.0.1:8611
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct StatusArgs {
+    /// A demo directory (its `demo.json` lists the controllers).
+    #[arg(long, default_value = "strait-demo")]
+    dir: PathBuf,
+    /// Controller admin addresses (instead of a demo directory).
+    #[arg(long = "controller")]
+    controllers: Vec<SocketAddr>,
+}
+
+fn progress(line: &str) {
+    eprintln!("==> {line}");
+}
+
+pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let (mesh, state) = demo::start(&args.dir, &progress).await?;
+        println!("{}", demo::banner(&mesh, &state));
+        crate::signal::wait_for_shutdown().await;
+        progress("stopping every component");
+        mesh.shutdown().await;
+        let _ = std::fs::remove_file(demo::state_file(&args.dir));
+        progress("stopped");
+        anyhow::Ok(())
+    })
+}
+
+pub fn scenario(cmd: ScenarioCommand, format: Format) -> anyhow::Result<()> {
+    match cmd {
+        ScenarioCommand::Run { file, octet } => {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            let s = Scenario::from_yaml(&text).with_context(|| file.display().to_string())?;
+            let dir = tempfile::tempdir()?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let report = rt.block_on(runner::run(&s, dir.path(), octet, &progress))?;
+            emit(format, &report, |r| r.render())?;
+            if !report.passed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        ScenarioCommand::List { dir } => {
+            #[derive(Serialize)]
+            struct Item {
+                name: String,
+                file: PathBuf,
+                description: String,
+            }
+            let mut items = Vec::new();
+            for e in std::fs::read_dir(&dir)
+                .with_context(|| dir.display().to_string())?
+                .flatten()
+            {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "yaml") {
+                    let s = Scenario::from_yaml(&std::fs::read_to_string(&p)?)
+                        .with_context(|| p.display().to_string())?;
+                    items.push(Item {
+                        name: s.name,
+                        file: p,
+                        description: s.description.trim().to_owned(),
+                    });
+                }
+            }
+            items.sort_by(|a, b| a.name.cmp(&b.name));
+            emit(format, &items, |items| {
+                items
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "{:<30} {}\n",
+                            i.name,
+                            i.description.split(". ").next().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+        }
+    }
+}
+
+fn controllers(args: &StatusArgs) -> anyhow::Result<Vec<SocketAddr>> {
+    if !args.controllers.is_empty() {
+        return Ok(args.controllers.clone());
+    }
+    let path = demo::state_file(&args.dir);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no running demo at {} (start one with `strait demo`, or pass --controller ADDR)",
+            path.display()
+        )
+    })?;
+    let state: DemoState = serde_json::from_str(&text)?;
+    Ok(state.clusters.iter().filter_map(|c| c.admin).collect())
+}
+
+async fn fetch(addr: SocketAddr) -> anyhow::Result<Status> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("controller admin {addr}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/status")
+        .header("host", addr.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = send.send_request(req).await?;
+    if !resp.status().is_success() {
+        bail!("controller {addr} answered {}", resp.status());
+    }
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(serde_json::from_slice(&body)?)
+}
+
+pub fn status(args: StatusArgs, format: Format) -> anyhow::Result<()> {
+    let addrs = controllers(&args)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let statuses: Vec<Status> = rt.block_on(async {
+        let mut out = Vec::new();
+        for a in addrs {
+            out.push(fetch(a).await?);
+        }
+        anyhow::Ok(out)
+    })?;
+    emit(format, &statuses, |all| all.iter().map(render).collect())
+}
+
+fn render(s: &Status) -> String {
+    let mut out = format!("cluster {} (config version {})\n", s.cluster, s.version);
+    if s.links.is_empty() {
+        out.push_str("  links: none\n");
+    }
+    for l in &s.links {
+        out.push_str(&format!(
+            "  link -> {:<10} {:<11} {}\n",
+            l.peer,
+            format!("{:?}", l.fail_mode),
+            sync_line(l.sync.as_ref().and_then(|x| serde_json::to_value(x).ok()))
+        ));
+    }
+    for svc in &s.services {
+        out.push_str(&format!(
+            "  service {}.{} vip {} ports {}  serving: {} ({})\n",
+            svc.name,
+            svc.namespace,
+            svc.vip,
+            svc.ports.join(","),
+            svc.serving
+                .cluster
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            svc.serving.reason
+        ));
+        for c in &svc.clusters {
+            let eps: Vec<String> = c
+                .endpoints
+                .iter()
+                .map(|e| format!("{} {:?}", e.address, e.health).to_lowercase())
+                .collect();
+            out.push_str(&format!(
+                "    {:<10} {}{}\n",
+                c.cluster,
+                if c.local { "(local) " } else { "" },
+                eps.join(", ")
+            ));
+        }
+    }
+    for c in &s.conflicts {
+        out.push_str(&format!(
+            "  conflict: {}\n",
+            serde_json::to_string(c).unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// `sync up, data 1.8s old, 1 full resync, 0 deltas` from the sync status.
+fn sync_line(v: Option<serde_json::Value>) -> String {
+    let Some(v) = v else {
+        return "sync not started".into();
+    };
+    let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    let mut line = format!(
+        "sync: data {:.1}s old, {} full resync(s), {} delta(s)",
+        num("age_secs"),
+        num("full_resyncs"),
+        num("delta_updates")
+    );
+    if let Some(err) = v.get("last_error").and_then(serde_json::Value::as_str) {
+        line.push_str(&format!(", last error: {err}"));
+    }
+    line
+}
