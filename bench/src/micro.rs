@@ -34,9 +34,8 @@ fn pki() -> anyhow::Result<Pki> {
 
 fn store(p: &Pki, sa: &str, dir: &Path) -> anyhow::Result<CertStore> {
     let id = SpiffeId::parse(&format!("spiffe://strait.local/ns/default/sa/{sa}"))?;
-    let f = p
-        .ca
-        .issue(&p.cluster, &id, Duration::from_secs(3600), &dir.join(sa))?;
+    let f =
+        p.ca.issue(&p.cluster, &id, Duration::from_secs(3600), &dir.join(sa))?;
     Ok(CertStore::from_pem(
         &std::fs::read_to_string(f.chain)?,
         &std::fs::read_to_string(f.key)?,
@@ -45,7 +44,11 @@ fn store(p: &Pki, sa: &str, dir: &Path) -> anyhow::Result<CertStore> {
 
 /// Moves TLS records from one side to the other; returns the time spent in
 /// the server's processing when `server_side` is true.
-fn pump(c: &mut ClientConnection, s: &mut ServerConnection, buf: &mut Vec<u8>) -> anyhow::Result<Duration> {
+fn pump(
+    c: &mut ClientConnection,
+    s: &mut ServerConnection,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<Duration> {
     let mut server_time = Duration::ZERO;
     buf.clear();
     while c.wants_write() {
@@ -182,8 +185,10 @@ pub fn memory(strait: &Path, services: usize) -> anyhow::Result<serde_json::Valu
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let id = SpiffeId::parse("spiffe://strait.local/ns/default/sa/idle")?;
-    let f = p.ca.issue(&p.cluster, &id, Duration::from_secs(3600), &d.join("id"))?;
-    let mut snap = String::from("version: 1\nlocal: { cluster: bench, locality: r/a }\nservices:\n");
+    let f =
+        p.ca.issue(&p.cluster, &id, Duration::from_secs(3600), &d.join("id"))?;
+    let mut snap =
+        String::from("version: 1\nlocal: { cluster: bench, locality: r/a }\nservices:\n");
     for i in 0..services {
         let vip = format!("127.78.{}.{}", i / 250, i % 250 + 1);
         snap.push_str(&format!(
