@@ -5,10 +5,13 @@
 //! crypto. Everything that verifies or issues certificates lives in
 //! `strait-ca`.
 
+pub mod authority;
 pub mod cluster;
 pub mod identity;
 pub mod snapshot;
+pub mod yaml;
 
+pub use authority::parse_service_authority;
 pub use cluster::{ClusterName, Locality, NameError};
 pub use identity::{IdentityError, SpiffeId, TrustDomain};
 

@@ -573,6 +573,8 @@ impl fmt::Display for PrincipalPattern {
 impl Snapshot {
     /// Parses YAML and validates the result.
     pub fn from_yaml(text: &str) -> Result<Self, SnapshotError> {
+        crate::yaml::check_nesting(text, crate::yaml::MAX_YAML_NESTING)
+            .map_err(|reason| SnapshotError::invalid("<document>", "yaml", reason))?;
         let snap: Self = serde_yaml_ng::from_str(text).map_err(SnapshotError::Parse)?;
         snap.validate()?;
         Ok(snap)

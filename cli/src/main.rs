@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand};
 
 mod ca;
 mod mesh_cmds;
+mod ops;
 mod output;
 mod proxy;
+mod roles;
 mod signal;
 
 use output::Format;
@@ -54,6 +56,29 @@ enum Command {
     Scenario(mesh_cmds::ScenarioCommand),
     /// Links, global services, endpoints and who serves each service now.
     Status(mesh_cmds::StatusArgs),
+    /// Run a cluster's federation controller.
+    Controller(roles::ControllerArgs),
+    /// Run an east-west gateway (exports learned from the controller).
+    Gateway(roles::GatewayArgs),
+    /// Run a cluster's DNS server for clusterset.local.
+    Dns(roles::DnsArgs),
+    /// Export a service to linked clusters.
+    Export(ops::ExportArgs),
+    /// Stop exporting a service.
+    Unexport(ops::UnexportArgs),
+    /// Traffic policy of a service: failover order and locality weights.
+    #[command(subcommand)]
+    Policy(ops::PolicyCommand),
+    /// Peering tokens: one side issues, the other establishes.
+    #[command(subcommand)]
+    Peering(ops::PeeringCommand),
+    /// Link two clusters you operate both of.
+    Link(ops::LinkArgs),
+    /// Remove the link to a peer.
+    Unlink(ops::UnlinkArgs),
+    /// The local catalog: register services.
+    #[command(subcommand)]
+    Service(ops::ServiceCommand),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +102,16 @@ fn main() -> ExitCode {
         Command::Demo(args) => mesh_cmds::demo(args),
         Command::Scenario(cmd) => mesh_cmds::scenario(cmd, cli.output),
         Command::Status(args) => mesh_cmds::status(args, cli.output),
+        Command::Controller(args) => roles::run_controller(args),
+        Command::Gateway(args) => roles::run_gateway(args),
+        Command::Dns(args) => roles::run_dns(args),
+        Command::Export(args) => ops::export(args, cli.output),
+        Command::Unexport(args) => ops::unexport(args, cli.output),
+        Command::Policy(cmd) => ops::policy(cmd, cli.output),
+        Command::Peering(cmd) => ops::peering(cmd, cli.output),
+        Command::Link(args) => ops::link_clusters(args, cli.output),
+        Command::Unlink(args) => ops::unlink(args, cli.output),
+        Command::Service(cmd) => ops::service(cmd, cli.output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -214,12 +214,7 @@ impl Index {
                 service: self.table.services[*i].key(),
             });
         }
-        let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        let (name, ns) = host.split_once('.').ok_or_else(bad)?;
-        if name.is_empty() || ns.is_empty() || ns.contains('.') {
-            return Err(bad());
-        }
+        let (name, ns, port) = strait_api::parse_service_authority(authority).ok_or_else(bad)?;
         let service = format!("{name}.{ns}");
         let svc = self
             .by_name

@@ -36,6 +36,7 @@ use crate::sync::import::Imports;
 use crate::sync::server::FederationService;
 
 mod admin;
+pub mod admin_api;
 mod handle;
 mod status;
 mod tasks;
@@ -80,6 +81,8 @@ pub enum ControllerError {
     Peering(#[from] crate::peering::PeeringError),
     #[error(transparent)]
     Tls(#[from] strait_ca::tls::TlsError),
+    #[error("cannot write the admin token {path}: {reason}")]
+    AdminToken { path: PathBuf, reason: String },
 }
 
 /// Where the local catalog comes from.
@@ -272,10 +275,12 @@ impl Controller {
             view: Default::default(),
         }));
         let (exports_tx, exports_rx) = watch::channel(Arc::new(ExportLog::new(epoch)));
+        let (warm_tx, warm_rx) = watch::channel(false);
         let push = PushService::new(
             config.cluster.clone(),
             config.locality.clone(),
             world_rx,
+            warm_rx,
             health.clone(),
             metrics.clone(),
         );
@@ -317,6 +322,11 @@ impl Controller {
             tokio::spawn(tasks::importers(shared.clone())),
             tokio::spawn(tasks::leases(shared.clone())),
         ];
+        background.push(tokio::spawn(tasks::warm_up(
+            shared.clone(),
+            warm_tx,
+            config.sync.lease.min(std::time::Duration::from_secs(5)),
+        )));
         if let (Some(store), Some(every)) = (&shared.store, config.rescan_interval) {
             background.push(tokio::spawn(tasks::rescan(store.clone(), every)));
         }
@@ -334,7 +344,8 @@ impl Controller {
                     addr,
                     source,
                 })?;
-                background.push(tokio::spawn(admin::serve(l, shared.clone())));
+                let token = admin_api::AdminToken::create(&config.state_dir)?;
+                background.push(tokio::spawn(admin::serve(l, shared.clone(), token)));
                 Some(a)
             }
             None => None,

@@ -68,6 +68,9 @@ struct Inner {
     cluster: ClusterName,
     locality: Locality,
     world: watch::Receiver<Arc<Published>>,
+    /// True once imported services are loaded after a start (see
+    /// `Controller::start`); no snapshot is pushed before.
+    warm: watch::Receiver<bool>,
     health: HealthTable,
     metrics: Arc<Metrics>,
     clients: Mutex<BTreeMap<u64, ProxyStatus>>,
@@ -85,6 +88,7 @@ impl PushService {
         cluster: ClusterName,
         locality: Locality,
         world: watch::Receiver<Arc<Published>>,
+        warm: watch::Receiver<bool>,
         health: HealthTable,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -93,6 +97,7 @@ impl PushService {
                 cluster,
                 locality,
                 world,
+                warm,
                 health,
                 metrics,
                 clients: Mutex::default(),
@@ -137,6 +142,11 @@ async fn session(
     mut inbound: Streaming<SnapshotRequest>,
     tx: mpsc::Sender<Result<SnapshotResponse, Status>>,
 ) {
+    // A restarted controller must not push a snapshot without the services
+    // it imports from peers (proxies would drop them until sync catches
+    // up): wait until it is warm. The proxy keeps its last snapshot.
+    let mut warm = inner.warm.clone();
+    let _ = warm.wait_for(|w| *w).await;
     let mut world = inner.world.clone();
     world.mark_changed();
     let mut last: Option<Snapshot> = None;

@@ -244,6 +244,8 @@ pub struct ProxyConfig {
 
 impl ProxyConfig {
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        strait_api::yaml::check_nesting(text, strait_api::yaml::MAX_YAML_NESTING)
+            .map_err(ConfigError::Parse)?;
         let cfg: Self =
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
@@ -272,7 +274,7 @@ impl ProxyConfig {
             }
         }
         if let Some(s) = &self.local_service {
-            if crate::headers::parse_dst(&format!("{s}:1")).is_none() {
+            if s.contains(':') || crate::headers::parse_dst(&format!("{s}:1")).is_none() {
                 return Err(invalid(
                     "local_service",
                     format!("{s:?} is not of the form name.namespace"),

@@ -110,14 +110,10 @@ pub fn error(
     r
 }
 
-/// Parses `name.namespace:port`.
+/// Parses `name.namespace:port` (canonical form only, see
+/// [`strait_api::parse_service_authority`]).
 pub fn parse_dst(v: &str) -> Option<(&str, &str, u16)> {
-    let (svc, port) = v.rsplit_once(':')?;
-    let (name, ns) = svc.split_once('.')?;
-    if name.is_empty() || ns.is_empty() || ns.contains('.') {
-        return None;
-    }
-    Some((name, ns, port.parse().ok()?))
+    strait_api::parse_service_authority(v)
 }
 
 #[cfg(test)]

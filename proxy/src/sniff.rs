@@ -50,7 +50,9 @@ pub fn classify(prefix: &[u8]) -> Option<Detected> {
             _ => return Some(Detected::Tcp),
         }
     }
-    if prefix.len() >= MAX_METHOD_LEN {
+    // Up to MAX_METHOD_LEN letters could still be a method followed by a
+    // space; only a longer run of letters is surely not HTTP.
+    if prefix.len() > MAX_METHOD_LEN {
         Some(Detected::Tcp)
     } else {
         None
@@ -132,6 +134,9 @@ mod tests {
             (b"G", None),
             (b"", None),
             (b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", Some(Detected::Tcp)),
+            (b"AAAAAAAAAAAAAAAA", None),
+            (b"AAAAAAAAAAAAAAAA ", Some(Detected::Http1)),
+            (b"AAAAAAAAAAAAAAAAA", Some(Detected::Tcp)),
             (b" GET", Some(Detected::Tcp)),
         ];
         for (input, want) in cases {

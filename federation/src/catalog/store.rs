@@ -296,6 +296,13 @@ fn load_kind<T: DeserializeOwned + Clone>(
                 source,
             })
             .and_then(|text| {
+                strait_api::yaml::check_nesting(&text, strait_api::yaml::MAX_YAML_NESTING)
+                    .map_err(|reason| CatalogError::Invalid {
+                        file: path.clone(),
+                        field: "<document>".into(),
+                        value: "yaml".into(),
+                        reason,
+                    })?;
                 serde_yaml_ng::from_str::<T>(&text).map_err(|source| CatalogError::Parse {
                     file: path.clone(),
                     source,

@@ -1,5 +1,6 @@
 //! The admin HTTP port: `/metrics` (Prometheus text), `/ready`, `/live`
-//! and `/status` (JSON of [`super::Status`]).
+//! and `/status` (JSON of [`super::Status`]); `/v1/...` goes to the
+//! operator API ([`super::admin_api`]).
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::Shared;
+use super::admin_api::AdminToken;
 
 pub(crate) fn encode_metrics(shared: &Shared) -> String {
     let mut text = String::new();
@@ -57,17 +59,25 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, token: AdminToken) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((tcp, _)) = accepted else { continue };
                 let shared = shared.clone();
+                let token = token.clone();
                 conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let res = route(&shared, &req);
-                        async move { Ok::<_, std::convert::Infallible>(res) }
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (shared, token) = (shared.clone(), token.clone());
+                        async move {
+                            let res = if super::admin_api::is_api(req.uri().path()) {
+                                super::admin_api::handle(shared, &token, req).await
+                            } else {
+                                route(&shared, &req)
+                            };
+                            Ok::<_, std::convert::Infallible>(res)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)

@@ -130,85 +130,13 @@ impl Handle {
 
     /// A one-time peering token for another cluster to `establish` with.
     pub fn peering_token(&self, opts: TokenOptions) -> Result<String, PeeringError> {
-        let secret = new_secret();
-        let expires_unix = self.shared.links.add_secret(&secret, opts.ttl)?;
-        let bundle = self.shared.bundle.get();
-        let token = PeeringToken {
-            cluster: self.shared.cluster.clone(),
-            trust_domain: self.shared.td.clone(),
-            bundle_pem: strait_ca::pem::encode_certs(bundle.roots()),
-            controller: opts.controller.unwrap_or(self.shared.advertise),
-            gateways: self.shared.gateways.clone(),
-            server_identity: self.identity(),
-            secret,
-            expires_unix,
-        };
-        tracing::info!(cluster = %self.shared.cluster, expires_unix, "issued peering token");
-        Ok(token.encode())
+        peering_token(&self.shared, opts)
     }
 
     /// Links with the cluster that issued `token`: checks it, calls that
     /// controller once over mTLS, and stores the link on both sides.
     pub async fn establish(&self, token: &str, fail_mode: FailMode) -> Result<Link, PeeringError> {
-        let t = PeeringToken::decode(token)?;
-        t.check(&self.shared.cluster, &self.shared.bundle.get())?;
-        let peer = t.cluster.clone();
-        let unreachable = |reason: String| PeeringError::Unreachable {
-            peer: peer.clone(),
-            addr: t.controller,
-            reason,
-        };
-        let expected = ExpectedServer::Id(t.server_identity.clone());
-        let channel = crate::grpc::channel(
-            t.controller,
-            &self.shared.certs,
-            &self.shared.bundle,
-            expected,
-        )
-        .map_err(|e| unreachable(e.to_string()))?;
-        let req = EstablishRequest {
-            secret: t.secret.clone(),
-            cluster: self.shared.cluster.to_string(),
-            controller_address: self.shared.advertise.to_string(),
-            gateways: self
-                .shared
-                .gateways
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-        };
-        let mut client = FederationClient::new(channel);
-        let call = client.establish(req);
-        let resp = tokio::time::timeout(Duration::from_secs(15), call)
-            .await
-            .map_err(|_| unreachable("no answer within 15s".into()))?
-            .map_err(|s| match s.code() {
-                tonic::Code::Unavailable | tonic::Code::Unknown => {
-                    unreachable(s.message().to_owned())
-                }
-                _ => PeeringError::Refused {
-                    peer: peer.clone(),
-                    message: s.message().to_owned(),
-                },
-            })?
-            .into_inner();
-        if resp.cluster != peer.as_str() {
-            return Err(PeeringError::Refused {
-                peer: peer.clone(),
-                message: format!("the controller answered as cluster {:?}", resp.cluster),
-            });
-        }
-        let link = Link {
-            peer: peer.clone(),
-            peer_identity: t.server_identity,
-            controller: t.controller,
-            gateways: t.gateways,
-            fail_mode,
-            established_unix: now_unix(),
-        };
-        self.shared.links.insert(link.clone())?;
-        tracing::info!(%peer, "link established");
-        Ok(link)
+        establish(&self.shared, token, fail_mode).await
     }
 
     /// Removes the link: the peer's sync calls are refused from now on and
@@ -254,4 +182,79 @@ impl Handle {
         }
         drop(_checker);
     }
+}
+
+/// A one-time peering token for another cluster to `establish` with.
+pub(crate) fn peering_token(shared: &Shared, opts: TokenOptions) -> Result<String, PeeringError> {
+    let secret = new_secret();
+    let expires_unix = shared.links.add_secret(&secret, opts.ttl)?;
+    let bundle = shared.bundle.get();
+    let token = PeeringToken {
+        cluster: shared.cluster.clone(),
+        trust_domain: shared.td.clone(),
+        bundle_pem: strait_ca::pem::encode_certs(bundle.roots()),
+        controller: opts.controller.unwrap_or(shared.advertise),
+        gateways: shared.gateways.clone(),
+        server_identity: controller_identity(&shared.td, &shared.cluster),
+        secret,
+        expires_unix,
+    };
+    tracing::info!(cluster = %shared.cluster, expires_unix, "issued peering token");
+    Ok(token.encode())
+}
+
+/// Links with the cluster that issued `token`: checks it, calls that
+/// controller once over mTLS, and stores the link on both sides.
+pub(crate) async fn establish(
+    shared: &Shared,
+    token: &str,
+    fail_mode: FailMode,
+) -> Result<Link, PeeringError> {
+    let t = PeeringToken::decode(token)?;
+    t.check(&shared.cluster, &shared.bundle.get())?;
+    let peer = t.cluster.clone();
+    let unreachable = |reason: String| PeeringError::Unreachable {
+        peer: peer.clone(),
+        addr: t.controller,
+        reason,
+    };
+    let expected = ExpectedServer::Id(t.server_identity.clone());
+    let channel = crate::grpc::channel(t.controller, &shared.certs, &shared.bundle, expected)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let req = EstablishRequest {
+        secret: t.secret.clone(),
+        cluster: shared.cluster.to_string(),
+        controller_address: shared.advertise.to_string(),
+        gateways: shared.gateways.iter().map(ToString::to_string).collect(),
+    };
+    let mut client = FederationClient::new(channel);
+    let call = client.establish(req);
+    let resp = tokio::time::timeout(Duration::from_secs(15), call)
+        .await
+        .map_err(|_| unreachable("no answer within 15s".into()))?
+        .map_err(|s| match s.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown => unreachable(s.message().to_owned()),
+            _ => PeeringError::Refused {
+                peer: peer.clone(),
+                message: s.message().to_owned(),
+            },
+        })?
+        .into_inner();
+    if resp.cluster != peer.as_str() {
+        return Err(PeeringError::Refused {
+            peer: peer.clone(),
+            message: format!("the controller answered as cluster {:?}", resp.cluster),
+        });
+    }
+    let link = Link {
+        peer: peer.clone(),
+        peer_identity: t.server_identity,
+        controller: t.controller,
+        gateways: t.gateways,
+        fail_mode,
+        established_unix: now_unix(),
+    };
+    shared.links.insert(link.clone())?;
+    tracing::info!(%peer, "link established");
+    Ok(link)
 }

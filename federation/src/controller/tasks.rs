@@ -164,3 +164,33 @@ pub(crate) async fn rescan(store: Arc<DirectoryStore>, every: Duration) {
         last = errors;
     }
 }
+
+/// Marks the controller warm once every linked peer has delivered its first
+/// full catalog (or after `limit`), so a restarted controller never pushes
+/// proxies a snapshot that lacks the services it imports.
+pub(crate) async fn warm_up(
+    shared: Arc<Shared>,
+    warm: tokio::sync::watch::Sender<bool>,
+    limit: std::time::Duration,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let links = shared.links.links();
+        let synced = shared.imports.status();
+        let all = links
+            .keys()
+            .all(|peer| synced.iter().any(|s| &s.peer == peer && s.full_resyncs > 0));
+        if all {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                waited = ?limit,
+                "not every linked peer synced in time; pushing config without their services for now"
+            );
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    warm.send_replace(true);
+}

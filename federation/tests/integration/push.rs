@@ -81,6 +81,7 @@ impl Setup {
             c("east"),
             "us-east/a".parse().unwrap(),
             rx,
+            watch::channel(true).1,
             HealthTable::new(),
             metrics.clone(),
         );

@@ -1,0 +1,424 @@
+//! Operator verbs on a running controller: `export`, `unexport`,
+//! `policy set|show`, `peering token|establish`, `link`, `unlink`,
+//! `service register`.
+//!
+//! They call the controller's admin API (`/v1/...` on its admin port,
+//! see `strait_federation::controller::admin_api`), authenticated with the
+//! admin token the controller writes to `<state_dir>/admin-token`: no
+//! Kubernetes or API-server credentials are involved. A controller is found
+//! by `--controller ADDR --state-dir DIR` (or `STRAIT_CONTROLLER` /
+//! `STRAIT_STATE_DIR`), or by `--cluster NAME` in a running `strait demo`
+//! (`--demo-dir`, default `strait-demo`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use strait_api::ClusterName;
+use strait_federation::catalog::policy::parse_distribute;
+use strait_federation::catalog::{PolicySpec, Registration};
+use strait_federation::controller::admin_api::{
+    ADMIN_TOKEN_FILE, ApiError, EstablishBody, ExportRequest, ExportState, ServiceRef, TokenAnswer,
+    TokenRequest, UnlinkRequest,
+};
+use strait_federation::peering::{FailMode, Link};
+
+use crate::output::{Format, emit, parse_duration};
+
+mod client;
+mod link;
+
+pub use client::{Controller, get_json};
+pub use link::{LinkArgs, run as link_clusters};
+
+/// How to reach one controller.
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    /// The controller's admin address (host:port).
+    #[arg(long, env = "STRAIT_CONTROLLER", conflicts_with = "cluster")]
+    pub controller: Option<SocketAddr>,
+    /// The controller's state directory (its `admin-token` authorizes changes).
+    #[arg(long, env = "STRAIT_STATE_DIR", conflicts_with = "cluster")]
+    pub state_dir: Option<PathBuf>,
+    /// A cluster of a running `strait demo` (instead of --controller).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// The demo directory for --cluster.
+    #[arg(long, default_value = "strait-demo")]
+    pub demo_dir: PathBuf,
+}
+
+impl ConnArgs {
+    pub fn resolve(&self) -> anyhow::Result<Controller> {
+        if let Some(name) = &self.cluster {
+            return Controller::from_demo(&self.demo_dir, name);
+        }
+        let Some(admin) = self.controller else {
+            bail!(
+                "which controller? pass --controller ADDR --state-dir DIR (or set STRAIT_CONTROLLER and STRAIT_STATE_DIR), or --cluster NAME for a running demo"
+            );
+        };
+        Ok(Controller {
+            admin,
+            token_file: self.state_dir.as_ref().map(|d| d.join(ADMIN_TOKEN_FILE)),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArg {
+    /// The service name.
+    pub service: String,
+    /// Its namespace.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+}
+
+/// Export a service to linked clusters (all of them, or those in --to).
+///
+///   strait export reviews -n default --controller 127.0.0.1:8611 --state-dir ./state/east
+///   strait export reviews -n default --to west,central --cluster east    # in a demo
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    svc: ServiceArg,
+    /// Only these clusters (comma-separated); default: every linked cluster.
+    #[arg(long)]
+    to: Option<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+/// Stop exporting a service (peers drop it at once).
+///
+///   strait unexport reviews -n default --cluster east
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct UnexportArgs {
+    #[command(flatten)]
+    svc: ServiceArg,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Set a service's traffic policy: ordered failover and locality weights,
+    /// together in one policy.
+    ///
+    ///   strait policy set reviews -n default --failover east,west,central \
+    ///       --distribute 'us-east/*=80,us-west/*=20' --cluster east
+    ///   strait policy set reviews --distribute 'us-east/*->us-east/*=80,us-west/*=20;us-west/*->us-west/*=100'
+    ///
+    /// --distribute: rules separated by ';', each [FROM->]TO=WEIGHT,... where
+    /// FROM and TO are region/zone patterns ('*' matches any) and weights sum to 100.
+    #[command(verbatim_doc_comment)]
+    Set {
+        #[command(flatten)]
+        svc: ServiceArg,
+        /// Clusters to fail over to, in order (comma-separated).
+        #[arg(long)]
+        failover: Option<String>,
+        /// Locality weights.
+        #[arg(long)]
+        distribute: Option<String>,
+        /// Overprovisioning factor of locality tiers (1.0..=10.0).
+        #[arg(long)]
+        overprovisioning_factor: Option<f64>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Show a service's traffic policy.
+    ///
+    ///   strait policy show reviews -n default --cluster east -o yaml
+    #[command(verbatim_doc_comment)]
+    Show {
+        #[command(flatten)]
+        svc: ServiceArg,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeeringCommand {
+    /// Print a one-time peering token of this cluster (give it to the other side).
+    ///
+    ///   strait peering token --cluster west --ttl 15m
+    #[command(verbatim_doc_comment)]
+    Token {
+        /// How long the token can be used (once).
+        #[arg(long, default_value = "15m", value_parser = parse_duration)]
+        ttl: Duration,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Link this cluster with the one that issued TOKEN.
+    ///
+    ///   strait peering establish "$TOKEN" --cluster east
+    #[command(verbatim_doc_comment)]
+    Establish {
+        token: String,
+        /// What happens to the peer's endpoints when its lease ends.
+        #[arg(long, default_value = "fail-static", value_parser = parse_fail_mode)]
+        fail_mode: FailMode,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+/// Remove the link to a peer: its sync is refused and its services dropped.
+///
+///   strait unlink --peer west --cluster east
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct UnlinkArgs {
+    /// The linked cluster to remove.
+    #[arg(long)]
+    peer: String,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Add or replace a service registration from a YAML file.
+    ///
+    ///   strait service register -f reviews.yaml --cluster east
+    ///
+    /// reviews.yaml:
+    ///   name: reviews
+    ///   namespace: default
+    ///   ports: [{ port: 9080, protocol: http1 }]
+    ///   endpoints: [{ address: 10.0.0.5:15006 }]
+    ///   export: none            # or all, or {to: [west]}
+    #[command(verbatim_doc_comment)]
+    Register {
+        /// The registration (YAML).
+        #[arg(short, long)]
+        file: PathBuf,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+pub fn parse_fail_mode(s: &str) -> Result<FailMode, String> {
+    match s {
+        "fail-static" => Ok(FailMode::FailStatic),
+        "fail-closed" => Ok(FailMode::FailClosed),
+        other => Err(format!(
+            "{other:?} is not a fail mode; use fail-static or fail-closed"
+        )),
+    }
+}
+
+/// Parses `a,b,c` into cluster names, naming the flag and the bad entry.
+pub fn clusters(flag: &str, list: &str) -> anyhow::Result<Vec<ClusterName>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| ClusterName::new(s).with_context(|| format!("{flag}: bad cluster name {s:?}")))
+        .collect()
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+fn export_line(s: &ExportState) -> String {
+    let to = serde_json::to_value(&s.export)
+        .ok()
+        .map(|v| match v {
+            serde_json::Value::String(w) => w,
+            other => other["to"]
+                .as_array()
+                .map(|a| {
+                    let names: Vec<&str> = a.iter().filter_map(|x| x.as_str()).collect();
+                    names.join(",")
+                })
+                .unwrap_or_default(),
+        })
+        .unwrap_or_default();
+    format!("{}: export {to}\n", s.service)
+}
+
+pub fn export(args: ExportArgs, format: Format) -> anyhow::Result<()> {
+    let to = match &args.to {
+        Some(list) => clusters("--to", list)?,
+        None => Vec::new(),
+    };
+    let ctl = args.conn.resolve()?;
+    let req = ExportRequest {
+        namespace: args.svc.namespace,
+        name: args.svc.service,
+        to,
+    };
+    let state: ExportState = block_on(ctl.post("/v1/export", &req))?;
+    emit(format, &state, export_line)
+}
+
+pub fn unexport(args: UnexportArgs, format: Format) -> anyhow::Result<()> {
+    let ctl = args.conn.resolve()?;
+    let req = ServiceRef {
+        namespace: args.svc.namespace,
+        name: args.svc.service,
+    };
+    let state: ExportState = block_on(ctl.post("/v1/unexport", &req))?;
+    emit(format, &state, export_line)
+}
+
+fn policy_text(p: &PolicySpec) -> String {
+    let mut out = format!("policy {}/{}\n", p.namespace, p.name);
+    let failover: Vec<String> = p.failover.iter().map(ToString::to_string).collect();
+    out.push_str(&format!(
+        "  failover    {}\n",
+        if failover.is_empty() {
+            "(none: any healthy cluster)".to_owned()
+        } else {
+            failover.join(" -> ")
+        }
+    ));
+    for d in &p.distribute {
+        let to: Vec<String> = d.to.iter().map(|(k, w)| format!("{k}={w}")).collect();
+        out.push_str(&format!("  distribute  {}->{}\n", d.from, to.join(",")));
+    }
+    out.push_str(&format!(
+        "  overprovisioning factor {}\n",
+        p.overprovisioning_factor
+    ));
+    out
+}
+
+pub fn policy(cmd: PolicyCommand, format: Format) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Set {
+            svc,
+            failover,
+            distribute,
+            overprovisioning_factor,
+            conn,
+        } => {
+            let key = strait_federation::catalog::ServiceKey::new(&svc.namespace, &svc.service);
+            let mut p = PolicySpec::new(&key);
+            if let Some(list) = &failover {
+                p.failover = clusters("--failover", list)?;
+            }
+            if let Some(d) = &distribute {
+                p.distribute = parse_distribute(d).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--distribute: {}: {:?}: {} (syntax: [FROM->]REGION/ZONE=WEIGHT,... with ';' between rules, e.g. 'us-east/*=80,us-west/*=20')",
+                        e.field,
+                        e.value,
+                        e.reason
+                    )
+                })?;
+            }
+            if let Some(f) = overprovisioning_factor {
+                p.overprovisioning_factor = f;
+            }
+            p.validate().map_err(|e| {
+                anyhow::anyhow!("policy {key}: {}: {:?}: {}", e.field, e.value, e.reason)
+            })?;
+            let ctl = conn.resolve()?;
+            let saved: PolicySpec = block_on(ctl.post("/v1/policy", &p))?;
+            emit(format, &saved, policy_text)
+        }
+        PolicyCommand::Show { svc, conn } => {
+            let ctl = conn.resolve()?;
+            let path = format!(
+                "/v1/policy?namespace={}&name={}",
+                svc.namespace, svc.service
+            );
+            let p: PolicySpec = block_on(ctl.get(&path))?;
+            emit(format, &p, policy_text)
+        }
+    }
+}
+
+fn link_line(l: &Link) -> String {
+    format!(
+        "linked with {} (controller {}, identity {}, {} gateway(s), {:?})\n",
+        l.peer,
+        l.controller,
+        l.peer_identity,
+        l.gateways.len(),
+        l.fail_mode
+    )
+}
+
+pub fn peering(cmd: PeeringCommand, format: Format) -> anyhow::Result<()> {
+    match cmd {
+        PeeringCommand::Token { ttl, conn } => {
+            let ctl = conn.resolve()?;
+            let req = TokenRequest {
+                ttl_secs: ttl.as_secs(),
+            };
+            let t: TokenAnswer = block_on(ctl.post("/v1/peering/token", &req))?;
+            emit(format, &t, |t| t.token.clone() + "\n")
+        }
+        PeeringCommand::Establish {
+            token,
+            fail_mode,
+            conn,
+        } => {
+            let ctl = conn.resolve()?;
+            let req = EstablishBody { token, fail_mode };
+            let link: Link = block_on(ctl.post("/v1/peering/establish", &req))?;
+            emit(format, &link, link_line)
+        }
+    }
+}
+
+pub fn unlink(args: UnlinkArgs, format: Format) -> anyhow::Result<()> {
+    let peer = ClusterName::new(&args.peer)
+        .with_context(|| format!("--peer: bad cluster name {:?}", args.peer))?;
+    let ctl = args.conn.resolve()?;
+    let link: Link = block_on(ctl.post("/v1/unlink", &UnlinkRequest { peer }))?;
+    emit(format, &link, |l| format!("unlinked {}\n", l.peer))
+}
+
+pub fn service(cmd: ServiceCommand, format: Format) -> anyhow::Result<()> {
+    match cmd {
+        ServiceCommand::Register { file, conn } => {
+            let reg = read_registration(&file)?;
+            let ctl = conn.resolve()?;
+            let out: serde_json::Value = block_on(ctl.post("/v1/register", &reg))?;
+            emit(format, &out, |v| {
+                format!(
+                    "registered {} ({} endpoint(s))\n",
+                    v["service"].as_str().unwrap_or("?"),
+                    reg.endpoints.len()
+                )
+            })
+        }
+    }
+}
+
+fn read_registration(file: &Path) -> anyhow::Result<Registration> {
+    let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
+    serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{}: not a registration", file.display()))
+}
+
+/// The error text of a failed API call.
+fn api_error(body: &[u8]) -> String {
+    serde_json::from_slice::<ApiError>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_owned())
+}
+
+fn decode<T: DeserializeOwned>(what: &str, body: &[u8]) -> anyhow::Result<T> {
+    serde_json::from_slice(body).with_context(|| format!("unexpected answer to {what}"))
+}
+
+fn encode<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec(value)?)
+}

@@ -1,0 +1,411 @@
+//! The role commands: `strait controller`, `strait gateway`, `strait dns`.
+//!
+//! Each loads its config, starts the component library, prints the
+//! addresses it bound and runs until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+use strait_api::snapshot::Snapshot;
+use strait_api::{ClusterName, Locality, TrustDomain};
+use strait_ca::{CertStore, SharedBundle, TrustBundle};
+use strait_federation::controller::admin_api::ADMIN_TOKEN_FILE;
+use strait_federation::controller::{Controller, ControllerConfig, Status};
+use strait_gateway::{ExportTable, ExportedEndpoint, ExportedService, Gateway, GatewayConfig};
+
+mod dns;
+
+pub use dns::{DnsArgs, run_dns};
+
+/// The VIP octet that keeps controller VIPs (127.77.x.y) unchanged in DNS.
+const VIP_OCTET: u8 = 77;
+
+/// Run a cluster's federation controller until Ctrl-C.
+///
+/// The catalog lives in `state_dir` (YAML files; change it with `strait
+/// service register`, `export`, `policy`, `link`, which call the admin port
+/// with the token the controller writes to `<state_dir>/admin-token`).
+///
+///   strait controller --config controller.yaml
+///   strait controller --config controller.yaml --check   # validate and exit
+///
+/// controller.yaml (relative paths are taken from the working directory):
+///   cluster: east
+///   region: us-east                  # locality of local endpoints and proxies
+///   zone: us-east-1a
+///   trust_domain: strait.local
+///   state_dir: ./state/east
+///   listen: 127.0.0.1:8610           # mTLS gRPC: proxies and peers
+///   admin_listen: 127.0.0.1:8611     # /metrics /ready /status and /v1 (keep on loopback)
+///   advertise: 10.0.0.5:8610         # optional: the address peers dial
+///   gateways: [10.0.0.5:15443]       # this cluster's east-west gateways
+///   identity:                        # spiffe://<td>/ns/strait-system/sa/controller-east
+///     files: { chain: ./ctl/chain.pem, key: ./ctl/key.pem, bundle: ./ctl/bundle.pem }
+///   dns: { listen: 127.0.0.1:8653 }  # optional: serve clusterset.local for this cluster
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ControllerArgs {
+    /// Controller config (YAML).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Validate the config and identity files, print a summary and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControllerFile {
+    cluster: ClusterName,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    zone: Option<String>,
+    trust_domain: TrustDomain,
+    state_dir: PathBuf,
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default = "default_admin")]
+    admin_listen: SocketAddr,
+    #[serde(default)]
+    advertise: Option<SocketAddr>,
+    #[serde(default)]
+    gateways: Vec<SocketAddr>,
+    identity: IdentityFile,
+    #[serde(default)]
+    dns: Option<DnsFile>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8610))
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8611))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    files: IdentityFiles,
+}
+
+/// PEM files from `strait ca issue`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFiles {
+    pub chain: PathBuf,
+    pub key: PathBuf,
+    pub bundle: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DnsFile {
+    listen: SocketAddr,
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+impl IdentityFiles {
+    /// The certificate and the trust bundle, checked to be in `td`.
+    pub fn load(&self, td: &TrustDomain) -> anyhow::Result<(CertStore, SharedBundle)> {
+        let certs =
+            CertStore::from_pem(&read(&self.chain)?, &read(&self.key)?).with_context(|| {
+                format!(
+                    "identity: {} / {}",
+                    self.chain.display(),
+                    self.key.display()
+                )
+            })?;
+        let bundle = TrustBundle::from_pem(td.clone(), &read(&self.bundle)?)
+            .with_context(|| format!("identity: bundle {}", self.bundle.display()))?;
+        Ok((certs, SharedBundle::new(bundle)))
+    }
+}
+
+/// A validated controller config plus the optional DNS listener.
+struct Loaded {
+    config: ControllerConfig,
+    dns: Option<SocketAddr>,
+}
+
+fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
+    let text = read(path)?;
+    let f: ControllerFile =
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let bad = |field: &str, why: String| anyhow::anyhow!("{}: {field}: {why}", path.display());
+    let locality = match (&f.region, &f.zone) {
+        (None, None) => Locality::default(),
+        (Some(r), z) => Locality::new(r, z.as_deref().unwrap_or_default())
+            .map_err(|e| bad("region/zone", format!("{r:?}/{z:?}: {e}")))?,
+        (None, Some(z)) => return Err(bad("zone", format!("{z:?} needs a region too"))),
+    };
+    if f.listen == f.admin_listen && f.listen.port() != 0 {
+        return Err(bad(
+            "admin_listen",
+            format!("{} is also `listen`", f.admin_listen),
+        ));
+    }
+    if let Some(a) = f.advertise {
+        if a.ip().is_unspecified() || a.port() == 0 {
+            return Err(bad(
+                "advertise",
+                format!("{a} needs a concrete ip and port"),
+            ));
+        }
+    }
+    if let Some(d) = &f.dns {
+        if d.listen == f.listen || d.listen == f.admin_listen {
+            return Err(bad(
+                "dns.listen",
+                format!("{} is taken by the controller", d.listen),
+            ));
+        }
+    }
+    let (certs, bundle) = f
+        .identity
+        .files
+        .load(&f.trust_domain)
+        .map_err(|e| bad("identity", format!("{e:#}")))?;
+    let expected = strait_federation::controller::controller_identity(&f.trust_domain, &f.cluster);
+    let got = certs.identity();
+    if got.as_ref() != Some(&expected) {
+        let got = got.map_or_else(|| "no SPIFFE ID".to_owned(), |g| g.to_string());
+        return Err(bad(
+            "identity",
+            format!(
+                "the certificate is for {got}; the controller of {} must present {expected} (strait ca issue --cluster {} --spiffe-id {expected} ...)",
+                f.cluster, f.cluster
+            ),
+        ));
+    }
+    let mut config = ControllerConfig::new(f.cluster, f.state_dir, certs, bundle);
+    config.locality = locality;
+    config.listen = f.listen;
+    config.admin_listen = Some(f.admin_listen);
+    config.advertise = f.advertise;
+    config.gateways = f.gateways;
+    Ok(Loaded {
+        config,
+        dns: f.dns.map(|d| d.listen),
+    })
+}
+
+pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let loaded = load_controller(&args.config)?;
+    let c = &loaded.config;
+    if args.check {
+        println!(
+            "config ok: cluster {} ({}), state {}, grpc {}, admin {}, {} gateway(s){}",
+            c.cluster,
+            c.locality,
+            c.state_dir.display(),
+            c.listen,
+            c.admin_listen
+                .map_or_else(|| "off".into(), |a| a.to_string()),
+            c.gateways.len(),
+            loaded.dns.map(|d| format!(", dns {d}")).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let state_dir = loaded.config.state_dir.clone();
+        let handle = Controller::start(loaded.config).await?;
+        let admin = handle
+            .admin_addr()
+            .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/status"));
+        eprintln!(
+            "strait controller {}: grpc (mTLS) {}, admin {admin}, admin token {}",
+            handle.cluster(),
+            handle.grpc_addr(),
+            state_dir.join(ADMIN_TOKEN_FILE).display()
+        );
+        let mut dns = None;
+        if let Some(listen) = loaded.dns {
+            let view =
+                strait_dns::ViewHandle::new(strait_dns::DnsView::new(handle.cluster().clone()))?;
+            let server = strait_dns::run(
+                strait_dns::DnsConfig::new(listen),
+                view.clone(),
+                strait_dns::DnsMetrics::default(),
+            )
+            .await
+            .with_context(|| format!("dns on {listen}"))?;
+            eprintln!(
+                "strait dns for cluster {}: udp {}, tcp {}",
+                handle.cluster(),
+                server.udp_addr(),
+                server.tcp_addr()
+            );
+            dns = Some(server);
+            let handle = &handle;
+            let feed = async move {
+                let mut last = None;
+                loop {
+                    let snap: Snapshot = handle.snapshot(None);
+                    if last != Some(snap.version) {
+                        match view.update(strait_scenarios::glue::dns_view(&snap, VIP_OCTET)) {
+                            Ok(()) => last = Some(snap.version),
+                            Err(e) => tracing::warn!(error = %e, "dns view refused"),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            };
+            tokio::select! {
+                () = crate::signal::wait_for_shutdown() => {}
+                () = feed => {}
+            }
+        } else {
+            crate::signal::wait_for_shutdown().await;
+        }
+        if let Some(d) = dns {
+            let _ = d.shutdown().await;
+        }
+        handle.shutdown().await;
+        eprintln!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Run an east-west gateway until Ctrl-C.
+///
+/// The config is the gateway's (cluster, trust domain, identity, listeners,
+/// limits) plus `controller:`, the admin address of its cluster's
+/// controller. Every 2 s the gateway reads that controller's `/status` and
+/// lets other clusters reach the local endpoints of every exported service
+/// (a failed poll keeps the last table).
+///
+///   strait gateway --config gateway.yaml
+///   strait gateway --config gateway.yaml --controller 127.0.0.1:8611
+///
+/// gateway.yaml:
+///   cluster: east
+///   trust_domain: strait.local
+///   controller: 127.0.0.1:8611
+///   identity:                        # spiffe://<td>/ns/strait-system/sa/gateway-east
+///     files: { chain: ./gw/chain.pem, key: ./gw/key.pem, bundle: ./gw/bundle.pem }
+///   listeners: { public: 0.0.0.0:15443, admin: 127.0.0.1:15021 }
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct GatewayArgs {
+    /// Gateway config (YAML).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// The controller's admin address (overrides `controller:` in the file).
+    #[arg(long)]
+    controller: Option<SocketAddr>,
+    /// Validate the config, print a summary and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Splits `controller:` off the YAML and parses the rest as a [`GatewayConfig`].
+fn load_gateway(path: &Path) -> anyhow::Result<(GatewayConfig, Option<SocketAddr>)> {
+    let text = read(path)?;
+    let mut doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).with_context(|| path.display().to_string())?;
+    let controller = match doc.as_mapping_mut().and_then(|m| m.remove("controller")) {
+        Some(v) => Some(
+            serde_yaml_ng::from_value::<SocketAddr>(v)
+                .with_context(|| format!("{}: controller: needs host:port", path.display()))?,
+        ),
+        None => None,
+    };
+    let rest = serde_yaml_ng::to_string(&doc)?;
+    let cfg = GatewayConfig::from_yaml(&rest).with_context(|| path.display().to_string())?;
+    Ok((cfg, controller))
+}
+
+/// The export table: local endpoints of every exported service.
+pub fn export_table(status: &Status) -> ExportTable {
+    let services = status
+        .services
+        .iter()
+        .filter(|s| s.export.as_ref().is_some_and(|e| e.is_exported()))
+        .map(|s| ExportedService {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            ports: s
+                .ports
+                .iter()
+                .filter_map(|p| p.split('/').next()?.parse().ok())
+                .collect(),
+            endpoints: s
+                .clusters
+                .iter()
+                .filter(|c| c.local)
+                .flat_map(|c| &c.endpoints)
+                .map(|e| ExportedEndpoint {
+                    address: e.address,
+                    health: e.health,
+                })
+                .collect(),
+        })
+        .collect();
+    ExportTable { services }
+}
+
+pub fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let (cfg, from_file) = load_gateway(&args.config)?;
+    let Some(controller) = args.controller.or(from_file) else {
+        bail!(
+            "{}: controller: missing; the gateway learns what it exports from its controller's admin address (or pass --controller ADDR)",
+            args.config.display()
+        );
+    };
+    if args.check {
+        println!(
+            "config ok: gateway of cluster {}, public {}, admin {}, controller {controller}",
+            cfg.cluster, cfg.listeners.public, cfg.listeners.admin
+        );
+        return Ok(());
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let gw = Gateway::start(cfg.clone(), ExportTable::default()).await?;
+        eprintln!(
+            "strait gateway {}: public (mTLS) {}, admin http://{}/metrics, exports from controller {controller}",
+            cfg.cluster, gw.listener, gw.admin
+        );
+        let gw_ref = &gw;
+        let poll = async move {
+            let mut failing = false;
+            loop {
+                match crate::ops::get_json::<Status>(controller, "/status").await {
+                    Ok(status) => {
+                        let table = export_table(&status);
+                        if table != gw_ref.exports() {
+                            let n = table.services.len();
+                            match gw_ref.apply(table) {
+                                Ok(()) => eprintln!("export table: {n} service(s)"),
+                                Err(e) => tracing::warn!(error = %e, "export table refused"),
+                            }
+                        }
+                        failing = false;
+                    }
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %format!("{e:#}"), "cannot read the controller; keeping the last export table");
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        };
+        tokio::select! {
+            () = crate::signal::wait_for_shutdown() => {}
+            () = poll => {}
+        }
+        gw.shutdown().await;
+        eprintln!("stopped");
+        anyhow::Ok(())
+    })
+}

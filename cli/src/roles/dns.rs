@@ -1,0 +1,114 @@
+//! `strait dns`: the cluster's DNS server, fed by its controller's config
+//! push (the same stream sidecars use, over mTLS).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use strait_ca::tls::ExpectedServer;
+use strait_federation::controller::controller_identity;
+
+use super::{IdentityFiles, VIP_OCTET};
+use strait_api::ClusterName;
+
+/// Serve `clusterset.local` for one cluster until Ctrl-C.
+///
+/// Subscribes to the controller's config push with a workload certificate
+/// of the cluster (any identity of the trust domain) and answers from the
+/// latest snapshot; when the controller is gone it keeps answering from the
+/// last one. (`strait controller` can also serve DNS itself: `dns:` in its
+/// config.)
+///
+///   strait ca issue --cluster east --spiffe-id spiffe://strait.local/ns/strait-system/sa/dns --out ./dns
+///   strait dns --controller 127.0.0.1:8610 --cluster east \
+///       --chain ./dns/chain.pem --key ./dns/key.pem --bundle ./dns/bundle.pem --listen 127.0.0.1:8653
+///   dig @127.0.0.1 -p 8653 echo.demo.svc.clusterset.local
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct DnsArgs {
+    /// The controller's gRPC address (mTLS), not its admin port.
+    #[arg(long)]
+    controller: SocketAddr,
+    /// The cluster whose controller it is.
+    #[arg(long)]
+    cluster: String,
+    /// UDP and TCP listen address.
+    #[arg(long, default_value = "127.0.0.1:8653")]
+    listen: SocketAddr,
+    #[arg(long)]
+    chain: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    bundle: PathBuf,
+}
+
+pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
+    let cluster = ClusterName::new(&args.cluster)
+        .with_context(|| format!("--cluster: bad cluster name {:?}", args.cluster))?;
+    let files = IdentityFiles {
+        chain: args.chain,
+        key: args.key,
+        bundle: args.bundle,
+    };
+    let td = strait_ca::CertStore::from_pem(&super::read(&files.chain)?, &super::read(&files.key)?)
+        .with_context(|| format!("identity: {}", files.chain.display()))?
+        .identity()
+        .map(|id| id.trust_domain())
+        .with_context(|| format!("{}: no SPIFFE ID in the certificate", files.chain.display()))?;
+    let (certs, bundle) = files.load(&td)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let view = strait_dns::ViewHandle::new(strait_dns::DnsView::new(cluster.clone()))?;
+        let server = strait_dns::run(
+            strait_dns::DnsConfig::new(args.listen),
+            view.clone(),
+            strait_dns::DnsMetrics::default(),
+        )
+        .await
+        .with_context(|| format!("dns on {}", args.listen))?;
+        eprintln!(
+            "strait dns for cluster {cluster}: udp {}, tcp {}, from controller {}",
+            server.udp_addr(),
+            server.tcp_addr(),
+            args.controller
+        );
+        let node = strait_api::proto::config::Node {
+            id: "dns".into(),
+            cluster: cluster.to_string(),
+            locality: String::new(),
+        };
+        let expected = ExpectedServer::Id(controller_identity(&td, &cluster));
+        let sub = strait_federation::push_client::subscribe(
+            args.controller,
+            certs,
+            bundle,
+            expected,
+            node,
+            Default::default(),
+        );
+        let mut rx = sub.snapshots();
+        let feed = async move {
+            loop {
+                let next = rx.borrow_and_update().clone();
+                if let Some(s) = next {
+                    if let Err(e) = view.update(strait_scenarios::glue::dns_view(&s, VIP_OCTET)) {
+                        tracing::warn!(error = %e, "dns view refused");
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            () = crate::signal::wait_for_shutdown() => {}
+            () = feed => {}
+        }
+        drop(sub);
+        let _ = server.shutdown().await;
+        eprintln!("stopped");
+        anyhow::Ok(())
+    })
+}

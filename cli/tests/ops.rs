@@ -1,0 +1,447 @@
+//! Role commands and operator verbs against real `strait controller`
+//! processes on loopback (127.150.x.y), driven as an operator would.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills its child process on drop, even when a test panics.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn strait(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("STRAIT_CA_DIR")
+        .env_remove("STRAIT_CONTROLLER")
+        .env_remove("STRAIT_STATE_DIR")
+        .output()
+        .expect("run strait")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = strait(dir, args);
+    assert!(
+        out.status.success(),
+        "strait {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = strait(dir, args);
+    assert_eq!(out.status.code(), Some(1), "strait {args:?} should fail");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+/// Sleeps between polls (these tests are synchronous, driving child processes).
+#[allow(clippy::disallowed_methods)]
+fn pause(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn wait_for(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        pause(100);
+    }
+}
+
+struct Cluster {
+    name: &'static str,
+    admin: String,
+    state: PathBuf,
+    _proc: Proc,
+}
+
+impl Cluster {
+    /// `--controller ADDR --state-dir DIR` of this cluster.
+    fn conn(&self) -> Vec<String> {
+        vec![
+            "--controller".into(),
+            self.admin.clone(),
+            "--state-dir".into(),
+            self.state.display().to_string(),
+        ]
+    }
+}
+
+fn ca(dir: &Path, clusters: &[&str]) {
+    ok(dir, &["ca", "init", "--out", "ca"]);
+    for c in clusters {
+        ok(
+            dir,
+            &["ca", "intermediate", "--ca-dir", "ca", "--cluster", c],
+        );
+    }
+}
+
+fn start_controller(dir: &Path, name: &'static str, net: u8, region: &str) -> Cluster {
+    let id = format!("spiffe://strait.local/ns/strait-system/sa/controller-{name}");
+    let certs = format!("{name}-ctl");
+    ok(
+        dir,
+        &[
+            "ca",
+            "issue",
+            "--ca-dir",
+            "ca",
+            "--cluster",
+            name,
+            "--spiffe-id",
+            &id,
+            "--out",
+            &certs,
+        ],
+    );
+    let ip = format!("127.150.{net}.1");
+    let yaml = format!(
+        "cluster: {name}\nregion: {region}\nzone: {region}-1a\ntrust_domain: strait.local\n\
+         state_dir: state/{name}\nlisten: {ip}:8610\nadmin_listen: {ip}:8611\n\
+         gateways: [\"127.150.{net}.10:15443\"]\n\
+         identity: {{ files: {{ chain: {certs}/chain.pem, key: {certs}/key.pem, bundle: {certs}/bundle.pem }} }}\n"
+    );
+    let file = format!("{name}.yaml");
+    std::fs::write(dir.join(&file), yaml).unwrap();
+    let check = ok(dir, &["controller", "--config", &file, "--check"]);
+    assert!(
+        check.contains(&format!("config ok: cluster {name}")),
+        "{check}"
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(["controller", "--config", &file])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start controller");
+    let proc = Proc(child);
+    let admin = format!("{ip}:8611");
+    wait_for(admin.parse().unwrap());
+    // The token is written before the admin port opens.
+    assert!(dir.join("state").join(name).join("admin-token").exists());
+    Cluster {
+        name,
+        admin,
+        state: dir.join("state").join(name),
+        _proc: proc,
+    }
+}
+
+fn status(dir: &Path, c: &Cluster) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        dir,
+        &["-o", "json", "status", "--controller", &c.admin],
+    ))
+    .unwrap();
+    v[0].clone()
+}
+
+/// Polls `strait status` until `pred` holds (at most 15 s).
+fn eventually(dir: &Path, c: &Cluster, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = status(dir, c);
+        if pred(&s) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: status of {} is {s:#}",
+            c.name
+        );
+        pause(200);
+    }
+}
+
+fn with(args: &[&str], conn: &[String]) -> Vec<String> {
+    args.iter()
+        .map(|s| (*s).to_owned())
+        .chain(conn.iter().cloned())
+        .collect()
+}
+
+fn run_ok(dir: &Path, args: Vec<String>) -> String {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(dir, &refs)
+}
+
+#[test]
+fn operator_links_exports_sets_policy_and_unlinks_two_controllers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ca(d, &["east", "west"]);
+    let east = start_controller(d, "east", 1, "us-east");
+    let west = start_controller(d, "west", 2, "us-west");
+
+    std::fs::write(
+        d.join("echo.yaml"),
+        "name: echo\nnamespace: demo\nports: [{ port: 8080, protocol: http1 }]\n\
+         endpoints: [{ address: \"127.150.2.5:15006\" }]\n",
+    )
+    .unwrap();
+    let out = run_ok(
+        d,
+        with(&["service", "register", "-f", "echo.yaml"], &west.conn()),
+    );
+    assert!(
+        out.contains("registered demo/echo (1 endpoint(s))"),
+        "{out}"
+    );
+
+    let out = run_ok(
+        d,
+        vec![
+            "link".into(),
+            "--from".into(),
+            "east".into(),
+            "--to".into(),
+            "west".into(),
+            "--from-controller".into(),
+            east.admin.clone(),
+            "--from-state-dir".into(),
+            east.state.display().to_string(),
+            "--to-controller".into(),
+            west.admin.clone(),
+            "--to-state-dir".into(),
+            west.state.display().to_string(),
+        ],
+    );
+    assert!(out.contains("linked with west"), "{out}");
+    let s = status(d, &east);
+    assert_eq!(s["links"][0]["peer"], "west", "{s:#}");
+
+    let out = run_ok(
+        d,
+        with(
+            &["export", "echo", "-n", "demo", "--to", "east"],
+            &west.conn(),
+        ),
+    );
+    assert_eq!(out.trim(), "demo/echo: export east");
+    eventually(d, &east, "echo imported from west", |s| {
+        s["services"].as_array().is_some_and(|svcs| {
+            svcs.iter()
+                .any(|x| x["name"] == "echo" && x["clusters"][0]["cluster"] == "west")
+        })
+    });
+
+    let out = run_ok(
+        d,
+        with(
+            &[
+                "policy",
+                "set",
+                "echo",
+                "-n",
+                "demo",
+                "--failover",
+                "west",
+                "--distribute",
+                "us-east/*=80,us-west/*=20",
+            ],
+            &east.conn(),
+        ),
+    );
+    assert!(out.contains("failover    west"), "{out}");
+    let shown: serde_json::Value = serde_json::from_str(&run_ok(
+        d,
+        with(
+            &["-o", "json", "policy", "show", "echo", "-n", "demo"],
+            &east.conn(),
+        ),
+    ))
+    .unwrap();
+    assert_eq!(shown["failover"][0], "west");
+    assert_eq!(shown["distribute"][0]["to"]["us-east/*"], 80, "{shown:#}");
+
+    let out = run_ok(d, with(&["unexport", "echo", "-n", "demo"], &west.conn()));
+    assert_eq!(out.trim(), "demo/echo: export none");
+    eventually(d, &east, "echo withdrawn", |s| {
+        s["services"]
+            .as_array()
+            .is_some_and(|svcs| svcs.iter().all(|x| x["name"] != "echo"))
+    });
+
+    let out = run_ok(d, with(&["unlink", "--peer", "west"], &east.conn()));
+    assert_eq!(out.trim(), "unlinked west");
+    let s = status(d, &east);
+    assert_eq!(s["links"].as_array().map(Vec::len), Some(0), "{s:#}");
+
+    // Peering by hand: token on one side, establish on the other.
+    let token = run_ok(d, with(&["peering", "token", "--ttl", "5m"], &west.conn()));
+    let out = run_ok(
+        d,
+        with(&["peering", "establish", token.trim()], &east.conn()),
+    );
+    assert!(out.contains("linked with west"), "{out}");
+    let err = fails(
+        d,
+        &with(&["peering", "establish", token.trim()], &east.conn())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(err.contains("refused"), "a token is used once: {err}");
+
+    // A wrong token is refused with 401 and the file it came from.
+    let bad = d.join("bad-state");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("admin-token"), "not-the-token\n").unwrap();
+    let err = fails(
+        d,
+        &[
+            "export",
+            "echo",
+            "-n",
+            "demo",
+            "--controller",
+            &west.admin,
+            "--state-dir",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        err.contains("wrong or missing admin token (read from"),
+        "{err}"
+    );
+    assert!(err.contains("bad-state/admin-token"), "{err}");
+    // Reading the policy needs no token; an unknown service is named.
+    let err = fails(d, &["policy", "show", "nope", "--controller", &east.admin]);
+    assert!(
+        err.contains("no traffic policy is set for service default/nope"),
+        "{err}"
+    );
+}
+
+#[test]
+fn gateway_learns_its_export_table_from_the_controller() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ca(d, &["north"]);
+    let north = start_controller(d, "north", 3, "eu-north");
+    std::fs::write(
+        d.join("api.yaml"),
+        "name: api\nports: [{ port: 9000, protocol: http1 }]\n\
+         endpoints: [{ address: \"127.150.3.5:15006\" }]\nexport: all\n",
+    )
+    .unwrap();
+    run_ok(
+        d,
+        with(&["service", "register", "-f", "api.yaml"], &north.conn()),
+    );
+    ok(
+        d,
+        &[
+            "ca",
+            "issue",
+            "--ca-dir",
+            "ca",
+            "--cluster",
+            "north",
+            "--spiffe-id",
+            "spiffe://strait.local/ns/strait-system/sa/gateway-north",
+            "--out",
+            "gw",
+        ],
+    );
+    let yaml = format!(
+        "cluster: north\ntrust_domain: strait.local\ncontroller: {}\n\
+         identity: {{ files: {{ chain: gw/chain.pem, key: gw/key.pem, bundle: gw/bundle.pem }} }}\n\
+         listeners: {{ public: \"127.150.3.10:15443\", admin: \"127.150.3.10:15021\" }}\n",
+        north.admin
+    );
+    std::fs::write(d.join("gw.yaml"), yaml).unwrap();
+    ok(d, &["gateway", "--config", "gw.yaml", "--check"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(["gateway", "--config", "gw.yaml"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _gw = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("export table: 1 service(s)"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("no export table applied; gateway said: {seen:#?}"),
+        }
+    }
+    assert!(
+        seen[0].contains("public (mTLS) 127.150.3.10:15443"),
+        "{seen:#?}"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_the_offending_part_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let nobody = ["--controller", "127.150.9.9:8611", "--state-dir", "."];
+    let err = fails(
+        d,
+        &[
+            &[
+                "policy",
+                "set",
+                "x",
+                "--distribute",
+                "us-east/*=80,us-west/*",
+            ][..],
+            &nobody,
+        ]
+        .concat(),
+    );
+    assert!(
+        err.contains("--distribute") && err.contains("us-west/*"),
+        "{err}"
+    );
+    let err = fails(
+        d,
+        &[&["export", "x", "--to", "west,No_Such"][..], &nobody].concat(),
+    );
+    assert!(err.contains("--to: bad cluster name \"No_Such\""), "{err}");
+    std::fs::write(d.join("admin-token"), "t\n").unwrap();
+    let err = fails(d, &[&["unexport", "x"][..], &nobody].concat());
+    assert!(
+        err.contains("cannot reach the controller admin port at 127.150.9.9:8611"),
+        "{err}"
+    );
+    let err = fails(d, &["unlink", "--peer", "west"]);
+    assert!(err.contains("which controller?"), "{err}");
+    std::fs::write(d.join("demo.json"), r#"{"pid":1,"clusters":[{"name":"east","admin":"127.150.9.9:8611","dns":"127.0.0.1:1","outbound_proxy":"127.0.0.1:2","gateways":[]}]}"#).unwrap();
+    let err = fails(
+        d,
+        &["link", "--from", "east", "--to", "north", "--demo-dir", "."],
+    );
+    assert!(err.contains("no cluster \"north\" in the demo"), "{err}");
+    std::fs::write(d.join("c.yaml"), "cluster: east\ntrust_domain: strait.local\nstate_dir: s\nidentity: { files: { chain: a, key: b, bundle: c } }\nport: 1\n").unwrap();
+    let err = fails(d, &["controller", "--config", "c.yaml", "--check"]);
+    assert!(err.contains("unknown field `port`"), "{err}");
+}

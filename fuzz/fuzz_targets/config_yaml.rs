@@ -1,0 +1,9 @@
+//! Fuzz target: config YAML: Snapshot, ProxyConfig, GatewayConfig, catalog Registration and PolicySpec.
+//! The same entry point runs as a bounded property test under
+//! `cargo test -p strait-hardening`.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| strait_hardening::yaml::check(data));
