@@ -233,12 +233,7 @@ async fn forward_to_app(
     parts.uri = uri;
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_spoofable(&mut parts.headers);
-    let by = shared
-        .identity
-        .id()
-        .map(|i| i.to_string())
-        .unwrap_or_default();
-    if let Ok(v) = HeaderValue::from_str(&format!("By={by};URI={source}")) {
+    if let Ok(v) = HeaderValue::from_str(&format!("By={};URI={source}", shared.own_id)) {
         parts.headers.insert(headers::XFCC, v);
     }
     let client = match app.protocol {

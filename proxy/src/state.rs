@@ -18,6 +18,8 @@ use crate::transport::{Body, Identity, PeerPool};
 pub struct Shared {
     pub cfg: ProxyConfig,
     pub identity: Identity,
+    /// This sidecar's SPIFFE ID (read once: rotation keeps the identity).
+    pub own_id: String,
     pub metrics: Metrics,
     pub router: Router,
     pub pool: PeerPool,
@@ -53,8 +55,10 @@ impl Shared {
             .snapshot_version
             .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
         let router = Router::default();
+        let own_id = identity.id().map(|i| i.to_string()).unwrap_or_default();
         Self {
             cfg,
+            own_id,
             identity,
             metrics,
             router,
