@@ -206,6 +206,42 @@ impl CertManager {
     }
 }
 
+/// Gets a workload's first certificate from the CA at `addr` with its
+/// bootstrap token (six tries with doubling back-off from 200 ms), then
+/// renews it forever in a spawned task. Proxies and gateways both start
+/// this way.
+pub async fn bootstrap(
+    addr: SocketAddr,
+    id: SpiffeId,
+    bootstrap_token: String,
+    bundle: SharedBundle,
+) -> Result<(CertStore, tokio::task::JoinHandle<()>), ClientError> {
+    let signer = Arc::new(GrpcSigner {
+        addr,
+        bundle: bundle.clone(),
+        bootstrap_token,
+        ttl: None,
+    });
+    let mgr = Arc::new(CertManager::new(id, signer, RenewPolicy::default()).with_bundle(bundle));
+    let mut delay = Duration::from_millis(200);
+    let mut last = ClientError::BadAnswer("no attempt was made".into());
+    for _ in 0..6 {
+        match mgr.renew_once().await {
+            Ok(_) => {
+                let store = mgr.store();
+                return Ok((store, tokio::spawn(mgr.run())));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "first certificate not issued yet; retrying");
+                last = e;
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    Err(last)
+}
+
 /// A random duration in [d/2, d].
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + rand::random::<f64>() * 0.5)

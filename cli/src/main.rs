@@ -19,7 +19,14 @@ use output::Format;
 
 /// Strait: a multi-cluster service mesh.
 ///
-/// Start with the certificate authority, then run the components:
+/// Try it first (three clusters on this machine, no root, Ctrl-C stops it):
+///
+///   strait demo
+///   strait status
+///   strait scenario list
+///
+/// For a real mesh, start with the certificate authority, then run the
+/// components (strait controller, strait gateway, strait proxy):
 ///
 ///   strait ca init --trust-domain strait.local --out ./ca
 ///   strait ca intermediate --ca-dir ./ca --cluster east

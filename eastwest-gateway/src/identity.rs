@@ -2,11 +2,8 @@
 //! reads from a verified peer: the source cluster of a tunnel.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
-use strait_ca::manager::{CertManager, GrpcSigner, RenewPolicy};
 use strait_ca::{CertStore, SharedBundle, TrustBundle};
 use tokio::task::JoinHandle;
 use x509_parser::prelude::FromDer;
@@ -50,36 +47,16 @@ pub async fn load(
         } => {
             let b = TrustBundle::from_pem(td, &read(bundle)?).map_err(|e| bad(bundle, e))?;
             let bundle = SharedBundle::new(b);
-            let signer = Arc::new(GrpcSigner {
-                addr: *address,
-                bundle: bundle.clone(),
-                bootstrap_token: read(token_file)?.trim().to_owned(),
-                ttl: None,
-            });
-            let mgr = Arc::new(
-                CertManager::new(spiffe_id.clone(), signer, RenewPolicy::default())
-                    .with_bundle(bundle.clone()),
-            );
-            let mut delay = Duration::from_millis(200);
-            let mut last = String::new();
-            for _ in 0..6 {
-                match mgr.renew_once().await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        last = e.to_string();
-                        tracing::warn!(error = %e, "first certificate not issued yet; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                    }
-                }
-            }
-            if mgr.store().current().is_none() {
-                return Err(StartError::Identity(format!(
-                    "the CA at {address} did not issue a certificate: {last}"
-                )));
-            }
-            let certs = mgr.store();
-            tasks.push(tokio::spawn(mgr.run()));
+            let token = read(token_file)?.trim().to_owned();
+            let (certs, renew) =
+                strait_ca::manager::bootstrap(*address, spiffe_id.clone(), token, bundle.clone())
+                    .await
+                    .map_err(|e| {
+                        StartError::Identity(format!(
+                            "the CA at {address} did not issue a certificate: {e}"
+                        ))
+                    })?;
+            tasks.push(renew);
             Ok((certs, bundle))
         }
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use strait_api::snapshot::{Snapshot, SnapshotError};
-use strait_ca::manager::{CertManager, GrpcSigner, RenewPolicy};
 use strait_ca::{CertStore, SharedBundle, TrustBundle};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -210,36 +209,16 @@ async fn load_identity(
                 TrustBundle::from_pem(td, &read(bundle)?)
                     .map_err(|e| StartError::Identity(format!("{}: {e}", bundle.display())))?,
             );
-            let signer = Arc::new(GrpcSigner {
-                addr: *address,
-                bundle: bundle.clone(),
-                bootstrap_token: read(token_file)?.trim().to_owned(),
-                ttl: None,
-            });
-            let mgr = Arc::new(
-                CertManager::new(spiffe_id.clone(), signer, RenewPolicy::default())
-                    .with_bundle(bundle.clone()),
-            );
-            let mut delay = Duration::from_millis(200);
-            let mut last = String::new();
-            for _ in 0..6 {
-                match mgr.renew_once().await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        last = e.to_string();
-                        tracing::warn!(error = %e, "first certificate not issued yet; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                    }
-                }
-            }
-            if mgr.store().current().is_none() {
-                return Err(StartError::Identity(format!(
-                    "the CA at {address} did not issue a certificate: {last}"
-                )));
-            }
-            let certs = mgr.store();
-            tasks.push(tokio::spawn(mgr.run()));
+            let token = read(token_file)?.trim().to_owned();
+            let (certs, renew) =
+                strait_ca::manager::bootstrap(*address, spiffe_id.clone(), token, bundle.clone())
+                    .await
+                    .map_err(|e| {
+                        StartError::Identity(format!(
+                            "the CA at {address} did not issue a certificate: {e}"
+                        ))
+                    })?;
+            tasks.push(renew);
             Ok(Identity { certs, bundle })
         }
     }

@@ -136,3 +136,18 @@ async fn grpc_signer_bootstraps_with_a_token_then_renews_with_its_cert() {
     assert_ne!(serial(&mgr.store()), first);
     assert_eq!(mgr.status().borrow().renewals, 2);
 }
+
+#[tokio::test]
+async fn bootstrap_gets_a_first_certificate_with_the_token() {
+    let ca = crate::grpc::start_ca().await;
+    let token = ca
+        .tokens
+        .create("default", "web", Duration::from_secs(600))
+        .unwrap();
+    let (store, renew) =
+        strait_ca::manager::bootstrap(ca.bound.addr, id(WEB), token, ca.bundle.clone())
+            .await
+            .unwrap();
+    assert_eq!(store.identity().unwrap(), id(WEB));
+    renew.abort();
+}
