@@ -291,3 +291,131 @@ async fn certificates_from_another_trust_domain_or_root_are_refused() {
     // Good traffic is unaffected.
     assert_eq!(http1(p.vip, get("/", "web")).await.0, 200);
 }
+
+/// Raw HTTP/2 frame: length(3) type(1) flags(1) stream(4) payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A minimal HPACK block for `GET http://web/` (all static-table indexes
+/// plus a literal authority).
+fn get_headers() -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x84]; // :method GET, :scheme http, :path /
+    b.extend_from_slice(&[0x41, 0x03]); // :authority, literal, 3 bytes
+    b.extend_from_slice(b"web");
+    b
+}
+
+#[tokio::test]
+async fn http2_rapid_reset_is_cut_off_while_good_traffic_flows() {
+    let p = pair(25).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = good_client(p.vip, stop.clone());
+    let mut s = TcpStream::connect(p.vip).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    // First one well-formed request, answered: the frames below are valid.
+    out.extend(frame(0x1, 0x5, 1, &get_headers()));
+    s.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !got
+        .windows(9)
+        .any(|w| w[3] == 0x1 && w[5..9] == 1u32.to_be_bytes())
+    {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the server closed before answering a valid request");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Then open and immediately reset thousands of streams (CVE-2023-44487).
+    let mut sent = 0u32;
+    let mut closed = false;
+    for i in 1..5_000u32 {
+        let id = 1 + 2 * i;
+        let mut burst = frame(0x1, 0x5, id, &get_headers()); // HEADERS, END_STREAM|END_HEADERS
+        burst.extend(frame(0x3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+        if s.write_all(&burst).await.is_err() {
+            closed = true;
+            break;
+        }
+        sent += 1;
+    }
+    // The server answers with GOAWAY and closes the connection.
+    let mut saw_goaway = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !closed && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed = true,
+            Ok(Ok(n)) => {
+                saw_goaway |= buf[..n]
+                    .windows(4)
+                    .any(|w| w[3] == 0x7 && w[0] == 0 && w[1] == 0)
+            }
+            Err(_) => {}
+        }
+    }
+    eprintln!("rapid reset: {sent} streams sent, goaway seen: {saw_goaway}, closed: {closed}");
+    assert!(
+        closed,
+        "the server must end the attacker's connection (sent {sent} reset streams)"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = good.await.unwrap();
+    assert!(
+        ok > 0 && failed == 0,
+        "good client: {ok} ok, {failed} failed"
+    );
+}
+
+#[tokio::test]
+async fn http2_continuation_flood_is_refused_while_good_traffic_flows() {
+    let p = pair(26).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = good_client(p.vip, stop.clone());
+    let mut s = TcpStream::connect(p.vip).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    // HEADERS without END_HEADERS, then endless CONTINUATION frames.
+    out.extend(frame(0x1, 0x1, 1, &get_headers()));
+    s.write_all(&out).await.unwrap();
+    // Literal header with a new name, 4 KiB value, repeated: 4 MiB in all.
+    let mut block = vec![0x00, 0x01, b'x', 0x7f, 0x81, 0x1f]; // name "x", value length 4096 (7-bit prefix int)
+    block.extend(std::iter::repeat_n(b'a', 4096));
+    let mut ended = false;
+    for _ in 0..1_000 {
+        if s.write_all(&frame(0x9, 0, 1, &block)).await.is_err() {
+            ended = true;
+            break;
+        }
+    }
+    if !ended {
+        let mut buf = vec![0u8; 4096];
+        let r = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        ended = r.unwrap_or(false);
+    }
+    assert!(
+        ended,
+        "a header block beyond the limit must end the connection"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = good.await.unwrap();
+    assert!(
+        ok > 0 && failed == 0,
+        "good client: {ok} ok, {failed} failed"
+    );
+}
