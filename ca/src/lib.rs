@@ -18,6 +18,7 @@ pub mod client;
 pub mod csr;
 mod der;
 mod error;
+pub mod identity;
 pub mod manager;
 pub mod pem;
 pub mod server;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use strait_api::{ClusterName, SpiffeId, TrustDomain};
+use strait_api::{ClusterName, TrustDomain};
 
 /// Why a gateway config was refused.
 #[derive(Debug, thiserror::Error)]
@@ -35,69 +35,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Where the gateway's certificate comes from. In YAML: a map with exactly
-/// one of `files:` or `ca:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "IdentityYaml")]
-pub enum IdentitySource {
-    /// PEM files (chain leaf first, PKCS#8 key, bundle of roots).
-    Files {
-        chain: PathBuf,
-        key: PathBuf,
-        bundle: PathBuf,
-    },
-    /// The cluster CA's signing service; the gateway renews at 2/3 of life.
-    Ca {
-        address: SocketAddr,
-        spiffe_id: SpiffeId,
-        token_file: PathBuf,
-        bundle: PathBuf,
-    },
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FilesYaml {
-    chain: PathBuf,
-    key: PathBuf,
-    bundle: PathBuf,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CaYaml {
-    address: SocketAddr,
-    spiffe_id: SpiffeId,
-    token_file: PathBuf,
-    bundle: PathBuf,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IdentityYaml {
-    files: Option<FilesYaml>,
-    ca: Option<CaYaml>,
-}
-
-impl TryFrom<IdentityYaml> for IdentitySource {
-    type Error = String;
-    fn try_from(y: IdentityYaml) -> Result<Self, String> {
-        match (y.files, y.ca) {
-            (Some(f), None) => Ok(Self::Files {
-                chain: f.chain,
-                key: f.key,
-                bundle: f.bundle,
-            }),
-            (None, Some(c)) => Ok(Self::Ca {
-                address: c.address,
-                spiffe_id: c.spiffe_id,
-                token_file: c.token_file,
-                bundle: c.bundle,
-            }),
-            _ => Err("identity needs exactly one of `files:` or `ca:`".into()),
-        }
-    }
-}
+pub use strait_ca::identity::IdentitySource;
 
 /// Where the gateway listens. Port 0 picks a free port (tests).
 #[derive(Debug, Clone, Deserialize)]

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use strait_api::TrustDomain;
 use strait_api::snapshot::Protocol;
-use strait_api::{SpiffeId, TrustDomain};
 
 /// Why a proxy config was refused.
 #[derive(Debug, thiserror::Error)]
@@ -37,71 +37,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Where the sidecar's certificate comes from. In YAML: a map with exactly
-/// one of `files:` or `ca:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "IdentityYaml")]
-pub enum IdentitySource {
-    /// PEM files, e.g. from `strait ca issue` (chain leaf first, PKCS#8 key,
-    /// bundle of roots).
-    Files {
-        chain: PathBuf,
-        key: PathBuf,
-        bundle: PathBuf,
-    },
-    /// The cluster CA's signing service; the sidecar renews at 2/3 of life.
-    Ca {
-        address: SocketAddr,
-        spiffe_id: SpiffeId,
-        /// File holding the bootstrap token.
-        token_file: PathBuf,
-        bundle: PathBuf,
-    },
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FilesYaml {
-    chain: PathBuf,
-    key: PathBuf,
-    bundle: PathBuf,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CaYaml {
-    address: SocketAddr,
-    spiffe_id: SpiffeId,
-    token_file: PathBuf,
-    bundle: PathBuf,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IdentityYaml {
-    files: Option<FilesYaml>,
-    ca: Option<CaYaml>,
-}
-
-impl TryFrom<IdentityYaml> for IdentitySource {
-    type Error = String;
-    fn try_from(y: IdentityYaml) -> Result<Self, String> {
-        match (y.files, y.ca) {
-            (Some(f), None) => Ok(Self::Files {
-                chain: f.chain,
-                key: f.key,
-                bundle: f.bundle,
-            }),
-            (None, Some(c)) => Ok(Self::Ca {
-                address: c.address,
-                spiffe_id: c.spiffe_id,
-                token_file: c.token_file,
-                bundle: c.bundle,
-            }),
-            _ => Err("identity needs exactly one of `files:` or `ca:`".into()),
-        }
-    }
-}
+pub use strait_ca::identity::IdentitySource;
 
 /// One port of the local app that the mesh may reach.
 #[derive(Debug, Clone, Deserialize)]

@@ -293,12 +293,7 @@ impl Mesh {
         let yaml = "cluster: x\ntrust_domain: strait.local\nidentity: { files: { chain: c, key: k, bundle: b } }\n";
         let mut cfg = GatewayConfig::from_yaml(yaml)?;
         cfg.cluster = cluster.clone();
-        cfg.identity = match identity {
-            IdentitySource::Files { chain, key, bundle } => {
-                strait_gateway::config::IdentitySource::Files { chain, key, bundle }
-            }
-            IdentitySource::Ca { .. } => unreachable_identity()?,
-        };
+        cfg.identity = identity;
         cfg.listeners.public = sock(ip(net, 0, 10 + i as u8), 15443);
         cfg.listeners.admin = sock(ip(net, 0, 10 + i as u8), 15021);
         Ok(Gateway::start(cfg, ExportTable::default()).await?)
@@ -688,10 +683,6 @@ impl Cluster {
     pub fn gateway_addrs(&self) -> Vec<SocketAddr> {
         self.gateways.iter().flatten().map(|g| g.listener).collect()
     }
-}
-
-fn unreachable_identity() -> anyhow::Result<strait_gateway::config::IdentitySource> {
-    Err(anyhow!("mesh gateways use certificate files"))
 }
 
 fn empty_snapshot(cluster: &ClusterName) -> anyhow::Result<Snapshot> {
