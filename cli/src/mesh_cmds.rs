@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use strait_federation::controller::Status;
-use strait_scenarios::demo::{self, DemoState};
+use strait_scenarios::demo;
 use strait_scenarios::{runner, spec::Scenario};
 
 use crate::output::{Format, emit};
@@ -145,14 +145,7 @@ fn controllers(args: &StatusArgs) -> anyhow::Result<Vec<SocketAddr>> {
     if !args.controllers.is_empty() {
         return Ok(args.controllers.clone());
     }
-    let path = demo::state_file(&args.dir);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no running demo at {} (start one with `strait demo`, or pass --controller ADDR)",
-            path.display()
-        )
-    })?;
-    let state: DemoState = serde_json::from_str(&text)?;
+    let state = demo::read_state(&args.dir, "--controller ADDR")?;
     Ok(state.clusters.iter().filter_map(|c| c.admin).collect())
 }
 

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
@@ -105,16 +104,17 @@ fn classify_final(prefix: &[u8]) -> Detected {
     classify(prefix).unwrap_or(Detected::Tcp)
 }
 
-/// Reads exactly the HTTP/2 preface (used by tests of the sniffer).
-pub async fn read_preface(stream: &mut TcpStream) -> std::io::Result<bool> {
-    let mut buf = [0u8; 24];
-    stream.read_exact(&mut buf).await?;
-    Ok(buf == H2_PREFACE)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Reads exactly the HTTP/2 preface (used by tests of the sniffer).
+    async fn read_preface(stream: &mut TcpStream) -> std::io::Result<bool> {
+        let mut buf = [0u8; 24];
+        stream.read_exact(&mut buf).await?;
+        Ok(buf == H2_PREFACE)
+    }
 
     #[test]
     fn classifies_common_first_bytes() {

@@ -11,7 +11,7 @@
 //! a partition is a cut relay.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -333,7 +333,7 @@ impl Mesh {
         let id = self.td.workload_id(&spec.namespace, &spec.service)?;
         for r in 0..spec.replicas {
             let wip = ip(cluster.net, 1 + w as u8, 1 + r as u8);
-            let app = start_app(spec, cluster, r, wip).await?;
+            let app = start_app(spec, cluster.name.as_str(), r, wip).await?;
             let (files, certs) =
                 self.issue(&cluster.name, &id, &format!("{}-{r}", spec.service))?;
             let app_port = AppPort {
@@ -533,7 +533,7 @@ impl Mesh {
         let spec = w.spec.clone();
         for (r, rep) in w.replicas.iter_mut().enumerate() {
             if rep.app.is_none() {
-                rep.app = Some(start_app_retry(&spec, net_cluster.as_str(), r, rep.ip).await?);
+                rep.app = Some(start_app(&spec, net_cluster.as_str(), r, rep.ip).await?);
             }
         }
         Ok(())
@@ -719,18 +719,9 @@ fn proxy_config(
     }
 }
 
-async fn start_app(
-    spec: &WorkloadSpec,
-    cluster: &Cluster,
-    r: usize,
-    at: Ipv4Addr,
-) -> anyhow::Result<Echo> {
-    start_app_retry(spec, cluster.name.as_str(), r, at).await
-}
-
 /// Starts the echo app, retrying while the port is still held by a
 /// just-stopped one.
-async fn start_app_retry(
+async fn start_app(
     spec: &WorkloadSpec,
     cluster: &str,
     r: usize,
@@ -848,9 +839,4 @@ async fn feed_dns(
             break;
         }
     }
-}
-
-/// The mesh's directory for a scenario or demo.
-pub fn dir_for(base: &Path, name: &str) -> PathBuf {
-    base.join(name)
 }

@@ -66,10 +66,6 @@ impl Relay {
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
-
-    pub fn is_cut(&self) -> bool {
-        self.cut.load(Ordering::SeqCst)
-    }
 }
 
 impl Drop for Relay {

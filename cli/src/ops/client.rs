@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use strait_federation::controller::admin_api::ADMIN_TOKEN_FILE;
-use strait_scenarios::demo::{self, DemoState};
+use strait_scenarios::demo;
 
 use super::{api_error, decode, encode};
 
@@ -28,16 +28,7 @@ pub struct Controller {
 impl Controller {
     /// The controller of `cluster` in a running `strait demo`.
     pub fn from_demo(dir: &Path, cluster: &str) -> anyhow::Result<Self> {
-        let path = demo::state_file(dir);
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "no running demo at {} (start one with `strait demo --dir {}`, or pass --controller ADDR --state-dir DIR)",
-                path.display(),
-                dir.display()
-            )
-        })?;
-        let state: DemoState =
-            serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+        let state = demo::read_state(dir, "--controller ADDR --state-dir DIR")?;
         let Some(c) = state.clusters.iter().find(|c| c.name == cluster) else {
             let names: Vec<&str> = state.clusters.iter().map(|c| c.name.as_str()).collect();
             bail!(
