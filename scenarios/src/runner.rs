@@ -56,7 +56,9 @@ impl Report {
     }
 }
 
-fn mesh_spec(s: &Scenario, dir: &Path, base_octet: u8) -> anyhow::Result<MeshSpec> {
+/// The mesh a scenario describes, with its files under `dir` and addresses
+/// in the `127.<base_octet>+` range (for tests that drive a mesh by hand).
+pub fn mesh_spec(s: &Scenario, dir: &Path, base_octet: u8) -> anyhow::Result<MeshSpec> {
     let clusters = s
         .clusters
         .iter()
@@ -132,7 +134,14 @@ pub async fn run(
     result
 }
 
-async fn wait_for_vip(mesh: &Mesh, from: &str, ns: &str, svc: &str) -> anyhow::Result<SocketAddr> {
+/// The VIP:port of `svc.ns` once `from`'s client sidecar has endpoints
+/// for it and listens there (20 s at most).
+pub async fn wait_for_vip(
+    mesh: &Mesh,
+    from: &str,
+    ns: &str,
+    svc: &str,
+) -> anyhow::Result<SocketAddr> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let c = mesh.cluster(from)?;

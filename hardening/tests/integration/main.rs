@@ -7,6 +7,7 @@ mod csr;
 mod dns;
 mod dst;
 mod http1;
+mod listeners;
 mod sniff;
 mod spiffe;
 mod support;

@@ -419,3 +419,101 @@ async fn http2_continuation_flood_is_refused_while_good_traffic_flows() {
         "good client: {ok} ok, {failed} failed"
     );
 }
+
+/// HPACK bomb: one 4 KB header enters the dynamic table, then a single
+/// 16 KB HEADERS frame refers to it by a one-byte index thousands of times
+/// (about 40 MB once decoded). The decoded list passes the header limit, so
+/// the stream is answered 431 (or reset) without the app ever seeing it, the
+/// connection's memory stays bounded by the 4 KB table, and good traffic
+/// keeps flowing.
+#[tokio::test]
+async fn hpack_bomb_is_refused_with_431_while_good_traffic_flows() {
+    let p = pair(27).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = good_client(p.vip, stop.clone());
+    let mut s = TcpStream::connect(p.vip).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    let mut block = get_headers();
+    // Literal with incremental indexing, new name "x-bomb", 4000-byte value.
+    block.extend_from_slice(&[0x40, 0x06]);
+    block.extend_from_slice(b"x-bomb");
+    block.extend_from_slice(&[0x7f, 0x81, 0x1e]); // 127 + 3873 = 4000 (7-bit prefix int)
+    block.extend(std::iter::repeat_n(b'b', 4000));
+    // Indexed field 62 (the newest dynamic entry), one byte per 4 KB header.
+    block.extend(std::iter::repeat_n(0xbe, 16_384 - block.len()));
+    let sent = block.len();
+    out.extend(frame(0x1, 0x5, 1, &block));
+    s.write_all(&out).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let outcome = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break "closed",
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break "silent",
+        }
+        match stream_one_answer(&got) {
+            Some(answer) => break answer,
+            None => continue,
+        }
+    };
+    eprintln!(
+        "hpack bomb ({sent} bytes sent): {outcome} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(outcome, "431" | "reset" | "closed") || outcome.starts_with("goaway"),
+        "a header list decoding past the limit must be refused, got {outcome}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refusal took too long"
+    );
+    // The stream never reached the app: nothing was forwarded for it.
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = good.await.unwrap();
+    assert!(
+        ok > 0 && failed == 0,
+        "good client: {ok} ok, {failed} failed"
+    );
+    assert_eq!(
+        p._app.served(),
+        ok,
+        "the app served exactly the good requests: the bomb never reached it"
+    );
+}
+
+/// What the peer said about stream 1 in `bytes` (a run of HTTP/2 frames):
+/// `431`/`200`/`other` for a response HEADERS, `reset`, or `goaway`.
+fn stream_one_answer(bytes: &[u8]) -> Option<&'static str> {
+    let mut rest = bytes;
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        if rest.len() < 9 + len {
+            return None;
+        }
+        let (kind, stream) = (
+            rest[3],
+            u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]),
+        );
+        let payload = &rest[9..9 + len];
+        match (kind, stream) {
+            (0x1, 1) if payload.windows(3).any(|w| w == b"431") => return Some("431"),
+            // HPACK static index 8 is `:status 200`.
+            (0x1, 1) if payload.first() == Some(&0x88) => return Some("200"),
+            (0x1, 1) => return Some("other"),
+            (0x3, 1) => return Some("reset"),
+            // GOAWAY: last stream id (4), then the error code (4).
+            // (h2 answers a header list past the limit with ENHANCE_YOUR_CALM.)
+            (0x7, 0) if payload.get(4..8) == Some(&[0, 0, 0, 11]) => {
+                return Some("goaway ENHANCE_YOUR_CALM");
+            }
+            (0x7, 0) => return Some("goaway"),
+            _ => {}
+        }
+        rest = &rest[9 + len..];
+    }
+    None
+}
