@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # reference-bench.sh -- (vendored from the workplace's shared/bench, extended with
-# CANDIDATE_TCP_HOST) side-by-side reference proxies (nginx backend, HAProxy hops) on 127.0.0.1.
+# CANDIDATE_TCP_HOST, a second candidate CANDIDATE2_* and the concurrency sweep 1b)
+# side-by-side reference proxies (nginx backend, HAProxy hops) on 127.0.0.1.
 # Needs Debian packages: nginx haproxy wrk nghttp2-client iperf3 openssl; oha (cargo install oha) is optional.
 #
 # Starts: nginx (fixed 200 backend), haproxy "hop" (1 plain L7 proxy), haproxy
@@ -27,6 +28,12 @@
 #   CANDIDATE_TCP_PORT=19083 (optional, L4 entry reaching iperf3 on 127.0.0.1:15201)
 #   CANDIDATE_TCP_HOST=127.0.0.1 (optional, the host of that entry)
 # The candidate's CPU/RSS is measured on the PID of CANDIDATE_START and its children.
+# A second candidate (e.g. the same mesh on a longer path) takes the same variables
+# with the prefix CANDIDATE2_ and is measured in every section beside the first.
+# CANDIDATE_EXTRA: a command run (on the load generator CPUs) after section 4, while
+#   every server is still up.
+# 1b. wrk at each of CONN_LEVELS (default "1 10") connections for direct, the HAProxy
+#     mTLS pair and the candidates, LEVEL_DURATION (5s) each.
 # Example (sanity check, a plain haproxy hop as 'candidate'):
 #   CANDIDATE_NAME=cand_haproxy CANDIDATE_START='exec haproxy -db -f ../shared/bench/example-candidate-haproxy.cfg' \
 #   CANDIDATE_URL=http://127.0.0.1:19082/ CANDIDATE_H2_URL=http://127.0.0.1:19092/ CANDIDATE_TCP_PORT=19083 bash reference-bench.sh
@@ -211,6 +218,9 @@ if [ "${SKIP_IPERF:-0}" != 1 ] && command -v iperf3 >/dev/null; then start iperf
 if [ -n "${CANDIDATE_START:-}" ]; then
   start cand bash -c "$CANDIDATE_START"
 fi
+if [ -n "${CANDIDATE2_START:-}" ]; then
+  start cand2 bash -c "$CANDIDATE2_START"
+fi
 sleep 1.5
 for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || die "process $pid exited early; see $WORK/logs"; done
 curl -sf -o /dev/null http://127.0.0.1:$P_MTLS_IN/ || die "mTLS path not working; see $WORK/logs"
@@ -237,6 +247,7 @@ STAGES=("direct|http://127.0.0.1:$P_BACKEND/|nginx"
         "haproxy_2hop_mtls_http|http://127.0.0.1:$P_MTLS_IN/|csc ssc"
         "haproxy_2hop_mtls_l4tunnel|http://127.0.0.1:$P_L4_IN/|csc ssc")
 [ -n "${CANDIDATE_URL:-}" ] && STAGES+=("${CANDIDATE_NAME:-candidate}|$CANDIDATE_URL|cand")
+[ -n "${CANDIDATE2_URL:-}" ] && STAGES+=("${CANDIDATE2_NAME:-candidate2}|$CANDIDATE2_URL|cand2")
 
 {
 echo "# Baseline proxy benchmark ($(date -u +%FT%TZ))"
@@ -278,6 +289,32 @@ for st in "${STAGES[@]}"; do
 done
 done
 
+# ---------- 1b. wrk at lower concurrency ----------
+CONN_LEVELS=${CONN_LEVELS:-1 10}
+LEVEL_DURATION=${LEVEL_DURATION:-5s}
+if [ -n "$CONN_LEVELS" ]; then
+  { echo; echo "## 1b. wrk closed-loop at fixed concurrency (HTTP/1.1 keep-alive), ${LEVEL_DURATION} each"; echo
+    echo "| stage | conns | req/s | ratio vs direct | p50 | p90 | p99 | proxy CPU us/req |"; echo "|---|---|---|---|---|---|---|---|"; } >> "$RES"
+  for lc in $CONN_LEVELS; do
+    lt=$(( lc < THREADS ? lc : THREADS )); ldirect=0
+    for st in "${STAGES[@]}"; do
+      IFS='|' read -r name url procs <<< "$st"
+      case "$name" in direct|haproxy_2hop_mtls_http|"${CANDIDATE_NAME:-candidate}"|"${CANDIDATE2_NAME:-candidate2}") ;; *) continue ;; esac
+      ppids=""; for pr in $procs; do v="PID_$pr"; ppids="$ppids ${!v}"; done
+      taskset -c "$LOADGEN_CPUS" wrk -t"$lt" -c"$lc" -d1s "$url" > /dev/null 2>&1
+      c0=$(cpu_ticks $ppids)
+      f="$RAW/wrk_${name}_c$lc.txt"
+      taskset -c "$LOADGEN_CPUS" wrk -t"$lt" -c"$lc" -d"$LEVEL_DURATION" --latency "$url" > "$f" 2>&1
+      c1=$(cpu_ticks $ppids)
+      rps=$(awk '/Requests\/sec/{print $2}' "$f"); reqs=$(awk '/requests in/{print $1}' "$f")
+      [ "$name" = direct ] && ldirect=$rps
+      if [ "$name" = direct ]; then pus="-"; else pus=$(awk -v d=$((c1-c0)) -v hz="$HZ" -v n="$reqs" 'BEGIN{printf "%.2f", d/hz/n*1e6}'); fi
+      echo "| $name | $lc | $rps | $(awk -v a="$rps" -v b="$ldirect" 'BEGIN{ if (b>0) printf "%.3f", a/b; else print "-" }') | $(awk '/^ +50%/{print $2}' "$f") | $(awk '/^ +90%/{print $2}' "$f") | $(awk '/^ +99%/{print $2}' "$f") | $pus |" >> "$RES"
+      echo "wrk $name c=$lc: $rps req/s"
+    done
+  done
+fi
+
 # ---------- 2. oha fixed rate ----------
 if [ "${SKIP_OHA:-0}" != 1 ] && [ -x "$OHA" ]; then
   { echo; echo "## 2. oha open-loop fixed rate ${RATE} req/s, ${CONNS} conns, ${DURATION}, latency-corrected"; echo
@@ -309,6 +346,7 @@ if [ "${SKIP_H2:-0}" != 1 ] && command -v h2load >/dev/null; then
     echo "| stage | req/s | ratio vs direct | mean ms | sd ms | max ms | succeeded/total |"; echo "|---|---|---|---|---|---|---|"; } >> "$RES"
   H2ST=("direct_h2|http://127.0.0.1:$P_BACKEND_H2/" "haproxy_1hop_h2|http://127.0.0.1:$P_HOP_H2/" "haproxy_2hop_mtls_h2|http://127.0.0.1:$P_MTLS_H2_IN/")
   [ -n "${CANDIDATE_H2_URL:-}" ] && H2ST+=("${CANDIDATE_NAME:-candidate}_h2|$CANDIDATE_H2_URL")
+  [ -n "${CANDIDATE2_H2_URL:-}" ] && H2ST+=("${CANDIDATE2_NAME:-candidate2}_h2|$CANDIDATE2_H2_URL")
   h2d=0
   for st in "${H2ST[@]}"; do
     IFS='|' read -r name url <<< "$st"
@@ -330,10 +368,13 @@ if [ "${SKIP_IPERF:-0}" != 1 ] && command -v iperf3 >/dev/null; then
     echo "| path | Gbit/s (receiver) | proxies CPU-seconds | sidecar CPU s per GB |"; echo "|---|---|---|---|"; } >> "$RES"
   IP=("direct|$P_IPERF" "haproxy_2hop_mtls_l4tunnel|$P_IPERF_L4_IN")
   [ -n "${CANDIDATE_TCP_PORT:-}" ] && IP+=("${CANDIDATE_NAME:-candidate}_l4|$CANDIDATE_TCP_PORT")
+  [ -n "${CANDIDATE2_TCP_PORT:-}" ] && IP+=("${CANDIDATE2_NAME:-candidate2}_l4|$CANDIDATE2_TCP_PORT")
   for st in "${IP[@]}"; do
     IFS='|' read -r name port <<< "$st"
     host=127.0.0.1
-    if [ "$name" = "${CANDIDATE_NAME:-candidate}_l4" ]; then ppids="$PID_cand"; host=${CANDIDATE_TCP_HOST:-127.0.0.1}; else ppids="$PID_csc $PID_ssc"; fi
+    if [ "$name" = "${CANDIDATE_NAME:-candidate}_l4" ]; then ppids="$PID_cand"; host=${CANDIDATE_TCP_HOST:-127.0.0.1}
+    elif [ "$name" = "${CANDIDATE2_NAME:-candidate2}_l4" ]; then ppids="$PID_cand2"; host=${CANDIDATE2_TCP_HOST:-127.0.0.1}
+    else ppids="$PID_csc $PID_ssc"; fi
     c0=$(cpu_ticks $ppids)
     taskset -c "$LOADGEN_CPUS" iperf3 -c "$host" -p "$port" -t "${DURATION%s}" -J > "$RAW/iperf_$name.json" 2>&1
     c1=$(cpu_ticks $ppids)
@@ -345,6 +386,12 @@ print(f"| {sys.argv[2]} | {gbps:.2f} | {cpu if sys.argv[2]!='direct' else '-'} |
 PY
     echo "iperf3 $name done"
   done
+fi
+
+# ---------- 4b. the candidate's own extra measurement, servers still up ----------
+if [ -n "${CANDIDATE_EXTRA:-}" ]; then
+  echo "extra: $CANDIDATE_EXTRA"
+  taskset -c "$LOADGEN_CPUS" bash -c "$CANDIDATE_EXTRA" || echo "extra measurement failed (exit $?)"
 fi
 
 # ---------- 5. mTLS handshake rate ----------

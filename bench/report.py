@@ -14,6 +14,9 @@ ref = open(os.path.join(out, "reference.md")).read()
 tls = json.load(open(os.path.join(out, "tls.json")))
 mem = json.load(open(os.path.join(out, "memory.json")))
 CAND = "strait_2hop_mtls"
+XC = "strait_xcluster_mtls"
+tunnel_path = os.path.join(out, "tunnel.json")
+tunnel = json.load(open(tunnel_path)) if os.path.exists(tunnel_path) else {}
 
 
 def tables(md):
@@ -70,6 +73,19 @@ if wrk:
         summary["http1_ratio_vs_direct"] = rps(c) / rps(d) if rps(d) else None
         summary["vcpu_per_1k_rps"] = {"haproxy_mtls_pair": num(h.get("proxy vCPU per 1k rps")), "strait_mtls_pair": num(c.get("proxy vCPU per 1k rps"))}
         summary["rss_mb_now_peak_50_conns"] = c.get("proxy RSS now/peak MB")
+    x = wrk.get(XC, {})
+    if rps(x) and rps(c):
+        summary["xcluster_http1_rps"] = rps(x)
+        summary["xcluster_http1_ratio_vs_pair"] = rps(x) / rps(c)
+        summary["xcluster_http1_ratio_vs_direct"] = rps(x) / rps(d) if rps(d) else None
+levels = [r for k, rows in t.items() if k.startswith("1b.") for r in rows]
+if levels:
+    by = {}
+    for r in levels:
+        by.setdefault(r.get("conns"), {})[r.get("stage")] = r
+    summary["concurrency_levels"] = {
+        n: {stage: {"rps": num(r.get("req/s")), "p50_ms": ms(r.get("p50")), "p99_ms": ms(r.get("p99"))} for stage, r in rows.items()}
+        for n, rows in by.items()}
 oha = find("2. oha")
 if oha:
     d, c, h = oha.get("direct", {}), oha.get(CAND, {}), oha.get("haproxy_2hop_mtls_http", {})
@@ -79,6 +95,11 @@ if oha:
             added[p.replace(" ms", "")] = {"strait": num(c.get(p)) - num(d.get(p)),
                                           "haproxy": (num(h.get(p)) - num(d.get(p))) if num(h.get(p)) is not None else None}
     summary["fixed_rate_added_latency_ms"] = added
+    x = oha.get(XC, {})
+    if num(x.get("p50 ms")) is not None and num(d.get("p50 ms")) is not None:
+        summary["xcluster_fixed_rate_added_ms"] = {
+            p.replace(" ms", ""): num(x.get(p)) - num(d.get(p)) for p in ("p50 ms", "p90 ms", "p99 ms", "p99.9 ms") if num(x.get(p)) is not None}
+        summary["gateway_hop_added_p50_ms"] = num(x.get("p50 ms")) - num(c.get("p50 ms")) if num(c.get("p50 ms")) is not None else None
     summary["fixed_rate_vcpu_per_1k_rps"] = {"strait": num(c.get("proxy vCPU per 1k rps")), "haproxy": num(h.get("proxy vCPU per 1k rps"))}
 h2 = find("3. h2load")
 if h2:
@@ -86,6 +107,8 @@ if h2:
     if num(c.get("req/s")) and num(d.get("req/s")):
         summary["http2_ratio_vs_direct"] = num(c.get("req/s")) / num(d.get("req/s"))
         summary["http2_haproxy_ratio_vs_direct"] = num(h.get("req/s")) / num(d.get("req/s")) if num(h.get("req/s")) else None
+        x = h2.get(XC + "_h2", {})
+        summary["xcluster_http2_ratio_vs_direct"] = num(x.get("req/s")) / num(d.get("req/s")) if num(x.get("req/s")) else None
 ip = find("4. iperf3")
 if ip:
     summary["tcp_gbit_s"] = {k: num(v.get("Gbit/s (receiver)")) for k, v in ip.items()}
@@ -96,6 +119,8 @@ if st:
     summary["haproxy_server_handshake_cpu_ms"] = num(st.get("new", {}).get("server sidecar CPU ms per handshake"))
 summary["strait_server_handshake_cpu_ms"] = tls.get("full_handshake_server_cpu_ms")
 summary["strait_idle_rss_mib_1000_services"] = mem.get("idle_rss_mib")
+if tunnel:
+    summary["tunnel"] = tunnel
 data["summary"] = summary
 json.dump(data, open(os.path.join(out, "results.json"), "w"), indent=2)
 
@@ -132,6 +157,26 @@ if "tcp_gbit_s" in s:
     lines.append(f"| one TCP stream through the pair, Gbit/s | {f(g.get(CAND + '_l4'))} (direct {f(g.get('direct'))}) | {f(g.get('haproxy_2hop_mtls_l4tunnel'))} | >= 5 |")
     c = s["tcp_cpu_s_per_gb"]
     lines.append(f"| CPU-s per GB, both sidecars | {f(c['strait'],3)} | {f(c['haproxy'],3)} | <= 1.2 |")
+if "xcluster_http1_rps" in s:
+    lines.append(f"| cross-cluster path (sidecar, gateway, sidecar), wrk 50 conns, req/s | {f(s['xcluster_http1_rps'],0)} ({f(s['xcluster_http1_ratio_vs_direct'],3)}x direct, {f(s['xcluster_http1_ratio_vs_pair'],2)}x the pair) | | |")
+for p, v in s.get("xcluster_fixed_rate_added_ms", {}).items():
+    tgt = {"p50": "<= 0.4 ms"}.get(p, "")
+    lines.append(f"| cross-cluster added latency over direct at fixed rate, {p} | {f(v,3)} ms | | {tgt} |")
+if s.get("gateway_hop_added_p50_ms") is not None:
+    lines.append(f"| gateway hop over the same-cluster pair at fixed rate, p50 | {f(s['gateway_hop_added_p50_ms'],3)} ms | | <= 0.15 ms |")
+if s.get("xcluster_http2_ratio_vs_direct") is not None:
+    lines.append(f"| cross-cluster HTTP/2 vs direct (h2load) | {f(s['xcluster_http2_ratio_vs_direct'],3)}x | | |")
+if "tcp_gbit_s" in s and s["tcp_gbit_s"].get(XC + "_l4") is not None:
+    lines.append(f"| one TCP stream through the cross-cluster tunnel, Gbit/s | {f(s['tcp_gbit_s'].get(XC + '_l4'))} | | >= 3 |")
+if tunnel:
+    lines.append(f"| new tunnel (outer mTLS + CONNECT + inner mTLS + h2) to first response, p50 | {f(tunnel.get('new_tunnel_p50_ms'),3)} ms | | < 1.5 ms |")
+    lines.append(f"| new CONNECT stream + inner mTLS on a pooled gateway connection, p50 | {f(tunnel.get('new_stream_p50_ms'),3)} ms | | |")
+for n, rows in sorted(s.get("concurrency_levels", {}).items(), key=lambda kv: int(kv[0] or 0)):
+    d, h, c, x = (rows.get(k, {}) for k in ("direct", "haproxy_2hop_mtls_http", CAND, XC))
+    if c.get("rps") and d.get("rps"):
+        hx = f"{f(h.get('rps'),0)} req/s, p50 +{f((h.get('p50_ms') or 0) - (d.get('p50_ms') or 0),3)} ms" if h.get("rps") else "-"
+        xx = f"; cross-cluster {f(x.get('rps'),0)} req/s, p50 +{f((x.get('p50_ms') or 0) - (d.get('p50_ms') or 0),3)} ms" if x.get("rps") else ""
+        lines.append(f"| wrk {n} conn(s): pair req/s, p50 added over direct | {f(c['rps'],0)} req/s ({f(c['rps']/d['rps'],3)}x direct), p50 +{f((c.get('p50_ms') or 0) - (d.get('p50_ms') or 0),3)} ms{xx} | {hx} | |")
 lines.append(f"| server-side full mTLS handshake CPU | {f(s.get('strait_server_handshake_cpu_ms'),3)} ms (in memory) | {f(s.get('haproxy_server_handshake_cpu_ms'),3)} ms (s_time) | <= 0.4 ms |")
 lines.append(f"| idle sidecar RSS, 1,000-service snapshot ({mem.get('services')} VIP listeners) | {f(mem.get('idle_rss_mib'),1)} MiB | | <= 20 MiB |")
 lines += ["", "## TLS micro-benchmarks (rustls, ring, the sidecars' own config, one core)", "",
@@ -141,5 +186,12 @@ lines += ["", "## TLS micro-benchmarks (rustls, ring, the sidecars' own config, 
           "## Full reference output", "", ref.split("\n", 1)[1] if "\n" in ref else ref, "",
           "## Reproduce", "", "```sh", "./scripts/bench.sh    # installs nginx haproxy wrk nghttp2-client iperf3 when run as root", "```", ""]
 open(os.path.join(out, "results.md"), "w").write("\n".join(lines))
-open(doc, "w").write("\n".join(lines))
+# Sections other tools maintain (e.g. the federation scale bench) stay.
+tail = ""
+if os.path.exists(doc):
+    old = open(doc).read()
+    i = old.find("\n## Federation scale")
+    if i >= 0:
+        tail = old[i:]
+open(doc, "w").write("\n".join(lines).rstrip("\n") + "\n" + tail)
 print("\n".join(lines[:40]))

@@ -6,6 +6,9 @@
 #   wrk (HTTP/1.1 capacity), strait-bench oha (open-loop fixed rate,
 #   latency-corrected), h2load (HTTP/2), iperf3 (one TCP stream), plus TLS
 #   micro-benchmarks and the idle memory of a sidecar with 1,000 services.
+# Paths: direct, the Strait pair, the Strait cross-cluster path (east
+#   sidecar -> west gateway -> west sidecar), HAProxy hop and pairs; wrk also
+#   at 1 and 10 connections; strait-bench tunnel times opening a tunnel.
 # Writes target/bench/results.md, target/bench/results.json and
 # docs/performance.md.
 #
@@ -38,10 +41,14 @@ trap 'rm -rf "$W"' EXIT
 
 echo "==> certificates and sidecar configs in $W"
 $S ca init --out "$W/ca" >/dev/null
-$S ca intermediate --ca-dir "$W/ca" --cluster bench >/dev/null
-for sa in client server; do
-  $S ca issue --ca-dir "$W/ca" --cluster bench --spiffe-id "spiffe://strait.local/ns/default/sa/$sa" --out "$W/$sa" >/dev/null
-done
+for c in bench east west; do $S ca intermediate --ca-dir "$W/ca" --cluster $c >/dev/null; done
+issue() { # cluster, service account, out dir, namespace
+  $S ca issue --ca-dir "$W/ca" --cluster "$1" --spiffe-id "spiffe://strait.local/ns/$4/sa/$2" --out "$W/$3" >/dev/null
+}
+issue bench client client default; issue bench server server default
+# Cross-cluster path: east client sidecar -> west gateway -> west server sidecar.
+issue east client xclient default; issue west server xserver default
+issue west gateway-west gateway strait-system
 # Server sidecar: mTLS in on 19443, plaintext to nginx (HTTP/1.1, h2c) and iperf3.
 cat > "$W/server.yaml" <<EOF
 trust_domain: strait.local
@@ -71,15 +78,63 @@ services:
     endpoints:
       - { address: 127.0.0.1:19443, cluster: bench, locality: local/a, identity: spiffe://strait.local/ns/default/sa/server }
 EOF
+# The same pair across clusters: the client sidecar in east reaches the
+# server sidecar in west through west's east-west gateway (a CONNECT stream
+# per upstream connection, inner mTLS end to end).
+cat > "$W/xserver.yaml" <<EOF
+trust_domain: strait.local
+identity: { files: { chain: $W/xserver/chain.pem, key: $W/xserver/key.pem, bundle: $W/xserver/bundle.pem } }
+listeners: { inbound: 127.0.0.1:19643, outbound: 127.0.0.1:19601, admin: 127.0.0.1:19600, bind_vips: false }
+local_service: bench.default
+app:
+  - { port: 19082, protocol: http1, target: 127.0.0.1:18080 }
+  - { port: 19092, protocol: http2, target: 127.0.0.1:18090 }
+  - { port: 19083, protocol: tcp, target: 127.0.0.1:15201 }
+EOF
+cat > "$W/gateway.yaml" <<EOF
+cluster: west
+trust_domain: strait.local
+identity: { files: { chain: $W/gateway/chain.pem, key: $W/gateway/key.pem, bundle: $W/gateway/bundle.pem } }
+listeners: { public: 127.0.0.1:19543, admin: 127.0.0.1:19521 }
+EOF
+cat > "$W/exports.yaml" <<EOF
+services:
+  - { name: bench, namespace: default, ports: [19082, 19092, 19083], endpoints: [{ address: 127.0.0.1:19643 }] }
+EOF
+cat > "$W/xclient.yaml" <<EOF
+trust_domain: strait.local
+identity: { files: { chain: $W/xclient/chain.pem, key: $W/xclient/key.pem, bundle: $W/xclient/bundle.pem } }
+listeners: { inbound: 127.0.0.1:19644, outbound: 127.0.0.1:19602, admin: 127.0.0.1:19603, bind_vips: true }
+snapshot_file: $W/xsnapshot.yaml
+EOF
+cat > "$W/xsnapshot.yaml" <<EOF
+version: 1
+local: { cluster: east, locality: us-east/a }
+clusters: [west]
+services:
+  - name: bench
+    namespace: default
+    vip: 127.77.0.2
+    ports: [{ port: 19082, protocol: http1 }, { port: 19092, protocol: http2 }, { port: 19083, protocol: tcp }]
+    endpoints:
+      - { address: 127.0.0.1:19643, cluster: west, locality: us-west/a, identity: spiffe://strait.local/ns/default/sa/server, gateways: [127.0.0.1:19543] }
+EOF
 printf '#!/bin/sh\nexec %s oha "$@"\n' "$B" > "$W/oha"; chmod +x "$W/oha"
 $S proxy --config "$W/server.yaml" --check
 $S proxy --config "$W/client.yaml" --check
+$S proxy --config "$W/xserver.yaml" --check
+$S proxy --config "$W/xclient.yaml" --check
+$S gateway --config "$W/gateway.yaml" --exports "$W/exports.yaml" --check
 
 echo "==> reference run (nginx direct, HAProxy pairs, Strait pair)"
 WORK="$W/ref" OHA="$W/oha" \
 CANDIDATE_NAME=strait_2hop_mtls \
 CANDIDATE_START="$S proxy --config $W/server.yaml & $S proxy --config $W/client.yaml & wait" \
 CANDIDATE_URL=http://127.77.0.1:19082/ CANDIDATE_H2_URL=http://127.77.0.1:19092/ CANDIDATE_TCP_PORT=19083 CANDIDATE_TCP_HOST=127.77.0.1 \
+CANDIDATE2_NAME=strait_xcluster_mtls \
+CANDIDATE2_START="$S proxy --config $W/xserver.yaml & $S gateway --config $W/gateway.yaml --exports $W/exports.yaml & $S proxy --config $W/xclient.yaml & wait" \
+CANDIDATE_EXTRA="$B tunnel --gateway 127.0.0.1:19543 --endpoint 127.0.0.1:19643 --identity spiffe://strait.local/ns/default/sa/server --dst bench.default:19082 --certs $W/xclient --n 300 > $OUT/tunnel.json" \
+CANDIDATE2_URL=http://127.77.0.2:19082/ CANDIDATE2_H2_URL=http://127.77.0.2:19092/ CANDIDATE2_TCP_PORT=19083 CANDIDATE2_TCP_HOST=127.77.0.2 \
   bash bench/reference-bench.sh > "$OUT/reference.log" 2>&1 || { tail -30 "$OUT/reference.log"; exit 1; }
 cp "$W/ref/results.md" "$OUT/reference.md"
 cp -r "$W/ref/raw" "$OUT/raw"

@@ -5,12 +5,15 @@
 //! - `strait-bench tls`: handshakes/s (full, resumed), server CPU per
 //!   handshake and bulk MB/s of the sidecars' rustls configuration;
 //! - `strait-bench memory --strait PATH`: RSS of an idle sidecar holding a
-//!   1,000-service snapshot.
+//!   1,000-service snapshot;
+//! - `strait-bench tunnel ...`: what opening a cross-cluster tunnel costs,
+//!   against a running gateway and sidecar.
 //!
 //! It is a measuring tool, not a test: nothing here asserts.
 
 mod loadgen;
 mod micro;
+mod tunnel;
 
 use std::path::PathBuf;
 
@@ -19,7 +22,7 @@ use anyhow::bail;
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {
-        bail!("usage: strait-bench oha|tls|memory ... (see the crate docs)");
+        bail!("usage: strait-bench oha|tls|memory|tunnel ... (see the crate docs)");
     };
     let out = match cmd.as_str() {
         "oha" => {
@@ -30,6 +33,13 @@ fn main() -> anyhow::Result<()> {
                 .block_on(loadgen::run(args))?
         }
         "tls" => micro::tls()?,
+        "tunnel" => {
+            let args = tunnel::parse(rest)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(tunnel::run(args))?
+        }
         "memory" => {
             let mut strait = PathBuf::from("target/release/strait");
             let mut services = 1000;
@@ -43,7 +53,7 @@ fn main() -> anyhow::Result<()> {
             }
             micro::memory(&strait, services)?
         }
-        other => bail!("unknown command {other:?}; use oha, tls or memory"),
+        other => bail!("unknown command {other:?}; use oha, tls, memory or tunnel"),
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

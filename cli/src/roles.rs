@@ -293,6 +293,16 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 ///   identity:                        # spiffe://<td>/ns/strait-system/sa/gateway-east
 ///     files: { chain: ./gw/chain.pem, key: ./gw/key.pem, bundle: ./gw/bundle.pem }
 ///   listeners: { public: 0.0.0.0:15443, admin: 127.0.0.1:15021 }
+///
+/// Without a controller (benchmarks, fixed hosts), `--exports FILE` gives a
+/// fixed export table instead:
+///
+///   strait gateway --config gateway.yaml --exports exports.yaml
+///
+/// exports.yaml:
+///   services:
+///     - { name: web, namespace: default, ports: [8080],
+///         endpoints: [{ address: 10.0.0.7:15006 }] }
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct GatewayArgs {
@@ -300,11 +310,32 @@ pub struct GatewayArgs {
     #[arg(long, short)]
     config: PathBuf,
     /// The controller's admin address (overrides `controller:` in the file).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "exports")]
     controller: Option<SocketAddr>,
+    /// A fixed export table (YAML) instead of a controller.
+    #[arg(long)]
+    exports: Option<PathBuf>,
     /// Validate the config, print a summary and exit.
     #[arg(long)]
     check: bool,
+}
+
+/// Where the gateway's export table comes from.
+enum ExportSource {
+    Controller(SocketAddr),
+    Fixed(ExportTable),
+}
+
+fn load_exports(path: &Path) -> anyhow::Result<ExportTable> {
+    let text = read(path)?;
+    strait_api::yaml::check_nesting(&text, strait_api::yaml::MAX_YAML_NESTING)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let table: ExportTable =
+        serde_yaml_ng::from_str(&text).with_context(|| path.display().to_string())?;
+    table
+        .validate()
+        .with_context(|| format!("{}: export table refused", path.display()))?;
+    Ok(table)
 }
 
 /// Splits `controller:` off the YAML and parses the rest as a [`GatewayConfig`].
@@ -355,26 +386,46 @@ pub fn export_table(status: &Status) -> ExportTable {
 
 pub fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let (cfg, from_file) = load_gateway(&args.config)?;
-    let Some(controller) = args.controller.or(from_file) else {
-        bail!(
-            "{}: controller: missing; the gateway learns what it exports from its controller's admin address (or pass --controller ADDR)",
+    let source = match (&args.exports, args.controller.or(from_file)) {
+        (Some(path), _) => ExportSource::Fixed(load_exports(path)?),
+        (None, Some(addr)) => ExportSource::Controller(addr),
+        (None, None) => bail!(
+            "{}: controller: missing; the gateway learns what it exports from its controller's admin address (or pass --controller ADDR, or --exports FILE for a fixed table)",
             args.config.display()
-        );
+        ),
+    };
+    let from = match &source {
+        ExportSource::Controller(addr) => format!("controller {addr}"),
+        ExportSource::Fixed(t) => format!(
+            "{} (fixed, {} service(s))",
+            args.exports.as_deref().unwrap_or(Path::new("")).display(),
+            t.services.len()
+        ),
     };
     if args.check {
         println!(
-            "config ok: gateway of cluster {}, public {}, admin {}, controller {controller}",
+            "config ok: gateway of cluster {}, public {}, admin {}, exports from {from}",
             cfg.cluster, cfg.listeners.public, cfg.listeners.admin
         );
         return Ok(());
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let gw = Gateway::start(cfg.clone(), ExportTable::default()).await?;
+        let (initial, controller) = match source {
+            ExportSource::Fixed(t) => (t, None),
+            ExportSource::Controller(addr) => (ExportTable::default(), Some(addr)),
+        };
+        let gw = Gateway::start(cfg.clone(), initial).await?;
         eprintln!(
-            "strait gateway {}: public (mTLS) {}, admin http://{}/metrics, exports from controller {controller}",
+            "strait gateway {}: public (mTLS) {}, admin http://{}/metrics, exports from {from}",
             cfg.cluster, gw.listener, gw.admin
         );
+        let Some(controller) = controller else {
+            crate::signal::wait_for_shutdown().await;
+            gw.shutdown().await;
+            eprintln!("stopped");
+            return anyhow::Ok(());
+        };
         let gw_ref = &gw;
         let poll = async move {
             let mut failing = false;
