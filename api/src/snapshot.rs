@@ -748,13 +748,32 @@ fn validate_service(
     }
     validate_traffic(&format!("{f}.traffic"), &svc.traffic, known)?;
     validate_outlier(&format!("{f}.outlier_detection"), &svc.outlier_detection)?;
+    validate_authorization(
+        &format!("{f}.authorization"),
+        &svc.authorization,
+        Some(&svc.ports),
+    )
+}
+
+/// Checks a service's authorization policies: unique names, normalized
+/// paths, upper-case methods and host names; with the service's `ports`,
+/// also that every policy names ports of the service and that paths,
+/// methods and hosts are only used on HTTP ports. A controller checks a
+/// policy with `ports: None` before it knows the service, and again with
+/// the ports when it builds a snapshot. `field` prefixes the field paths
+/// of errors (`authorization` gives `authorization[0].deny[1].paths[0]`).
+pub fn validate_authorization(
+    field: &str,
+    policies: &[AuthorizationPolicy],
+    ports: Option<&[ServicePort]>,
+) -> Result<(), SnapshotError> {
     let mut pnames = HashSet::new();
-    for (j, p) in svc.authorization.iter().enumerate() {
-        let pf = format!("{f}.authorization[{j}]");
+    for (j, p) in policies.iter().enumerate() {
+        let pf = format!("{field}[{j}]");
         if !pnames.insert(&p.name) {
             return Err(dup(format!("{pf}.name"), "policy", &p.name));
         }
-        validate_policy(&pf, p, svc)?;
+        validate_policy(&pf, p, ports)?;
     }
     Ok(())
 }
@@ -852,19 +871,33 @@ fn validate_outlier(f: &str, o: &OutlierDetection) -> Result<(), SnapshotError> 
     Ok(())
 }
 
-fn validate_policy(f: &str, p: &AuthorizationPolicy, svc: &Service) -> Result<(), SnapshotError> {
+fn validate_policy(
+    f: &str,
+    p: &AuthorizationPolicy,
+    ports: Option<&[ServicePort]>,
+) -> Result<(), SnapshotError> {
+    let find = |port: u16| ports.and_then(|all| all.iter().find(|sp| sp.port == port));
     for (k, port) in p.ports.iter().enumerate() {
-        if svc.port(*port).is_none() {
+        if *port == 0 {
+            return Err(SnapshotError::invalid(
+                format!("{f}.ports[{k}]"),
+                0,
+                "must not be 0",
+            ));
+        }
+        if ports.is_some() && find(*port).is_none() {
             let why = "not a port of this service";
             return Err(SnapshotError::invalid(format!("{f}.ports[{k}]"), port, why));
         }
     }
-    let all_tcp = if p.ports.is_empty() {
-        svc.ports.iter().all(|sp| !sp.protocol.is_http())
-    } else {
-        p.ports
+    // Without the service's ports, HTTP conditions cannot be judged yet.
+    let all_tcp = match ports {
+        None => false,
+        Some(all) if p.ports.is_empty() => all.iter().all(|sp| !sp.protocol.is_http()),
+        Some(_) => p
+            .ports
             .iter()
-            .all(|port| svc.port(*port).is_some_and(|sp| !sp.protocol.is_http()))
+            .all(|port| find(*port).is_some_and(|sp| !sp.protocol.is_http())),
     };
     let deny = p.deny.iter().enumerate().map(|(k, r)| ("deny", k, r));
     let allow = p.allow.iter().enumerate().map(|(k, r)| ("allow", k, r));
@@ -1358,6 +1391,25 @@ services:
     fn errors_expose_the_field() {
         let e = invalid(|s| s.services[0].endpoints[0].weight = 0);
         assert_eq!(e.field(), Some("services[0].endpoints[0].weight"));
+    }
+
+    #[test]
+    fn authorization_is_checked_alone_and_against_the_service_ports() {
+        let svc = good().services[0].clone();
+        let mut p = svc.authorization.clone();
+        p[0].ports = vec![81];
+        // Without the service, a port cannot be judged; with it, it is.
+        validate_authorization("authorization", &p, None).unwrap();
+        let e = validate_authorization("authorization", &p, Some(&svc.ports)).unwrap_err();
+        assert_eq!(e.field(), Some("authorization[0].ports[0]"));
+        p[0].ports = vec![0];
+        let e = validate_authorization("authorization", &p, None).unwrap_err();
+        assert_eq!(e.field(), Some("authorization[0].ports[0]"));
+        p[0].ports.clear();
+        p[0].deny[0].paths = vec!["/a/../b".into()];
+        let e = validate_authorization("authorization", &p, None).unwrap_err();
+        assert_eq!(e.field(), Some("authorization[0].deny[0].paths[0]"));
+        assert!(e.to_string().contains("\"/a/../b\""), "{e}");
     }
 
     #[test]

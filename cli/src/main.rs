@@ -73,7 +73,7 @@ enum Command {
     Export(ops::ExportArgs),
     /// Stop exporting a service.
     Unexport(ops::UnexportArgs),
-    /// Traffic policy of a service: failover order and locality weights.
+    /// Policy of a service: failover order, locality weights, authorization.
     #[command(subcommand)]
     Policy(ops::PolicyCommand),
     /// Peering tokens: one side issues, the other establishes.

@@ -19,8 +19,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use strait_api::ClusterName;
-use strait_federation::catalog::policy::parse_distribute;
-use strait_federation::catalog::{PolicySpec, Registration};
+use strait_federation::catalog::Registration;
 use strait_federation::controller::admin_api::{
     ADMIN_TOKEN_FILE, ApiError, EstablishBody, ExportRequest, ExportState, ServiceRef, TokenAnswer,
     TokenRequest, UnlinkRequest,
@@ -31,9 +30,11 @@ use crate::output::{Format, emit, parse_duration};
 
 mod client;
 mod link;
+mod policy;
 
 pub use client::{Controller, get_json};
 pub use link::{LinkArgs, run as link_clusters};
+pub use policy::{PolicyCommand, policy};
 
 /// How to reach one controller.
 #[derive(Debug, Clone, Args)]
@@ -104,45 +105,6 @@ pub struct UnexportArgs {
     svc: ServiceArg,
     #[command(flatten)]
     conn: ConnArgs,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
-    /// Set a service's traffic policy: ordered failover and locality weights,
-    /// together in one policy.
-    ///
-    ///   strait policy set reviews -n default --failover east,west,central \
-    ///       --distribute 'us-east/*=80,us-west/*=20' --cluster east
-    ///   strait policy set reviews --distribute 'us-east/*->us-east/*=80,us-west/*=20;us-west/*->us-west/*=100'
-    ///
-    /// --distribute: rules separated by ';', each [FROM->]TO=WEIGHT,... where
-    /// FROM and TO are region/zone patterns ('*' matches any) and weights sum to 100.
-    #[command(verbatim_doc_comment)]
-    Set {
-        #[command(flatten)]
-        svc: ServiceArg,
-        /// Clusters to fail over to, in order (comma-separated).
-        #[arg(long)]
-        failover: Option<String>,
-        /// Locality weights.
-        #[arg(long)]
-        distribute: Option<String>,
-        /// Overprovisioning factor of locality tiers (1.0..=10.0).
-        #[arg(long)]
-        overprovisioning_factor: Option<f64>,
-        #[command(flatten)]
-        conn: ConnArgs,
-    },
-    /// Show a service's traffic policy.
-    ///
-    ///   strait policy show reviews -n default --cluster east -o yaml
-    #[command(verbatim_doc_comment)]
-    Show {
-        #[command(flatten)]
-        svc: ServiceArg,
-        #[command(flatten)]
-        conn: ConnArgs,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -273,74 +235,6 @@ pub fn unexport(args: UnexportArgs, format: Format) -> anyhow::Result<()> {
     };
     let state: ExportState = block_on(ctl.post("/v1/unexport", &req))?;
     emit(format, &state, export_line)
-}
-
-fn policy_text(p: &PolicySpec) -> String {
-    let mut out = format!("policy {}/{}\n", p.namespace, p.name);
-    let failover: Vec<String> = p.failover.iter().map(ToString::to_string).collect();
-    out.push_str(&format!(
-        "  failover    {}\n",
-        if failover.is_empty() {
-            "(none: any healthy cluster)".to_owned()
-        } else {
-            failover.join(" -> ")
-        }
-    ));
-    for d in &p.distribute {
-        let to: Vec<String> = d.to.iter().map(|(k, w)| format!("{k}={w}")).collect();
-        out.push_str(&format!("  distribute  {}->{}\n", d.from, to.join(",")));
-    }
-    out.push_str(&format!(
-        "  overprovisioning factor {}\n",
-        p.overprovisioning_factor
-    ));
-    out
-}
-
-pub fn policy(cmd: PolicyCommand, format: Format) -> anyhow::Result<()> {
-    match cmd {
-        PolicyCommand::Set {
-            svc,
-            failover,
-            distribute,
-            overprovisioning_factor,
-            conn,
-        } => {
-            let key = strait_federation::catalog::ServiceKey::new(&svc.namespace, &svc.service);
-            let mut p = PolicySpec::new(&key);
-            if let Some(list) = &failover {
-                p.failover = clusters("--failover", list)?;
-            }
-            if let Some(d) = &distribute {
-                p.distribute = parse_distribute(d).map_err(|e| {
-                    anyhow::anyhow!(
-                        "--distribute: {}: {:?}: {} (syntax: [FROM->]REGION/ZONE=WEIGHT,... with ';' between rules, e.g. 'us-east/*=80,us-west/*=20')",
-                        e.field,
-                        e.value,
-                        e.reason
-                    )
-                })?;
-            }
-            if let Some(f) = overprovisioning_factor {
-                p.overprovisioning_factor = f;
-            }
-            p.validate().map_err(|e| {
-                anyhow::anyhow!("policy {key}: {}: {:?}: {}", e.field, e.value, e.reason)
-            })?;
-            let ctl = conn.resolve()?;
-            let saved: PolicySpec = block_on(ctl.post("/v1/policy", &p))?;
-            emit(format, &saved, policy_text)
-        }
-        PolicyCommand::Show { svc, conn } => {
-            let ctl = conn.resolve()?;
-            let path = format!(
-                "/v1/policy?namespace={}&name={}",
-                svc.namespace, svc.service
-            );
-            let p: PolicySpec = block_on(ctl.get(&path))?;
-            emit(format, &p, policy_text)
-        }
-    }
 }
 
 fn link_line(l: &Link) -> String {

@@ -268,6 +268,64 @@ fn operator_links_exports_sets_policy_and_unlinks_two_controllers() {
     assert_eq!(shown["failover"][0], "west");
     assert_eq!(shown["distribute"][0]["to"]["us-east/*"], 80, "{shown:#}");
 
+    // Authorization flags change only the authorization; traffic flags
+    // keep it.
+    let out = run_ok(
+        d,
+        with(
+            &[
+                "policy",
+                "set",
+                "echo",
+                "-n",
+                "demo",
+                "--deny-from",
+                "spiffe://strait.local/ns/guest/*",
+                "--paths",
+                "/admin",
+            ],
+            &east.conn(),
+        ),
+    );
+    assert!(out.contains("failover    west"), "{out}");
+    assert!(
+        out.contains("authorization cli (ports all)")
+            && out.contains("deny  from spiffe://strait.local/ns/guest/* paths /admin"),
+        "{out}"
+    );
+    run_ok(
+        d,
+        with(
+            &["policy", "set", "echo", "-n", "demo", "--failover", "west"],
+            &east.conn(),
+        ),
+    );
+    let shown: serde_json::Value = serde_json::from_str(&run_ok(
+        d,
+        with(
+            &["-o", "json", "policy", "show", "echo", "-n", "demo"],
+            &east.conn(),
+        ),
+    ))
+    .unwrap();
+    assert_eq!(
+        shown["authorization"][0]["deny"][0]["paths"][0], "/admin",
+        "{shown:#}"
+    );
+    assert_eq!(
+        shown["distribute"].as_array().map(Vec::len),
+        Some(0),
+        "{shown:#}"
+    );
+    let out = run_ok(
+        d,
+        with(
+            &["policy", "set", "echo", "-n", "demo", "--clear-authz"],
+            &east.conn(),
+        ),
+    );
+    assert!(out.contains("authorization (none"), "{out}");
+
     let out = run_ok(d, with(&["unexport", "echo", "-n", "demo"], &west.conn()));
     assert_eq!(out.trim(), "demo/echo: export none");
     eventually(d, &east, "echo withdrawn", |s| {
@@ -420,6 +478,24 @@ fn bad_input_is_refused_with_the_offending_part_named() {
     );
     assert!(
         err.contains("--distribute") && err.contains("us-west/*"),
+        "{err}"
+    );
+    let err = fails(
+        d,
+        &[
+            &[
+                "policy",
+                "set",
+                "x",
+                "--allow-from",
+                "spiffe://strait.local/ns/a/sa/*",
+            ][..],
+            &nobody,
+        ]
+        .concat(),
+    );
+    assert!(
+        err.contains("--allow-from: \"spiffe://strait.local/ns/a/sa/*\""),
         "{err}"
     );
     let err = fails(

@@ -9,13 +9,20 @@
 //! When two clusters disagree on a service's ports or protocols, the
 //! service keeps the first definition (local, then peers by name) and the
 //! other cluster's endpoints are left out: a [`Conflict`] says so.
+//!
+//! Authorization comes from the local policy of a service: this cluster's
+//! sidecars of the service enforce it. A policy that does not fit the
+//! merged service's ports fails closed (every caller denied) with a
+//! conflict naming the field.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use strait_api::snapshot::{Endpoint, Health, LocalPlace, Service, ServicePort, Snapshot};
+use strait_api::snapshot::{
+    AuthorizationPolicy, Endpoint, Health, LocalPlace, Service, ServicePort, Snapshot,
+};
 use strait_api::{ClusterName, Locality, SpiffeId, TrustDomain};
 
 use crate::catalog::{LocalCatalog, ServiceKey};
@@ -82,6 +89,8 @@ pub struct Merged {
     pub endpoints: Vec<Endpoint>,
     /// Clusters whose endpoints are included.
     pub clusters: BTreeSet<ClusterName>,
+    /// What this cluster's sidecars of the service enforce.
+    pub authorization: Vec<AuthorizationPolicy>,
 }
 
 /// The merged view of every service, and the conflicts found.
@@ -140,6 +149,7 @@ pub fn merge(world: &World) -> MergedView {
                 ports: reg.ports.clone(),
                 endpoints,
                 clusters: BTreeSet::from([world.cluster.clone()]),
+                authorization: Vec::new(),
             },
         );
     }
@@ -165,6 +175,7 @@ pub fn merge(world: &World) -> MergedView {
                     ports: svc.ports.clone(),
                     endpoints: Vec::new(),
                     clusters: BTreeSet::new(),
+                    authorization: Vec::new(),
                 }
             });
             if !same_ports(&merged.ports, &svc.ports) {
@@ -202,6 +213,24 @@ pub fn merge(world: &World) -> MergedView {
         }
     }
     for (key, policy) in &world.catalog.policies {
+        if let Some(m) = out
+            .services
+            .get_mut(key)
+            .filter(|_| !policy.authorization.is_empty())
+        {
+            let (authz, problem) = policy.authorization_for(&m.ports);
+            m.authorization = authz;
+            if let Some(e) = problem {
+                out.conflicts.push(Conflict {
+                    service: key.to_string(),
+                    cluster: world.cluster.clone(),
+                    reason: format!(
+                        "{}: {:?} is invalid: {}; the service denies every caller until the policy is fixed",
+                        e.field, e.value, e.reason
+                    ),
+                });
+            }
+        }
         for c in &policy.failover {
             if *c != world.cluster && !world.peers.contains_key(c) {
                 out.conflicts.push(Conflict {
@@ -263,7 +292,7 @@ pub fn snapshot_for(world: &World, view: &MergedView, place: &LocalPlace) -> Sna
                 .map(|p| p.to_traffic(&known))
                 .unwrap_or_default(),
             outlier_detection: Default::default(),
-            authorization: Vec::new(),
+            authorization: m.authorization.clone(),
         })
         .collect();
     Snapshot {

@@ -78,6 +78,18 @@ impl Controller {
         get_json(self.admin, path).await
     }
 
+    /// `GET path`, or `None` when the controller answers 404 (not found).
+    pub async fn get_opt<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<Option<T>> {
+        let (code, bytes) = call(self.admin, "GET", path, None, Vec::new()).await?;
+        if code == http::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !code.is_success() {
+            bail!("controller {}: {path}: {}", self.admin, api_error(&bytes));
+        }
+        decode(path, &bytes).map(Some)
+    }
+
     fn check(&self, code: http::StatusCode, path: &str, body: &[u8]) -> anyhow::Result<()> {
         if code == http::StatusCode::UNAUTHORIZED {
             let from = self

@@ -1,11 +1,16 @@
-//! Traffic policy of one service: ordered failover and `distribute` weights
-//! in one object (Istio refuses that combination; Strait does not).
+//! Policy of one service: ordered failover and `distribute` weights in one
+//! object (Istio refuses that combination; Strait does not), and who may
+//! call it (`authorization`, enforced by this cluster's sidecars of the
+//! service; not synced to peers).
 
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use strait_api::ClusterName;
-use strait_api::snapshot::{Distribute, LocalityPattern, TrafficPolicy};
+use strait_api::snapshot::{
+    AuthorizationPolicy, AuthzRule, Distribute, LocalityPattern, PrincipalPattern, ServicePort,
+    SnapshotError, TrafficPolicy, validate_authorization,
+};
 
 use super::{FieldError, ServiceKey, check_label};
 
@@ -24,6 +29,11 @@ pub struct PolicySpec {
     pub distribute: Vec<Distribute>,
     #[serde(default = "default_factor")]
     pub overprovisioning_factor: f64,
+    /// Who may call the service: deny rules first, then, if any allow rule
+    /// exists for a port, one must match. The sidecars of this cluster's
+    /// endpoints enforce it; other clusters never see it.
+    #[serde(default)]
+    pub authorization: Vec<AuthorizationPolicy>,
 }
 
 fn default_namespace() -> String {
@@ -41,6 +51,7 @@ impl PolicySpec {
             failover: Vec::new(),
             distribute: Vec::new(),
             overprovisioning_factor: default_factor(),
+            authorization: Vec::new(),
         }
     }
 
@@ -88,7 +99,28 @@ impl PolicySpec {
                 return Err(FieldError::new(format!("distribute[{i}].to"), sum, why));
             }
         }
-        Ok(())
+        validate_authorization("authorization", &self.authorization, None).map_err(field_error)
+    }
+
+    /// Checks `authorization` against the service's ports: named ports
+    /// exist, and paths, methods and hosts are only used on HTTP ports.
+    pub fn validate_for_ports(&self, ports: &[ServicePort]) -> Result<(), FieldError> {
+        validate_authorization("authorization", &self.authorization, Some(ports))
+            .map_err(field_error)
+    }
+
+    /// The authorization the sidecars of a service with `ports` enforce.
+    /// A policy that does not fit the service (a port it lacks, HTTP rules
+    /// on a TCP port) fails closed: the service then denies every caller,
+    /// and the error says why.
+    pub fn authorization_for(
+        &self,
+        ports: &[ServicePort],
+    ) -> (Vec<AuthorizationPolicy>, Option<FieldError>) {
+        match self.validate_for_ports(ports) {
+            Ok(()) => (self.authorization.clone(), None),
+            Err(e) => (vec![deny_all("strait-invalid-policy")], Some(e)),
+        }
     }
 
     /// The snapshot form, keeping only failover clusters in `known`.
@@ -98,6 +130,36 @@ impl PolicySpec {
             distribute: self.distribute.clone(),
             overprovisioning_factor: self.overprovisioning_factor,
             ..TrafficPolicy::default()
+        }
+    }
+}
+
+/// A policy that denies every caller on every port.
+pub fn deny_all(name: &str) -> AuthorizationPolicy {
+    AuthorizationPolicy {
+        name: name.to_owned(),
+        ports: Vec::new(),
+        deny: vec![AuthzRule {
+            from: vec![PrincipalPattern::Any],
+            ..AuthzRule::default()
+        }],
+        allow: Vec::new(),
+    }
+}
+
+fn field_error(e: SnapshotError) -> FieldError {
+    match e {
+        SnapshotError::Invalid {
+            field,
+            value,
+            reason,
+        } => FieldError::new(field, value, reason),
+        SnapshotError::Duplicate { field, what, value } => {
+            FieldError::new(field, value, format!("duplicate {what}"))
+        }
+        other => {
+            let field = other.field().unwrap_or("authorization").to_owned();
+            FieldError::new(field, "", other.to_string())
         }
     }
 }
@@ -138,4 +200,71 @@ pub fn parse_distribute(s: &str) -> Result<Vec<Distribute>, FieldError> {
         rules.push(Distribute { from, to: weights });
     }
     Ok(rules)
+}
+
+/// The command-line form of one authorization policy: callers to allow
+/// and to deny, each list narrowed to the same ports, paths and methods.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthzFlags {
+    pub name: String,
+    pub allow_from: Vec<String>,
+    pub deny_from: Vec<String>,
+    pub ports: Vec<u16>,
+    pub paths: Vec<String>,
+    pub methods: Vec<String>,
+}
+
+impl AuthzFlags {
+    /// True when no rule is asked for.
+    pub fn is_empty(&self) -> bool {
+        self.allow_from.is_empty() && self.deny_from.is_empty()
+    }
+
+    /// One policy with a deny rule (`deny_from`) and an allow rule
+    /// (`allow_from`), each with the paths and methods (upper-cased).
+    pub fn to_policy(&self) -> Result<AuthorizationPolicy, FieldError> {
+        let rule = |kind: &str, from: &[String]| -> Result<Vec<AuthzRule>, FieldError> {
+            if from.is_empty() {
+                return Ok(Vec::new());
+            }
+            let from = from
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.parse::<PrincipalPattern>().map_err(|e| {
+                        FieldError::new(format!("{kind}[0].from[{i}]"), s, e.to_string())
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(vec![AuthzRule {
+                from,
+                paths: self.paths.clone(),
+                methods: self.methods.iter().map(|m| m.to_uppercase()).collect(),
+                hosts: Vec::new(),
+            }])
+        };
+        let policy = AuthorizationPolicy {
+            name: self.name.clone(),
+            ports: self.ports.clone(),
+            deny: rule("deny", &self.deny_from)?,
+            allow: rule("allow", &self.allow_from)?,
+        };
+        let f = format!("authorization[{}]", self.name);
+        validate_authorization(&f, std::slice::from_ref(&policy), None).map_err(field_error)?;
+        Ok(policy)
+    }
+}
+
+impl PolicySpec {
+    /// Adds `policy`, replacing the one of the same name.
+    pub fn upsert_authorization(&mut self, policy: AuthorizationPolicy) {
+        match self
+            .authorization
+            .iter_mut()
+            .find(|p| p.name == policy.name)
+        {
+            Some(p) => *p = policy,
+            None => self.authorization.push(policy),
+        }
+    }
 }

@@ -161,8 +161,9 @@ impl DirectoryStore {
         self.set_export(key, Export::None)
     }
 
-    /// Adds or replaces the traffic policy of a service (which need not be
-    /// registered here: it may be served by peers only).
+    /// Adds or replaces the policy of a service (which need not be
+    /// registered here: it may be served by peers only). When it is
+    /// registered, its authorization is checked against its ports.
     pub fn set_policy(&self, policy: PolicySpec) -> Result<(), CatalogError> {
         let key = policy.key();
         let mut g = self.lock();
@@ -172,6 +173,13 @@ impl DirectoryStore {
             .map(|(p, _)| p.clone())
             .unwrap_or_else(|| self.dir.join(POLICIES).join(key.file_name()));
         policy.validate().map_err(|e| e.in_file(path.clone()))?;
+        if let Some((_, reg)) = g.services.get(&key) {
+            // A registered service's ports are known: check against them
+            // now rather than fail closed at the next snapshot.
+            policy
+                .validate_for_ports(&reg.ports)
+                .map_err(|e| e.in_file(path.clone()))?;
+        }
         write_yaml(&path, &policy)?;
         tracing::info!(service = %key, "set traffic policy");
         g.policies.insert(key, (path, policy));

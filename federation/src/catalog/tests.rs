@@ -273,4 +273,45 @@ fn the_example_state_directory_parses() {
     let policy = &cat.policies[&ServiceKey::new("default", "reviews")];
     assert_eq!(policy.failover.len(), 2);
     assert_eq!(policy.distribute[0].to.len(), 2);
+    assert_eq!(policy.authorization[0].name, "callers");
+    assert_eq!(policy.authorization[0].allow.len(), 2);
+    policy.validate_for_ports(&reviews.ports).unwrap();
+}
+
+#[test]
+fn authorization_is_validated_naming_the_field_and_against_a_registered_service() {
+    let key = ServiceKey::new("default", "web");
+    let yaml = "name: web\nauthorization:\n  - name: a\n    ports: [8080]\n    \
+                deny: [{ from: [\"*\"], paths: [\"/x/../admin\"] }]\n";
+    let mut p: PolicySpec = serde_yaml_ng::from_str(yaml).unwrap();
+    let e = p.validate().unwrap_err();
+    assert_eq!(e.field, "authorization[0].deny[0].paths[0]");
+    assert_eq!(e.value, "/x/../admin");
+    p.authorization[0].deny[0].paths = vec!["/admin".into()];
+    p.validate().unwrap();
+    p.authorization.push(p.authorization[0].clone());
+    let e = p.validate().unwrap_err();
+    assert_eq!(
+        (e.field.as_str(), e.reason.as_str()),
+        ("authorization[1].name", "duplicate policy")
+    );
+    p.authorization.pop();
+    let bad_from =
+        "name: web\nauthorization: [{ name: a, allow: [{ from: [\"spiffe://x/ns/a/sa/*\"] }] }]\n";
+    assert!(serde_yaml_ng::from_str::<PolicySpec>(bad_from).is_err());
+
+    // Unregistered: port 8080 cannot be judged yet, so it is stored.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store.set_policy(p.clone()).unwrap();
+    // Registered on port 80: the port is refused, naming file and field.
+    store.register(reg("web")).unwrap();
+    let err = store.set_policy(p.clone()).unwrap_err().to_string();
+    assert!(
+        err.contains("policies/default.web.yaml") && err.contains("authorization[0].ports[0]"),
+        "{err}"
+    );
+    p.authorization[0].ports = vec![80];
+    store.set_policy(p).unwrap();
+    assert_eq!(store.catalog().policies[&key].authorization[0].ports, [80]);
 }

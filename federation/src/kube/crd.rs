@@ -59,8 +59,8 @@ pub struct HealthCheckSpec {
     pub unhealthy_threshold: Option<u32>,
 }
 
-/// Ordered failover and `distribute` weights of one Service, in one object
-/// (the CRD form of [`crate::catalog::PolicySpec`]).
+/// Ordered failover, `distribute` weights and authorization of one
+/// Service, in one object (the CRD form of [`crate::catalog::PolicySpec`]).
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "strait.io",
@@ -80,6 +80,44 @@ pub struct TrafficPolicySpec {
     /// Istio-like overprovisioning factor (1.0 to 10.0; default 1.4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overprovisioning_factor: Option<f64>,
+    /// Who may call the Service, enforced by this cluster's sidecars of it:
+    /// deny rules first, then, if a port has allow rules, one must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization: Vec<AuthorizationSpec>,
+}
+
+/// One authorization policy (the CRD form of
+/// [`strait_api::snapshot::AuthorizationPolicy`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationSpec {
+    pub name: String,
+    /// Ports it applies to; empty means every port of the Service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<AuthzRuleSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AuthzRuleSpec>,
+}
+
+/// A rule matches when every non-empty condition matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthzRuleSpec {
+    /// Caller identities: an exact SPIFFE ID, `spiffe://td/ns/<ns>/*`,
+    /// `spiffe://td/*` or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
+    /// Normalized path prefixes (HTTP ports only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Upper-case HTTP methods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Host names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 /// `from: us-east/*` -> `to: {"us-east/*": 80, "us-west/*": 20}`.
@@ -176,10 +214,21 @@ spec:
     - from: "us-east/*"
       to: { "us-east/*": 80, "us-west/*": 20 }
   overprovisioningFactor: 1.2
+  authorization:
+    - name: no-guests
+      ports: [9080]
+      deny: [{ from: ["spiffe://strait.local/ns/guest/*"], paths: [/admin] }]
 "#;
         let tp: TrafficPolicy = serde_yaml_ng::from_str(yaml).unwrap();
         assert_eq!(tp.spec.failover, ["west", "central"]);
         assert_eq!(tp.spec.distribute[0].to["us-west/*"], 20);
         assert_eq!(tp.spec.overprovisioning_factor, Some(1.2));
+        let a = &tp.spec.authorization[0];
+        assert_eq!(
+            (a.name.as_str(), a.ports.as_slice()),
+            ("no-guests", &[9080][..])
+        );
+        assert_eq!(a.deny[0].paths, ["/admin"]);
+        assert!(a.allow.is_empty());
     }
 }

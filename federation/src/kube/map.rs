@@ -31,11 +31,17 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
-use strait_api::snapshot::{Distribute, LocalityPattern, Protocol, ServicePort};
+use strait_api::snapshot::{
+    AuthorizationPolicy, AuthzRule, Distribute, LocalityPattern, PrincipalPattern, Protocol,
+    ServicePort,
+};
 use strait_api::{ClusterName, Locality, SpiffeId};
 
 use super::KubeSourceConfig;
-use super::crd::{GlobalService, HealthCheckSpec, ServiceExport, TrafficPolicy};
+use super::crd::{
+    AuthorizationSpec, AuthzRuleSpec, GlobalService, HealthCheckSpec, ServiceExport, TrafficPolicy,
+};
+use crate::catalog::policy::deny_all;
 use crate::catalog::{
     CheckKind, EndpointSpec, Export, HealthCheck, LocalCatalog, PolicySpec, Registration,
     ServiceKey,
@@ -187,6 +193,16 @@ pub fn build(objects: &Objects, cfg: &KubeSourceConfig) -> Built {
         match policy_of(&key, tp) {
             Ok(p) => {
                 out.catalog.policies.insert(key, p);
+            }
+            Err(reason) if !tp.spec.authorization.is_empty() => {
+                // Dropping the policy would drop its deny rules: fail closed.
+                let mut p = PolicySpec::new(&key);
+                p.authorization = vec![deny_all("strait-invalid-policy")];
+                out.catalog.policies.insert(key.clone(), p);
+                out.problems.push(Problem {
+                    object: format!("TrafficPolicy {key}"),
+                    reason: format!("{reason}; the service denies every caller until it is fixed"),
+                });
             }
             Err(reason) => out.problems.push(Problem {
                 object: format!("TrafficPolicy {key}"),
@@ -474,7 +490,43 @@ fn policy_of(key: &ServiceKey, tp: &TrafficPolicy) -> Result<PolicySpec, String>
     if let Some(f) = tp.spec.overprovisioning_factor {
         p.overprovisioning_factor = f;
     }
+    for (i, a) in tp.spec.authorization.iter().enumerate() {
+        p.authorization
+            .push(authorization_of(&format!("authorization[{i}]"), a)?);
+    }
     p.validate()
         .map_err(|e| format!("{}: {:?} is invalid: {}", e.field, e.value, e.reason))?;
     Ok(p)
+}
+
+fn authorization_of(f: &str, a: &AuthorizationSpec) -> Result<AuthorizationPolicy, String> {
+    let rules = |kind: &str, rules: &[AuthzRuleSpec]| -> Result<Vec<AuthzRule>, String> {
+        rules
+            .iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let from = r
+                    .from
+                    .iter()
+                    .enumerate()
+                    .map(|(m, s)| {
+                        s.parse::<PrincipalPattern>()
+                            .map_err(|e| format!("{f}.{kind}[{k}].from[{m}]: {s:?}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(AuthzRule {
+                    from,
+                    paths: r.paths.clone(),
+                    methods: r.methods.clone(),
+                    hosts: r.hosts.clone(),
+                })
+            })
+            .collect()
+    };
+    Ok(AuthorizationPolicy {
+        name: a.name.clone(),
+        ports: a.ports.clone(),
+        deny: rules("deny", &a.deny)?,
+        allow: rules("allow", &a.allow)?,
+    })
 }

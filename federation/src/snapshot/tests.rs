@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use strait_api::snapshot::{Health, LocalPlace, Protocol, ServicePort};
+use strait_api::snapshot::{AuthorizationPolicy, Health, LocalPlace, Protocol, ServicePort};
 use strait_api::{ClusterName, Locality, SpiffeId, TrustDomain};
 
 use super::*;
@@ -195,4 +195,83 @@ fn policies_keep_known_failover_clusters_and_report_the_others() {
     );
     assert_eq!(conflicts.len(), 1);
     assert!(conflicts[0].reason.contains("not linked"));
+}
+
+fn with_policy(w: &mut World, edit: impl FnOnce(&mut PolicySpec)) {
+    let key = ServiceKey::new("default", "reviews");
+    let mut p = PolicySpec::new(&key);
+    edit(&mut p);
+    p.validate().unwrap();
+    let mut cat = (*w.catalog).clone();
+    cat.policies.insert(key, p);
+    w.catalog = Arc::new(cat);
+}
+
+fn guest_admin_deny() -> AuthorizationPolicy {
+    serde_yaml_ng::from_str(
+        "name: no-guests\nports: [80]\n\
+         deny: [{ from: [\"spiffe://strait.local/ns/guest/*\"], paths: [/admin] }]\n",
+    )
+    .unwrap()
+}
+
+#[test]
+fn authorization_of_the_local_policy_is_carried_into_every_snapshot() {
+    let mut w = world();
+    let mut west = (*w.peers[&c("west")]).clone();
+    west.services.insert(
+        ServiceKey::new("default", "ratings"),
+        imported("10.1.0.9:15006", http(80)),
+    );
+    w.peers.insert(c("west"), Arc::new(west));
+    with_policy(&mut w, |p| p.authorization = vec![guest_admin_deny()]);
+    let (snap, conflicts) = build(&w, &place());
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    snap.validate().unwrap();
+    let svc = snap.service("default", "reviews").unwrap();
+    assert_eq!(svc.authorization, vec![guest_admin_deny()]);
+    // The sidecar's decision over this snapshot: guests are denied /admin.
+    let guest = SpiffeId::parse("spiffe://strait.local/ns/guest/sa/x").unwrap();
+    let req = |source, path| strait_proxy::authz::Request {
+        port: 80,
+        source: Some(source),
+        http: Some(strait_proxy::authz::HttpRequest {
+            method: "GET",
+            path,
+            host: None,
+        }),
+    };
+    let esc = strait_proxy::authz::EscapedSlashes::Reject;
+    let denied = strait_proxy::authz::evaluate(&svc.authorization, &req(&guest, "/admin"), esc);
+    assert!(!denied.allowed, "{denied:?}");
+    let allowed = strait_proxy::authz::evaluate(&svc.authorization, &req(&guest, "/"), esc);
+    assert!(allowed.allowed, "{allowed:?}");
+    // A service without a policy has none.
+    let other = snap.service("default", "ratings").unwrap();
+    assert!(other.authorization.is_empty());
+}
+
+#[test]
+fn an_authorization_that_does_not_fit_the_service_fails_closed_and_is_reported() {
+    let mut w = world();
+    with_policy(&mut w, |p| {
+        let mut a = guest_admin_deny();
+        a.ports = vec![8080];
+        p.authorization = vec![a];
+    });
+    let (snap, conflicts) = build(&w, &place());
+    snap.validate().unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].cluster, c("east"));
+    assert!(
+        conflicts[0].reason.contains("authorization[0].ports[0]")
+            && conflicts[0].reason.contains("denies every caller"),
+        "{}",
+        conflicts[0].reason
+    );
+    let svc = snap.service("default", "reviews").unwrap();
+    assert_eq!(
+        svc.authorization,
+        vec![crate::catalog::policy::deny_all("strait-invalid-policy")]
+    );
 }

@@ -1,5 +1,6 @@
 //! Integration tests of the federation controller over loopback sockets.
 
+mod authz;
 mod cluster;
 mod controller;
 mod fixture;

@@ -240,3 +240,46 @@ fn zone_without_any_region_is_reported_and_falls_back_to_the_default() {
     assert_eq!(reg.endpoints[0].locality, None);
     assert_eq!(built.problems.len(), 1);
 }
+
+#[test]
+fn traffic_policy_authorization_maps_and_a_bad_one_fails_closed() {
+    let objects = Objects {
+        policies: vec![
+            named(
+                "reviews",
+                json!({"authorization": [{"name": "no-guests", "ports": [9080],
+                    "deny": [{"from": ["spiffe://strait.local/ns/guest/*"], "paths": ["/admin"]}],
+                    "allow": [{"from": ["*"], "methods": ["GET"]}]}]}),
+            ),
+            named(
+                "bad",
+                json!({"failover": ["west"], "authorization": [{"name": "a",
+                    "deny": [{"from": ["spiffe://strait.local/ns/x/sa/*"]}]}]}),
+            ),
+        ],
+        ..Objects::default()
+    };
+    let built = build(&objects, &cfg());
+    let a = &built.catalog.policies[&key("reviews")].authorization[0];
+    assert_eq!(a.name, "no-guests");
+    assert_eq!(a.ports, [9080]);
+    assert_eq!(
+        a.deny[0].from[0].to_string(),
+        "spiffe://strait.local/ns/guest/*"
+    );
+    assert_eq!(a.allow[0].methods, ["GET"]);
+    // The bad one is reported and denies every caller instead of none.
+    let bad = &built.catalog.policies[&key("bad")];
+    assert_eq!(
+        bad.authorization,
+        [crate::catalog::policy::deny_all("strait-invalid-policy")]
+    );
+    assert!(bad.failover.is_empty());
+    assert_eq!(built.problems.len(), 1, "{:?}", built.problems);
+    let reason = &built.problems[0].reason;
+    assert!(
+        reason.contains("authorization[0].deny[0].from[0]")
+            && reason.contains("denies every caller"),
+        "{reason}"
+    );
+}

@@ -1,0 +1,438 @@
+//! `strait policy set|show`: a service's failover order, locality weights
+//! and authorization, in one policy object on the controller.
+//!
+//! `set` reads the current policy (`GET /v1/policy`), changes what its
+//! flags name and writes the whole object back (`POST /v1/policy`): the
+//! traffic part (`--failover`, `--distribute`, `--overprovisioning-factor`)
+//! is replaced when any of its flags is given, authorization only by the
+//! authorization flags. Two operators setting the same policy at once race
+//! (the last write wins).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use strait_api::snapshot::{AuthorizationPolicy, AuthzRule};
+use strait_federation::catalog::policy::{AuthzFlags, parse_distribute};
+use strait_federation::catalog::{FieldError, PolicySpec, ServiceKey};
+
+use super::{ConnArgs, ServiceArg, block_on, clusters};
+use crate::output::{Format, emit};
+
+#[derive(Debug, Subcommand)]
+#[allow(
+    clippy::doc_overindented_list_items,
+    reason = "the help text shows a YAML list verbatim"
+)]
+pub enum PolicyCommand {
+    /// Set a service's policy: ordered failover and locality weights
+    /// together, and who may call it.
+    ///
+    ///   strait policy set reviews -n default --failover east,west,central \
+    ///       --distribute 'us-east/*=80,us-west/*=20' --cluster east
+    ///   strait policy set reviews --distribute 'us-east/*->us-east/*=80,us-west/*=20;us-west/*->us-west/*=100'
+    ///
+    ///   # callers from namespaces shop and guest only (policy `cli`) ...
+    ///   strait policy set reviews -n shop --cluster east \
+    ///       --allow-from 'spiffe://strait.local/ns/shop/*,spiffe://strait.local/ns/guest/*'
+    ///   # ... and a second policy: guest may not use /admin
+    ///   strait policy set reviews -n shop --authz-name no-guest-admin \
+    ///       --deny-from 'spiffe://strait.local/ns/guest/*' --paths /admin --cluster east
+    ///   strait policy set reviews -n shop --authz-file reviews-authz.yaml --cluster east
+    ///   strait policy set reviews -n shop --clear-authz --cluster east
+    ///
+    /// --distribute: rules separated by ';', each [FROM->]TO=WEIGHT,... where
+    /// FROM and TO are region/zone patterns ('*' matches any) and weights sum to 100.
+    ///
+    /// Flags change only their part: --failover, --distribute and
+    /// --overprovisioning-factor together replace the traffic part (unset
+    /// ones go back to defaults); the authorization flags change only the
+    /// authorization, which the other flags keep.
+    ///
+    /// Authorization is enforced by the sidecars of this cluster's endpoints
+    /// of the service (deny rules first; then, if any allow rule exists for
+    /// a port, one must match). --allow-from/--deny-from build one policy
+    /// named --authz-name (default `cli`) with an allow and a deny rule, each
+    /// narrowed by --ports, --paths and --methods; it replaces the policy of
+    /// that name and keeps the others. Patterns: an exact SPIFFE ID,
+    /// spiffe://TD/ns/NS/*, spiffe://TD/* or '*' (any mesh identity).
+    /// --authz-file replaces every policy with a YAML list:
+    ///
+    ///   - name: callers
+    ///     ports: [9080]                 # default: every port
+    ///     deny:  [{ from: ["spiffe://strait.local/ns/guest/*"], paths: [/admin] }]
+    ///     allow: [{ from: ["spiffe://strait.local/ns/shop/*"] },
+    ///             { from: ["*"], methods: [GET] }]
+    #[command(verbatim_doc_comment)]
+    Set {
+        #[command(flatten)]
+        svc: ServiceArg,
+        /// Clusters to fail over to, in order (comma-separated).
+        #[arg(long)]
+        failover: Option<String>,
+        /// Locality weights.
+        #[arg(long)]
+        distribute: Option<String>,
+        /// Overprovisioning factor of locality tiers (1.0..=10.0).
+        #[arg(long)]
+        overprovisioning_factor: Option<f64>,
+        #[command(flatten)]
+        authz: Box<AuthzArgs>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Show a service's policy (failover, weights, authorization).
+    ///
+    ///   strait policy show reviews -n default --cluster east -o yaml
+    #[command(verbatim_doc_comment)]
+    Show {
+        #[command(flatten)]
+        svc: ServiceArg,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+/// The authorization flags of `policy set`.
+#[derive(Debug, clap::Args)]
+pub struct AuthzArgs {
+    /// Callers to allow (SPIFFE ID patterns; repeat or comma-separate).
+    #[arg(long, value_delimiter = ',', value_name = "PATTERN")]
+    allow_from: Vec<String>,
+    /// Callers to deny (checked before any allow rule).
+    #[arg(long, value_delimiter = ',', value_name = "PATTERN")]
+    deny_from: Vec<String>,
+    /// Ports the flag-built policy applies to (default: every port).
+    #[arg(long, value_delimiter = ',', value_name = "PORT")]
+    ports: Vec<u16>,
+    /// Path prefixes the flag-built rules match (HTTP ports only).
+    #[arg(long, value_delimiter = ',', value_name = "PATH")]
+    paths: Vec<String>,
+    /// HTTP methods the flag-built rules match.
+    #[arg(long, value_delimiter = ',', value_name = "METHOD")]
+    methods: Vec<String>,
+    /// Name of the flag-built policy; replaces the policy of this name.
+    #[arg(long, default_value = "cli", value_name = "NAME")]
+    authz_name: String,
+    /// Replace every authorization policy with the YAML list in FILE.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["allow_from", "deny_from", "clear_authz"])]
+    authz_file: Option<PathBuf>,
+    /// Remove every authorization policy.
+    #[arg(long, conflicts_with_all = ["allow_from", "deny_from"])]
+    clear_authz: bool,
+}
+
+/// What `policy set` does to the authorization list.
+#[derive(Debug, Clone, PartialEq)]
+enum AuthzChange {
+    Keep,
+    Upsert(AuthorizationPolicy),
+    Replace(Vec<AuthorizationPolicy>),
+}
+
+impl AuthzArgs {
+    fn change(&self) -> anyhow::Result<AuthzChange> {
+        let flags = AuthzFlags {
+            name: self.authz_name.clone(),
+            allow_from: self.allow_from.clone(),
+            deny_from: self.deny_from.clone(),
+            ports: self.ports.clone(),
+            paths: self.paths.clone(),
+            methods: self.methods.clone(),
+        };
+        if let Some(file) = &self.authz_file {
+            return Ok(AuthzChange::Replace(read_authz_file(file)?));
+        }
+        if self.clear_authz {
+            return Ok(AuthzChange::Replace(Vec::new()));
+        }
+        if flags.is_empty() {
+            if !(flags.ports.is_empty() && flags.paths.is_empty() && flags.methods.is_empty()) {
+                bail!(
+                    "--ports, --paths and --methods narrow the rules of --allow-from or --deny-from; give at least one of those"
+                );
+            }
+            return Ok(AuthzChange::Keep);
+        }
+        let policy = flags.to_policy().map_err(|e| flag_error(&e))?;
+        Ok(AuthzChange::Upsert(policy))
+    }
+}
+
+/// Names the flag behind a field of the flag-built policy.
+fn flag_error(e: &FieldError) -> anyhow::Error {
+    let flag = if e.field.contains(".from") && e.field.contains("deny") {
+        "--deny-from"
+    } else if e.field.contains(".from") {
+        "--allow-from"
+    } else if e.field.contains(".paths") {
+        "--paths"
+    } else if e.field.contains(".methods") {
+        "--methods"
+    } else if e.field.contains(".ports") {
+        "--ports"
+    } else {
+        "authorization"
+    };
+    anyhow::anyhow!("{flag}: {:?} is invalid: {}", e.value, e.reason)
+}
+
+fn read_authz_file(file: &Path) -> anyhow::Result<Vec<AuthorizationPolicy>> {
+    let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
+    serde_yaml_ng::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a list of authorization policies (name, ports, deny, allow)",
+            file.display()
+        )
+    })
+}
+
+fn rule_text(kind: &str, r: &AuthzRule) -> String {
+    let list = |v: Vec<String>| v.join(",");
+    let mut out = format!("    {kind:<5} from {}", {
+        let from: Vec<String> = r.from.iter().map(ToString::to_string).collect();
+        if from.is_empty() {
+            "*".to_owned()
+        } else {
+            list(from)
+        }
+    });
+    for (name, v) in [
+        ("paths", &r.paths),
+        ("methods", &r.methods),
+        ("hosts", &r.hosts),
+    ] {
+        if !v.is_empty() {
+            out.push_str(&format!(" {name} {}", list(v.clone())));
+        }
+    }
+    out.push('\n');
+    out
+}
+
+fn policy_text(p: &PolicySpec) -> String {
+    let mut out = format!("policy {}/{}\n", p.namespace, p.name);
+    let failover: Vec<String> = p.failover.iter().map(ToString::to_string).collect();
+    out.push_str(&format!(
+        "  failover    {}\n",
+        if failover.is_empty() {
+            "(none: any healthy cluster)".to_owned()
+        } else {
+            failover.join(" -> ")
+        }
+    ));
+    for d in &p.distribute {
+        let to: Vec<String> = d.to.iter().map(|(k, w)| format!("{k}={w}")).collect();
+        out.push_str(&format!("  distribute  {}->{}\n", d.from, to.join(",")));
+    }
+    out.push_str(&format!(
+        "  overprovisioning factor {}\n",
+        p.overprovisioning_factor
+    ));
+    if p.authorization.is_empty() {
+        out.push_str("  authorization (none: every mesh identity may call)\n");
+    }
+    for a in &p.authorization {
+        let ports: Vec<String> = a.ports.iter().map(ToString::to_string).collect();
+        out.push_str(&format!(
+            "  authorization {} (ports {})\n",
+            a.name,
+            if ports.is_empty() {
+                "all".to_owned()
+            } else {
+                ports.join(",")
+            }
+        ));
+        for r in &a.deny {
+            out.push_str(&rule_text("deny", r));
+        }
+        for r in &a.allow {
+            out.push_str(&rule_text("allow", r));
+        }
+    }
+    out
+}
+
+pub fn policy(cmd: PolicyCommand, format: Format) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Set {
+            svc,
+            failover,
+            distribute,
+            overprovisioning_factor,
+            authz,
+            conn,
+        } => {
+            let key = ServiceKey::new(&svc.namespace, &svc.service);
+            // Every flag is checked before the controller is asked.
+            let mut traffic = PolicySpec::new(&key);
+            if let Some(list) = &failover {
+                traffic.failover = clusters("--failover", list)?;
+            }
+            if let Some(d) = &distribute {
+                traffic.distribute = parse_distribute(d).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--distribute: {}: {:?}: {} (syntax: [FROM->]REGION/ZONE=WEIGHT,... with ';' between rules, e.g. 'us-east/*=80,us-west/*=20')",
+                        e.field,
+                        e.value,
+                        e.reason
+                    )
+                })?;
+            }
+            if let Some(f) = overprovisioning_factor {
+                traffic.overprovisioning_factor = f;
+            }
+            let sets_traffic =
+                failover.is_some() || distribute.is_some() || overprovisioning_factor.is_some();
+            let change = authz.change()?;
+            let ctl = conn.resolve()?;
+            let current: Option<PolicySpec> = block_on(ctl.get_opt(&show_path(&key)))?;
+            let p = apply(
+                key.clone(),
+                current,
+                sets_traffic.then_some(traffic),
+                change,
+            );
+            p.validate().map_err(|e| {
+                anyhow::anyhow!("policy {key}: {}: {:?}: {}", e.field, e.value, e.reason)
+            })?;
+            let saved: PolicySpec = block_on(ctl.post("/v1/policy", &p))?;
+            emit(format, &saved, policy_text)
+        }
+        PolicyCommand::Show { svc, conn } => {
+            let ctl = conn.resolve()?;
+            let key = ServiceKey::new(&svc.namespace, &svc.service);
+            let p: PolicySpec = block_on(ctl.get(&show_path(&key)))?;
+            emit(format, &p, policy_text)
+        }
+    }
+}
+
+fn show_path(key: &ServiceKey) -> String {
+    format!("/v1/policy?namespace={}&name={}", key.namespace, key.name)
+}
+
+/// The policy to write: `current` (or a new one) with the traffic part
+/// replaced when `traffic` is given and the authorization changed.
+fn apply(
+    key: ServiceKey,
+    current: Option<PolicySpec>,
+    traffic: Option<PolicySpec>,
+    change: AuthzChange,
+) -> PolicySpec {
+    let mut p = current.unwrap_or_else(|| PolicySpec::new(&key));
+    if let Some(t) = traffic {
+        p.failover = t.failover;
+        p.distribute = t.distribute;
+        p.overprovisioning_factor = t.overprovisioning_factor;
+    }
+    match change {
+        AuthzChange::Keep => {}
+        AuthzChange::Upsert(a) => p.upsert_authorization(a),
+        AuthzChange::Replace(list) => p.authorization = list,
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deny(name: &str) -> AuthorizationPolicy {
+        AuthzFlags {
+            name: name.into(),
+            deny_from: vec!["spiffe://strait.local/ns/guest/*".into()],
+            ..AuthzFlags::default()
+        }
+        .to_policy()
+        .unwrap()
+    }
+
+    #[test]
+    fn traffic_flags_keep_authorization_and_authz_flags_keep_traffic() {
+        let key = ServiceKey::new("shop", "reviews");
+        let mut current = PolicySpec::new(&key);
+        current.failover = clusters("--failover", "west").unwrap();
+        current.authorization = vec![deny("a")];
+        let mut traffic = PolicySpec::new(&key);
+        traffic.failover = clusters("--failover", "central").unwrap();
+
+        let p = apply(
+            key.clone(),
+            Some(current.clone()),
+            Some(traffic),
+            AuthzChange::Keep,
+        );
+        assert_eq!(p.failover[0].as_str(), "central");
+        assert_eq!(p.authorization, vec![deny("a")]);
+
+        let p = apply(
+            key.clone(),
+            Some(current.clone()),
+            None,
+            AuthzChange::Upsert(deny("b")),
+        );
+        assert_eq!(p.failover[0].as_str(), "west");
+        assert_eq!(p.authorization, vec![deny("a"), deny("b")]);
+        let mut a2 = deny("a");
+        a2.ports = vec![80];
+        let p = apply(key.clone(), Some(p), None, AuthzChange::Upsert(a2.clone()));
+        assert_eq!(p.authorization, vec![a2, deny("b")], "same name replaced");
+
+        let p = apply(key, Some(current), None, AuthzChange::Replace(Vec::new()));
+        assert!(p.authorization.is_empty());
+    }
+
+    #[test]
+    fn the_authz_file_example_of_the_help_parses_and_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("authz.yaml");
+        std::fs::write(
+            &file,
+            r#"
+  - name: callers
+    ports: [9080]                 # default: every port
+    deny:  [{ from: ["spiffe://strait.local/ns/guest/*"], paths: [/admin] }]
+    allow: [{ from: ["spiffe://strait.local/ns/shop/*"] },
+            { from: ["*"], methods: [GET] }]
+"#,
+        )
+        .unwrap();
+        let list = read_authz_file(&file).unwrap();
+        let mut p = PolicySpec::new(&ServiceKey::new("shop", "reviews"));
+        p.authorization = list;
+        p.validate().unwrap();
+        assert_eq!(p.authorization[0].allow.len(), 2);
+    }
+
+    #[test]
+    fn flag_errors_name_the_flag_and_value() {
+        let args = |allow: &[&str], deny: &[&str], paths: &[&str]| AuthzArgs {
+            allow_from: allow.iter().map(|s| (*s).to_owned()).collect(),
+            deny_from: deny.iter().map(|s| (*s).to_owned()).collect(),
+            ports: Vec::new(),
+            paths: paths.iter().map(|s| (*s).to_owned()).collect(),
+            methods: vec!["get".into()],
+            authz_name: "cli".into(),
+            authz_file: None,
+            clear_authz: false,
+        };
+        let e = args(&[], &["spiffe://x/ns/a/sa/*"], &[])
+            .change()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--deny-from: \"spiffe://x/ns/a/sa/*\""),
+            "{e}"
+        );
+        let e = args(&["*"], &[], &["admin"]).change().unwrap_err();
+        assert!(e.to_string().starts_with("--paths: \"admin\""), "{e}");
+        let e = args(&[], &[], &["/admin"]).change().unwrap_err();
+        assert!(e.to_string().contains("give at least one"), "{e}");
+        let AuthzChange::Upsert(p) = args(&["*"], &[], &["/api"]).change().unwrap() else {
+            panic!("flags build one policy");
+        };
+        assert_eq!(p.allow[0].methods, ["GET"], "methods are upper-cased");
+        assert!(p.deny.is_empty());
+    }
+}
