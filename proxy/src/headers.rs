@@ -62,6 +62,47 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to: `Upgrade: <proto>`
+/// together with the `upgrade` token in `Connection` (RFC 9110 7.8).
+/// `None` for anything else, including HTTP/1.0 (whose `Upgrade` a server
+/// must ignore) and HTTP/2 (where both headers make a request malformed;
+/// the HTTP/2 layer resets such streams before they get here).
+pub fn upgrade_of(version: http::Version, headers: &HeaderMap) -> Option<HeaderValue> {
+    if version != http::Version::HTTP_11 {
+        return None;
+    }
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let proto = headers.get(header::UPGRADE)?;
+    (asked && !proto.is_empty()).then(|| proto.clone())
+}
+
+/// Puts `Connection: upgrade` and `Upgrade: <proto>` back (after
+/// [`strip_hop_by_hop`]) on a message that carries an upgrade.
+pub fn set_upgrade(headers: &mut HeaderMap, proto: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, proto);
+}
+
+/// A bounded metric label for an upgrade protocol (the header value is
+/// client-supplied, so it is not used as a label itself).
+pub fn upgrade_label(proto: &HeaderValue) -> &'static str {
+    let first = proto
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(',').next())
+        .map(|p| p.split('/').next().unwrap_or(p).trim().to_ascii_lowercase());
+    match first.as_deref() {
+        Some("websocket") => "websocket",
+        Some("h2c") => "h2c",
+        _ => "other",
+    }
+}
+
 /// Removes every header that only Strait may set.
 pub fn strip_spoofable(headers: &mut HeaderMap) {
     for h in SPOOFABLE {
@@ -149,6 +190,62 @@ mod tests {
         h.insert("accept", HeaderValue::from_static("*/*"));
         strip_spoofable(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn recognizes_upgrade_requests_only_with_both_headers_on_http11() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let v11 = http::Version::HTTP_11;
+        let ws = h(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(
+            upgrade_of(v11, &ws),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        // Connection split over two header lines.
+        let split = h(&[
+            ("connection", "keep-alive"),
+            ("connection", "upgrade"),
+            ("upgrade", "x"),
+        ]);
+        assert!(upgrade_of(v11, &split).is_some());
+        assert_eq!(upgrade_of(v11, &h(&[("upgrade", "websocket")])), None);
+        assert_eq!(upgrade_of(v11, &h(&[("connection", "upgrade")])), None);
+        assert_eq!(
+            upgrade_of(v11, &h(&[("connection", "upgrades"), ("upgrade", "x")])),
+            None
+        );
+        assert_eq!(upgrade_of(http::Version::HTTP_10, &ws), None);
+        assert_eq!(upgrade_of(http::Version::HTTP_2, &ws), None);
+        let mut stripped = ws.clone();
+        strip_hop_by_hop(&mut stripped);
+        assert!(stripped.is_empty());
+        set_upgrade(&mut stripped, HeaderValue::from_static("websocket"));
+        assert_eq!(
+            upgrade_of(v11, &stripped),
+            Some(HeaderValue::from_static("websocket"))
+        );
+    }
+
+    #[test]
+    fn upgrade_labels_are_bounded() {
+        for (v, want) in [
+            ("websocket", "websocket"),
+            ("WebSocket", "websocket"),
+            ("h2c", "h2c"),
+            ("strait-echo/1, websocket", "other"),
+            ("anything-a-client-sends", "other"),
+        ] {
+            assert_eq!(upgrade_label(&HeaderValue::from_static(v)), want, "{v}");
+        }
     }
 
     #[test]

@@ -3,13 +3,17 @@
 //! service's authorization policy and go to the app over plain HTTP/1.1,
 //! h2c, or (for `CONNECT` streams) raw TCP. The app sees the peer's SPIFFE ID
 //! in `x-forwarded-client-cert`, never a client-supplied one.
+//!
+//! Peers speak HTTP/2 (ALPN `h2`, pooled); a connection that negotiated
+//! ALPN `http/1.1` carries one HTTP/1.1 upgrade request
+//! ([`crate::upgrade`]) and nothing else.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,7 +27,7 @@ use crate::headers::{self, error};
 use crate::metrics::{Direction, DurationLabels, ReasonLabels, RequestLabels, TcpLabels};
 use crate::sniff::{self, Detected};
 use crate::state::Shared;
-use crate::transport::{ALPN_H2, Body, boxed};
+use crate::transport::{ALPN_H2, ALPN_HTTP1, Body, boxed};
 
 /// Accepts mesh connections until the task is dropped.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
@@ -31,7 +35,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         &shared.identity.certs,
         &shared.identity.bundle,
         strait_ca::tls::ClientAuth::Required,
-        &[ALPN_H2],
+        &[ALPN_H2, ALPN_HTTP1],
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -87,11 +91,29 @@ async fn connection(
         Ok(id) => Arc::new(id),
         Err(_) => return Err("no_peer_identity"),
     };
-    let svc = service_fn(move |req| {
+    let http1 = tls.get_ref().1.alpn_protocol() == Some(ALPN_HTTP1);
+    let svc = {
         let shared = shared.clone();
-        let source = source.clone();
-        async move { Ok::<_, Infallible>(handle(shared, source, req).await) }
-    });
+        service_fn(move |req| {
+            let shared = shared.clone();
+            let source = source.clone();
+            async move { Ok::<_, Infallible>(handle(shared, source, req, http1).await) }
+        })
+    };
+    if http1 {
+        let result = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers)
+            .serve_connection(TokioIo::new(tls), svc)
+            .with_upgrades()
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "inbound http/1.1 connection ended");
+        }
+        return Ok(());
+    }
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -109,12 +131,24 @@ async fn connection(
     Ok(())
 }
 
+/// One request from a peer; `http1` when it came on an ALPN `http/1.1`
+/// connection, which may only carry an upgrade.
 async fn handle(
     shared: Arc<Shared>,
     source: Arc<SpiffeId>,
     req: Request<Incoming>,
+    http1: bool,
 ) -> Response<Body> {
     let started = Instant::now();
+    let upgrade = headers::upgrade_of(req.version(), req.headers());
+    if http1 && upgrade.is_none() {
+        shared.metrics.refuse(Direction::inbound, "upgrade_only");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "upgrade_only",
+            "HTTP/1.1 between sidecars carries only upgrade requests",
+        );
+    }
     let Some((name, ns, port)) = req
         .headers()
         .get(headers::DST)
@@ -144,7 +178,14 @@ async fn handle(
         .unwrap_or(&[]);
     let is_connect = req.method() == Method::CONNECT;
     let path = req.uri().path().to_owned();
-    let host = req.uri().authority().map(|a| a.as_str().to_owned());
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            let h = req.headers().get(http::header::HOST)?;
+            h.to_str().ok().map(str::to_owned)
+        });
     let decision = authz::evaluate(
         policies,
         &authz::Request {
@@ -177,16 +218,28 @@ async fn handle(
             .inc();
         shared.metrics.requests.get_or_create(&labels(403)).inc();
         tracing::info!(source = %source, service = %service, path = %path, reason = decision.reason.label(), "denied by policy");
-        return error(
+        let resp = error(
             StatusCode::FORBIDDEN,
             "denied",
             format!("{source} may not call {service} on port {port}"),
         );
+        if let Some(proto) = &upgrade {
+            crate::upgrade::count(&shared, Direction::inbound, &service, proto, &resp);
+        }
+        return resp;
     }
     if is_connect {
         return tunnel_to_app(shared, req, app.target(), service).await;
     }
-    let resp = forward_to_app(&shared, &source, req, &app).await;
+    let resp = match &upgrade {
+        Some(proto) => {
+            let (s, src, svc) = (shared.clone(), &source, service.clone());
+            let resp = crate::upgrade::inbound(s, src, req, &app, svc, proto.clone()).await;
+            crate::upgrade::count(&shared, Direction::inbound, &service, proto, &resp);
+            resp
+        }
+        None => forward_to_app(&shared, &source, req, &app).await,
+    };
     let code = resp.status().as_u16();
     shared.metrics.requests.get_or_create(&labels(code)).inc();
     shared
@@ -232,10 +285,7 @@ async fn forward_to_app(
     };
     parts.uri = uri;
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::strip_spoofable(&mut parts.headers);
-    if let Ok(v) = HeaderValue::from_str(&format!("By={};URI={source}", shared.own_id)) {
-        parts.headers.insert(headers::XFCC, v);
-    }
+    set_identity(shared, source, &mut parts.headers);
     let client = match app.protocol {
         Protocol::Http2 | Protocol::Grpc => {
             parts.version = http::Version::HTTP_2;
@@ -270,6 +320,15 @@ async fn forward_to_app(
                 format!("the local app at {target} did not answer"),
             )
         }
+    }
+}
+
+/// Removes every identity a client may have claimed and states the peer's
+/// verified one (`By=<this sidecar>;URI=<peer>`).
+pub(crate) fn set_identity(shared: &Shared, source: &SpiffeId, headers: &mut HeaderMap) {
+    headers::strip_spoofable(headers);
+    if let Ok(v) = HeaderValue::from_str(&format!("By={};URI={source}", shared.own_id)) {
+        headers.insert(headers::XFCC, v);
     }
 }
 

@@ -42,6 +42,7 @@ pub mod state;
 pub mod testing;
 pub mod transport;
 pub mod tunnel;
+pub mod upgrade;
 
 pub use config::ProxyConfig;
 pub use proxy::{Proxy, StartError};

@@ -39,6 +39,17 @@ pub struct TcpLabels {
     pub destination_service: String,
 }
 
+/// HTTP/1.1 upgrades: `protocol` is `websocket`, `h2c` or `other`;
+/// `result` is `switched` (101), `declined` (the app answered otherwise),
+/// or the `strait-error` reason when Strait answered (`denied`, `timeout`...).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpgradeLabels {
+    pub direction: Direction,
+    pub destination_service: String,
+    pub protocol: String,
+    pub result: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub direction: Direction,
@@ -67,6 +78,12 @@ pub struct Metrics {
     pub tcp_connections: Family<TcpLabels, Counter>,
     pub tcp_bytes_sent: Family<TcpLabels, Counter>,
     pub tcp_bytes_received: Family<TcpLabels, Counter>,
+    /// HTTP/1.1 upgrade requests by outcome.
+    pub upgrades: Family<UpgradeLabels, Counter>,
+    /// Bytes spliced on upgraded connections, towards the destination app.
+    pub upgrade_bytes_sent: Family<TcpLabels, Counter>,
+    /// Bytes spliced on upgraded connections, from the destination app.
+    pub upgrade_bytes_received: Family<TcpLabels, Counter>,
     /// Authorization denials by reason.
     pub denied: Family<ReasonLabels, Counter>,
     /// Refused connections and requests (bad input, limits, TLS failures).
@@ -120,6 +137,24 @@ impl Metrics {
             "Bytes received from the destination on TCP connections",
             tcp_bytes_received.clone(),
         );
+        let upgrades = Family::default();
+        registry.register(
+            "upgrades",
+            "HTTP/1.1 upgrade requests (WebSocket and others), by protocol and result",
+            upgrades.clone(),
+        );
+        let upgrade_bytes_sent = Family::default();
+        registry.register(
+            "upgrade_sent_bytes",
+            "Bytes sent to the destination on upgraded connections",
+            upgrade_bytes_sent.clone(),
+        );
+        let upgrade_bytes_received = Family::default();
+        registry.register(
+            "upgrade_received_bytes",
+            "Bytes received from the destination on upgraded connections",
+            upgrade_bytes_received.clone(),
+        );
         let denied = Family::default();
         registry.register(
             "authz_denied",
@@ -165,6 +200,9 @@ impl Metrics {
             tcp_connections,
             tcp_bytes_sent,
             tcp_bytes_received,
+            upgrades,
+            upgrade_bytes_sent,
+            upgrade_bytes_received,
             denied,
             refused,
             retries,

@@ -2,7 +2,10 @@
 //! service VIP:port of the snapshot (rebound as the snapshot changes).
 //! Each connection is sniffed: HTTP/1.1 and HTTP/2 get per-request routing
 //! ([`crate::forward`]); anything else is opaque TCP, balanced per
-//! connection and carried in an HTTP/2 `CONNECT` stream over mTLS.
+//! connection and carried in an HTTP/2 `CONNECT` stream over mTLS. An
+//! HTTP/1.1 request asking for an upgrade goes to [`crate::upgrade`]; an
+//! HTTP/2 request carrying `Upgrade` or `Connection` is malformed (RFC 9113
+//! 8.2.2) and the HTTP/2 layer resets its stream.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -103,6 +106,7 @@ async fn serve_http(shared: Arc<Shared>, tcp: TcpStream, target: Target, detecte
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers)
             .serve_connection(io, svc)
+            .with_upgrades()
             .await
     };
     if let Err(e) = result {
@@ -130,6 +134,17 @@ async fn request(shared: Arc<Shared>, target: Target, req: Request<Incoming>) ->
         );
     }
     let service = service.clone();
+    if let Some(proto) = crate::headers::upgrade_of(req.version(), req.headers()) {
+        return crate::upgrade::outbound(
+            shared.clone(),
+            snapshot.clone(),
+            &service,
+            port,
+            req,
+            proto,
+        )
+        .await;
+    }
     crate::forward::forward(shared.clone(), snapshot.clone(), &service, port, req).await
 }
 

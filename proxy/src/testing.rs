@@ -1,6 +1,6 @@
 //! Fake workloads for tests and scenarios: echo servers over HTTP/1.1, h2c,
-//! gRPC (unary and server streaming) and raw TCP, with configurable
-//! latency and failure rate. Each answers with its own name, so tests can
+//! gRPC (unary and server streaming), raw TCP and HTTP/1.1 upgrades, with
+//! configurable latency and failure rate. Each answers with its own name, so tests can
 //! count which endpoint served a request, and with the peer identity it
 //! saw in `x-forwarded-client-cert`.
 
@@ -156,6 +156,110 @@ async fn answer(
     );
     if should_fail(n, b.failure_rate) {
         *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    resp
+}
+
+/// HTTP/1.1 server that takes upgrades. A request with `Connection:
+/// upgrade` and `Upgrade: <p>` gets `101` with `Upgrade: <p>`, the identity
+/// it saw in `x-echo-peer` and its `sec-websocket-key` in `x-echo-key`;
+/// then every byte is echoed until the client ends its side, when the
+/// server writes `<name> bye\n` and closes. Paths under `/decline` answer
+/// 200 instead, like requests without an upgrade:
+/// `<name> <method> <path> peer=<xfcc> upgrade=<p or ->`. Paths under
+/// `/slow` wait two seconds first.
+pub async fn upgrade_echo(addr: SocketAddr, name: &str) -> std::io::Result<Echo> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let served = Arc::new(AtomicU64::new(0));
+    let (stop, stop_rx) = watch::channel(false);
+    let (name_c, served_c) = (name.to_owned(), served.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (name, served, stop_rx) = (name_c.clone(), served_c.clone(), stop_rx.clone());
+            tokio::spawn(until_stopped(stop_rx.clone(), async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (name, served, stop_rx) = (name.clone(), served.clone(), stop_rx.clone());
+                    async move {
+                        served.fetch_add(1, Ordering::Relaxed);
+                        Ok::<_, Infallible>(switch_or_answer(req, name, stop_rx).await)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades()
+                    .await;
+            }));
+        }
+    });
+    Ok(Echo {
+        addr,
+        name: name.to_owned(),
+        served,
+        task,
+        stop,
+    })
+}
+
+async fn switch_or_answer(
+    mut req: Request<Incoming>,
+    name: String,
+    stop: watch::Receiver<bool>,
+) -> Response<Body> {
+    let header = |req: &Request<Incoming>, h: &str| {
+        req.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    let peer = header(&req, crate::headers::XFCC);
+    let path = req.uri().path().to_owned();
+    if path.starts_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let proto = crate::headers::upgrade_of(req.version(), req.headers());
+    let Some(proto) = proto.filter(|_| !path.starts_with("/decline")) else {
+        let upgrade = header(&req, "upgrade");
+        let text = format!(
+            "{name} {} {path} peer={peer} upgrade={upgrade}\n",
+            req.method()
+        );
+        return Response::new(full(text));
+    };
+    let key = header(&req, "sec-websocket-key");
+    let on = hyper::upgrade::on(&mut req);
+    let bye = format!("{name} bye\n");
+    tokio::spawn(until_stopped(stop, async move {
+        let Ok(upgraded) = on.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) if io.write_all(&buf[..n]).await.is_ok() => {}
+                _ => return,
+            }
+        }
+        let _ = io.write_all(bye.as_bytes()).await;
+        let _ = io.shutdown().await;
+    }));
+    let mut resp = Response::new(crate::transport::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    crate::headers::set_upgrade(h, proto);
+    for (k, v) in [
+        ("x-echo-server", name),
+        ("x-echo-peer", peer),
+        ("x-echo-key", key),
+    ] {
+        if let Ok(v) = http::HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
     }
     resp
 }

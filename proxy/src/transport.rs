@@ -1,5 +1,6 @@
 //! Connections between sidecars: mTLS (TLS 1.3, ALPN h2, SPIFFE identity
-//! both ways) carrying HTTP/2, pooled per peer endpoint.
+//! both ways) carrying HTTP/2, pooled per peer endpoint; and dedicated,
+//! unpooled mTLS streams (ALPN http/1.1) for HTTP/1.1 upgrades.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +18,9 @@ use strait_api::SpiffeId;
 use strait_api::snapshot::Endpoint;
 use strait_ca::tls::{self, ExpectedServer};
 use strait_ca::{CertStore, SharedBundle};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::route::Hop;
 use crate::tunnel::GatewayPool;
@@ -29,6 +32,16 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// ALPN of sidecar-to-sidecar connections.
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN of dedicated sidecar-to-sidecar connections that carry one HTTP/1.1
+/// upgrade request (and then the upgraded bytes).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// A byte stream to a peer sidecar after mTLS (direct, or inside a
+/// gateway tunnel).
+pub trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> PeerIo for T {}
+/// A dedicated mTLS stream to a peer sidecar.
+pub type PeerStream = Box<dyn PeerIo>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(bytes.into())
@@ -75,6 +88,8 @@ pub enum ConnectError {
         #[source]
         source: hyper::Error,
     },
+    #[error("{addr} did not agree to ALPN {wanted}")]
+    Alpn { addr: SocketAddr, wanted: String },
     #[error("tls config: {0}")]
     Config(#[from] tls::TlsError),
     #[error("gateway {gateway} refused CONNECT {target}: {status} {reason}")]
@@ -100,6 +115,8 @@ impl Identity {
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
+/// A client TLS config per (expected peer identity, ALPN).
+type ConfigKey = (SpiffeId, &'static [u8]);
 
 /// HTTP/2-over-mTLS connections to peer sidecars, one per (endpoint,
 /// expected identity), either direct or through an east-west gateway
@@ -109,7 +126,7 @@ pub struct PeerPool {
     identity: Identity,
     connect_timeout: Duration,
     slots: Mutex<HashMap<(SocketAddr, SpiffeId), Slot>>,
-    configs: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+    configs: Mutex<HashMap<ConfigKey, Arc<ClientConfig>>>,
     gateways: GatewayPool,
 }
 
@@ -142,7 +159,7 @@ impl PeerPool {
         match hop {
             Hop::Direct(addr) => Ok((self.get(addr, &endpoint.identity).await?, hop)),
             Hop::Gateway { gateway, target } => {
-                let cfg = self.client_config(&endpoint.identity)?;
+                let cfg = self.client_config(&endpoint.identity, ALPN_H2)?;
                 let (send, gateway) = self
                     .gateways
                     .get(&endpoint.gateways, gateway, target, &endpoint.identity, cfg)
@@ -160,20 +177,54 @@ impl PeerPool {
         }
     }
 
-    fn client_config(&self, expected: &SpiffeId) -> Result<Arc<ClientConfig>, ConnectError> {
+    /// A dedicated (unpooled) mTLS stream to `endpoint`'s sidecar along
+    /// `hop` that negotiated `alpn`: the caller owns the connection (an
+    /// HTTP/1.1 upgrade keeps it for the life of the upgraded bytes).
+    /// Returns the hop actually used.
+    pub async fn dedicated(
+        &self,
+        endpoint: &Endpoint,
+        hop: Hop,
+        alpn: &'static [u8],
+    ) -> Result<(PeerStream, Hop), ConnectError> {
+        let cfg = self.client_config(&endpoint.identity, alpn)?;
+        match hop {
+            Hop::Direct(addr) => {
+                let tls = tokio::time::timeout(self.connect_timeout, tls_connect(addr, cfg))
+                    .await
+                    .map_err(|_| ConnectError::Timeout { addr })??;
+                check_alpn(tls.get_ref().1.alpn_protocol(), alpn, addr)?;
+                Ok((Box::new(tls), hop))
+            }
+            Hop::Gateway { gateway, target } => {
+                let (stream, gateway) = self
+                    .gateways
+                    .dedicated(&endpoint.gateways, gateway, target, cfg, alpn)
+                    .await?;
+                Ok((stream, Hop::Gateway { gateway, target }))
+            }
+        }
+    }
+
+    fn client_config(
+        &self,
+        expected: &SpiffeId,
+        alpn: &'static [u8],
+    ) -> Result<Arc<ClientConfig>, ConnectError> {
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = configs.get(expected) {
+        let key = (expected.clone(), alpn);
+        if let Some(c) = configs.get(&key) {
             return Ok(c.clone());
         }
         let mut cfg = tls::client_config(
             &self.identity.certs,
             &self.identity.bundle,
             ExpectedServer::Id(expected.clone()),
-            &[ALPN_H2],
+            &[alpn],
         )?;
         cfg.resumption = rustls::client::Resumption::in_memory_sessions(64);
         let cfg = Arc::new(cfg);
-        configs.insert(expected.clone(), cfg.clone());
+        configs.insert(key, cfg.clone());
         Ok(cfg)
     }
 
@@ -210,28 +261,51 @@ impl PeerPool {
         addr: SocketAddr,
         identity: &SpiffeId,
     ) -> Result<SendRequest<Body>, ConnectError> {
-        let cfg = self.client_config(identity)?;
+        let cfg = self.client_config(identity, ALPN_H2)?;
         let timeout = self.connect_timeout;
         let fut = async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|source| ConnectError::Io { addr, source })?;
-            let _ = tcp.set_nodelay(true);
-            let name =
-                ServerName::try_from("sidecar.strait.invalid").map_err(|e| ConnectError::Tls {
-                    addr,
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(name, tcp)
-                .await
-                .map_err(|source| ConnectError::Tls { addr, source })?;
+            let tls = tls_connect(addr, cfg).await?;
             handshake_h2(TokioIo::new(tls), addr).await
         };
         tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| ConnectError::Timeout { addr })?
     }
+}
+
+/// TCP and mTLS to the sidecar at `addr` (no timeout of its own).
+async fn tls_connect(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ConnectError::Io { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from("sidecar.strait.invalid").map_err(|e| ConnectError::Tls {
+        addr,
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|source| ConnectError::Tls { addr, source })
+}
+
+/// Fails unless the peer selected `wanted` (a peer without the protocol
+/// may also end the handshake itself with `no_application_protocol`).
+pub(crate) fn check_alpn(
+    got: Option<&[u8]>,
+    wanted: &[u8],
+    addr: SocketAddr,
+) -> Result<(), ConnectError> {
+    if got == Some(wanted) {
+        return Ok(());
+    }
+    Err(ConnectError::Alpn {
+        addr,
+        wanted: String::from_utf8_lossy(wanted).into_owned(),
+    })
 }
 
 /// The HTTP/2 client handshake over any byte stream (a TLS connection, or a

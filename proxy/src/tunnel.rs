@@ -10,7 +10,9 @@
 //! `CONNECT`s) multiplex over, like [`crate::transport::PeerPool`] does for
 //! direct peers. When a gateway fails, the other replicas of the endpoint
 //! are tried before the endpoint counts as failed, and the failed gateway is
-//! tried last for a short while.
+//! tried last for a short while. An HTTP/1.1 upgrade gets a dedicated
+//! `CONNECT` stream of its own (ALPN http/1.1 inside), not the pooled
+//! session.
 //!
 //! What it is not: no routing decision (that is [`crate::route::hop`]) and
 //! no trust in the gateway: it only ever sees the inner TLS records.
@@ -29,7 +31,9 @@ use strait_api::SpiffeId;
 use strait_ca::tls::{self, ExpectedServer};
 use tokio::net::TcpStream;
 
-use crate::transport::{ALPN_H2, Body, ConnectError, Identity, empty, handshake_h2};
+use crate::transport::{
+    ALPN_H2, Body, ConnectError, Identity, PeerStream, check_alpn, empty, handshake_h2,
+};
 
 /// PING interval and timeout on gateway connections: a dead gateway is
 /// evicted within about their sum.
@@ -97,20 +101,56 @@ impl GatewayPool {
         identity: &SpiffeId,
         inner_config: Arc<ClientConfig>,
     ) -> Result<(SendRequest<Body>, SocketAddr), ConnectError> {
+        self.each_replica(replicas, preferred, target, |gateway| {
+            self.get_via(gateway, target, identity, inner_config.clone())
+        })
+        .await
+    }
+
+    /// A dedicated inner mTLS stream (ALPN `alpn`) to the sidecar at
+    /// `target` in a `CONNECT` stream of its own, through `preferred` or
+    /// another of `replicas`. The outer gateway connection is the pooled
+    /// one. Returns the gateway that carried it.
+    pub async fn dedicated(
+        &self,
+        replicas: &[SocketAddr],
+        preferred: SocketAddr,
+        target: SocketAddr,
+        inner_config: Arc<ClientConfig>,
+        alpn: &'static [u8],
+    ) -> Result<(PeerStream, SocketAddr), ConnectError> {
+        self.each_replica(replicas, preferred, target, |gateway| {
+            self.dedicated_via(gateway, target, inner_config.clone(), alpn)
+        })
+        .await
+    }
+
+    /// Runs `attempt` on `preferred`, then on the other replicas, until one
+    /// succeeds; failed gateways are remembered as down for a while.
+    async fn each_replica<T, F, Fut>(
+        &self,
+        replicas: &[SocketAddr],
+        preferred: SocketAddr,
+        target: SocketAddr,
+        mut attempt: F,
+    ) -> Result<(T, SocketAddr), ConnectError>
+    where
+        F: FnMut(SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ConnectError>>,
+    {
         let order = self.order(replicas, preferred);
         let mut last = None;
         for gateway in order {
-            match self
-                .get_via(gateway, target, identity, inner_config.clone())
-                .await
-            {
-                Ok(send) => {
+            match attempt(gateway).await {
+                Ok(t) => {
                     lock(&self.down).remove(&gateway);
-                    return Ok((send, gateway));
+                    return Ok((t, gateway));
                 }
                 Err(e) => {
                     tracing::debug!(%gateway, endpoint = %target, error = %e, "gateway tunnel failed");
-                    if !matches!(e, ConnectError::Refused { .. }) {
+                    // The gateway answered, or the destination sidecar (not the
+                    // gateway) refused the protocol: the gateway is fine.
+                    if !matches!(e, ConnectError::Refused { .. } | ConnectError::Alpn { .. }) {
                         lock(&self.down).insert(gateway, Instant::now());
                     }
                     last = Some(e);
@@ -179,57 +219,45 @@ impl GatewayPool {
         Ok(send)
     }
 
+    async fn dedicated_via(
+        &self,
+        gateway: SocketAddr,
+        target: SocketAddr,
+        inner_config: Arc<ClientConfig>,
+        alpn: &'static [u8],
+    ) -> Result<PeerStream, ConnectError> {
+        let outer = self.outer(gateway).await?;
+        let opened = tokio::time::timeout(
+            self.connect_timeout,
+            open_inner_tls(outer.clone(), gateway, target, inner_config),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout { addr: target })
+        .and_then(|r| r);
+        match opened {
+            Ok(tls) => {
+                check_alpn(tls.get_ref().1.alpn_protocol(), alpn, target)?;
+                Ok(Box::new(tls))
+            }
+            Err(e) => {
+                if outer.is_closed() {
+                    lock(&self.outer).remove(&gateway);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// `CONNECT target` on the gateway connection, then mTLS and HTTP/2
     /// with the destination sidecar inside the stream.
     async fn open_tunnel(
         &self,
-        mut outer: SendRequest<Body>,
+        outer: SendRequest<Body>,
         gateway: SocketAddr,
         target: SocketAddr,
         inner_config: Arc<ClientConfig>,
     ) -> Result<SendRequest<Body>, ConnectError> {
-        let io_err = |e: String| ConnectError::Io {
-            addr: gateway,
-            source: std::io::Error::other(e),
-        };
-        let req = Request::builder()
-            .method(Method::CONNECT)
-            .uri(target.to_string())
-            .body(empty())
-            .map_err(|e| io_err(e.to_string()))?;
-        let resp = outer
-            .send_request(req)
-            .await
-            .map_err(|source| ConnectError::H2 {
-                addr: gateway,
-                source,
-            })?;
-        if resp.status() != StatusCode::OK {
-            let reason = resp
-                .headers()
-                .get(crate::headers::ERROR)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_owned();
-            return Err(ConnectError::Refused {
-                gateway,
-                target,
-                status: resp.status().as_u16(),
-                reason,
-            });
-        }
-        let upgraded = hyper::upgrade::on(resp)
-            .await
-            .map_err(|e| io_err(e.to_string()))?;
-        let name =
-            ServerName::try_from("sidecar.strait.invalid").map_err(|e| io_err(e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(inner_config)
-            .connect(name, TokioIo::new(upgraded))
-            .await
-            .map_err(|source| ConnectError::Tls {
-                addr: target,
-                source,
-            })?;
+        let tls = open_inner_tls(outer, gateway, target, inner_config).await?;
         handshake_h2(TokioIo::new(tls), target).await
     }
 
@@ -311,4 +339,56 @@ impl GatewayPool {
         tracing::debug!(%gateway, "gateway connection open");
         Ok(send)
     }
+}
+
+/// `CONNECT target` on the gateway connection, then the inner mTLS session
+/// with the destination sidecar inside the stream.
+async fn open_inner_tls(
+    mut outer: SendRequest<Body>,
+    gateway: SocketAddr,
+    target: SocketAddr,
+    inner_config: Arc<ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TokioIo<hyper::upgrade::Upgraded>>, ConnectError> {
+    let io_err = |e: String| ConnectError::Io {
+        addr: gateway,
+        source: std::io::Error::other(e),
+    };
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target.to_string())
+        .body(empty())
+        .map_err(|e| io_err(e.to_string()))?;
+    let resp = outer
+        .send_request(req)
+        .await
+        .map_err(|source| ConnectError::H2 {
+            addr: gateway,
+            source,
+        })?;
+    if resp.status() != StatusCode::OK {
+        let reason = resp
+            .headers()
+            .get(crate::headers::ERROR)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        return Err(ConnectError::Refused {
+            gateway,
+            target,
+            status: resp.status().as_u16(),
+            reason,
+        });
+    }
+    let upgraded = hyper::upgrade::on(resp)
+        .await
+        .map_err(|e| io_err(e.to_string()))?;
+    let name = ServerName::try_from("sidecar.strait.invalid").map_err(|e| io_err(e.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(inner_config)
+        .connect(name, TokioIo::new(upgraded))
+        .await
+        .map_err(|source| ConnectError::Tls {
+            addr: target,
+            source,
+        })?;
+    Ok(tls)
 }

@@ -7,3 +7,4 @@ mod crosscluster;
 mod protocols;
 mod resilience;
 mod support;
+mod upgrade;
