@@ -31,6 +31,9 @@ pub struct SyncConfig {
     pub max_services_per_peer: usize,
     /// Most endpoints one imported service may have.
     pub max_endpoints_per_service: usize,
+    /// Most bytes of partial (chunked) updates buffered before a version
+    /// is complete; a peer sending more is refused.
+    pub max_pending_bytes: usize,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -42,6 +45,7 @@ impl Default for SyncConfig {
             lease: Duration::from_secs(30),
             max_services_per_peer: 5_000,
             max_endpoints_per_service: 1_000,
+            max_pending_bytes: 64 * 1024 * 1024,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
         }

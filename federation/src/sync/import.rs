@@ -42,6 +42,14 @@ pub enum SyncError {
         limit: usize,
     },
     #[error(
+        "peer {peer} sent {bytes} bytes of partial updates without completing a version; the limit is {limit} bytes (max_pending_bytes): its catalog is refused"
+    )]
+    TooManyPendingBytes {
+        peer: ClusterName,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error(
         "peer {peer} sent {count} endpoints for {service}; the limit is {limit}: its catalog is refused"
     )]
     TooManyEndpoints {
@@ -57,7 +65,9 @@ impl SyncError {
     fn is_limit(&self) -> bool {
         matches!(
             self,
-            Self::TooManyServices { .. } | Self::TooManyEndpoints { .. }
+            Self::TooManyServices { .. }
+                | Self::TooManyEndpoints { .. }
+                | Self::TooManyPendingBytes { .. }
         )
     }
 }
@@ -387,7 +397,7 @@ async fn stream_once(
         .await
         .map_err(|s| status_error(peer, &s))?
         .into_inner();
-    let mut pending: Vec<SyncUpdate> = Vec::new();
+    let mut pending = Pending::default();
     let deadline = cfg.lease.max(cfg.heartbeat * 3);
     loop {
         let msg = tokio::time::timeout(deadline, stream.message())
@@ -402,21 +412,9 @@ async fn stream_once(
                 claimed: u.cluster,
             });
         }
-        let partial = u.partial;
-        pending.push(u);
-        let buffered: usize = pending.iter().map(|p| p.upserts.len()).sum();
-        if buffered > cfg.max_services_per_peer {
-            return Err(SyncError::TooManyServices {
-                peer: peer.clone(),
-                count: buffered,
-                limit: cfg.max_services_per_peer,
-            });
+        if let Some(batch) = pending.push(u, peer, cfg)? {
+            imports.apply(peer, &batch, cfg)?;
         }
-        if partial {
-            continue;
-        }
-        imports.apply(peer, &pending, cfg)?;
-        pending.clear();
     }
 }
 
@@ -432,5 +430,151 @@ fn status_error(peer: &ClusterName, s: &tonic::Status) -> SyncError {
             peer: peer.clone(),
             reason: format!("{:?}: {}", s.code(), s.message()),
         },
+    }
+}
+
+/// Partial updates of one version, bounded by service count and bytes.
+#[derive(Debug, Default)]
+struct Pending {
+    updates: Vec<SyncUpdate>,
+    services: usize,
+    bytes: usize,
+}
+
+impl Pending {
+    /// Buffers `u`; returns the whole version once its last part arrived.
+    fn push(
+        &mut self,
+        u: SyncUpdate,
+        peer: &ClusterName,
+        cfg: &SyncConfig,
+    ) -> Result<Option<Vec<SyncUpdate>>, SyncError> {
+        self.services += u.upserts.len();
+        self.bytes += prost::Message::encoded_len(&u);
+        if self.services > cfg.max_services_per_peer {
+            return Err(SyncError::TooManyServices {
+                peer: peer.clone(),
+                count: self.services,
+                limit: cfg.max_services_per_peer,
+            });
+        }
+        if self.bytes > cfg.max_pending_bytes {
+            return Err(SyncError::TooManyPendingBytes {
+                peer: peer.clone(),
+                bytes: self.bytes,
+                limit: cfg.max_pending_bytes,
+            });
+        }
+        let partial = u.partial;
+        self.updates.push(u);
+        if partial {
+            return Ok(None);
+        }
+        self.services = 0;
+        self.bytes = 0;
+        Ok(Some(std::mem::take(&mut self.updates)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strait_api::proto::federation::ExportedService;
+
+    use super::*;
+
+    fn part(names: &[&str], partial: bool) -> SyncUpdate {
+        SyncUpdate {
+            cluster: "west".into(),
+            version: 3,
+            partial,
+            upserts: names
+                .iter()
+                .map(|n| ExportedService {
+                    name: (*n).into(),
+                    namespace: "default".into(),
+                    cluster: "west".into(),
+                    ..ExportedService::default()
+                })
+                .collect(),
+            ..SyncUpdate::default()
+        }
+    }
+
+    #[test]
+    fn partial_updates_are_held_until_the_version_is_complete() {
+        let peer = ClusterName::new("west").unwrap();
+        let cfg = SyncConfig::default();
+        let mut p = Pending::default();
+        assert!(
+            p.push(part(&["a", "b"], true), &peer, &cfg)
+                .unwrap()
+                .is_none()
+        );
+        let batch = p.push(part(&["c"], false), &peer, &cfg).unwrap().unwrap();
+        assert_eq!(batch.len(), 2);
+        assert_eq!((p.services, p.bytes, p.updates.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn partial_updates_are_bounded_by_bytes_naming_the_limit() {
+        let peer = ClusterName::new("west").unwrap();
+        let one = prost::Message::encoded_len(&part(&["svc-0"], true));
+        let cfg = SyncConfig {
+            max_pending_bytes: one * 3,
+            ..SyncConfig::default()
+        };
+        let mut p = Pending::default();
+        for _ in 0..3 {
+            assert!(
+                p.push(part(&["svc-0"], true), &peer, &cfg)
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        let e = p.push(part(&["svc-0"], true), &peer, &cfg).unwrap_err();
+        assert!(
+            matches!(e, SyncError::TooManyPendingBytes { bytes, limit, .. } if bytes == one * 4 && limit == one * 3)
+        );
+        assert!(e.is_limit(), "a limit backs off to the longest wait");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!(
+                "the limit is {} bytes (max_pending_bytes)",
+                one * 3
+            )),
+            "{text}"
+        );
+        // Completed versions do not add up.
+        let mut p = Pending::default();
+        for _ in 0..10 {
+            assert!(
+                p.push(part(&["svc-0"], false), &peer, &cfg)
+                    .unwrap()
+                    .is_some()
+            );
+        }
+    }
+
+    #[test]
+    fn partial_updates_are_bounded_by_service_count() {
+        let peer = ClusterName::new("west").unwrap();
+        let cfg = SyncConfig {
+            max_services_per_peer: 2,
+            ..SyncConfig::default()
+        };
+        let mut p = Pending::default();
+        p.push(part(&["a", "b"], true), &peer, &cfg).unwrap();
+        let e = p.push(part(&["c"], true), &peer, &cfg).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SyncError::TooManyServices {
+                    count: 3,
+                    limit: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }
