@@ -135,6 +135,13 @@ impl Proxy {
         ck.end_entity_cert().ok().map(|c| c.clone().into_owned())
     }
 
+    /// The sidecar's live certificate store and trust bundle (rotations
+    /// show through), e.g. to subscribe to its controller with them.
+    pub fn identity(&self) -> (CertStore, SharedBundle) {
+        let id = &self.shared.identity;
+        (id.certs.clone(), id.bundle.clone())
+    }
+
     /// A function that installs snapshots into this sidecar, for a task
     /// that feeds it (e.g. from the controller's config push).
     pub fn applier(
