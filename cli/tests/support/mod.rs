@@ -1,0 +1,121 @@
+//! Driving `strait` processes from tests: run a command, start a role in
+//! the background (killed on drop, even when the test panics), wait for a
+//! port.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills its child process on drop, even when a test panics.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// `kill -9`: no chance to clean up or flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill(); // SIGKILL on Unix
+        let _ = self.0.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn strait(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("STRAIT_CA_DIR")
+        .env_remove("STRAIT_CONTROLLER")
+        .env_remove("STRAIT_STATE_DIR")
+        .output()
+        .expect("run strait")
+}
+
+/// Runs `strait args` and returns its stdout; fails the test on error.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = strait(dir, args);
+    assert!(
+        out.status.success(),
+        "strait {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Starts `strait args` in the background; its stderr goes to `log`.
+pub fn spawn(dir: &Path, args: &[&str], log: &str) -> Proc {
+    let err = std::fs::File::create(dir.join(log)).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("STRAIT_CA_DIR")
+        .env_remove("STRAIT_CONTROLLER")
+        .env_remove("STRAIT_STATE_DIR")
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("start strait");
+    Proc(child)
+}
+
+/// Sleeps between polls (these tests are synchronous, driving processes).
+#[allow(clippy::disallowed_methods)]
+pub fn pause(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+pub fn wait_for(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        pause(100);
+    }
+}
+
+/// `strait ca init` plus one intermediate per cluster, in `dir/ca`.
+pub fn ca(dir: &Path, clusters: &[&str]) {
+    ok(dir, &["ca", "init", "--out", "ca"]);
+    for c in clusters {
+        ok(
+            dir,
+            &["ca", "intermediate", "--ca-dir", "ca", "--cluster", c],
+        );
+    }
+}
+
+/// Issues `id` under `cluster`'s intermediate into `dir/out`.
+pub fn issue(dir: &Path, cluster: &str, id: &str, out: &str) {
+    ok(
+        dir,
+        &[
+            "ca",
+            "issue",
+            "--ca-dir",
+            "ca",
+            "--cluster",
+            cluster,
+            "--spiffe-id",
+            id,
+            "--out",
+            out,
+        ],
+    );
+}
+
+/// `identity: { files: ... }` for certificates issued into `dir`.
+pub fn identity_files(dir: &str) -> String {
+    format!(
+        "identity: {{ files: {{ chain: {dir}/chain.pem, key: {dir}/key.pem, bundle: {dir}/bundle.pem }} }}\n"
+    )
+}
