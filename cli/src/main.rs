@@ -8,9 +8,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod ca;
+mod check;
+mod cluster;
+mod diagnose;
 mod mesh_cmds;
 mod ops;
 mod output;
+mod probe;
 mod proxy;
 mod roles;
 mod signal;
@@ -24,6 +28,15 @@ use output::Format;
 ///   strait demo
 ///   strait status
 ///   strait scenario list
+///
+/// Or run clusters as background processes on this host, link them and
+/// check them:
+///
+///   strait cluster up east
+///   strait cluster up west
+///   strait link --from east --to west --demo-dir strait-mesh
+///   strait check
+///   strait diagnose echo -n demo --from east
 ///
 /// For a real mesh, start with the certificate authority, then run the
 /// components (strait controller, strait gateway, strait proxy):
@@ -86,6 +99,12 @@ enum Command {
     /// The local catalog: register services.
     #[command(subcommand)]
     Service(ops::ServiceCommand),
+    /// Start or stop one cluster (controller, gateway, DNS) on this host.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    // Check and Diagnose take their help (with examples) from their args' docs.
+    Check(check::CheckArgs),
+    Diagnose(diagnose::DiagnoseArgs),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +138,9 @@ fn main() -> ExitCode {
         Command::Link(args) => ops::link_clusters(args, cli.output),
         Command::Unlink(args) => ops::unlink(args, cli.output),
         Command::Service(cmd) => ops::service(cmd, cli.output),
+        Command::Cluster(cmd) => cluster::run(cmd, cli.output),
+        Command::Check(args) => check::run(args, cli.output),
+        Command::Diagnose(args) => diagnose::run(args, cli.output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,8 +26,15 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// The controller of `cluster` in a running `strait demo`.
+    /// The controller of `cluster` in a running `strait demo`, or of a
+    /// cluster `strait cluster up --dir` started.
     pub fn from_demo(dir: &Path, cluster: &str) -> anyhow::Result<Self> {
+        if let Some(c) = crate::cluster::layout::Layout::new(dir, cluster).read_info()? {
+            return Ok(Self {
+                admin: c.admin,
+                token_file: Some(c.state_dir.join(ADMIN_TOKEN_FILE)),
+            });
+        }
         let state = demo::read_state(dir, "--controller ADDR --state-dir DIR")?;
         let Some(c) = state.clusters.iter().find(|c| c.name == cluster) else {
             let names: Vec<&str> = state.clusters.iter().map(|c| c.name.as_str()).collect();
