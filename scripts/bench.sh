@@ -12,7 +12,7 @@
 # Writes target/bench/results.md, target/bench/results.json and
 # docs/performance.md.
 #
-# Knobs (env): DURATION (10s) WARMUP (2s) CONNS (50) RATE (2000) and the
+# Knobs (env): DURATION (8s) WARMUP (2s) LEVEL_DURATION (4s) STIME (5) CONNS (50) RATE (2000) and the
 # others of bench/reference-bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -127,7 +127,7 @@ $S proxy --config "$W/xclient.yaml" --check
 $S gateway --config "$W/gateway.yaml" --exports "$W/exports.yaml" --check
 
 echo "==> reference run (nginx direct, HAProxy pairs, Strait pair)"
-WORK="$W/ref" OHA="$W/oha" \
+WORK="$W/ref" OHA="$W/oha" DURATION="${DURATION:-8s}" LEVEL_DURATION="${LEVEL_DURATION:-4s}" STIME="${STIME:-5}" \
 CANDIDATE_NAME=strait_2hop_mtls \
 CANDIDATE_START="$S proxy --config $W/server.yaml & $S proxy --config $W/client.yaml & wait" \
 CANDIDATE_URL=http://127.77.0.1:19082/ CANDIDATE_H2_URL=http://127.77.0.1:19092/ CANDIDATE_TCP_PORT=19083 CANDIDATE_TCP_HOST=127.77.0.1 \

@@ -63,28 +63,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    // Variants without a doc comment take their help (with examples) from
+    // their args' docs; a comment here would replace it.
     /// Certificate authority: make the root, cluster intermediates and
     /// workload certificates; run the signing service; manage tokens.
     #[command(subcommand)]
     Ca(ca::CaCommand),
-    /// Run the sidecar proxy beside a workload.
     Proxy(proxy::ProxyArgs),
-    /// Run a three-cluster mesh on this machine until Ctrl-C.
     Demo(mesh_cmds::DemoArgs),
     /// Declarative multi-cluster scenarios: faults and assertions.
     #[command(subcommand)]
     Scenario(mesh_cmds::ScenarioCommand),
-    /// Links, global services, endpoints and who serves each service now.
     Status(mesh_cmds::StatusArgs),
-    /// Run a cluster's federation controller.
     Controller(roles::ControllerArgs),
-    /// Run an east-west gateway (exports learned from the controller).
     Gateway(roles::GatewayArgs),
-    /// Run a cluster's DNS server for clusterset.local.
     Dns(roles::DnsArgs),
-    /// Export a service to linked clusters.
     Export(ops::ExportArgs),
-    /// Stop exporting a service.
     Unexport(ops::UnexportArgs),
     /// Policy of a service: failover order, locality weights, authorization.
     #[command(subcommand)]
@@ -92,9 +86,7 @@ enum Command {
     /// Peering tokens: one side issues, the other establishes.
     #[command(subcommand)]
     Peering(ops::PeeringCommand),
-    /// Link two clusters you operate both of.
     Link(ops::LinkArgs),
-    /// Remove the link to a peer.
     Unlink(ops::UnlinkArgs),
     /// The local catalog: register services.
     #[command(subcommand)]
@@ -102,7 +94,6 @@ enum Command {
     /// Start or stop one cluster (controller, gateway, DNS) on this host.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
-    // Check and Diagnose take their help (with examples) from their args' docs.
     Check(check::CheckArgs),
     Diagnose(diagnose::DiagnoseArgs),
 }

@@ -1,26 +1,8 @@
 //! The `strait` binary as an operator runs it.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod support;
 
-fn strait(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_strait"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("STRAIT_CA_DIR")
-        .output()
-        .expect("run strait")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = strait(dir, args);
-    assert!(
-        out.status.success(),
-        "strait {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use support::*;
 
 #[test]
 fn ca_init_intermediate_issue_verify_round_trip() {
@@ -172,4 +154,27 @@ fn bad_input_gets_a_clear_error_and_exit_code() {
         ],
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("strait ca intermediate --cluster west"));
+}
+
+#[test]
+fn every_command_help_teaches_by_example() {
+    let d = tempfile::tempdir().unwrap();
+    for (cmd, example) in [
+        ("proxy", "strait proxy --config sidecar.yaml"),
+        ("gateway", "strait gateway --config gateway.yaml"),
+        ("controller", "strait controller --config"),
+        ("dns", "strait dns --controller"),
+        ("export", "strait export"),
+        ("link", "strait link --from"),
+        ("status", "strait status"),
+        ("check", "strait check"),
+        ("diagnose", "strait diagnose"),
+        ("demo", "strait demo"),
+    ] {
+        let help = ok(d.path(), &[cmd, "--help"]);
+        assert!(
+            help.contains(example),
+            "strait {cmd} --help shows no example ({example:?}):\n{help}"
+        );
+    }
 }

@@ -2,21 +2,14 @@
 //! real background processes on loopback (127.152.x.y), as an operator
 //! runs them. Every test stops the clusters it started, also when it fails.
 
+mod support;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn strait(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_strait"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("STRAIT_CONTROLLER")
-        .env_remove("STRAIT_STATE_DIR")
-        .env_remove("STRAIT_LOG")
-        .output()
-        .expect("run strait")
-}
+use support::*;
 
 fn text(out: &Output) -> (String, String) {
     (
@@ -25,29 +18,12 @@ fn text(out: &Output) -> (String, String) {
     )
 }
 
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = strait(dir, args);
-    let (stdout, stderr) = text(&out);
-    assert!(
-        out.status.success(),
-        "strait {args:?} failed ({}): {stdout}\n{stderr}",
-        out.status
-    );
-    stdout
-}
-
 fn json(dir: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
     let out = strait(dir, &[&["-o", "json"][..], args].concat());
     let (stdout, stderr) = text(&out);
     let v = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("strait {args:?}: not JSON ({e}): {stdout}\n{stderr}"));
     (out.status.code(), v)
-}
-
-/// Sleeps between polls (these tests are synchronous, driving child processes).
-#[allow(clippy::disallowed_methods)]
-fn pause(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
 }
 
 /// Polls `f` until it returns `Some` (at most 30 s), or panics with `what`.

@@ -1,64 +1,14 @@
 //! Role commands and operator verbs against real `strait controller`
 //! processes on loopback (127.150.x.y), driven as an operator would.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Kills its child process on drop, even when a test panics.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn strait(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_strait"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("STRAIT_CA_DIR")
-        .env_remove("STRAIT_CONTROLLER")
-        .env_remove("STRAIT_STATE_DIR")
-        .output()
-        .expect("run strait")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = strait(dir, args);
-    assert!(
-        out.status.success(),
-        "strait {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(dir: &Path, args: &[&str]) -> String {
-    let out = strait(dir, args);
-    assert_eq!(out.status.code(), Some(1), "strait {args:?} should fail");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.starts_with("error: "), "{err}");
-    err
-}
-
-/// Sleeps between polls (these tests are synchronous, driving child processes).
-#[allow(clippy::disallowed_methods)]
-fn pause(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
-}
-
-fn wait_for(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        pause(100);
-    }
-}
+use support::*;
 
 struct Cluster {
     name: &'static str,
@@ -76,16 +26,6 @@ impl Cluster {
             "--state-dir".into(),
             self.state.display().to_string(),
         ]
-    }
-}
-
-fn ca(dir: &Path, clusters: &[&str]) {
-    ok(dir, &["ca", "init", "--out", "ca"]);
-    for c in clusters {
-        ok(
-            dir,
-            &["ca", "intermediate", "--ca-dir", "ca", "--cluster", c],
-        );
     }
 }
 

@@ -38,6 +38,7 @@ pub fn strait(dir: &Path, args: &[&str]) -> Output {
         .env_remove("STRAIT_CA_DIR")
         .env_remove("STRAIT_CONTROLLER")
         .env_remove("STRAIT_STATE_DIR")
+        .env_remove("STRAIT_LOG")
         .output()
         .expect("run strait")
 }
@@ -47,10 +48,22 @@ pub fn ok(dir: &Path, args: &[&str]) -> String {
     let out = strait(dir, args);
     assert!(
         out.status.success(),
-        "strait {args:?} failed: {}",
+        "strait {args:?} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `strait args`, which must fail with exit code 1 and an `error: `
+/// line; returns its stderr.
+pub fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = strait(dir, args);
+    assert_eq!(out.status.code(), Some(1), "strait {args:?} should fail");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("error: "), "{err}");
+    err
 }
 
 /// Starts `strait args` in the background; its stderr goes to `log`.
