@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use strait_api::snapshot::{AuthorizationPolicy, Health, Protocol, Snapshot};
+use strait_api::snapshot::{Health, Protocol, Snapshot};
 use strait_api::{ClusterName, Locality};
 use strait_dns::view::{
     ClusterEndpoints, DnsView, GlobalService, LocalityWeight, PortProtocol, ServicePort,
@@ -27,27 +27,6 @@ pub fn shift_vip(ip: IpAddr, octet: u8) -> IpAddr {
 pub fn shift_snapshot(mut s: Snapshot, octet: u8) -> Snapshot {
     for svc in &mut s.services {
         svc.vip = shift_vip(svc.vip, octet);
-    }
-    s
-}
-
-/// Adds a workload's own authorization policies to its service (scenarios
-/// declare them per workload; the controller does not carry them yet).
-pub fn with_authz(
-    mut s: Snapshot,
-    name: &str,
-    ns: &str,
-    policies: &[AuthorizationPolicy],
-) -> Snapshot {
-    if policies.is_empty() {
-        return s;
-    }
-    if let Some(svc) = s
-        .services
-        .iter_mut()
-        .find(|x| x.name == name && x.namespace == ns)
-    {
-        svc.authorization = policies.to_vec();
     }
     s
 }

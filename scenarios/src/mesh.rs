@@ -147,7 +147,23 @@ impl Mesh {
         for (a, b) in &spec.links {
             mesh.link(a, b).await?;
         }
-        for (cluster, p) in &spec.policies {
+        // Traffic policies, plus each workload's authorization, go to the
+        // owning cluster's controller, which pushes them to its sidecars.
+        let mut policies: Vec<(String, PolicySpec)> = spec.policies.clone();
+        for c in &spec.clusters {
+            for w in c.workloads.iter().filter(|w| !w.authorization.is_empty()) {
+                let key = ServiceKey::new(&w.namespace, &w.service);
+                let at = policies
+                    .iter()
+                    .position(|(pc, p)| *pc == c.name && p.key() == key);
+                let i = at.unwrap_or_else(|| {
+                    policies.push((c.name.clone(), PolicySpec::new(&key)));
+                    policies.len() - 1
+                });
+                policies[i].1.authorization = w.authorization.clone();
+            }
+        }
+        for (cluster, p) in &policies {
             mesh.cluster(cluster)?.controller()?.set_policy(p.clone())?;
         }
         Ok(mesh)
@@ -253,7 +269,6 @@ impl Mesh {
             &name,
             &locality,
             Some(vip_octet),
-            None,
         );
         tasks.push(client_feed);
         let mut cluster = Cluster {
@@ -352,11 +367,6 @@ impl Mesh {
             );
             let sidecar = Proxy::start(cfg, empty_snapshot(&cluster.name)?).await?;
             let ctl = cluster.controller()?.grpc_addr();
-            let authz = Some((
-                spec.service.clone(),
-                spec.namespace.clone(),
-                spec.authorization.clone(),
-            ));
             let feed = feed(
                 &sidecar,
                 ctl,
@@ -366,7 +376,6 @@ impl Mesh {
                 &cluster.name,
                 &cluster.locality,
                 None,
-                authz,
             );
             replicas.push(Replica {
                 ip: wip,
@@ -760,7 +769,6 @@ fn feed(
     cluster: &ClusterName,
     locality: &Locality,
     vip_octet: Option<u8>,
-    authz: Option<(String, String, Vec<AuthorizationPolicy>)>,
 ) -> JoinHandle<()> {
     let expected = ExpectedServer::Id(strait_federation::controller::controller_identity(
         td, cluster,
@@ -787,9 +795,6 @@ fn feed(
                 let mut s = (*s).clone();
                 if let Some(o) = vip_octet {
                     s = glue::shift_snapshot(s, o);
-                }
-                if let Some((n, ns, p)) = &authz {
-                    s = glue::with_authz(s, n, ns, p);
                 }
                 let _ = applier(s);
             }
