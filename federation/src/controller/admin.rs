@@ -59,6 +59,11 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
+/// Time a client has to send a request head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest an admin connection may stay open.
+const CONNECTION_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, token: AdminToken) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -79,9 +84,14 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, token: Adm
                             Ok::<_, std::convert::Infallible>(res)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    // A slow client (slowloris, or a body that never ends)
+                    // is cut off: heads within 5 s, a connection at most
+                    // a minute (operator calls take milliseconds).
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEAD_TIMEOUT)
+                        .serve_connection(TokioIo::new(tcp), svc);
+                    let _ = tokio::time::timeout(CONNECTION_LIMIT, conn).await;
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}

@@ -4,7 +4,8 @@
 //! listeners. Each attack connection must be closed: at once for bytes that
 //! cannot be TLS, within the listener's handshake timeout for a stalled
 //! hello; the answer is at most a TLS alert (never bigger than what was
-//! sent); and no good request fails.
+//! sent); and no good request fails. The plaintext listeners (admin ports,
+//! the sidecar's proxy port, DNS over TCP) get a slowloris in the same run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,11 @@ traffic:
 
 /// Every listener here gives a client 10 s to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request head that never ends.
+const SLOW_HEAD: &[u8] = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: a";
+/// A DNS-over-TCP length prefix promising 100 bytes, then two of them.
+const SLOW_DNS: &[u8] = &[0, 100, 0x12, 0x34];
 
 /// Deterministic noise (no `rand` dependency for one buffer).
 fn noise(len: usize, mut seed: u32) -> Vec<u8> {
@@ -154,6 +160,36 @@ async fn garbage_instead_of_a_client_hello_is_closed_on_every_tls_listener() {
             let sent = bytes.len();
             runs.spawn(async move { (target, name, stalls, sent, attack(addr, bytes).await) });
         }
+    }
+    // Slowloris on the plaintext listeners: a request head (or a DNS
+    // length prefix) that never ends must be cut off by the listener's
+    // own timeout (5 s for admin heads, 10 s for the app port and DNS).
+    let plaintext = [
+        ("east sidecar admin", east.client.admin, SLOW_HEAD),
+        (
+            "east sidecar outbound proxy",
+            east.client.outbound,
+            SLOW_HEAD,
+        ),
+        (
+            "west gateway admin",
+            west.gateways[0].as_ref().unwrap().admin,
+            SLOW_HEAD,
+        ),
+        (
+            "west controller admin",
+            west.controller().unwrap().admin_addr().unwrap(),
+            SLOW_HEAD,
+        ),
+        ("east DNS over TCP", east.dns.tcp_addr(), SLOW_DNS),
+    ];
+    for (target, addr, bytes) in plaintext {
+        runs.spawn(async move {
+            let r = attack(addr, bytes.to_vec())
+                .await
+                .map(|(took, _)| (took, 0));
+            (target, "slowloris", true, bytes.len(), r)
+        });
     }
     let mut failures = Vec::new();
     while let Some(run) = runs.join_next().await {
