@@ -17,6 +17,7 @@ mod output;
 mod probe;
 mod proxy;
 mod roles;
+mod runtime;
 mod signal;
 
 use output::Format;

@@ -40,6 +40,10 @@ pub struct ProxyArgs {
     /// Validate the config and snapshot, print a summary and exit.
     #[arg(long)]
     check: bool,
+    /// Worker threads [default: the CPUs this process may run on; with
+    /// one, a single-threaded runtime].
+    #[arg(long, env = "STRAIT_PROXY_THREADS")]
+    threads: Option<usize>,
 }
 
 /// `controller:` of a sidecar config: where its snapshots come from.
@@ -112,7 +116,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = crate::runtime::data_plane(args.threads)?;
     rt.block_on(async move {
         let td = cfg.trust_domain.clone();
         let proxy = Proxy::start(cfg, snapshot).await?;

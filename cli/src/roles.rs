@@ -133,6 +133,8 @@ impl IdentityFiles {
 struct Loaded {
     config: ControllerConfig,
     dns: Option<SocketAddr>,
+    /// Watched while it runs: a new certificate or bundle is swapped in.
+    files: strait_ca::reload::IdentityFiles,
 }
 
 fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
@@ -185,6 +187,9 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
             ),
         ));
     }
+    let id = f.identity.files;
+    let files = strait_ca::reload::IdentityFiles::new(id.chain, id.key, id.bundle, f.trust_domain)
+        .expecting(expected);
     let mut config = ControllerConfig::new(f.cluster, f.state_dir, certs, bundle);
     config.locality = locality;
     config.listen = f.listen;
@@ -194,6 +199,7 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
     Ok(Loaded {
         config,
         dns: f.dns.map(|d| d.listen),
+        files,
     })
 }
 
@@ -217,7 +223,11 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let state_dir = loaded.config.state_dir.clone();
+        let (certs, bundle) = (loaded.config.certs.clone(), loaded.config.bundle.clone());
         let handle = Controller::start(loaded.config).await?;
+        // The certificate and bundle the controller serves and dials with
+        // are swapped in place when their files change (root rotation).
+        let reload = tokio::spawn(strait_ca::reload::watch(loaded.files, certs, bundle));
         let admin = handle
             .admin_addr()
             .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/status"));
@@ -266,6 +276,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         } else {
             crate::signal::wait_for_shutdown().await;
         }
+        reload.abort();
         if let Some(d) = dns {
             let _ = d.shutdown().await;
         }
@@ -315,6 +326,10 @@ pub struct GatewayArgs {
     /// A fixed export table (YAML) instead of a controller.
     #[arg(long)]
     exports: Option<PathBuf>,
+    /// Worker threads [default: the CPUs this process may run on; with
+    /// one, a single-threaded runtime].
+    #[arg(long, env = "STRAIT_GATEWAY_THREADS")]
+    threads: Option<usize>,
     /// Validate the config, print a summary and exit.
     #[arg(long)]
     check: bool,
@@ -409,7 +424,7 @@ pub fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = crate::runtime::data_plane(args.threads)?;
     rt.block_on(async move {
         let (initial, controller) = match source {
             ExportSource::Fixed(t) => (t, None),

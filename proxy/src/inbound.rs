@@ -97,7 +97,9 @@ async fn connection(
         service_fn(move |req| {
             let shared = shared.clone();
             let source = source.clone();
-            async move { Ok::<_, Infallible>(handle(shared, source, req, http1).await) }
+            // Boxed: the request future is large, and hyper/tokio move the
+            // per-stream future several times (spawn, completion).
+            async move { Ok::<_, Infallible>(Box::pin(handle(shared, source, req, http1)).await) }
         })
     };
     if http1 {

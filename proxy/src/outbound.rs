@@ -87,7 +87,9 @@ async fn serve_http(shared: Arc<Shared>, tcp: TcpStream, target: Target, detecte
     let limits = shared.cfg.limits.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(request(shared, target, req).await) }
+        // Boxed: the request future is large, and hyper/tokio move the
+        // per-stream future several times (spawn, completion).
+        async move { Ok::<_, Infallible>(Box::pin(request(shared, target, req)).await) }
     });
     let io = TokioIo::new(tcp);
     let result = if detected == Detected::Http2 {
