@@ -8,7 +8,10 @@
 //! - [`verify`] and [`tls`]: chain + SPIFFE identity verification and the
 //!   rustls configs proxies, gateways and controllers use.
 //! - [`manager`]: the workload-side `CertManager` that renews at 2/3 of
-//!   the certificate's life.
+//!   the certificate's life; [`reload`]: hot reload of identity files.
+//! - [`trust`]: what a component trusts and presents (`/trust` on admin
+//!   ports); [`rotation`]: staged root rotation of a CA directory and the
+//!   certificate directories it issued.
 //!
 //! It is not a general-purpose PKI: it issues SPIFFE X.509-SVIDs for one
 //! trust domain, nothing else.
@@ -21,10 +24,13 @@ mod error;
 pub mod identity;
 pub mod manager;
 pub mod pem;
+pub mod reload;
+pub mod rotation;
 pub mod server;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod trust;
 pub mod verify;
 
 pub use authority::Authority;

@@ -206,11 +206,18 @@ impl CaDir {
             pem::encode_certs([&cert, ca.cert()]).as_bytes(),
             0o644,
         )?;
-        fs::copy(self.bundle_path(), &files.bundle).map_err(CaError::io(&files.bundle))?;
+        // Atomic, like every other file: components watch their bundle.
+        let bundle = fs::read(self.bundle_path()).map_err(CaError::io(self.bundle_path()))?;
+        write_atomic(&files.bundle, &bundle, 0o644)?;
         Ok(files)
     }
 
-    fn load_authority(&self, cert: &Path, key: &Path) -> Result<Authority, CaError> {
+    /// The root certificate (`root.pem`) and key (`root.key`).
+    pub fn root_paths(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join(ROOT_CERT), self.dir.join(ROOT_KEY))
+    }
+
+    pub(crate) fn load_authority(&self, cert: &Path, key: &Path) -> Result<Authority, CaError> {
         let cert_pem = read_text(cert)?;
         let key_pem = read_text(key)?;
         check_key_mode(key)?;

@@ -14,6 +14,8 @@ use strait_ca::{CaDir, CertStore, SharedBundle};
 
 use crate::output::{Format, emit, expiry, parse_duration};
 
+mod rotate;
+
 const DEFAULT_DIR: &str = "strait-ca";
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +97,11 @@ pub enum CaCommand {
     /// Bootstrap tokens for the signing service.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Staged root rotation on a live mesh: add the new root, re-issue
+    /// every certificate under it, drop the old root; each stage waits
+    /// until every component confirms it.
+    #[command(subcommand)]
+    Rotate(rotate::RotateCommand),
     /// Check a certificate chain against the trust bundle and print its identity.
     ///
     ///   strait ca verify --chain ./web/chain.pem
@@ -275,6 +282,7 @@ pub fn run(cmd: CaCommand, format: Format) -> anyhow::Result<()> {
             })
         }
         CaCommand::Serve { ca, listen, ttl } => serve(ca, listen, ttl),
+        CaCommand::Rotate(cmd) => rotate::run(cmd, format),
         CaCommand::Token(TokenCommand::Create {
             ca,
             namespace,

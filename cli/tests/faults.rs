@@ -10,140 +10,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::traffic::{Load, app};
 use support::*;
 
 /// Recovery budget after a restart of a component on the request path
 /// (docs/operations.md, "Crash recovery").
 const RECOVERY: Duration = Duration::from_secs(5);
-
-/// A tiny HTTP/1.1 app: answers every request `200 west`, keep-alive.
-fn app(addr: &str) {
-    let listener = TcpListener::bind(addr).unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut w = conn;
-                loop {
-                    let mut line = String::new();
-                    // Read one head (GETs carry no body).
-                    loop {
-                        line.clear();
-                        match r.read_line(&mut line) {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) if line == "\r\n" => break,
-                            Ok(_) => {}
-                        }
-                    }
-                    if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nwest")
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-}
-
-/// One request through east's client sidecar (explicit proxy port).
-fn request(conn: &mut Option<BufReader<TcpStream>>, proxy: SocketAddr) -> bool {
-    let mut attempt = || -> std::io::Result<bool> {
-        if conn.is_none() {
-            let s = TcpStream::connect_timeout(&proxy, Duration::from_secs(1))?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            *conn = Some(BufReader::new(s));
-        }
-        let r = conn.as_mut().expect("just set");
-        r.get_mut().write_all(
-            b"GET http://echo.demo.svc.clusterset.local:8080/ HTTP/1.1\r\nhost: echo.demo.svc.clusterset.local:8080\r\n\r\n",
-        )?;
-        let (mut status, mut len, mut line) = (String::new(), 0usize, String::new());
-        r.read_line(&mut status)?;
-        loop {
-            line.clear();
-            if r.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body)?;
-        Ok(status.starts_with("HTTP/1.1 200") && body == b"west")
-    };
-    let ok = attempt().unwrap_or(false);
-    if !ok {
-        *conn = None;
-    }
-    ok
-}
-
-/// Sends a request every 20 ms and records (when, ok).
-struct Load {
-    samples: Arc<Mutex<Vec<(Instant, bool)>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Load {
-    fn start(proxy: SocketAddr) -> Self {
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (samples.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut conn = None;
-            while !st.load(Ordering::Relaxed) {
-                let ok = request(&mut conn, proxy);
-                s.lock().unwrap().push((Instant::now(), ok));
-                pause(20);
-            }
-        });
-        Self { samples, stop }
-    }
-
-    fn since(&self, t: Instant) -> Vec<(Instant, bool)> {
-        let v = self.samples.lock().unwrap();
-        v.iter().filter(|(at, _)| *at >= t).copied().collect()
-    }
-
-    /// Waits until a request sent after `t` succeeds; returns how long
-    /// after `t` that was.
-    fn recovered_after(&self, t: Instant, limit: Duration) -> Duration {
-        let deadline = Instant::now() + limit + Duration::from_secs(10);
-        loop {
-            if let Some((at, _)) = self.since(t).iter().find(|(_, ok)| *ok) {
-                return *at - t;
-            }
-            assert!(Instant::now() < deadline, "traffic never recovered");
-            pause(50);
-        }
-    }
-
-    /// Asserts that no request in `[t, now]` failed (and some were sent).
-    fn no_failures_since(&self, t: Instant, what: &str) {
-        let s = self.since(t);
-        let failed = s.iter().filter(|(_, ok)| !ok).count();
-        assert!(s.len() > 20, "{what}: only {} requests sent", s.len());
-        assert_eq!(failed, 0, "{what}: {failed} of {} requests failed", s.len());
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
 
 /// A DNS A query for `name` over UDP; true when the answer has records.
 fn dns_answers(server: SocketAddr, name: &str) -> bool {

@@ -1,5 +1,6 @@
 //! The gateway's admin port: `/metrics` (Prometheus text), `/ready` (a
-//! certificate is loaded and the gateway is not draining), `/live`.
+//! certificate is loaded and the gateway is not draining), `/live`, and
+//! `/trust` (JSON: trusted roots and the root its certificate chains to).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -53,6 +54,11 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             shared.metrics.encode(),
         ),
         "/live" => text(StatusCode::OK, "text/plain", "live\n".into()),
+        "/trust" => text(
+            StatusCode::OK,
+            "application/json",
+            strait_ca::trust::TrustReport::of(&shared.certs, &shared.bundle).to_json(),
+        ),
         "/ready" => {
             let why = if shared.certs.current().is_none() {
                 Some("no certificate yet\n")
@@ -69,7 +75,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /metrics, /ready or /live\n".into(),
+            "try /metrics, /ready, /live or /trust\n".into(),
         ),
     }
 }

@@ -48,6 +48,7 @@ pub enum StartError {
 pub(crate) struct Shared {
     pub cfg: GatewayConfig,
     pub certs: CertStore,
+    pub bundle: SharedBundle,
     pub metrics: Metrics,
     /// The gateway's own addresses: never a tunnel target.
     pub own: Vec<SocketAddr>,
@@ -152,6 +153,7 @@ async fn start(
     let shared = Arc::new(Shared {
         cfg,
         certs,
+        bundle,
         metrics: Metrics::new(),
         own: vec![listener, admin_addr],
         exports: RwLock::new(Arc::new(Index::from(exports))),
@@ -187,7 +189,7 @@ fn acceptor(certs: &CertStore, bundle: &SharedBundle) -> Result<TlsAcceptor, Sta
 pub struct Handle {
     /// The public mTLS listener.
     pub listener: SocketAddr,
-    /// The admin listener (`/metrics`, `/ready`, `/live`).
+    /// The admin listener (`/metrics`, `/ready`, `/live`, `/trust`).
     pub admin: SocketAddr,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
@@ -226,6 +228,12 @@ impl Handle {
     /// Prometheus text of this gateway's metrics.
     pub fn metrics(&self) -> String {
         self.shared.metrics.encode()
+    }
+
+    /// The roots the gateway trusts and the root its certificate chains to
+    /// now (`/trust` on the admin port).
+    pub fn trust(&self) -> strait_ca::trust::TrustReport {
+        strait_ca::trust::TrustReport::of(&self.shared.certs, &self.shared.bundle)
     }
 
     /// Tunnels open now.

@@ -1,9 +1,15 @@
 //! The gateway's own certificate (files or the cluster CA), and what it
 //! reads from a verified peer: the source cluster of a tunnel.
+//!
+//! With files, the chain, key and bundle are watched (polled every second)
+//! and swapped in place when they change (`strait_ca::reload`): new
+//! handshakes use the new certificate and roots, open tunnels keep theirs;
+//! bad files are refused with a log line and the current identity stays.
 
 use std::path::Path;
 
 use rustls::pki_types::CertificateDer;
+use strait_ca::reload::IdentityFiles;
 use strait_ca::{CertStore, SharedBundle, TrustBundle};
 use tokio::task::JoinHandle;
 use x509_parser::prelude::FromDer;
@@ -25,8 +31,8 @@ fn bad(path: &Path, e: impl std::fmt::Display) -> StartError {
     StartError::Identity(format!("{}: {e}", path.display()))
 }
 
-/// Loads the certificate store and trust bundle; with a CA source, also
-/// starts the renewal task (pushed to `tasks`).
+/// Loads the certificate store and trust bundle, and starts the task that
+/// keeps them current (file reload, or renewal from the CA), pushed to `tasks`.
 pub async fn load(
     cfg: &GatewayConfig,
     tasks: &mut Vec<JoinHandle<()>>,
@@ -36,8 +42,20 @@ pub async fn load(
         IdentitySource::Files { chain, key, bundle } => {
             let certs =
                 CertStore::from_pem(&read(chain)?, &read(key)?).map_err(|e| bad(chain, e))?;
-            let b = TrustBundle::from_pem(td, &read(bundle)?).map_err(|e| bad(bundle, e))?;
-            Ok((certs, SharedBundle::new(b)))
+            let b =
+                TrustBundle::from_pem(td.clone(), &read(bundle)?).map_err(|e| bad(bundle, e))?;
+            let b = SharedBundle::new(b);
+            let mut files = IdentityFiles::new(chain.clone(), key.clone(), bundle.clone(), td);
+            if let Some(id) = certs.identity() {
+                // A reload never changes who the gateway is.
+                files = files.expecting(id);
+            }
+            tasks.push(tokio::spawn(strait_ca::reload::watch(
+                files,
+                certs.clone(),
+                b.clone(),
+            )));
+            Ok((certs, b))
         }
         IdentitySource::Ca {
             address,

@@ -1,5 +1,6 @@
 //! The admin port: `/metrics` (Prometheus text), `/ready`, `/live`,
-//! `/config` (the snapshot in use, as JSON).
+//! `/config` (the snapshot in use, as JSON), `/trust` (JSON: the roots the
+//! sidecar trusts and the root its certificate chains to).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -71,10 +72,16 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                 e.to_string(),
             ),
         },
+        "/trust" => text(
+            StatusCode::OK,
+            "application/json",
+            strait_ca::trust::TrustReport::of(&shared.identity.certs, &shared.identity.bundle)
+                .to_json(),
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /metrics, /ready, /live or /config\n".into(),
+            "try /metrics, /ready, /live, /config or /trust\n".into(),
         ),
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use strait_api::snapshot::{Snapshot, SnapshotError};
+use strait_ca::reload::IdentityFiles;
 use strait_ca::{CertStore, SharedBundle, TrustBundle};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -129,6 +130,13 @@ impl Proxy {
         self.shared.identity.bundle.get().roots().len()
     }
 
+    /// The roots the sidecar trusts and the root its certificate chains
+    /// to now (`/trust` on the admin port).
+    pub fn trust(&self) -> strait_ca::trust::TrustReport {
+        let id = &self.shared.identity;
+        strait_ca::trust::TrustReport::of(&id.certs, &id.bundle)
+    }
+
     /// The leaf certificate the sidecar presents now.
     pub fn certificate(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
         let ck = self.shared.identity.certs.current()?;
@@ -195,11 +203,16 @@ async fn load_identity(
             let bundle_set = TrustBundle::from_pem(td.clone(), &read(bundle)?)
                 .map_err(|e| StartError::Identity(format!("{}: {e}", bundle.display())))?;
             let shared_bundle = SharedBundle::new(bundle_set);
-            tasks.push(tokio::spawn(watch_identity_files(
+            // Rotation by file: checked together, swapped in place; a bad
+            // set is refused with a log line and the current one stays.
+            let mut files = IdentityFiles::new(chain.clone(), key.clone(), bundle.clone(), td);
+            if let Some(id) = certs.identity() {
+                files = files.expecting(id);
+            }
+            tasks.push(tokio::spawn(strait_ca::reload::watch(
+                files,
                 certs.clone(),
                 shared_bundle.clone(),
-                td,
-                [chain.clone(), key.clone(), bundle.clone()],
             )));
             Ok(Identity {
                 certs,
@@ -227,53 +240,6 @@ async fn load_identity(
                     })?;
             tasks.push(renew);
             Ok(Identity { certs, bundle })
-        }
-    }
-}
-
-/// Re-reads certificate files when they change (rotation by file).
-async fn watch_identity_files(
-    certs: CertStore,
-    bundle: SharedBundle,
-    td: strait_api::TrustDomain,
-    paths: [PathBuf; 3],
-) {
-    let mut seen: Vec<Option<SystemTime>> = paths.iter().map(|p| mtime(p)).collect();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now: Vec<Option<SystemTime>> = paths.iter().map(|p| mtime(p)).collect();
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        let [chain, key, bundle_path] = &paths;
-        match (read(chain), read(key)) {
-            (Ok(c), Ok(k)) => match CertStore::from_pem(&c, &k) {
-                Ok(fresh) => {
-                    if let Some(ck) = fresh.current() {
-                        if certs
-                            .current()
-                            .map(|cur| cur.cert != ck.cert)
-                            .unwrap_or(true)
-                        {
-                            certs.set_certified(ck);
-                            tracing::info!("workload certificate reloaded from files");
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "new certificate files refused; keeping the current certificate")
-                }
-            },
-            _ => tracing::warn!("certificate files unreadable; keeping the current certificate"),
-        }
-        if let Ok(text) = read(bundle_path) {
-            match TrustBundle::from_pem(td.clone(), &text) {
-                Ok(b) => bundle.set(b),
-                Err(e) => {
-                    tracing::warn!(error = %e, "new trust bundle refused; keeping the current one")
-                }
-            }
         }
     }
 }

@@ -18,6 +18,7 @@ use anyhow::{Context, anyhow};
 use strait_api::snapshot::{AuthorizationPolicy, Protocol, Snapshot};
 use strait_api::{ClusterName, Locality, SpiffeId, TrustDomain};
 use strait_ca::tls::ExpectedServer;
+use strait_ca::trust::TrustReport;
 use strait_ca::{CaDir, CertStore, SharedBundle};
 use strait_federation::catalog::{
     CheckKind, EndpointSpec, Export, HealthCheck, PolicySpec, Registration, ServiceKey,
@@ -110,7 +111,6 @@ pub struct Mesh {
     pub ca: CaDir,
     pub td: TrustDomain,
     pub clusters: Vec<Cluster>,
-    pub(crate) rotations: usize,
 }
 
 fn ip(net: u8, c: u8, d: u8) -> Ipv4Addr {
@@ -135,7 +135,6 @@ impl Mesh {
             ca,
             td,
             clusters: Vec::new(),
-            rotations: 0,
         };
         for (i, c) in spec.clusters.iter().enumerate() {
             let cluster = mesh
@@ -227,7 +226,7 @@ impl Mesh {
             .map(|i| sock(ip(net, 0, 10 + i as u8), 15443))
             .collect();
         let ctl_id = strait_federation::controller::controller_identity(&self.td, &name);
-        let (_, certs) = self.issue(&name, &ctl_id, "controller")?;
+        let (ctl_files, certs) = self.issue(&name, &ctl_id, "controller")?;
         let relay = Relay::start(sock(ip(net, 0, 1), 8612), sock(ip(net, 0, 1), 8610)).await?;
         let controller = self
             .start_controller(
@@ -246,7 +245,14 @@ impl Mesh {
         dns_cfg.meshed_clients = vec![];
         let dns =
             strait_dns::run(dns_cfg, dns_view.clone(), strait_dns::DnsMetrics::default()).await?;
-        let mut tasks = vec![tokio::spawn(feed_dns(
+        let mut tasks = vec![tokio::spawn(crate::rotation::reload_files(
+            ctl_files,
+            self.td.clone(),
+            ctl_id.clone(),
+            certs.clone(),
+            bundle.clone(),
+        ))];
+        tasks.push(tokio::spawn(feed_dns(
             controller.grpc_addr(),
             certs.clone(),
             bundle.clone(),
@@ -254,17 +260,15 @@ impl Mesh {
             self.td.clone(),
             dns_view,
             vip_octet,
-        ))];
+        )));
         // The cluster's client sidecar (where scenario traffic starts).
         let client_id = self.td.workload_id("default", "client")?;
-        let (client_files, client_certs) = self.issue(&name, &client_id, "client")?;
+        let (client_files, _) = self.issue(&name, &client_id, "client")?;
         let client_cfg = proxy_config(&self.td, client_files, ip(net, 0, 3), vec![], None, true);
         let client = Proxy::start(client_cfg, empty_snapshot(&name)?).await?;
         let client_feed = feed(
             &client,
             controller.grpc_addr(),
-            client_certs,
-            bundle.clone(),
             &self.td,
             &name,
             &locality,
@@ -349,8 +353,7 @@ impl Mesh {
         for r in 0..spec.replicas {
             let wip = ip(cluster.net, 1 + w as u8, 1 + r as u8);
             let app = start_app(spec, cluster.name.as_str(), r, wip).await?;
-            let (files, certs) =
-                self.issue(&cluster.name, &id, &format!("{}-{r}", spec.service))?;
+            let (files, _) = self.issue(&cluster.name, &id, &format!("{}-{r}", spec.service))?;
             let app_port = AppPort {
                 port: spec.port,
                 protocol: spec.protocol,
@@ -370,8 +373,6 @@ impl Mesh {
             let feed = feed(
                 &sidecar,
                 ctl,
-                certs,
-                cluster.bundle.clone(),
                 &self.td,
                 &cluster.name,
                 &cluster.locality,
@@ -494,18 +495,6 @@ impl Mesh {
                     .flat_map(|w| w.replicas.iter().map(|r| &r.sidecar)),
             )
             .collect()
-    }
-
-    /// Gives a cluster's controller a fresh certificate from the current CA.
-    pub(crate) fn reissue_controller(&self, cluster: &str) -> anyhow::Result<()> {
-        let c = self.cluster(cluster)?;
-        let id = strait_federation::controller::controller_identity(&self.td, &c.name);
-        let (_, store) = self.issue(&c.name, &id, "controller")?;
-        let ck = store
-            .current()
-            .ok_or_else(|| anyhow!("no certificate issued"))?;
-        c.certs.set_certified(ck);
-        Ok(())
     }
 
     pub fn set_policy(&self, cluster: &str, policy: PolicySpec) -> anyhow::Result<()> {
@@ -645,9 +634,26 @@ impl Mesh {
 }
 
 impl Cluster {
-    /// Replaces the trust bundle the controller and feeds use.
-    pub(crate) fn set_bundle(&self, bundle: strait_ca::TrustBundle) {
-        self.bundle.set(bundle);
+    /// What every component of the cluster trusts and presents now:
+    /// (who, report) for the controller, each gateway and each sidecar.
+    pub fn trust(&self) -> Vec<(String, TrustReport)> {
+        let mut out = vec![(
+            format!("controller {}", self.name),
+            TrustReport::of(&self.certs, &self.bundle),
+        )];
+        for (i, g) in self.gateways.iter().enumerate() {
+            if let Some(g) = g {
+                out.push((format!("gateway-{i} {}", self.name), g.trust()));
+            }
+        }
+        out.push((format!("client {}", self.name), self.client.trust()));
+        for w in &self.workloads {
+            for (r, rep) in w.replicas.iter().enumerate() {
+                let who = format!("{}-{r} {}", w.spec.service, self.name);
+                out.push((who, rep.sidecar.trust()));
+            }
+        }
+        out
     }
 
     pub fn controller(&self) -> anyhow::Result<&ControllerHandle> {
@@ -758,13 +764,11 @@ async fn start_app(
     ))
 }
 
-/// Feeds a sidecar the snapshots its controller pushes.
-#[allow(clippy::too_many_arguments)]
+/// Feeds a sidecar the snapshots its controller pushes, over mTLS with the
+/// sidecar's own (live) certificate and bundle.
 fn feed(
     proxy: &Proxy,
     controller: SocketAddr,
-    certs: CertStore,
-    bundle: SharedBundle,
     td: &TrustDomain,
     cluster: &ClusterName,
     locality: &Locality,
@@ -778,6 +782,7 @@ fn feed(
         cluster: cluster.to_string(),
         locality: locality.to_string(),
     };
+    let (certs, bundle) = proxy.identity();
     let sub = strait_federation::push_client::subscribe(
         controller,
         certs,

@@ -1,40 +1,20 @@
 //! Certificate and root rotation on a running mesh, through the same files
-//! operators would change: sidecars and gateways watch their certificate
-//! and bundle files; controllers hold their certificate and bundle in
-//! memory and are updated in place.
+//! operators would change: every component (sidecars, gateways and
+//! controllers) watches its certificate and bundle files.
 //!
-//! Root rotation is staged: (1) every component trusts old + new root,
-//! (2) every certificate is re-issued under the new root, (3) the old root
-//! is dropped. Each stage waits until every sidecar confirms it (its
-//! trusted roots, or the certificate it presents).
+//! Root rotation is `strait_ca::rotation`, the same staged logic as
+//! `strait ca rotate`: (1) every component trusts old + new root, (2) every
+//! certificate is re-issued under the new root, (3) the old root is
+//! dropped. Each stage waits until every component confirms it (its
+//! trusted roots, or the root its certificate chains to).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use strait_ca::{CaDir, pem};
+use strait_ca::pem;
+use strait_ca::rotation::{Expect, Rotation, Stage};
 
 use crate::mesh::Mesh;
-
-/// Every `bundle.pem` written for sidecars and gateways under `dir`.
-fn bundle_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.join("certs")];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "bundle.pem") {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
 
 async fn wait_until(
     what: &str,
@@ -79,73 +59,59 @@ impl Mesh {
         Ok(expected.len())
     }
 
-    /// Staged root rotation across the mesh; returns the number of sidecars.
-    pub async fn rotate_root(&mut self) -> anyhow::Result<usize> {
-        let old_root = std::fs::read_to_string(self.ca.bundle_path())?;
-        let n = self.rotations;
-        self.rotations += 1;
-        let next_dir = self.spec.dir.join(format!("ca-next-{n}"));
-        let next = CaDir::init(&next_dir, &self.td, Duration::from_secs(365 * 86400))?;
-        let new_root = std::fs::read_to_string(next.bundle_path())?;
-        let both = format!("{old_root}{new_root}");
-
-        // Stage 1: trust both roots everywhere.
-        self.set_trust(&both, 2)
-            .await
-            .context("stage 1 (trust both roots)")?;
-        // Stage 2: re-issue everything under the new root.
-        std::fs::write(next.bundle_path(), &both)?;
-        for c in &self.clusters {
-            next.new_intermediate(&c.name, Duration::from_secs(30 * 86400))?;
+    /// Staged root rotation across the mesh; returns the number of
+    /// components that confirmed every stage.
+    pub async fn rotate_root(&self) -> anyhow::Result<usize> {
+        let rotation = Rotation::new(self.ca.clone());
+        let dirs = strait_ca::rotation::find(&self.spec.dir.join("certs"));
+        for stage in Stage::ALL {
+            let expect = rotation
+                .run(stage, &dirs)
+                .with_context(|| format!("stage {stage}"))?;
+            self.confirmed(&expect)
+                .await
+                .with_context(|| format!("stage {stage} ({})", stage.goal()))?;
+            rotation.confirm(stage)?;
         }
-        self.ca = next;
-        let mut count = 0;
-        let names: Vec<String> = self.clusters.iter().map(|c| c.name.to_string()).collect();
-        for name in &names {
-            count += self.rotate_certs(name).await?;
-            self.reissue_controller(name)?;
-            for i in 0..self.cluster(name)?.gateways.len() {
-                self.kill_gateway(name, i)?;
-                self.restart_gateway(name, i).await?;
-            }
-        }
-        // Stage 3: drop the old root.
-        std::fs::write(self.ca.bundle_path(), &new_root)?;
-        self.set_trust(&new_root, 1)
-            .await
-            .context("stage 3 (drop the old root)")?;
-        Ok(count)
+        Ok(self.clusters.iter().map(|c| c.trust().len()).sum())
     }
 
-    /// Writes `bundle_pem` to every bundle file and controller, then waits
-    /// until every sidecar trusts exactly `roots` roots.
-    async fn set_trust(&mut self, bundle_pem: &str, roots: usize) -> anyhow::Result<()> {
-        for f in bundle_files(&self.spec.dir) {
-            strait_ca::store::write_atomic(&f, bundle_pem.as_bytes(), 0o644)?;
-        }
-        let bundle = strait_ca::TrustBundle::from_pem(self.td.clone(), bundle_pem)?;
-        for c in &self.clusters {
-            c.set_bundle(bundle.clone());
-        }
-        let proxies: Vec<&strait_proxy::Proxy> = self
-            .clusters
-            .iter()
-            .flat_map(|c| self.sidecars(c))
-            .collect();
-        wait_until(
-            &format!("every sidecar to trust {roots} root(s)"),
+    /// Waits until every component meets `expect`; on timeout names those
+    /// that do not, and why.
+    async fn confirmed(&self, expect: &Expect) -> anyhow::Result<()> {
+        let pending = || -> Vec<String> {
+            self.clusters
+                .iter()
+                .flat_map(|c| c.trust())
+                .filter_map(|(who, r)| expect.shortfall(&r).map(|why| format!("{who}: {why}")))
+                .collect()
+        };
+        let result = wait_until(
+            &format!("every component to {}", expect.stage.goal()),
             Duration::from_secs(10),
-            || proxies.iter().all(|p| p.trusted_roots() == roots),
+            || pending().is_empty(),
         )
-        .await?;
-        // Gateways read their bundle at start: restart them one at a time.
-        let names: Vec<String> = self.clusters.iter().map(|c| c.name.to_string()).collect();
-        for name in names {
-            for i in 0..self.cluster(&name)?.gateways.len() {
-                self.kill_gateway(&name, i)?;
-                self.restart_gateway(&name, i).await?;
-            }
-        }
-        Ok(())
+        .await;
+        result.map_err(|e| anyhow!("{e}; not confirmed: {}", pending().join("; ")))
+    }
+}
+
+/// Swaps a controller's certificate and bundle when its files change, as
+/// `strait controller` does.
+pub(crate) async fn reload_files(
+    files: strait_proxy::config::IdentitySource,
+    td: strait_api::TrustDomain,
+    id: strait_api::SpiffeId,
+    certs: strait_ca::CertStore,
+    bundle: strait_ca::SharedBundle,
+) {
+    if let strait_proxy::config::IdentitySource::Files {
+        chain,
+        key,
+        bundle: b,
+    } = files
+    {
+        let files = strait_ca::reload::IdentityFiles::new(chain, key, b, td).expecting(id);
+        strait_ca::reload::watch(files, certs, bundle).await;
     }
 }

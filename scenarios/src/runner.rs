@@ -271,7 +271,7 @@ async fn do_step(
     if step.rotate_root.is_some() {
         let n = mesh.rotate_root().await?;
         return Ok(format!(
-            "rotated the root: new root trusted, {n} sidecars re-issued under it, old root dropped"
+            "rotated the root (add, reissue, drop): each stage confirmed by all {n} components"
         ));
     }
     if let Some(d) = &step.check_dns {

@@ -58,8 +58,16 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
         .map(|id| id.trust_domain())
         .with_context(|| format!("{}: no SPIFFE ID in the certificate", files.chain.display()))?;
     let (certs, bundle) = files.load(&td)?;
+    let watched =
+        strait_ca::reload::IdentityFiles::new(files.chain, files.key, files.bundle, td.clone());
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        // New certificate or bundle files (rotation) are swapped in place.
+        let reload = tokio::spawn(strait_ca::reload::watch(
+            watched,
+            certs.clone(),
+            bundle.clone(),
+        ));
         let view = strait_dns::ViewHandle::new(strait_dns::DnsView::new(cluster.clone()))?;
         let server = strait_dns::run(
             strait_dns::DnsConfig::new(args.listen),
@@ -107,6 +115,7 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
             () = feed => {}
         }
         drop(sub);
+        reload.abort();
         let _ = server.shutdown().await;
         eprintln!("stopped");
         anyhow::Ok(())

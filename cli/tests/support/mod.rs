@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod traffic;
+
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

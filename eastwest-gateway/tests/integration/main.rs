@@ -2,5 +2,6 @@
 //! certificates from a real CA directory, raw HTTP/2 CONNECT clients.
 
 mod policy;
+mod reload;
 mod support;
 mod tunnels;

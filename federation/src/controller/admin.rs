@@ -1,6 +1,7 @@
-//! The admin HTTP port: `/metrics` (Prometheus text), `/ready`, `/live`
-//! and `/status` (JSON of [`super::Status`]); `/v1/...` goes to the
-//! operator API ([`super::admin_api`]).
+//! The admin HTTP port: `/metrics` (Prometheus text), `/ready`, `/live`,
+//! `/status` (JSON of [`super::Status`]) and `/trust` (JSON: the roots the
+//! controller trusts and the root its certificate chains to); `/v1/...`
+//! goes to the operator API ([`super::admin_api`]).
 
 use std::sync::Arc;
 
@@ -51,10 +52,15 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 format!("{e}\n"),
             ),
         },
+        "/trust" => reply(
+            StatusCode::OK,
+            "application/json",
+            strait_ca::trust::TrustReport::of(&shared.certs, &shared.bundle).to_json(),
+        ),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics, /ready, /status\n",
+            "not found; try /metrics, /ready, /status, /trust\n",
         ),
     }
 }
