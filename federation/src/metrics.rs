@@ -23,6 +23,8 @@ pub struct ResultLabels {
 pub struct Metrics {
     /// Global services in the merged view.
     pub catalog_services: Gauge,
+    /// Endpoints of every cluster in the merged view.
+    pub catalog_endpoints: Gauge,
     /// Seconds since the last update (or heartbeat) from each peer.
     pub peer_sync_lag_seconds: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     /// 1 while the sync stream from a peer is up.
@@ -40,6 +42,11 @@ impl Metrics {
             "catalog_services",
             "Global services known to this controller",
             self.catalog_services.clone(),
+        );
+        r.register(
+            "catalog_endpoints",
+            "Endpoints (of every cluster) of the global services known to this controller",
+            self.catalog_endpoints.clone(),
         );
         r.register(
             "peer_sync_lag_seconds",

@@ -22,7 +22,7 @@ use strait_api::proto::config::config_discovery_server::{ConfigDiscovery, Config
 use strait_api::proto::config::{
     EndpointHealthAck, EndpointHealthReport, SnapshotRequest, SnapshotResponse,
 };
-use strait_api::snapshot::{LocalPlace, Snapshot};
+use strait_api::snapshot::LocalPlace;
 use strait_api::{ClusterName, Locality};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -128,11 +128,14 @@ impl Inner {
     }
 }
 
-fn without_version(s: &Snapshot) -> Snapshot {
-    Snapshot {
-        version: 0,
-        ..s.clone()
-    }
+/// A digest of a serialized snapshot's content, without its version, so a
+/// session remembers 32 bytes instead of a copy of the whole snapshot (tens
+/// of MiB in a large mesh). serde writes `version` first, so the digest
+/// covers what follows the first comma; were it ever not first, every
+/// version would differ and a change could still never be missed.
+fn content_digest(json: &[u8]) -> ring::digest::Digest {
+    let start = json.iter().position(|b| *b == b',').unwrap_or(0);
+    ring::digest::digest(&ring::digest::SHA256, &json[start..])
 }
 
 async fn session(
@@ -149,7 +152,7 @@ async fn session(
     let _ = warm.wait_for(|w| *w).await;
     let mut world = inner.world.clone();
     world.mark_changed();
-    let mut last: Option<Snapshot> = None;
+    let mut last: Option<ring::digest::Digest> = None;
     loop {
         tokio::select! {
             changed = world.changed() => {
@@ -158,10 +161,8 @@ async fn session(
                 }
                 let published = world.borrow_and_update().clone();
                 let snap = snapshot_for(&published.world, &published.view, &place);
-                let bare = without_version(&snap);
-                if last.as_ref() == Some(&bare) {
-                    continue;
-                }
+                drop(published);
+                let version = snap.version;
                 let json = match serde_json::to_vec(&snap) {
                     Ok(j) => j,
                     Err(e) => {
@@ -169,13 +170,18 @@ async fn session(
                         continue;
                     }
                 };
-                let msg = SnapshotResponse { version: snap.version, snapshot_json: json };
+                drop(snap);
+                let digest = content_digest(&json);
+                if last.as_ref().map(AsRef::as_ref) == Some(digest.as_ref()) {
+                    continue;
+                }
+                let msg = SnapshotResponse { version, snapshot_json: json };
                 if tx.send(Ok(msg)).await.is_err() {
                     break;
                 }
                 inner.metrics.push("sent");
-                inner.update(id, |s| s.sent_version = snap.version);
-                last = Some(bare);
+                inner.update(id, |s| s.sent_version = version);
+                last = Some(digest);
             }
             msg = inbound.message() => {
                 let Ok(Some(m)) = msg else { break };
@@ -289,5 +295,34 @@ impl ConfigDiscovery for PushService {
         tracing::debug!(reporter = %who, service = %key, endpoint = %addr, healthy = r.healthy, "health report");
         self.inner.health.report(&key, addr, r.healthy, hold);
         Ok(Response::new(EndpointHealthAck {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strait_api::ClusterName;
+    use strait_api::snapshot::Snapshot;
+
+    use super::*;
+
+    fn snap(version: u64, cluster: &str) -> Vec<u8> {
+        let s = Snapshot {
+            version,
+            local: LocalPlace {
+                cluster: ClusterName::new(cluster).unwrap(),
+                locality: Locality::default(),
+            },
+            clusters: Vec::new(),
+            services: Vec::new(),
+        };
+        serde_json::to_vec(&s).unwrap()
+    }
+
+    #[test]
+    fn the_content_digest_ignores_the_version_and_nothing_else() {
+        let d = |v, c| content_digest(&snap(v, c)).as_ref().to_vec();
+        assert_eq!(d(1, "east"), d(987_654_321, "east"));
+        assert_ne!(d(1, "east"), d(1, "west"));
+        assert!(snap(7, "east").starts_with(b"{\"version\":7,"));
     }
 }

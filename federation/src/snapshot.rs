@@ -27,8 +27,11 @@ use strait_api::{ClusterName, Locality, SpiffeId, TrustDomain};
 
 use crate::catalog::{LocalCatalog, ServiceKey};
 
+mod merge;
 #[cfg(test)]
 mod tests;
+
+pub use merge::{merge, merge_from};
 
 /// A service as a peer exports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,178 +94,42 @@ pub struct Merged {
     pub clusters: BTreeSet<ClusterName>,
     /// What this cluster's sidecars of the service enforce.
     pub authorization: Vec<AuthorizationPolicy>,
-}
-
-/// The merged view of every service, and the conflicts found.
-#[derive(Debug, Clone, Default)]
-pub struct MergedView {
-    pub services: BTreeMap<ServiceKey, Merged>,
+    /// The conflicts found while merging this service.
     pub conflicts: Vec<Conflict>,
 }
 
-fn port_list(ports: &[ServicePort]) -> String {
-    let mut v: Vec<String> = ports
-        .iter()
-        .map(|p| format!("{}/{:?}", p.port, p.protocol).to_lowercase())
-        .collect();
-    v.sort();
-    v.join(",")
-}
-
-fn same_ports(a: &[ServicePort], b: &[ServicePort]) -> bool {
-    port_list(a) == port_list(b)
-}
-
-/// Merges the local catalog and every peer's export.
-pub fn merge(world: &World) -> MergedView {
-    let mut out = MergedView::default();
-    let mut owner: BTreeMap<ServiceKey, ClusterName> = BTreeMap::new();
-    for (key, reg) in &world.catalog.services {
-        let endpoints = reg
-            .endpoints
-            .iter()
-            .filter_map(|ep| {
-                Some(Endpoint {
-                    address: ep.address,
-                    cluster: world.cluster.clone(),
-                    locality: ep
-                        .locality
-                        .clone()
-                        .unwrap_or_else(|| world.locality.clone()),
-                    health: world
-                        .health
-                        .get(&(key.clone(), ep.address))
-                        .copied()
-                        .unwrap_or_default(),
-                    weight: ep.weight,
-                    identity: reg.identity_of(ep, &world.trust_domain)?,
-                    gateways: Vec::new(),
-                })
-            })
-            .collect();
-        owner.insert(key.clone(), world.cluster.clone());
-        out.services.insert(
-            key.clone(),
-            Merged {
-                key: key.clone(),
-                vip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                ports: reg.ports.clone(),
-                endpoints,
-                clusters: BTreeSet::from([world.cluster.clone()]),
-                authorization: Vec::new(),
-            },
-        );
-    }
-    for (peer, view) in &world.peers {
-        for (key, svc) in &view.services {
-            let conflict = |reason: String| Conflict {
-                service: key.to_string(),
-                cluster: peer.clone(),
-                reason,
-            };
-            if view.gateways.is_empty() {
-                let why = format!(
-                    "cluster {peer} announced no gateway, so its endpoints cannot be reached"
-                );
-                out.conflicts.push(conflict(why));
-                continue;
-            }
-            let merged = out.services.entry(key.clone()).or_insert_with(|| {
-                owner.insert(key.clone(), peer.clone());
-                Merged {
-                    key: key.clone(),
-                    vip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    ports: svc.ports.clone(),
-                    endpoints: Vec::new(),
-                    clusters: BTreeSet::new(),
-                    authorization: Vec::new(),
-                }
-            });
-            if !same_ports(&merged.ports, &svc.ports) {
-                let first = owner.get(key).map(ToString::to_string).unwrap_or_default();
-                let why = format!(
-                    "ports differ: {first} serves {}, {peer} serves {}; {peer}'s endpoints are left out",
-                    port_list(&merged.ports),
-                    port_list(&svc.ports)
-                );
-                out.conflicts.push(conflict(why));
-                continue;
-            }
-            let mut seen: HashSet<SocketAddr> =
-                merged.endpoints.iter().map(|e| e.address).collect();
-            for ep in &svc.endpoints {
-                if !seen.insert(ep.address) {
-                    let why = format!(
-                        "endpoint {} is also claimed by another cluster; left out",
-                        ep.address
-                    );
-                    out.conflicts.push(conflict(why));
-                    continue;
-                }
-                merged.endpoints.push(Endpoint {
-                    address: ep.address,
-                    cluster: peer.clone(),
-                    locality: ep.locality.clone(),
-                    health: if view.stale { Health::Stale } else { ep.health },
-                    weight: ep.weight,
-                    identity: ep.identity.clone(),
-                    gateways: view.gateways.clone(),
-                });
-            }
-            merged.clusters.insert(peer.clone());
-        }
-    }
-    for (key, policy) in &world.catalog.policies {
-        if let Some(m) = out
-            .services
-            .get_mut(key)
-            .filter(|_| !policy.authorization.is_empty())
-        {
-            let (authz, problem) = policy.authorization_for(&m.ports);
-            m.authorization = authz;
-            if let Some(e) = problem {
-                out.conflicts.push(Conflict {
-                    service: key.to_string(),
-                    cluster: world.cluster.clone(),
-                    reason: format!(
-                        "{}: {:?} is invalid: {}; the service denies every caller until the policy is fixed",
-                        e.field, e.value, e.reason
-                    ),
-                });
-            }
-        }
-        for c in &policy.failover {
-            if *c != world.cluster && !world.peers.contains_key(c) {
-                out.conflicts.push(Conflict {
-                    service: key.to_string(),
-                    cluster: c.clone(),
-                    reason: format!(
-                        "the failover order names cluster {c}, which is not linked; it is skipped"
-                    ),
-                });
-            }
-        }
-    }
-    assign_vips(&mut out.services);
-    out.conflicts.sort();
-    out.conflicts.dedup();
-    out
+/// The merged view of every service, and the conflicts found. Services
+/// are shared between versions: a rebuild reuses every service whose
+/// inputs did not change ([`merge_from`]).
+#[derive(Debug, Clone, Default)]
+pub struct MergedView {
+    pub services: BTreeMap<ServiceKey, Arc<Merged>>,
+    pub conflicts: Vec<Conflict>,
 }
 
 /// Stable VIPs in 127.77.0.0/16: a hash of `namespace/name`, probing
 /// forward on collision (in key order, so a VIP only moves when a
 /// colliding service is added before it).
-fn assign_vips(services: &mut BTreeMap<ServiceKey, Merged>) {
+/// A reused service is copied only when its VIP moves.
+fn assign_vips(services: &mut BTreeMap<ServiceKey, Arc<Merged>>) {
     const SLOTS: u32 = 256 * 254;
-    let mut used = HashSet::new();
+    let mut used = HashSet::with_capacity(services.len());
+    let mut name = String::new();
     for (key, m) in services.iter_mut() {
-        let mut slot = fnv1a(key.to_string().as_bytes()) % SLOTS;
+        name.clear();
+        name.push_str(&key.namespace);
+        name.push('/');
+        name.push_str(&key.name);
+        let mut slot = fnv1a(name.as_bytes()) % SLOTS;
         while !used.insert(slot) {
             slot = (slot + 1) % SLOTS;
         }
         // Third octet 0..=255, fourth 1..=254 (never .0 or .255).
         let (third, fourth) = (slot / 254, slot % 254 + 1);
-        m.vip = IpAddr::V4(Ipv4Addr::new(127, 77, third as u8, fourth as u8));
+        let vip = IpAddr::V4(Ipv4Addr::new(127, 77, third as u8, fourth as u8));
+        if m.vip != vip {
+            Arc::make_mut(m).vip = vip;
+        }
     }
 }
 

@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strait_api::ClusterName;
+use strait_api::snapshot::Health;
 use tokio::task::JoinHandle;
 
 use super::Shared;
+use crate::catalog::ServiceKey;
 use crate::catalog::store::DirectoryStore;
 use crate::peering::Link;
 use crate::push::Published;
-use crate::snapshot::merge;
+use crate::snapshot::merge_from;
 use crate::sync::import::run_importer;
 
 /// A task that is aborted when this is dropped.
@@ -46,37 +48,69 @@ impl AbortOnDrop {
 pub(crate) fn rebuild(shared: &Shared, version: u64) {
     let catalog = shared.source.watch().borrow().clone();
     let world = shared.build_world(version, catalog.clone());
-    let view = merge(&world);
+    // Services whose inputs did not change are shared with the last view.
+    let prev = shared.world.borrow().clone();
+    let view = merge_from(&world, Some((&prev.world, &prev.view)));
+    // Exports are a function of the catalog and local health alone.
+    let exports_changed =
+        !Arc::ptr_eq(&prev.world.catalog, &catalog) || prev.world.health != world.health;
+    drop(prev);
     shared
         .metrics
         .catalog_services
         .set(i64::try_from(view.services.len()).unwrap_or(i64::MAX));
+    let endpoints: usize = view.services.values().map(|m| m.endpoints.len()).sum();
+    shared
+        .metrics
+        .catalog_endpoints
+        .set(i64::try_from(endpoints).unwrap_or(i64::MAX));
     for c in &view.conflicts {
         tracing::debug!(service = %c.service, cluster = %c.cluster, reason = %c.reason, "catalog conflict");
     }
-    let health = &shared.health;
-    shared.exports.send_if_modified(|log| {
-        Arc::make_mut(log).update(
-            &shared.cluster,
-            &shared.td,
-            &shared.locality,
-            &catalog,
-            &|k, a| health.health(k, a),
-        )
-    });
+    if exports_changed {
+        // The health this world was built with, so that exports change
+        // exactly when the world's health does.
+        let health = |k: &ServiceKey, a| {
+            if world.health.is_empty() {
+                return Health::Healthy;
+            }
+            world
+                .health
+                .get(&(k.clone(), a))
+                .copied()
+                .unwrap_or_default()
+        };
+        shared.exports.send_if_modified(|log| {
+            Arc::make_mut(log).update(
+                &shared.cluster,
+                &shared.td,
+                &shared.locality,
+                &catalog,
+                &health,
+            )
+        });
+    }
     shared
         .world
         .send_replace(Arc::new(Published { world, view }));
 }
 
+/// Shortest and longest wait between a change and the rebuild it causes.
+const MIN_SETTLE: Duration = Duration::from_millis(10);
+const MAX_SETTLE: Duration = Duration::from_millis(250);
+
 /// Rebuilds on every change of catalog, health, imports or links,
-/// coalescing bursts.
+/// coalescing bursts: after a rebuild that took `t`, the next one waits at
+/// least `t` (10 ms to 250 ms), so a large mesh syncing many peers at once
+/// spends at most about half a core on rebuilds and the rest on sync.
+/// Rebuilds run on the blocking pool, off the async workers.
 pub(crate) async fn rebuild_loop(shared: Arc<Shared>, base: u64) {
     let mut catalog = shared.source.watch();
     let mut health = shared.health.subscribe();
     let mut imports = shared.imports.subscribe();
     let mut links = shared.links.watch();
     let mut version = base;
+    let mut settle = MIN_SETTLE;
     loop {
         let ok = tokio::select! {
             r = catalog.changed() => r.is_ok(),
@@ -87,13 +121,21 @@ pub(crate) async fn rebuild_loop(shared: Arc<Shared>, base: u64) {
         if !ok {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(settle).await;
         catalog.mark_unchanged();
         health.mark_unchanged();
         imports.mark_unchanged();
         links.mark_unchanged();
         version += 1;
-        rebuild(&shared, version);
+        let started = std::time::Instant::now();
+        let s = shared.clone();
+        if tokio::task::spawn_blocking(move || rebuild(&s, version))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        settle = started.elapsed().clamp(MIN_SETTLE, MAX_SETTLE);
     }
 }
 

@@ -275,3 +275,153 @@ fn an_authorization_that_does_not_fit_the_service_fails_closed_and_is_reported()
         vec![crate::catalog::policy::deny_all("strait-invalid-policy")]
     );
 }
+
+/// `merge_from` the previous world must give exactly what a full merge
+/// gives, whatever changed.
+fn step(prev: &World, next: &World) -> MergedView {
+    let old = merge(prev);
+    let inc = merge_from(next, Some((prev, &old)));
+    let full = merge(next);
+    assert_eq!(inc.services, full.services, "services differ");
+    assert_eq!(inc.conflicts, full.conflicts, "conflicts differ");
+    inc
+}
+
+fn edit_peer(w: &World, peer: &str, f: impl FnOnce(&mut PeerView)) -> World {
+    let mut next = w.clone();
+    let mut view = (*w.peers[&c(peer)]).clone();
+    f(&mut view);
+    next.peers.insert(c(peer), Arc::new(view));
+    next.version += 1;
+    next
+}
+
+fn edit_catalog(w: &World, f: impl FnOnce(&mut LocalCatalog)) -> World {
+    let mut next = w.clone();
+    let mut cat = (*w.catalog).clone();
+    f(&mut cat);
+    next.catalog = Arc::new(cat);
+    next.version += 1;
+    next
+}
+
+fn many_world() -> World {
+    let mut w = world();
+    let mut west = (*w.peers[&c("west")]).clone();
+    for i in 0..50 {
+        let key = ServiceKey::new("default", &format!("w-{i}"));
+        west.services
+            .insert(key, imported(&format!("10.1.2.{i}:15006"), http(80)));
+    }
+    w.peers.insert(c("west"), Arc::new(west));
+    let mut central = PeerView {
+        gateways: vec!["192.0.2.2:15443".parse().unwrap()],
+        ..PeerView::default()
+    };
+    for i in 0..50 {
+        let key = ServiceKey::new("default", &format!("c-{i}"));
+        central
+            .services
+            .insert(key, imported(&format!("10.2.2.{i}:15006"), http(80)));
+    }
+    w.peers.insert(c("central"), Arc::new(central));
+    w
+}
+
+#[test]
+fn incremental_merge_equals_a_full_merge_after_every_kind_of_change() {
+    let w0 = many_world();
+    step(
+        &World {
+            peers: BTreeMap::new(),
+            ..w0.clone()
+        },
+        &w0,
+    );
+    // A peer's service changes, appears, disappears; ports conflict.
+    let w1 = edit_peer(&w0, "west", |v| {
+        v.services.insert(
+            ServiceKey::new("default", "w-3"),
+            imported("10.1.9.9:15006", http(80)),
+        );
+        v.services.remove(&ServiceKey::new("default", "w-4"));
+        v.services.insert(
+            ServiceKey::new("default", "new"),
+            imported("10.1.9.8:15006", http(80)),
+        );
+        v.services.insert(
+            ServiceKey::new("default", "c-5"),
+            imported("10.1.9.7:15006", http(81)),
+        );
+    });
+    step(&w0, &w1);
+    // A peer goes stale, loses its gateways, gets them back elsewhere.
+    let w2 = edit_peer(&w1, "central", |v| v.stale = true);
+    step(&w1, &w2);
+    let w3 = edit_peer(&w2, "central", |v| v.gateways.clear());
+    step(&w2, &w3);
+    let w4 = edit_peer(&w3, "central", |v| {
+        v.gateways = vec!["192.0.2.3:15443".parse().unwrap()];
+    });
+    step(&w3, &w4);
+    // Local health, a new local service, a policy with authorization.
+    let mut w5 = w4.clone();
+    w5.health.insert(
+        (
+            ServiceKey::new("default", "reviews"),
+            "10.0.0.1:15006".parse().unwrap(),
+        ),
+        Health::Unhealthy,
+    );
+    step(&w4, &w5);
+    let w6 = edit_catalog(&w5, |cat| {
+        let mut reg = cat.services[&ServiceKey::new("default", "reviews")].clone();
+        reg.name = "w-7".into();
+        reg.endpoints[0].address = "10.0.0.7:15006".parse().unwrap();
+        cat.services.insert(reg.key(), reg);
+        let key = ServiceKey::new("default", "reviews");
+        let mut p = PolicySpec::new(&key);
+        p.authorization = vec![guest_admin_deny()];
+        cat.policies.insert(key, p);
+    });
+    step(&w5, &w6);
+    let w7 = edit_catalog(&w6, |cat| {
+        let key = ServiceKey::new("default", "reviews");
+        cat.policies.get_mut(&key).unwrap().authorization[0].ports = vec![9];
+    });
+    let v7 = step(&w6, &w7);
+    assert!(
+        v7.conflicts
+            .iter()
+            .any(|c| c.reason.contains("denies every caller"))
+    );
+    // A new link changes the frame: everything is merged again.
+    let mut w8 = w7.clone();
+    w8.peers.insert(c("north"), Arc::new(PeerView::default()));
+    step(&w7, &w8);
+}
+
+#[test]
+fn an_update_from_one_peer_rebuilds_only_the_services_it_touches() {
+    let w0 = many_world();
+    let v0 = merge(&w0);
+    let w1 = edit_peer(&w0, "central", |v| {
+        v.services.insert(
+            ServiceKey::new("default", "c-1"),
+            imported("10.2.9.1:15006", http(80)),
+        );
+    });
+    let v1 = merge_from(&w1, Some((&w0, &v0)));
+    let shared = |name: &str| {
+        let k = ServiceKey::new("default", name);
+        Arc::ptr_eq(&v0.services[&k], &v1.services[&k])
+    };
+    assert!(!shared("c-1"), "the changed service is merged again");
+    assert!(shared("c-2") && shared("w-1") && shared("reviews"));
+    let rebuilt = v1
+        .services
+        .iter()
+        .filter(|(k, m)| !Arc::ptr_eq(m, &v0.services[*k]))
+        .count();
+    assert_eq!(rebuilt, 1);
+}

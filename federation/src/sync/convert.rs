@@ -91,22 +91,40 @@ pub fn import_service(
         return Err(format!("{key}: no ports"));
     }
     let mut endpoints = Vec::with_capacity(s.endpoints.len());
+    // Endpoints of one service mostly share locality and identity: each
+    // distinct string is parsed and checked once.
+    let mut last: Option<(&str, Locality, &str, SpiffeId)> = None;
     for (i, ep) in s.endpoints.iter().enumerate() {
-        let f = format!("{key}: endpoints[{i}]");
+        let f = format_args!("{key}: endpoints[{i}]");
         let address: SocketAddr = ep
             .address
             .parse()
             .map_err(|_| format!("{f}.address {:?} is not ip:port", ep.address))?;
-        let locality: Locality = ep
-            .locality
-            .parse()
-            .map_err(|e| format!("{f}.locality: {e}"))?;
-        let identity = SpiffeId::parse(&ep.identity).map_err(|e| format!("{f}.identity: {e}"))?;
-        if identity.trust_domain_str() != td.as_str() {
-            return Err(format!(
-                "{f}.identity {identity} is outside trust domain {td}"
-            ));
-        }
+        let (locality, identity) = match &last {
+            Some((l, loc, id, sid)) if *l == ep.locality && *id == ep.identity => {
+                (loc.clone(), sid.clone())
+            }
+            _ => {
+                let locality: Locality = ep
+                    .locality
+                    .parse()
+                    .map_err(|e| format!("{f}.locality: {e}"))?;
+                let identity =
+                    SpiffeId::parse(&ep.identity).map_err(|e| format!("{f}.identity: {e}"))?;
+                if identity.trust_domain_str() != td.as_str() {
+                    return Err(format!(
+                        "{f}.identity {identity} is outside trust domain {td}"
+                    ));
+                }
+                last = Some((
+                    &ep.locality,
+                    locality.clone(),
+                    &ep.identity,
+                    identity.clone(),
+                ));
+                (locality, identity)
+            }
+        };
         let health = match ep.health.as_str() {
             "healthy" | "" => Health::Healthy,
             "unhealthy" => Health::Unhealthy,
@@ -124,4 +142,79 @@ pub fn import_service(
         });
     }
     Ok((key, ImportedService { ports, endpoints }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(addr: &str, locality: &str, identity: &str) -> PbEndpoint {
+        PbEndpoint {
+            address: addr.into(),
+            locality: locality.into(),
+            identity: identity.into(),
+            health: "healthy".into(),
+            weight: 1,
+        }
+    }
+
+    fn svc(endpoints: Vec<PbEndpoint>) -> ExportedService {
+        ExportedService {
+            namespace: "default".into(),
+            name: "reviews".into(),
+            ports: vec![Port {
+                port: 80,
+                protocol: "http1".into(),
+            }],
+            endpoints,
+            cluster: "west".into(),
+        }
+    }
+
+    #[test]
+    fn every_endpoint_is_checked_even_when_strings_repeat() {
+        let td = TrustDomain::new("strait.local").unwrap();
+        let id = "spiffe://strait.local/ns/default/sa/reviews";
+        let (_, s) = import_service(
+            &svc(vec![
+                ep("10.0.0.1:1", "us-west/a", id),
+                ep("10.0.0.2:1", "us-west/a", id),
+                ep("10.0.0.3:1", "us-west/b", id),
+            ]),
+            &td,
+        )
+        .unwrap();
+        let zones: Vec<&str> = s
+            .endpoints
+            .iter()
+            .map(|e| e.locality.zone.as_str())
+            .collect();
+        assert_eq!(zones, ["a", "a", "b"]);
+        assert!(s.endpoints.iter().all(|e| e.identity.as_str() == id));
+        let e = import_service(
+            &svc(vec![
+                ep("10.0.0.1:1", "us-west/a", id),
+                ep(
+                    "10.0.0.2:1",
+                    "us-west/a",
+                    "spiffe://other.td/ns/default/sa/reviews",
+                ),
+            ]),
+            &td,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("endpoints[1].identity") && e.contains("outside trust domain"),
+            "{e}"
+        );
+        let e = import_service(
+            &svc(vec![
+                ep("10.0.0.1:1", "us-west/a", id),
+                ep("10.0.0.2:1", "us-west/a/b/c", id),
+            ]),
+            &td,
+        )
+        .unwrap_err();
+        assert!(e.contains("endpoints[1].locality"), "{e}");
+    }
 }

@@ -74,7 +74,9 @@ impl SyncError {
 
 #[derive(Debug, Default)]
 struct PeerState {
-    view: PeerView,
+    /// Shared with the published world: replaced, never edited in place
+    /// while a world holds it, so a rebuild copies no imported data.
+    view: Arc<PeerView>,
     epoch: String,
     version: u64,
     last_contact: Option<Instant>,
@@ -142,9 +144,9 @@ impl Imports {
             .map(|l| {
                 let mut view = g.get(&l.peer).map(|s| s.view.clone()).unwrap_or_default();
                 if view.gateways.is_empty() {
-                    view.gateways = l.gateways.clone();
+                    Arc::make_mut(&mut view).gateways = l.gateways.clone();
                 }
-                (l.peer.clone(), Arc::new(view))
+                (l.peer.clone(), view)
             })
             .collect()
     }
@@ -268,11 +270,16 @@ impl Imports {
         } else if changes > 0 {
             s.deltas += 1;
         }
-        s.view.services = services;
-        s.view.stale = false;
-        if !gateways.is_empty() {
-            s.view.gateways = gateways;
-        }
+        let gateways = if gateways.is_empty() {
+            s.view.gateways.clone()
+        } else {
+            gateways
+        };
+        s.view = Arc::new(PeerView {
+            gateways,
+            stale: false,
+            services,
+        });
         s.epoch = last.epoch.clone();
         s.version = last.version;
         s.last_contact = Some(Instant::now());
@@ -315,13 +322,16 @@ impl Imports {
                 match links.get(peer).map(|l| l.fail_mode).unwrap_or_default() {
                     FailMode::FailStatic if !s.view.stale => {
                         tracing::warn!(%peer, "lease expired; keeping its endpoints, marked stale");
-                        s.view.stale = true;
+                        Arc::make_mut(&mut s.view).stale = true;
                         changed = true;
                     }
                     FailMode::FailClosed if !s.view.services.is_empty() => {
                         tracing::warn!(%peer, "lease expired; withdrawing its endpoints (fail-closed)");
-                        s.view.services.clear();
-                        s.view.stale = false;
+                        s.view = Arc::new(PeerView {
+                            gateways: s.view.gateways.clone(),
+                            stale: false,
+                            services: BTreeMap::new(),
+                        });
                         // The data is gone: the next sync must be a full resend.
                         s.epoch.clear();
                         s.version = 0;

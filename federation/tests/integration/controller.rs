@@ -75,6 +75,7 @@ async fn the_admin_port_serves_metrics_readiness_and_status() {
     assert_eq!(code, 200);
     for name in [
         "strait_catalog_services 1",
+        "strait_catalog_endpoints 1",
         "strait_peer_sync_lag_seconds{peer=\"west\"}",
         "strait_config_pushes_total{result=\"sent\"}",
     ] {
