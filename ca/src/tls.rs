@@ -21,8 +21,19 @@ use strait_api::SpiffeId;
 use crate::verify::{SharedBundle, Usage, VerifyError};
 
 /// The crypto provider every Strait component uses.
+/// ring, with TLS 1.3 suites in the order AES-128-GCM, AES-256-GCM,
+/// ChaCha20-Poly1305 (rustls defaults to AES-256 first). AES-128-GCM is
+/// about a third cheaper per byte, and every byte between sidecars (twice
+/// across clusters) is sealed once and opened once.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(p)
 }
 
 fn sig_algs() -> WebPkiSupportedAlgorithms {
