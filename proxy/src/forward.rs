@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use strait_api::snapshot::{Service, Snapshot};
 
 use crate::headers::{self, error};
-use crate::metrics::{Direction, DurationLabels, RequestLabels, ServiceReason};
+use crate::metrics::{Direction, ServiceReason};
 use crate::outlier::Outcome;
 use crate::retry::{self, Failure, RetryDecision};
 use crate::router::{Kind, Picked, service_key};
@@ -150,24 +150,7 @@ pub async fn forward(
     let code = resp.status().as_u16();
     shared
         .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            direction: Direction::outbound,
-            source_cluster: local,
-            source_principal: String::new(),
-            destination_service: svc_name.clone(),
-            destination_cluster: dest_cluster,
-            response_code: code,
-        })
-        .inc();
-    shared
-        .metrics
-        .request_duration
-        .get_or_create(&DurationLabels {
-            direction: Direction::outbound,
-            destination_service: svc_name.clone(),
-        })
-        .observe(started.elapsed().as_secs_f64());
+        .outbound_request(local, &svc_name, dest_cluster, code, started.elapsed());
     if shared.cfg.access_log {
         tracing::info!(target: "strait::access", direction = "outbound", service = %svc_name,
             method = %parts.method, path = %parts.uri.path(), status = code,

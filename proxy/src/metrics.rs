@@ -102,6 +102,34 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// One finished app -> mesh request: counted by destination and
+    /// response code, and its duration observed.
+    pub fn outbound_request(
+        &self,
+        source_cluster: String,
+        service: &str,
+        destination_cluster: String,
+        code: u16,
+        took: std::time::Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction: Direction::outbound,
+                source_cluster,
+                source_principal: String::new(),
+                destination_service: service.to_owned(),
+                destination_cluster,
+                response_code: code,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&DurationLabels {
+                direction: Direction::outbound,
+                destination_service: service.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("strait");
         let requests = Family::default();

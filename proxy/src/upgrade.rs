@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 
 use crate::config::AppPort;
 use crate::headers::{self, error};
-use crate::metrics::{Direction, DurationLabels, RequestLabels, TcpLabels, UpgradeLabels};
+use crate::metrics::{Direction, TcpLabels, UpgradeLabels};
 use crate::outlier::Outcome;
 use crate::router::{Kind, Picked, service_key};
 use crate::state::Shared;
@@ -57,26 +57,13 @@ pub(crate) async fn outbound(
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let (resp, dest_cluster) = handshake(&shared, &snapshot, service, port, req, &proto).await;
     let code = resp.status().as_u16();
-    shared
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            direction: Direction::outbound,
-            source_cluster: snapshot.local.cluster.to_string(),
-            source_principal: String::new(),
-            destination_service: svc_name.clone(),
-            destination_cluster: dest_cluster,
-            response_code: code,
-        })
-        .inc();
-    shared
-        .metrics
-        .request_duration
-        .get_or_create(&DurationLabels {
-            direction: Direction::outbound,
-            destination_service: svc_name.clone(),
-        })
-        .observe(started.elapsed().as_secs_f64());
+    shared.metrics.outbound_request(
+        snapshot.local.cluster.to_string(),
+        &svc_name,
+        dest_cluster,
+        code,
+        started.elapsed(),
+    );
     count(&shared, Direction::outbound, &svc_name, &proto, &resp);
     if shared.cfg.access_log {
         tracing::info!(target: "strait::access", direction = "outbound", service = %svc_name,
