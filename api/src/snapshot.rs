@@ -726,9 +726,23 @@ fn validate_service(
             return Err(SnapshotError::invalid(format!("{ef}.gateways"), v, why));
         }
     }
+    validate_routes(&format!("{f}.routes"), &svc.routes)?;
+    validate_traffic(&format!("{f}.traffic"), &svc.traffic, known)?;
+    validate_outlier(&format!("{f}.outlier_detection"), &svc.outlier_detection)?;
+    validate_authorization(
+        &format!("{f}.authorization"),
+        &svc.authorization,
+        Some(&svc.ports),
+    )
+}
+
+/// Checks a service's routes: normalized, unique path prefixes, positive
+/// timeouts, retry attempts and budgets in range. `field` prefixes the
+/// field paths of errors (`routes` gives `routes[0].timeout`).
+pub fn validate_routes(field: &str, routes: &[Route]) -> Result<(), SnapshotError> {
     let mut prefixes = HashSet::new();
-    for (j, r) in svc.routes.iter().enumerate() {
-        let rf = format!("{f}.routes[{j}]");
+    for (j, r) in routes.iter().enumerate() {
+        let rf = format!("{field}[{j}]");
         check_path(&format!("{rf}.path_prefix"), &r.path_prefix)?;
         if !prefixes.insert(&r.path_prefix) {
             return Err(dup(
@@ -746,13 +760,7 @@ fn validate_service(
         }
         validate_retry(&format!("{rf}.retry"), &r.retry)?;
     }
-    validate_traffic(&format!("{f}.traffic"), &svc.traffic, known)?;
-    validate_outlier(&format!("{f}.outlier_detection"), &svc.outlier_detection)?;
-    validate_authorization(
-        &format!("{f}.authorization"),
-        &svc.authorization,
-        Some(&svc.ports),
-    )
+    Ok(())
 }
 
 /// Checks a service's authorization policies: unique names, normalized

@@ -32,21 +32,7 @@ impl Cluster {
 fn start_controller(dir: &Path, name: &'static str, net: u8, region: &str) -> Cluster {
     let id = format!("spiffe://strait.local/ns/strait-system/sa/controller-{name}");
     let certs = format!("{name}-ctl");
-    ok(
-        dir,
-        &[
-            "ca",
-            "issue",
-            "--ca-dir",
-            "ca",
-            "--cluster",
-            name,
-            "--spiffe-id",
-            &id,
-            "--out",
-            &certs,
-        ],
-    );
+    issue(dir, name, &id, &certs);
     let ip = format!("127.150.{net}.1");
     let yaml = format!(
         "cluster: {name}\nregion: {region}\nzone: {region}-1a\ntrust_domain: strait.local\n\
@@ -266,6 +252,86 @@ fn operator_links_exports_sets_policy_and_unlinks_two_controllers() {
     );
     assert!(out.contains("authorization (none"), "{out}");
 
+    // Routes: read-modify-write of the route of one prefix.
+    let out = run_ok(
+        d,
+        with(
+            &[
+                "policy",
+                "set",
+                "echo",
+                "-n",
+                "demo",
+                "--path-prefix",
+                "/api",
+                "--timeout",
+                "2s",
+                "--retries",
+                "3",
+                "--retry-on",
+                "5xx,connect-failure",
+            ],
+            &east.conn(),
+        ),
+    );
+    assert!(
+        out.contains("route /api") && out.contains("timeout 2s retries 3 on 5xx,connect-failure"),
+        "{out}"
+    );
+    run_ok(
+        d,
+        with(
+            &["policy", "set", "echo", "-n", "demo", "--timeout", "500ms"],
+            &east.conn(),
+        ),
+    );
+    run_ok(
+        d,
+        with(
+            &[
+                "policy",
+                "set",
+                "echo",
+                "-n",
+                "demo",
+                "--path-prefix",
+                "/api",
+                "--retries",
+                "1",
+            ],
+            &east.conn(),
+        ),
+    );
+    let shown: serde_json::Value = serde_json::from_str(&run_ok(
+        d,
+        with(
+            &["-o", "json", "policy", "show", "echo", "-n", "demo"],
+            &east.conn(),
+        ),
+    ))
+    .unwrap();
+    let routes = &shown["routes"];
+    assert_eq!(routes.as_array().map(Vec::len), Some(2), "{shown:#}");
+    assert_eq!(routes[0]["path_prefix"], "/api", "{shown:#}");
+    assert_eq!(routes[0]["timeout"], "2s", "timeout kept: {shown:#}");
+    assert_eq!(routes[0]["retry"]["attempts"], 1, "{shown:#}");
+    assert_eq!(
+        routes[0]["retry"]["retry_on"],
+        serde_json::json!(["5xx", "connect-failure"]),
+        "{shown:#}"
+    );
+    assert_eq!(routes[1]["path_prefix"], "/", "{shown:#}");
+    assert_eq!(routes[1]["timeout"], "500ms", "{shown:#}");
+    assert_eq!(shown["failover"][0], "west", "other parts kept: {shown:#}");
+    let out = run_ok(
+        d,
+        with(
+            &["policy", "set", "echo", "-n", "demo", "--clear-routes"],
+            &east.conn(),
+        ),
+    );
+    assert!(out.contains("routes (none"), "{out}");
+
     let out = run_ok(d, with(&["unexport", "echo", "-n", "demo"], &west.conn()));
     assert_eq!(out.trim(), "demo/echo: export none");
     eventually(d, &east, "echo withdrawn", |s| {
@@ -341,20 +407,11 @@ fn gateway_learns_its_export_table_from_the_controller() {
         d,
         with(&["service", "register", "-f", "api.yaml"], &north.conn()),
     );
-    ok(
+    issue(
         d,
-        &[
-            "ca",
-            "issue",
-            "--ca-dir",
-            "ca",
-            "--cluster",
-            "north",
-            "--spiffe-id",
-            "spiffe://strait.local/ns/strait-system/sa/gateway-north",
-            "--out",
-            "gw",
-        ],
+        "north",
+        "spiffe://strait.local/ns/strait-system/sa/gateway-north",
+        "gw",
     );
     let yaml = format!(
         "cluster: north\ntrust_domain: strait.local\ncontroller: {}\n\
@@ -438,6 +495,25 @@ fn bad_input_is_refused_with_the_offending_part_named() {
         err.contains("--allow-from: \"spiffe://strait.local/ns/a/sa/*\""),
         "{err}"
     );
+    let err = fails(
+        d,
+        &[
+            &["policy", "set", "x", "--retry-on", "5xx,sometimes"][..],
+            &nobody,
+        ]
+        .concat(),
+    );
+    assert!(err.contains("--retry-on: \"sometimes\""), "{err}");
+    let err = fails(
+        d,
+        &[&["policy", "set", "x", "--timeout", "0s"][..], &nobody].concat(),
+    );
+    assert!(err.contains("--timeout: \"0s\" is invalid"), "{err}");
+    let err = fails(
+        d,
+        &[&["policy", "set", "x", "--retries", "11"][..], &nobody].concat(),
+    );
+    assert!(err.contains("--retries: \"11\""), "{err}");
     let err = fails(
         d,
         &[&["export", "x", "--to", "west,No_Such"][..], &nobody].concat(),

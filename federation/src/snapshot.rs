@@ -14,6 +14,10 @@
 //! sidecars of the service enforce it. A policy that does not fit the
 //! merged service's ports fails closed (every caller denied) with a
 //! conflict naming the field.
+//!
+//! Routes (timeouts, retries) and the traffic policy come from the local
+//! policy too, but apply wherever this cluster's proxies call the service:
+//! the calling side enforces them, for local and imported services alike.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -145,21 +149,19 @@ pub fn snapshot_for(world: &World, view: &MergedView, place: &LocalPlace) -> Sna
     let services = view
         .services
         .values()
-        .map(|m| Service {
-            name: m.key.name.clone(),
-            namespace: m.key.namespace.clone(),
-            vip: m.vip,
-            ports: m.ports.clone(),
-            endpoints: m.endpoints.clone(),
-            routes: Vec::new(),
-            traffic: world
-                .catalog
-                .policies
-                .get(&m.key)
-                .map(|p| p.to_traffic(&known))
-                .unwrap_or_default(),
-            outlier_detection: Default::default(),
-            authorization: m.authorization.clone(),
+        .map(|m| {
+            let policy = world.catalog.policies.get(&m.key);
+            Service {
+                name: m.key.name.clone(),
+                namespace: m.key.namespace.clone(),
+                vip: m.vip,
+                ports: m.ports.clone(),
+                endpoints: m.endpoints.clone(),
+                routes: policy.map(|p| p.routes.clone()).unwrap_or_default(),
+                traffic: policy.map(|p| p.to_traffic(&known)).unwrap_or_default(),
+                outlier_detection: Default::default(),
+                authorization: m.authorization.clone(),
+            }
         })
         .collect();
     Snapshot {

@@ -1,18 +1,24 @@
-//! `strait policy set|show`: a service's failover order, locality weights
-//! and authorization, in one policy object on the controller.
+//! `strait policy set|show`: a service's failover order, locality weights,
+//! authorization and routes (timeouts, retries), in one policy object on
+//! the controller.
 //!
 //! `set` reads the current policy (`GET /v1/policy`), changes what its
 //! flags name and writes the whole object back (`POST /v1/policy`): the
 //! traffic part (`--failover`, `--distribute`, `--overprovisioning-factor`)
 //! is replaced when any of its flags is given, authorization only by the
-//! authorization flags. Two operators setting the same policy at once race
+//! authorization flags, the route of one path prefix only by the route
+//! flags. Two operators setting the same policy at once race
 //! (the last write wins).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use strait_api::snapshot::{AuthorizationPolicy, AuthzRule};
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
+use strait_api::snapshot::{
+    AuthorizationPolicy, AuthzRule, RetryOn, Route, SnapshotError, duration_str, validate_routes,
+};
 use strait_federation::catalog::policy::{AuthzFlags, parse_distribute};
 use strait_federation::catalog::{FieldError, PolicySpec, ServiceKey};
 
@@ -41,6 +47,11 @@ pub enum PolicyCommand {
     ///   strait policy set reviews -n shop --authz-file reviews-authz.yaml --cluster east
     ///   strait policy set reviews -n shop --clear-authz --cluster east
     ///
+    ///   # 2 s timeout and 2 retries on 5xx or connect failure under /api
+    ///   strait policy set reviews -n shop --path-prefix /api --timeout 2s \
+    ///       --retries 2 --retry-on 5xx,connect-failure --cluster east
+    ///   strait policy set reviews -n shop --clear-routes --cluster east
+    ///
     /// --distribute: rules separated by ';', each [FROM->]TO=WEIGHT,... where
     /// FROM and TO are region/zone patterns ('*' matches any) and weights sum to 100.
     ///
@@ -63,6 +74,13 @@ pub enum PolicyCommand {
     ///     deny:  [{ from: ["spiffe://strait.local/ns/guest/*"], paths: [/admin] }]
     ///     allow: [{ from: ["spiffe://strait.local/ns/shop/*"] },
     ///             { from: ["*"], methods: [GET] }]
+    ///
+    /// Routes are enforced by this cluster's callers of the service (local
+    /// or imported): the longest matching --path-prefix wins, other paths
+    /// get the default (15s timeout, 2 retries on connect-failure,
+    /// refused-stream, gateway-error). --timeout, --retries and --retry-on
+    /// change the route of --path-prefix (default `/`), keeping its other
+    /// settings and the other routes.
     #[command(verbatim_doc_comment)]
     Set {
         #[command(flatten)]
@@ -79,9 +97,11 @@ pub enum PolicyCommand {
         #[command(flatten)]
         authz: Box<AuthzArgs>,
         #[command(flatten)]
+        route: RouteArgs,
+        #[command(flatten)]
         conn: ConnArgs,
     },
-    /// Show a service's policy (failover, weights, authorization).
+    /// Show a service's policy (failover, weights, authorization, routes).
     ///
     ///   strait policy show reviews -n default --cluster east -o yaml
     #[command(verbatim_doc_comment)]
@@ -120,6 +140,141 @@ pub struct AuthzArgs {
     /// Remove every authorization policy.
     #[arg(long, conflicts_with_all = ["allow_from", "deny_from"])]
     clear_authz: bool,
+}
+
+/// The route flags of `policy set`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RouteArgs {
+    /// Path prefix of the route the route flags change.
+    #[arg(long, default_value = "/", value_name = "PATH")]
+    path_prefix: String,
+    /// Timeout of one request, all tries included (e.g. 250ms, 2s, 1m).
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Retries after the first try (0 to 10; 0 disables retries).
+    #[arg(long, value_name = "N")]
+    retries: Option<u32>,
+    /// What is retried: connect-failure, refused-stream, reset,
+    /// gateway-error, 5xx.
+    #[arg(long, value_delimiter = ',', value_name = "COND")]
+    retry_on: Vec<String>,
+    /// Remove every route (callers go back to the default route).
+    #[arg(long, conflicts_with_all = ["timeout", "retries", "retry_on"])]
+    clear_routes: bool,
+}
+
+/// What `policy set` does to the routes.
+#[derive(Debug, Clone, PartialEq)]
+enum RouteChange {
+    Keep,
+    Clear,
+    /// Change the route of `prefix` (a default one if there is none).
+    Edit {
+        prefix: String,
+        timeout: Option<std::time::Duration>,
+        attempts: Option<u32>,
+        retry_on: Option<Vec<RetryOn>>,
+    },
+}
+
+impl RouteArgs {
+    fn change(&self) -> anyhow::Result<RouteChange> {
+        if self.clear_routes {
+            return Ok(RouteChange::Clear);
+        }
+        if self.timeout.is_none() && self.retries.is_none() && self.retry_on.is_empty() {
+            if self.path_prefix != "/" {
+                bail!(
+                    "--path-prefix selects the route that --timeout, --retries or --retry-on change; give at least one of those"
+                );
+            }
+            return Ok(RouteChange::Keep);
+        }
+        let timeout = self
+            .timeout
+            .as_deref()
+            .map(|t| {
+                duration_str::parse(t).with_context(|| {
+                    format!("--timeout: {t:?} is invalid: use a number with ms, s, m or h, e.g. 2s")
+                })
+            })
+            .transpose()?;
+        let retry_on = if self.retry_on.is_empty() {
+            None
+        } else {
+            let list = self
+                .retry_on
+                .iter()
+                .map(|s| {
+                    RetryOn::deserialize(s.trim().into_deserializer()).map_err(
+                        |_: serde::de::value::Error| {
+                            anyhow::anyhow!(
+                                "--retry-on: {s:?} is invalid: use connect-failure, refused-stream, reset, gateway-error or 5xx"
+                            )
+                        },
+                    )
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Some(list)
+        };
+        let change = RouteChange::Edit {
+            prefix: self.path_prefix.clone(),
+            timeout,
+            attempts: self.retries,
+            retry_on,
+        };
+        // Check the flags alone (on a default route) before asking the
+        // controller, naming the flag.
+        let probe = edit_route(None, &change);
+        if let Some(route) = probe {
+            validate_routes("routes", std::slice::from_ref(&route)).map_err(|e| {
+                let field = e.field().unwrap_or_default();
+                let flag = if field.ends_with("path_prefix") {
+                    "--path-prefix"
+                } else if field.ends_with("timeout") {
+                    "--timeout"
+                } else if field.ends_with("attempts") {
+                    "--retries"
+                } else {
+                    "route"
+                };
+                match e {
+                    SnapshotError::Invalid { value, reason, .. } => {
+                        anyhow::anyhow!("{flag}: {value:?} is invalid: {reason}")
+                    }
+                    other => anyhow::anyhow!("{flag}: {other}"),
+                }
+            })?;
+        }
+        Ok(change)
+    }
+}
+
+/// The route `change` makes of `current` (the route of its prefix, if any).
+fn edit_route(current: Option<&Route>, change: &RouteChange) -> Option<Route> {
+    let RouteChange::Edit {
+        prefix,
+        timeout,
+        attempts,
+        retry_on,
+    } = change
+    else {
+        return None;
+    };
+    let mut r = current.cloned().unwrap_or_else(|| Route {
+        path_prefix: prefix.clone(),
+        ..Route::default()
+    });
+    if let Some(t) = timeout {
+        r.timeout = *t;
+    }
+    if let Some(n) = attempts {
+        r.retry.attempts = *n;
+    }
+    if let Some(on) = retry_on {
+        r.retry.retry_on.clone_from(on);
+    }
+    Some(r)
 }
 
 /// What `policy set` does to the authorization list.
@@ -229,6 +384,33 @@ fn policy_text(p: &PolicySpec) -> String {
         "  overprovisioning factor {}\n",
         p.overprovisioning_factor
     ));
+    if p.routes.is_empty() {
+        out.push_str("  routes (none: 15s timeout, default retries)\n");
+    }
+    for r in &p.routes {
+        let on: Vec<String> = r
+            .retry
+            .retry_on
+            .iter()
+            .map(|c| {
+                serde_json::to_value(c)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            })
+            .collect();
+        out.push_str(&format!(
+            "  route {:<12} timeout {} retries {} on {}\n",
+            r.path_prefix,
+            duration_str::format(r.timeout),
+            r.retry.attempts,
+            if on.is_empty() {
+                "(nothing)".to_owned()
+            } else {
+                on.join(",")
+            }
+        ));
+    }
     if p.authorization.is_empty() {
         out.push_str("  authorization (none: every mesh identity may call)\n");
     }
@@ -261,6 +443,7 @@ pub fn policy(cmd: PolicyCommand, format: Format) -> anyhow::Result<()> {
             distribute,
             overprovisioning_factor,
             authz,
+            route,
             conn,
         } => {
             let key = ServiceKey::new(&svc.namespace, &svc.service);
@@ -285,14 +468,16 @@ pub fn policy(cmd: PolicyCommand, format: Format) -> anyhow::Result<()> {
             let sets_traffic =
                 failover.is_some() || distribute.is_some() || overprovisioning_factor.is_some();
             let change = authz.change()?;
+            let routes = route.change()?;
             let ctl = conn.resolve()?;
             let current: Option<PolicySpec> = block_on(ctl.get_opt(&show_path(&key)))?;
-            let p = apply(
+            let mut p = apply(
                 key.clone(),
                 current,
                 sets_traffic.then_some(traffic),
                 change,
             );
+            apply_routes(&mut p, &routes);
             p.validate().map_err(|e| {
                 anyhow::anyhow!("policy {key}: {}: {:?}: {}", e.field, e.value, e.reason)
             })?;
@@ -332,6 +517,21 @@ fn apply(
         AuthzChange::Replace(list) => p.authorization = list,
     }
     p
+}
+
+/// Applies the route flags to `p`: the route of the prefix is edited in
+/// place (or added), the others kept.
+fn apply_routes(p: &mut PolicySpec, change: &RouteChange) {
+    match change {
+        RouteChange::Keep => {}
+        RouteChange::Clear => p.routes.clear(),
+        RouteChange::Edit { prefix, .. } => {
+            let current = p.routes.iter().find(|r| r.path_prefix == *prefix);
+            if let Some(r) = edit_route(current, change) {
+                p.upsert_route(r);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

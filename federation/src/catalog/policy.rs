@@ -1,15 +1,17 @@
 //! Policy of one service: ordered failover and `distribute` weights in one
 //! object (Istio refuses that combination; Strait does not), and who may
 //! call it (`authorization`, enforced by this cluster's sidecars of the
-//! service; not synced to peers).
+//! service; not synced to peers), and per path-prefix timeouts and retries
+//! (`routes`, enforced by this cluster's callers of the service, local or
+//! imported).
 
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use strait_api::ClusterName;
 use strait_api::snapshot::{
-    AuthorizationPolicy, AuthzRule, Distribute, LocalityPattern, PrincipalPattern, ServicePort,
-    SnapshotError, TrafficPolicy, validate_authorization,
+    AuthorizationPolicy, AuthzRule, Distribute, LocalityPattern, PrincipalPattern, Route,
+    ServicePort, SnapshotError, TrafficPolicy, validate_authorization, validate_routes,
 };
 
 use super::{FieldError, ServiceKey, check_label};
@@ -34,6 +36,11 @@ pub struct PolicySpec {
     /// endpoints enforce it; other clusters never see it.
     #[serde(default)]
     pub authorization: Vec<AuthorizationPolicy>,
+    /// Timeout and retries per path prefix (the longest matching prefix
+    /// wins; unmatched paths get the default route). Enforced by the
+    /// calling sidecars of this cluster, for local and imported services.
+    #[serde(default)]
+    pub routes: Vec<Route>,
 }
 
 fn default_namespace() -> String {
@@ -52,6 +59,7 @@ impl PolicySpec {
             distribute: Vec::new(),
             overprovisioning_factor: default_factor(),
             authorization: Vec::new(),
+            routes: Vec::new(),
         }
     }
 
@@ -99,6 +107,7 @@ impl PolicySpec {
                 return Err(FieldError::new(format!("distribute[{i}].to"), sum, why));
             }
         }
+        validate_routes("routes", &self.routes).map_err(field_error)?;
         validate_authorization("authorization", &self.authorization, None).map_err(field_error)
     }
 
@@ -265,6 +274,18 @@ impl PolicySpec {
         {
             Some(p) => *p = policy,
             None => self.authorization.push(policy),
+        }
+    }
+
+    /// Adds `route`, replacing the one with the same path prefix.
+    pub fn upsert_route(&mut self, route: Route) {
+        match self
+            .routes
+            .iter_mut()
+            .find(|r| r.path_prefix == route.path_prefix)
+        {
+            Some(r) => *r = route,
+            None => self.routes.push(route),
         }
     }
 }

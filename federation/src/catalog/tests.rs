@@ -315,3 +315,45 @@ fn authorization_is_validated_naming_the_field_and_against_a_registered_service(
     store.set_policy(p).unwrap();
     assert_eq!(store.catalog().policies[&key].authorization[0].ports, [80]);
 }
+
+#[test]
+fn routes_are_validated_naming_the_field_and_stored() {
+    let yaml = "name: web\nroutes:\n  - path_prefix: /api\n    timeout: 2s\n    \
+                retry: { attempts: 11 }\n";
+    let mut p: PolicySpec = serde_yaml_ng::from_str(yaml).unwrap();
+    let e = p.validate().unwrap_err();
+    assert_eq!(
+        (e.field.as_str(), e.value.as_str()),
+        ("routes[0].retry.attempts", "11")
+    );
+    p.routes[0].retry.attempts = 2;
+    p.validate().unwrap();
+    p.routes.push(p.routes[0].clone());
+    let e = p.validate().unwrap_err();
+    assert_eq!(e.field, "routes[1].path_prefix");
+    p.routes[1].path_prefix = "api".into();
+    assert_eq!(p.validate().unwrap_err().field, "routes[1].path_prefix");
+    p.routes.pop();
+    // The example of docs/operations.md.
+    let doc = "name: web\nroutes:\n  - { path_prefix: /api, timeout: 2s, retry: { attempts: 2,\n    \
+               retry_on: [5xx, connect-failure] } }\n";
+    let doc: PolicySpec = serde_yaml_ng::from_str(doc).unwrap();
+    doc.validate().unwrap();
+    assert_eq!(doc.routes[0].retry.attempts, 2);
+    let bad_timeout = "name: web\nroutes: [{ timeout: 2 }]\n";
+    assert!(serde_yaml_ng::from_str::<PolicySpec>(bad_timeout).is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let mut zero = p.clone();
+    zero.routes[0].timeout = std::time::Duration::ZERO;
+    let err = store.set_policy(zero).unwrap_err().to_string();
+    assert!(err.contains("routes[0].timeout"), "{err}");
+    store.set_policy(p.clone()).unwrap();
+    let key = ServiceKey::new("default", "web");
+    assert_eq!(store.catalog().policies[&key].routes, p.routes);
+    // Reopening the directory reads the routes back from the file.
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.catalog().policies[&key].routes, p.routes);
+}

@@ -59,8 +59,8 @@ pub struct HealthCheckSpec {
     pub unhealthy_threshold: Option<u32>,
 }
 
-/// Ordered failover, `distribute` weights and authorization of one
-/// Service, in one object (the CRD form of [`crate::catalog::PolicySpec`]).
+/// Ordered failover, `distribute` weights, authorization and routes of
+/// one Service, in one object (the CRD form of [`crate::catalog::PolicySpec`]).
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "strait.io",
@@ -84,6 +84,37 @@ pub struct TrafficPolicySpec {
     /// deny rules first, then, if a port has allow rules, one must match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorization: Vec<AuthorizationSpec>,
+    /// Timeout and retries per path prefix, enforced by this cluster's
+    /// callers of the Service (the longest matching prefix wins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One route (the CRD form of [`strait_api::snapshot::Route`]); unset
+/// fields take the route defaults (prefix `/`, timeout `15s`, 2 retries on
+/// connect-failure, refused-stream and gateway-error).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// `250ms`, `2s`, `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+}
+
+/// Retries of a route; the retry budget keeps its defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// Retries after the first try (0 to 10; 0 disables retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// `connect-failure`, `refused-stream`, `reset`, `gateway-error`, `5xx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<Vec<String>>,
 }
 
 /// One authorization policy (the CRD form of
@@ -218,6 +249,8 @@ spec:
     - name: no-guests
       ports: [9080]
       deny: [{ from: ["spiffe://strait.local/ns/guest/*"], paths: [/admin] }]
+  routes:
+    - { pathPrefix: /api, timeout: 2s, retry: { attempts: 3, retryOn: [5xx] } }
 "#;
         let tp: TrafficPolicy = serde_yaml_ng::from_str(yaml).unwrap();
         assert_eq!(tp.spec.failover, ["west", "central"]);
@@ -230,5 +263,13 @@ spec:
         );
         assert_eq!(a.deny[0].paths, ["/admin"]);
         assert!(a.allow.is_empty());
+        let r = &tp.spec.routes[0];
+        assert_eq!(
+            (r.path_prefix.as_deref(), r.timeout.as_deref()),
+            (Some("/api"), Some("2s"))
+        );
+        let retry = r.retry.as_ref().unwrap();
+        assert_eq!(retry.attempts, Some(3));
+        assert_eq!(retry.retry_on.as_deref(), Some(&["5xx".to_owned()][..]));
     }
 }

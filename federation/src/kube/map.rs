@@ -31,15 +31,18 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
 use strait_api::snapshot::{
     AuthorizationPolicy, AuthzRule, Distribute, LocalityPattern, PrincipalPattern, Protocol,
-    ServicePort,
+    RetryOn, Route, ServicePort, duration_str,
 };
 use strait_api::{ClusterName, Locality, SpiffeId};
 
 use super::KubeSourceConfig;
 use super::crd::{
-    AuthorizationSpec, AuthzRuleSpec, GlobalService, HealthCheckSpec, ServiceExport, TrafficPolicy,
+    AuthorizationSpec, AuthzRuleSpec, GlobalService, HealthCheckSpec, RouteSpec, ServiceExport,
+    TrafficPolicy,
 };
 use crate::catalog::policy::deny_all;
 use crate::catalog::{
@@ -494,9 +497,41 @@ fn policy_of(key: &ServiceKey, tp: &TrafficPolicy) -> Result<PolicySpec, String>
         p.authorization
             .push(authorization_of(&format!("authorization[{i}]"), a)?);
     }
+    for (i, r) in tp.spec.routes.iter().enumerate() {
+        p.routes.push(route_of(&format!("routes[{i}]"), r)?);
+    }
     p.validate()
         .map_err(|e| format!("{}: {:?} is invalid: {}", e.field, e.value, e.reason))?;
     Ok(p)
+}
+
+fn route_of(f: &str, r: &RouteSpec) -> Result<Route, String> {
+    let mut route = Route::default();
+    if let Some(prefix) = &r.path_prefix {
+        route.path_prefix.clone_from(prefix);
+    }
+    if let Some(t) = &r.timeout {
+        route.timeout = duration_str::parse(t).ok_or_else(|| {
+            format!("{f}.timeout: {t:?} is invalid: use a number with ms, s, m or h, e.g. 2s")
+        })?;
+    }
+    if let Some(retry) = &r.retry {
+        if let Some(n) = retry.attempts {
+            route.retry.attempts = n;
+        }
+        if let Some(on) = &retry.retry_on {
+            route.retry.retry_on = on
+                .iter()
+                .enumerate()
+                .map(|(k, s)| {
+                    RetryOn::deserialize(s.as_str().into_deserializer()).map_err(
+                        |e: serde::de::value::Error| format!("{f}.retry.retryOn[{k}]: {s:?}: {e}"),
+                    )
+                })
+                .collect::<Result<_, _>>()?;
+        }
+    }
+    Ok(route)
 }
 
 fn authorization_of(f: &str, a: &AuthorizationSpec) -> Result<AuthorizationPolicy, String> {

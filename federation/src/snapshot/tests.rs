@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use strait_api::snapshot::{AuthorizationPolicy, Health, LocalPlace, Protocol, ServicePort};
+use strait_api::snapshot::{
+    AuthorizationPolicy, Health, LocalPlace, Protocol, RetryOn, Route, ServicePort,
+};
 use strait_api::{ClusterName, Locality, SpiffeId, TrustDomain};
 
 use super::*;
@@ -249,6 +251,59 @@ fn authorization_of_the_local_policy_is_carried_into_every_snapshot() {
     // A service without a policy has none.
     let other = snap.service("default", "ratings").unwrap();
     assert!(other.authorization.is_empty());
+}
+
+#[test]
+fn routes_of_a_policy_reach_the_snapshot_for_local_and_imported_services() {
+    let mut w = world();
+    let mut west = (*w.peers[&c("west")]).clone();
+    let ratings = ServiceKey::new("default", "ratings");
+    west.services
+        .insert(ratings.clone(), imported("10.1.0.9:15006", http(80)));
+    w.peers.insert(c("west"), Arc::new(west));
+    let api: Route = serde_yaml_ng::from_str(
+        "path_prefix: /api
+timeout: 2s
+retry: { attempts: 3, retry_on: [5xx] }
+",
+    )
+    .unwrap();
+    with_policy(&mut w, |p| p.routes = vec![api.clone()]);
+    // The imported-only service's policy lives in this cluster's catalog too.
+    let mut cat = (*w.catalog).clone();
+    let mut p = PolicySpec::new(&ratings);
+    p.routes = vec![Route {
+        timeout: std::time::Duration::from_millis(500),
+        ..Route::default()
+    }];
+    cat.policies.insert(ratings, p);
+    w.catalog = Arc::new(cat);
+
+    let (snap, conflicts) = build(&w, &place());
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    snap.validate().unwrap();
+    let reviews = snap.service("default", "reviews").unwrap();
+    assert_eq!(reviews.routes, vec![api]);
+    let r = reviews.route_for("/api/v1");
+    assert_eq!(r.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(
+        (r.retry.attempts, r.retry.retry_on.as_slice()),
+        (3, &[RetryOn::ServerError][..])
+    );
+    assert_eq!(reviews.route_for("/other"), Route::default());
+    let ratings = snap.service("default", "ratings").unwrap();
+    assert_eq!(
+        ratings.route_for("/").timeout,
+        std::time::Duration::from_millis(500)
+    );
+    // Without a policy there are no routes: the sidecar's default applies.
+    let (snap, _) = build(&world(), &place());
+    assert!(
+        snap.service("default", "reviews")
+            .unwrap()
+            .routes
+            .is_empty()
+    );
 }
 
 #[test]

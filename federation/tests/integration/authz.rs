@@ -12,7 +12,7 @@ use crate::cluster::TestCluster;
 use crate::fixture::{Mesh, eventually};
 
 /// One HTTP/1.1 call on the admin port: (status, body).
-async fn call(
+pub(crate) async fn call(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -41,7 +41,7 @@ async fn call(
     (code, body)
 }
 
-fn token(c: &TestCluster) -> String {
+pub(crate) fn token(c: &TestCluster) -> String {
     let path = strait_federation::controller::admin_api::token_path(&c.config.state_dir);
     std::fs::read_to_string(path).unwrap().trim().to_owned()
 }

@@ -7,4 +7,5 @@ mod fixture;
 mod mesh;
 mod push;
 mod refusals;
+mod routes;
 mod scale;

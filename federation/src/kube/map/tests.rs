@@ -283,3 +283,52 @@ fn traffic_policy_authorization_maps_and_a_bad_one_fails_closed() {
         "{reason}"
     );
 }
+
+#[test]
+fn traffic_policy_routes_map_and_a_bad_one_is_reported() {
+    let objects = Objects {
+        policies: vec![
+            named(
+                "reviews",
+                json!({"routes": [{"pathPrefix": "/api", "timeout": "2s",
+                    "retry": {"attempts": 3, "retryOn": ["5xx", "connect-failure"]}},
+                    {"timeout": "500ms"}]}),
+            ),
+            named(
+                "bad",
+                json!({"routes": [{"retry": {"retryOn": ["sometimes"]}}]}),
+            ),
+            named("slow", json!({"routes": [{"timeout": "0s"}]})),
+        ],
+        ..Objects::default()
+    };
+    let built = build(&objects, &cfg());
+    let routes = &built.catalog.policies[&key("reviews")].routes;
+    assert_eq!(routes.len(), 2);
+    assert_eq!(routes[0].path_prefix, "/api");
+    assert_eq!(routes[0].timeout, Duration::from_secs(2));
+    assert_eq!(routes[0].retry.attempts, 3);
+    assert_eq!(
+        routes[0].retry.retry_on,
+        [
+            strait_api::snapshot::RetryOn::ServerError,
+            strait_api::snapshot::RetryOn::ConnectFailure
+        ]
+    );
+    assert_eq!(routes[1].path_prefix, "/");
+    assert_eq!(routes[1].timeout, Duration::from_millis(500));
+    assert_eq!(
+        routes[1].retry,
+        strait_api::snapshot::RetryPolicy::default()
+    );
+    // Bad routes drop the policy (routes fail open to the defaults).
+    assert!(!built.catalog.policies.contains_key(&key("bad")));
+    assert!(!built.catalog.policies.contains_key(&key("slow")));
+    let reasons: Vec<&str> = built.problems.iter().map(|p| p.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].contains("routes[0].retry.retryOn[0]"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains("routes[0].timeout"), "{reasons:?}");
+}
