@@ -47,11 +47,36 @@ pub struct Echo {
     pub served: Arc<AtomicU64>,
     task: JoinHandle<()>,
     stop: watch::Sender<bool>,
+    paused: watch::Sender<bool>,
 }
 
 impl Echo {
+    fn unpausable(
+        addr: SocketAddr,
+        name: &str,
+        served: Arc<AtomicU64>,
+        task: JoinHandle<()>,
+        stop: watch::Sender<bool>,
+    ) -> Self {
+        Self {
+            addr,
+            name: name.to_owned(),
+            served,
+            task,
+            stop,
+            paused: watch::channel(false).0,
+        }
+    }
+
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Pauses (or resumes) the HTTP echo like a stopped process (SIGSTOP):
+    /// connections are accepted and requests read, but nothing is answered
+    /// until it resumes. Other echo kinds ignore it.
+    pub fn pause(&self, on: bool) {
+        self.paused.send_replace(on);
     }
 
     pub fn stop(&self) {
@@ -89,6 +114,7 @@ pub async fn http(addr: SocketAddr, name: &str, h2c: bool, b: Behaviour) -> std:
     let addr = listener.local_addr()?;
     let served = Arc::new(AtomicU64::new(0));
     let (stop, stop_rx) = watch::channel(false);
+    let (paused, paused_rx) = watch::channel(false);
     let (name_c, served_c) = (name.to_owned(), served.clone());
     let task = tokio::spawn(async move {
         loop {
@@ -97,10 +123,15 @@ pub async fn http(addr: SocketAddr, name: &str, h2c: bool, b: Behaviour) -> std:
             };
             let _ = tcp.set_nodelay(true);
             let (name, served, b) = (name_c.clone(), served_c.clone(), b.clone());
+            let paused = paused_rx.clone();
             tokio::spawn(until_stopped(stop_rx.clone(), async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let (name, served, b) = (name.clone(), served.clone(), b.clone());
-                    async move { Ok::<_, Infallible>(answer(req, &name, &served, &b).await) }
+                    let mut paused = paused.clone();
+                    async move {
+                        let _ = paused.wait_for(|p| !*p).await;
+                        Ok::<_, Infallible>(answer(req, &name, &served, &b).await)
+                    }
                 });
                 let io = TokioIo::new(tcp);
                 if h2c {
@@ -121,6 +152,7 @@ pub async fn http(addr: SocketAddr, name: &str, h2c: bool, b: Behaviour) -> std:
         served,
         task,
         stop,
+        paused,
     })
 }
 
@@ -196,13 +228,7 @@ pub async fn upgrade_echo(addr: SocketAddr, name: &str) -> std::io::Result<Echo>
             }));
         }
     });
-    Ok(Echo {
-        addr,
-        name: name.to_owned(),
-        served,
-        task,
-        stop,
-    })
+    Ok(Echo::unpausable(addr, name, served, task, stop))
 }
 
 async fn switch_or_answer(
@@ -296,13 +322,7 @@ pub async fn tcp(addr: SocketAddr, name: &str) -> std::io::Result<Echo> {
             }));
         }
     });
-    Ok(Echo {
-        addr,
-        name: name.to_owned(),
-        served,
-        task,
-        stop,
-    })
+    Ok(Echo::unpausable(addr, name, served, task, stop))
 }
 
 struct GrpcEcho {
@@ -377,11 +397,5 @@ pub async fn grpc(addr: SocketAddr, name: &str) -> std::io::Result<Echo> {
             })
             .await;
     });
-    Ok(Echo {
-        addr,
-        name: name.to_owned(),
-        served,
-        task,
-        stop,
-    })
+    Ok(Echo::unpausable(addr, name, served, task, stop))
 }

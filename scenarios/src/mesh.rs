@@ -421,9 +421,15 @@ impl Mesh {
                 }],
                 endpoints: endpoints.clone(),
                 export: s.export.clone(),
+                // HTTP apps get an HTTP check, which also sees a hung
+                // (paused) app; others get a TCP connect check.
                 health_check: Some(HealthCheck {
-                    kind: CheckKind::Tcp,
-                    path: None,
+                    kind: if s.protocol == Protocol::Http1 {
+                        CheckKind::Http
+                    } else {
+                        CheckKind::Tcp
+                    },
+                    path: (s.protocol == Protocol::Http1).then(|| "/".to_owned()),
                     port: Some(s.port),
                     interval: Duration::from_millis(300),
                     timeout: Duration::from_millis(200),
@@ -521,6 +527,18 @@ impl Mesh {
         let w = self.cluster_mut(cluster)?.workload_mut(service)?;
         for r in &mut w.replicas {
             r.app = None;
+        }
+        Ok(())
+    }
+
+    /// Freezes (or thaws) every app replica of a workload: connections are
+    /// accepted, nothing is answered (a hung process, not a dead one).
+    pub fn pause_workload(&mut self, cluster: &str, service: &str, on: bool) -> anyhow::Result<()> {
+        let w = self.cluster_mut(cluster)?.workload_mut(service)?;
+        for r in &w.replicas {
+            if let Some(app) = &r.app {
+                app.pause(on);
+            }
         }
         Ok(())
     }

@@ -102,6 +102,16 @@ pub fn mesh_spec(s: &Scenario, dir: &Path, base_octet: u8) -> anyhow::Result<Mes
             f.distribute = strait_federation::catalog::policy::parse_distribute(d)
                 .map_err(|e| anyhow!("policy {}: {}: {}", p.service, e.field, e.reason))?;
         }
+        if p.timeout.is_some() || p.retries.is_some() {
+            let mut route = strait_api::snapshot::Route::default();
+            if let Some(t) = p.timeout {
+                route.timeout = t;
+            }
+            if let Some(n) = p.retries {
+                route.retry.attempts = n;
+            }
+            f.routes = vec![route];
+        }
         policies.push((p.cluster.clone(), f));
     }
     Ok(MeshSpec {
@@ -222,6 +232,14 @@ async fn do_step(
     if let Some(t) = &step.restart_workload {
         mesh.restart_workload(&t.cluster, &t.service).await?;
         return Ok(format!("restarted workload {} in {}", t.service, t.cluster));
+    }
+    if let Some(t) = &step.pause_workload {
+        mesh.pause_workload(&t.cluster, &t.service, true)?;
+        return Ok(format!("paused workload {} in {}", t.service, t.cluster));
+    }
+    if let Some(t) = &step.resume_workload {
+        mesh.pause_workload(&t.cluster, &t.service, false)?;
+        return Ok(format!("resumed workload {} in {}", t.service, t.cluster));
     }
     if let Some(g) = &step.kill_gateway {
         mesh.kill_gateway(&g.cluster, g.replica)?;

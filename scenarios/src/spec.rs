@@ -107,6 +107,12 @@ pub struct PolicySpec {
     /// CLI form: `[FROM->]TO=W,TO=W;...`, e.g. `us-east/*=80,us-west/*=20`.
     #[serde(default)]
     pub distribute: Option<String>,
+    /// Request timeout of the service's route `/` (default 15 s).
+    #[serde(default, with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Retries to another endpoint for idempotent requests (default 2).
+    #[serde(default)]
+    pub retries: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +136,9 @@ pub struct Step {
     pub at: Duration,
     pub kill_workload: Option<Target>,
     pub restart_workload: Option<Target>,
+    /// Freeze a workload's apps (they accept but never answer) / thaw them.
+    pub pause_workload: Option<Target>,
+    pub resume_workload: Option<Target>,
     pub kill_gateway: Option<GatewayTarget>,
     pub restart_gateway: Option<GatewayTarget>,
     pub kill_controller: Option<ClusterRef>,
@@ -359,6 +368,8 @@ impl Scenario {
             let set = [
                 s.kill_workload.is_some(),
                 s.restart_workload.is_some(),
+                s.pause_workload.is_some(),
+                s.resume_workload.is_some(),
                 s.kill_gateway.is_some(),
                 s.restart_gateway.is_some(),
                 s.kill_controller.is_some(),

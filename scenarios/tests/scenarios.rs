@@ -72,4 +72,5 @@ scenario_tests! {
     root_rotation => "root-rotation",
     authz_deny_cross_cluster => "authz-deny-cross-cluster",
     dns_failover_unmeshed_client => "dns-failover-unmeshed-client",
+    workload_pause => "workload-pause",
 }
