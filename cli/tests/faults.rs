@@ -344,13 +344,12 @@ fn kill_9_of_each_component_loses_nothing_and_traffic_recovers() {
     ] {
         let killed = Instant::now();
         proc_.kill9();
-        pause(1000);
-        // The load really depends on it: requests fail while it is dead.
-        let dead = load.since(killed + Duration::from_millis(300));
-        assert!(
-            dead.iter().any(|(_, ok)| !ok),
-            "{who}: no request failed while it was dead ({} sent)",
-            dead.len()
+        // The load really depends on it: requests fail while it is dead
+        // (waited for, not slept on: a slow machine gets 15 s).
+        eventually(
+            &format!("{who}: a request fails while it is dead"),
+            Duration::from_secs(15),
+            || load.since(killed).iter().any(|(_, ok)| !ok),
         );
         let restarted = Instant::now();
         *proc_ = role(&args, log, port);

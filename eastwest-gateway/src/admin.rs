@@ -27,11 +27,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(&shared, &req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            // Heads within 5 s, and a minute per connection at most (a
+            // slow but steady client, or a body that never ends).
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(5))
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+                .serve_connection(TokioIo::new(tcp), svc);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), conn).await;
         });
     }
 }

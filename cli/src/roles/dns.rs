@@ -52,14 +52,16 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
         key: args.key,
         bundle: args.bundle,
     };
-    let td = strait_ca::CertStore::from_pem(&super::read(&files.chain)?, &super::read(&files.key)?)
+    let id = strait_ca::CertStore::from_pem(&super::read(&files.chain)?, &super::read(&files.key)?)
         .with_context(|| format!("identity: {}", files.chain.display()))?
         .identity()
-        .map(|id| id.trust_domain())
         .with_context(|| format!("{}: no SPIFFE ID in the certificate", files.chain.display()))?;
+    let td = id.trust_domain();
     let (certs, bundle) = files.load(&td)?;
+    // A reload never changes who the DNS server is.
     let watched =
-        strait_ca::reload::IdentityFiles::new(files.chain, files.key, files.bundle, td.clone());
+        strait_ca::reload::IdentityFiles::new(files.chain, files.key, files.bundle, td.clone())
+            .expecting(id);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         // New certificate or bundle files (rotation) are swapped in place.

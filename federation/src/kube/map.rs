@@ -552,7 +552,8 @@ fn authorization_of(f: &str, a: &AuthorizationSpec) -> Result<AuthorizationPolic
                 Ok(AuthzRule {
                     from,
                     paths: r.paths.clone(),
-                    methods: r.methods.clone(),
+                    // Upper-case, as `strait policy set --methods` does.
+                    methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
                     hosts: r.hosts.clone(),
                 })
             })

@@ -249,7 +249,7 @@ fn traffic_policy_authorization_maps_and_a_bad_one_fails_closed() {
                 "reviews",
                 json!({"authorization": [{"name": "no-guests", "ports": [9080],
                     "deny": [{"from": ["spiffe://strait.local/ns/guest/*"], "paths": ["/admin"]}],
-                    "allow": [{"from": ["*"], "methods": ["GET"]}]}]}),
+                    "allow": [{"from": ["*"], "methods": ["get"]}]}]}),
             ),
             named(
                 "bad",
@@ -267,6 +267,7 @@ fn traffic_policy_authorization_maps_and_a_bad_one_fails_closed() {
         a.deny[0].from[0].to_string(),
         "spiffe://strait.local/ns/guest/*"
     );
+    // Lower-case methods are normalized, as the CLI does.
     assert_eq!(a.allow[0].methods, ["GET"]);
     // The bad one is reported and denies every caller instead of none.
     let bad = &built.catalog.policies[&key("bad")];
