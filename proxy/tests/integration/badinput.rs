@@ -292,15 +292,6 @@ async fn certificates_from_another_trust_domain_or_root_are_refused() {
     assert_eq!(http1(p.vip, get("/", "web")).await.0, 200);
 }
 
-/// Raw HTTP/2 frame: length(3) type(1) flags(1) stream(4) payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 /// A minimal HPACK block for `GET http://web/` (all static-table indexes
 /// plus a literal authority).
 fn get_headers() -> Vec<u8> {
@@ -488,17 +479,7 @@ async fn hpack_bomb_is_refused_with_431_while_good_traffic_flows() {
 /// What the peer said about stream 1 in `bytes` (a run of HTTP/2 frames):
 /// `431`/`200`/`other` for a response HEADERS, `reset`, or `goaway`.
 fn stream_one_answer(bytes: &[u8]) -> Option<&'static str> {
-    let mut rest = bytes;
-    while rest.len() >= 9 {
-        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
-        if rest.len() < 9 + len {
-            return None;
-        }
-        let (kind, stream) = (
-            rest[3],
-            u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]),
-        );
-        let payload = &rest[9..9 + len];
+    for (kind, stream, payload) in frames(bytes) {
         match (kind, stream) {
             (0x1, 1) if payload.windows(3).any(|w| w == b"431") => return Some("431"),
             // HPACK static index 8 is `:status 200`.
@@ -513,7 +494,6 @@ fn stream_one_answer(bytes: &[u8]) -> Option<&'static str> {
             (0x7, 0) => return Some("goaway"),
             _ => {}
         }
-        rest = &rest[9 + len..];
     }
     None
 }

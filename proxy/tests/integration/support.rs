@@ -250,3 +250,32 @@ impl Conn {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 }
+
+/// Raw HTTP/2 frame: length(3) type(1) flags(1) stream(4) payload.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The complete HTTP/2 frames at the start of `bytes`, as (type, stream,
+/// payload); a partial last frame is left out.
+pub fn frames(bytes: &[u8]) -> impl Iterator<Item = (u8, u32, &[u8])> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.len() < 9 {
+            return None;
+        }
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        if rest.len() < 9 + len {
+            return None;
+        }
+        let kind = rest[3];
+        let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+        let payload = &rest[9..9 + len];
+        rest = &rest[9 + len..];
+        Some((kind, stream, payload))
+    })
+}

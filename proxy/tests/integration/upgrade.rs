@@ -436,15 +436,6 @@ async fn an_endpoint_that_refuses_the_connection_is_skipped_for_the_next() {
     }
 }
 
-/// Raw HTTP/2 frame: length(3) type(1) flags(1) stream(4) payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 #[tokio::test]
 async fn http2_requests_carrying_upgrade_are_reset_as_malformed() {
     let p = pair(66, "").await;
@@ -480,26 +471,14 @@ async fn http2_requests_carrying_upgrade_are_reset_as_malformed() {
 
 /// The first frame about stream 1 in `bytes`: (type, RST_STREAM code or 0).
 fn stream_one(bytes: &[u8]) -> Option<(u8, u32)> {
-    let mut rest = bytes;
-    while rest.len() >= 9 {
-        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
-        if rest.len() < 9 + len {
-            return None;
-        }
-        let (kind, stream) = (
-            rest[3],
-            u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]),
-        );
-        let payload = &rest[9..9 + len];
-        if stream == 1 || kind == 0x7 {
+    frames(bytes)
+        .find(|(kind, stream, _)| *stream == 1 || *kind == 0x7)
+        .map(|(kind, _, payload)| {
             let code = payload
                 .get(..4)
                 .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-            return Some((kind, if kind == 0x3 { code } else { 0 }));
-        }
-        rest = &rest[9 + len..];
-    }
-    None
+            (kind, if kind == 0x3 { code } else { 0 })
+        })
 }
 
 #[tokio::test]
