@@ -384,6 +384,7 @@ pub fn export_table(status: &Status) -> ExportTable {
                 .iter()
                 .filter_map(|p| p.split('/').next()?.parse().ok())
                 .collect(),
+            to: s.export.as_ref().map(|e| e.only_to()).unwrap_or_default(),
             endpoints: s
                 .clusters
                 .iter()

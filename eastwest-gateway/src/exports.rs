@@ -30,6 +30,10 @@ pub struct ExportedService {
     pub namespace: String,
     /// Service ports a `name.namespace:port` CONNECT may ask for.
     pub ports: Vec<u16>,
+    /// Source clusters that may reach it (`export --to`); empty: every
+    /// linked cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<String>,
     #[serde(default)]
     pub endpoints: Vec<ExportedEndpoint>,
 }
@@ -115,6 +119,8 @@ pub enum Refusal {
     UnknownPort { service: String, port: u16 },
     #[error("service {0} has no healthy endpoint")]
     NoHealthyEndpoint(String),
+    #[error("service {service} is not exported to cluster {cluster}")]
+    NotExportedTo { service: String, cluster: String },
 }
 
 impl Refusal {
@@ -127,6 +133,7 @@ impl Refusal {
             Self::NotExported(_) => "not_exported",
             Self::UnknownPort { .. } => "unknown_port",
             Self::NoHealthyEndpoint(_) => "no_healthy_endpoint",
+            Self::NotExportedTo { .. } => "not_exported_to",
         }
     }
 
@@ -145,7 +152,9 @@ impl Refusal {
     pub fn service_label(&self) -> String {
         match self {
             Self::NotExported(s) | Self::NoHealthyEndpoint(s) => s.clone(),
-            Self::UnknownPort { service, .. } => service.clone(),
+            Self::UnknownPort { service, .. } | Self::NotExportedTo { service, .. } => {
+                service.clone()
+            }
             _ => "unknown".to_owned(),
         }
     }
@@ -189,6 +198,25 @@ impl From<ExportTable> for Index {
 impl Index {
     pub fn table(&self) -> &ExportTable {
         &self.table
+    }
+
+    /// Refuses `source_cluster` when the decided service is exported only
+    /// to other clusters (`strait export --to`).
+    pub fn check_source(&self, d: &Decision, source_cluster: &str) -> Result<(), Refusal> {
+        let svc = d
+            .service
+            .split_once('.')
+            .and_then(|(n, ns)| self.by_name.get(&(n.to_owned(), ns.to_owned())))
+            .map(|i| &self.table.services[*i]);
+        match svc {
+            Some(s) if !s.to.is_empty() && !s.to.iter().any(|c| c == source_cluster) => {
+                Err(Refusal::NotExportedTo {
+                    service: d.service.clone(),
+                    cluster: source_cluster.to_owned(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Decides a `CONNECT` to `authority`. `own` are the gateway's own
@@ -269,6 +297,31 @@ services:
     }
 
     const OWN: &[SocketAddr] = &[];
+
+    #[test]
+    fn a_service_exported_to_some_clusters_refuses_the_others() {
+        let t: ExportTable = serde_yaml_ng::from_str(
+            r#"
+services:
+  - { name: reviews, namespace: shop, ports: [9080], to: [west],
+      endpoints: [{ address: "127.0.20.1:15006" }] }
+  - { name: ratings, ports: [80], endpoints: [{ address: "127.0.20.3:15006" }] }
+"#,
+        )
+        .unwrap();
+        let t = Index::from(t);
+        for authority in ["reviews.shop:9080", "127.0.20.1:15006"] {
+            let d = t.decide(authority, OWN, |_| 0).unwrap();
+            assert_eq!(t.check_source(&d, "west"), Ok(()));
+            let e = t.check_source(&d, "central").unwrap_err();
+            assert_eq!(e.reason(), "not_exported_to");
+            assert_eq!(e.status(), http::StatusCode::FORBIDDEN);
+            assert_eq!(e.service_label(), "reviews.shop");
+        }
+        // Exported to all: any linked cluster may call.
+        let d = t.decide("ratings.default:80", OWN, |_| 0).unwrap();
+        assert_eq!(t.check_source(&d, "central"), Ok(()));
+    }
 
     #[test]
     fn endpoint_authority_must_be_in_the_table() {

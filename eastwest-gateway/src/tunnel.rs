@@ -81,9 +81,10 @@ pub(crate) async fn handle(
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_default();
-    let decision = shared
-        .exports()
-        .decide(&authority, &shared.own, |n| rand::random_range(0..n));
+    let exports = shared.exports();
+    let decision = exports
+        .decide(&authority, &shared.own, |n| rand::random_range(0..n))
+        .and_then(|d| exports.check_source(&d, cluster).map(|()| d));
     let decision = match decision {
         Ok(d) => d,
         Err(refusal) => {

@@ -190,6 +190,15 @@ impl Export {
     pub fn is_exported(&self) -> bool {
         !matches!(self, Self::None)
     }
+
+    /// The peers an export is limited to, as gateway export lists name
+    /// them (empty: every linked peer, or not exported at all).
+    pub fn only_to(&self) -> Vec<String> {
+        match self {
+            Self::To(list) => list.iter().map(ToString::to_string).collect(),
+            Self::None | Self::All => Vec::new(),
+        }
+    }
 }
 
 /// One service registration (one YAML file).

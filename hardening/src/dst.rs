@@ -32,6 +32,7 @@ pub fn fixture() -> Index {
                 name: "web".into(),
                 namespace: "default".into(),
                 ports: vec![80],
+                to: Vec::new(),
                 endpoints: vec![
                     ep("10.0.0.1:8080", Health::Healthy),
                     ep("10.0.0.2:8080", Health::Unhealthy),
@@ -41,6 +42,7 @@ pub fn fixture() -> Index {
                 name: "db".into(),
                 namespace: "data".into(),
                 ports: vec![5432],
+                to: Vec::new(),
                 endpoints: vec![ep("[fd00::5]:5432", Health::Healthy)],
             },
         ],

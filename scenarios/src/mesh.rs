@@ -442,6 +442,7 @@ impl Mesh {
                     name: s.service.clone(),
                     namespace: s.namespace.clone(),
                     ports: vec![s.port],
+                    to: s.export.only_to(),
                     endpoints: endpoints
                         .iter()
                         .map(|e| ExportedEndpoint {

@@ -110,3 +110,33 @@ async fn clients_without_a_mesh_certificate_cannot_open_tunnels() {
     );
     assert_eq!(metric(&m, "strait_gateway_tunnels_total"), 1.0, "{m}");
 }
+
+#[tokio::test]
+async fn a_service_exported_to_named_clusters_is_refused_to_the_others() {
+    let pki = Pki::new(TD);
+    let ep = echo("127.0.31.21").await;
+    let mut table = exports("reviews", 9080, &[ep]);
+    table.services[0].to = vec!["east".to_owned()];
+    let gw = Gateway::start(pki.gateway("west", "127.0.31.30", Limits::default()), table)
+        .await
+        .unwrap();
+    // east is named: both forms of CONNECT open a tunnel.
+    let mut east = h2(gw.listener, pki.client("east", Some("web")))
+        .await
+        .unwrap();
+    for authority in [ep.to_string(), "reviews.default:9080".to_owned()] {
+        assert_eq!(connect(&mut east, &authority).await.unwrap().status, 200);
+    }
+    // central is linked (same root) but not named: 403 not_exported_to.
+    let mut central = h2(gw.listener, pki.client("central", Some("web")))
+        .await
+        .unwrap();
+    for authority in [ep.to_string(), "reviews.default:9080".to_owned()] {
+        let a = connect(&mut central, &authority).await.unwrap();
+        assert_eq!((a.status, a.reason.as_str()), (403, "not_exported_to"));
+        assert!(a.stream.is_none());
+    }
+    assert!(gw.metrics().contains(
+        r#"strait_gateway_tunnels_total{source_cluster="central",destination_service="reviews.default",result="not_exported_to"} 2"#
+    ));
+}

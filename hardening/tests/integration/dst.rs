@@ -40,6 +40,7 @@ proptest! {
                 name: name.clone(),
                 namespace: ns.clone(),
                 ports: vec![port.max(1)],
+                to: Vec::new(),
                 endpoints: vec![ExportedEndpoint { address: ([10, 0, 0, 9], 80).into(), health: strait_api::snapshot::Health::Healthy }],
             }],
         });

@@ -123,6 +123,7 @@ impl Mesh {
                 name: name.to_owned(),
                 namespace: "default".to_owned(),
                 ports: vec![port],
+                to: Vec::new(),
                 endpoints: endpoints
                     .iter()
                     .map(|&address| strait_gateway::ExportedEndpoint {
