@@ -267,43 +267,52 @@ fn trust_hop(t: &Target, from: &str, serving: &str, s: &Status) -> Finding {
     if f.verdict != Verdict::Pass {
         return f;
     }
-    let root = t
+    let mutual = t
         .dir
         .as_deref()
-        .and_then(|d| same_root(d, from, serving))
-        .map(|same| {
-            if same {
-                ", same root (bundle files match)"
-            } else {
-                ""
-            }
-        });
-    if root == Some("") {
+        .and_then(|d| mutually_trusted(d, from, serving));
+    if mutual == Some(false) {
         return Finding::fail(
             "trust",
-            format!("{from} and {serving} trust different roots (their bundle.pem differ)"),
+            format!("{from} and {serving} do not trust each other's root"),
             "finish the root rotation on both clusters (every bundle must hold the root the other's certificates chain to)",
         );
     }
+    let note = if mutual == Some(true) {
+        ", each trusts the root the other's certificate chains to"
+    } else {
+        ""
+    };
     Finding::pass(
         "trust",
         format!(
-            "linked with {serving} as {}, {}{}",
-            l.identity,
-            f.detail,
-            root.unwrap_or_default()
+            "linked with {serving} as {}, {}{note}",
+            l.identity, f.detail
         ),
     )
 }
 
-/// Whether two clusters of one directory trust the same roots.
-fn same_root(dir: &Path, a: &str, b: &str) -> Option<bool> {
-    let read = |c: &str| {
-        std::fs::read_to_string(certs_dir(dir, c, "controller").join("bundle.pem"))
-            .ok()
-            .map(|s| s.trim().to_owned())
+/// Whether each cluster's controller certificate (files in `dir`) chains
+/// to a root the other cluster's bundle holds. Bundles may differ (in the
+/// middle of a root rotation one holds two roots); what matters is that
+/// each side trusts what the other presents. `None` when the files are not
+/// there to read.
+fn mutually_trusted(dir: &Path, a: &str, b: &str) -> Option<bool> {
+    let load = |c: &str| {
+        let d = certs_dir(dir, c, "controller");
+        let chain = strait_ca::pem::certs(&std::fs::read_to_string(d.join("chain.pem")).ok()?);
+        let td = strait_ca::verify::spiffe_id_of(chain.first()?)
+            .ok()?
+            .trust_domain();
+        let pem = std::fs::read_to_string(d.join("bundle.pem")).ok()?;
+        let bundle = strait_ca::TrustBundle::from_pem(td, &pem).ok()?;
+        Some((bundle, chain))
     };
-    Some(read(a)? == read(b)?)
+    let ((bundle_a, chain_a), (bundle_b, chain_b)) = (load(a)?, load(b)?);
+    Some(
+        strait_ca::trust::chains_to(&bundle_a, &chain_b).is_some()
+            && strait_ca::trust::chains_to(&bundle_b, &chain_a).is_some(),
+    )
 }
 
 async fn gateway_hop(t: &Target, from: &str, serving: &str, s: &Status) -> Finding {
@@ -482,6 +491,52 @@ pub fn run(args: DiagnoseArgs, format: Format) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn mutual_trust_follows_the_roots_not_the_bundle_text() {
+        use strait_api::{ClusterName, SpiffeId, TrustDomain};
+        let tmp = tempfile::tempdir().unwrap();
+        let (d, day) = (tmp.path(), Duration::from_secs(86400));
+        let td = TrustDomain::new("strait.local").unwrap();
+        let root = |name: &str| {
+            let ca = strait_ca::CaDir::init(&d.join(name), &td, day).unwrap();
+            for c in ["east", "west"] {
+                ca.new_intermediate(&ClusterName::new(c).unwrap(), day)
+                    .unwrap();
+            }
+            ca
+        };
+        let issue = |ca: &strait_ca::CaDir, c: &str| {
+            let id = SpiffeId::parse(&format!(
+                "spiffe://strait.local/ns/strait-system/sa/controller-{c}"
+            ))
+            .unwrap();
+            ca.issue(
+                &ClusterName::new(c).unwrap(),
+                &id,
+                day,
+                &certs_dir(d, c, "controller"),
+            )
+            .unwrap()
+        };
+        let (old, new) = (root("old"), root("new"));
+        let east = issue(&old, "east");
+        issue(&old, "west");
+        assert_eq!(mutually_trusted(d, "east", "west"), Some(true));
+        // west re-issued under a root east does not trust.
+        let west = issue(&new, "west");
+        assert_eq!(mutually_trusted(d, "east", "west"), Some(false));
+        // Mid-rotation: both bundles hold both roots, in different orders.
+        let (o, n) = (
+            std::fs::read_to_string(old.bundle_path()).unwrap(),
+            std::fs::read_to_string(new.bundle_path()).unwrap(),
+        );
+        std::fs::write(&east.bundle, format!("{o}{n}")).unwrap();
+        std::fs::write(&west.bundle, format!("{n}{o}")).unwrap();
+        assert_eq!(mutually_trusted(d, "east", "west"), Some(true));
+        // No files: nothing to say.
+        assert_eq!(mutually_trusted(d, "east", "central"), None);
+    }
     use std::net::SocketAddr;
 
     use super::*;
