@@ -117,6 +117,24 @@ impl IdentityFiles {
         Ok((ck, bundle))
     }
 
+    /// Loads the files once, with the checks every reload makes (the key
+    /// matches, the chain verifies against the bundle, the expected
+    /// identity), into a live store and bundle for a component to start
+    /// with. Unless [`Self::expecting`] set one, the identity found is the
+    /// only one later reloads accept. Returns `self` for [`watch`].
+    pub fn start(mut self) -> Result<(CertStore, SharedBundle, Self), ReloadError> {
+        let (ck, bundle) = self.load()?;
+        if self.expected.is_none() {
+            self.expected = ck
+                .cert
+                .first()
+                .and_then(|c| crate::verify::spiffe_id_of(c).ok());
+        }
+        let certs = CertStore::empty();
+        certs.set_certified(ck);
+        Ok((certs, SharedBundle::new(bundle), self))
+    }
+
     fn mtimes(&self) -> [Option<SystemTime>; 3] {
         [&self.chain, &self.key, &self.bundle].map(|p| mtime(p))
     }
@@ -221,6 +239,31 @@ mod tests {
             .unwrap();
         let files = IdentityFiles::new(f.chain, f.key, f.bundle, td).expecting(id.clone());
         (tmp, ca, files, id)
+    }
+
+    #[test]
+    fn start_checks_like_a_reload_and_pins_the_identity_it_found() {
+        let (tmp, _ca, files, id) = setup();
+        let mut unpinned = files.clone();
+        unpinned.expected = None;
+        let (certs, bundle, watched) = unpinned.clone().start().unwrap();
+        assert_eq!(certs.identity(), Some(id.clone()));
+        assert_eq!(bundle.get().roots().len(), 1);
+        assert_eq!(
+            watched.expected,
+            Some(id),
+            "later reloads keep this identity"
+        );
+        // A bundle of another root: the chain does not verify, start refuses.
+        let other = CaDir::init(
+            &tmp.path().join("other"),
+            &files.trust_domain,
+            Duration::from_secs(86400),
+        )
+        .unwrap();
+        std::fs::copy(other.bundle_path(), &files.bundle).unwrap();
+        let e = unpinned.start().unwrap_err();
+        assert!(matches!(e, ReloadError::Untrusted { .. }), "{e}");
     }
 
     #[test]

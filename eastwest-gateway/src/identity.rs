@@ -40,16 +40,13 @@ pub async fn load(
     let td = cfg.trust_domain.clone();
     match &cfg.identity {
         IdentitySource::Files { chain, key, bundle } => {
-            let certs =
-                CertStore::from_pem(&read(chain)?, &read(key)?).map_err(|e| bad(chain, e))?;
-            let b =
-                TrustBundle::from_pem(td.clone(), &read(bundle)?).map_err(|e| bad(bundle, e))?;
-            let b = SharedBundle::new(b);
-            let mut files = IdentityFiles::new(chain.clone(), key.clone(), bundle.clone(), td);
-            if let Some(id) = certs.identity() {
-                // A reload never changes who the gateway is.
-                files = files.expecting(id);
-            }
+            // The same checks as every later reload; the identity found is
+            // the only one a reload accepts (a reload never changes who the
+            // gateway is).
+            let (certs, b, files) =
+                IdentityFiles::new(chain.clone(), key.clone(), bundle.clone(), td)
+                    .start()
+                    .map_err(|e| StartError::Identity(e.to_string()))?;
             tasks.push(tokio::spawn(strait_ca::reload::watch(
                 files,
                 certs.clone(),

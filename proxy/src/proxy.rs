@@ -198,17 +198,13 @@ async fn load_identity(
     let td = cfg.trust_domain.clone();
     match &cfg.identity {
         IdentitySource::Files { chain, key, bundle } => {
-            let certs = CertStore::from_pem(&read(chain)?, &read(key)?)
-                .map_err(|e| StartError::Identity(format!("{}: {e}", chain.display())))?;
-            let bundle_set = TrustBundle::from_pem(td.clone(), &read(bundle)?)
-                .map_err(|e| StartError::Identity(format!("{}: {e}", bundle.display())))?;
-            let shared_bundle = SharedBundle::new(bundle_set);
-            // Rotation by file: checked together, swapped in place; a bad
-            // set is refused with a log line and the current one stays.
-            let mut files = IdentityFiles::new(chain.clone(), key.clone(), bundle.clone(), td);
-            if let Some(id) = certs.identity() {
-                files = files.expecting(id);
-            }
+            // Checked together (key, chain against bundle) as every later
+            // reload is; a reload that fails the checks is refused with a
+            // log line and the current set stays.
+            let (certs, shared_bundle, files) =
+                IdentityFiles::new(chain.clone(), key.clone(), bundle.clone(), td)
+                    .start()
+                    .map_err(|e| StartError::Identity(e.to_string()))?;
             tasks.push(tokio::spawn(strait_ca::reload::watch(
                 files,
                 certs.clone(),
