@@ -369,7 +369,8 @@ async fn tunnel_to_app(
             }
         };
         let mut up = TokioIo::new(upgraded);
-        let (to_app, from_app) = crate::copy::bidirectional(&mut up, &mut app).await;
+        let (to_app, from_app) =
+            crate::copy::bidirectional(&mut up, &mut app, shared.cfg.limits.idle_timeout).await;
         shared
             .metrics
             .tcp_bytes_sent

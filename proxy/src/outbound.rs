@@ -248,7 +248,8 @@ async fn tcp_tunnel(shared: Arc<Shared>, mut tcp: TcpStream, vip: IpAddr, port: 
         };
         shared.metrics.tcp_connections.get_or_create(&labels).inc();
         let mut up = TokioIo::new(upgraded);
-        let (sent, received) = crate::copy::bidirectional(&mut tcp, &mut up).await;
+        let (sent, received) =
+            crate::copy::bidirectional(&mut tcp, &mut up, shared.cfg.limits.idle_timeout).await;
         shared
             .metrics
             .tcp_bytes_sent

@@ -359,7 +359,9 @@ fn switch(
         match tokio::join!(near, far) {
             (Ok(near), Ok(far)) => {
                 let (mut near, mut far) = (TokioIo::new(near), TokioIo::new(far));
-                let (sent, received) = crate::copy::bidirectional(&mut near, &mut far).await;
+                let (sent, received) =
+                    crate::copy::bidirectional(&mut near, &mut far, shared.cfg.limits.idle_timeout)
+                        .await;
                 let m = &shared.metrics;
                 m.upgrade_bytes_sent.get_or_create(&labels).inc_by(sent);
                 m.upgrade_bytes_received
