@@ -162,18 +162,8 @@ pub async fn forward(
 /// Rewrites the request for the hop between sidecars: HTTP/2, absolute
 /// URI, no hop-by-hop or spoofable headers, `strait-dst` set.
 fn prepare(parts: &mut Parts, svc_name: &str, port: u16) -> Result<(), &'static str> {
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| format!("{svc_name}:{port}"));
+    let authority = headers::host_of(&parts.uri, &parts.headers)
+        .map_or_else(|| format!("{svc_name}:{port}"), str::to_owned);
     let pq = parts
         .uri
         .path_and_query()

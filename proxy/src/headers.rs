@@ -157,6 +157,15 @@ pub fn parse_dst(v: &str) -> Option<(&str, &str, u16)> {
     strait_api::parse_service_authority(v)
 }
 
+/// The host a request names: its URI's authority, else its `Host` header.
+pub fn host_of<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.authority().map(|a| a.as_str()).or_else(|| {
+        headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -180,14 +180,7 @@ async fn handle(
         .unwrap_or(&[]);
     let is_connect = req.method() == Method::CONNECT;
     let path = req.uri().path().to_owned();
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            let h = req.headers().get(http::header::HOST)?;
-            h.to_str().ok().map(str::to_owned)
-        });
+    let host = headers::host_of(req.uri(), req.headers()).map(str::to_owned);
     let decision = authz::evaluate(
         policies,
         &authz::Request {

@@ -157,16 +157,7 @@ fn resolve_host<'a>(
     snapshot: &'a Snapshot,
     req: &Request<Incoming>,
 ) -> Result<(&'a strait_api::snapshot::Service, u16), String> {
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .ok_or("request names no host")?;
+    let host = crate::headers::host_of(req.uri(), req.headers()).ok_or("request names no host")?;
     let (name_part, port) = match host.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
             h,

@@ -195,18 +195,8 @@ fn prepare(
     port: u16,
     proto: &HeaderValue,
 ) -> Result<(), &'static str> {
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| format!("{svc_name}:{port}"));
+    let authority = headers::host_of(&parts.uri, &parts.headers)
+        .map_or_else(|| format!("{svc_name}:{port}"), str::to_owned);
     let pq = parts
         .uri
         .path_and_query()
