@@ -5,7 +5,28 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use strait_api::SpiffeId;
+use strait_api::{SpiffeId, TrustDomain};
+use tokio::task::JoinHandle;
+
+use crate::reload::{IdentityFiles, ReloadError};
+use crate::{CertStore, SharedBundle, TrustBundle};
+
+/// Why a component could not start with its identity.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// A file the identity names could not be read.
+    #[error("{path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    /// A file was read but is not usable.
+    #[error("{path}: {reason}")]
+    Bad { path: PathBuf, reason: String },
+    /// The certificate files failed the checks every reload makes.
+    #[error(transparent)]
+    Files(#[from] ReloadError),
+    #[error("the CA at {address} did not issue a certificate: {reason}")]
+    Ca { address: SocketAddr, reason: String },
+}
 
 /// Where a component's certificate comes from (sidecars and gateways).
 /// In YAML: a map with exactly one of `files:` or `ca:`.
@@ -68,6 +89,58 @@ impl TryFrom<IdentityYaml> for IdentitySource {
                 bundle: c.bundle,
             }),
             _ => Err("identity needs exactly one of `files:` or `ca:`".into()),
+        }
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<String, IdentityError> {
+    std::fs::read_to_string(path).map_err(|e| IdentityError::Read {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+impl IdentitySource {
+    /// Loads the certificate and trust bundle a sidecar or gateway starts
+    /// with, and the task that keeps them current: with files, a watcher
+    /// that swaps in new files passing the same checks as this first load
+    /// (key matches, chain verifies against the bundle, same identity);
+    /// with the CA, renewal at 2/3 of the certificate's life.
+    pub async fn start(
+        &self,
+        td: &TrustDomain,
+    ) -> Result<(CertStore, SharedBundle, JoinHandle<()>), IdentityError> {
+        match self {
+            Self::Files { chain, key, bundle } => {
+                let (certs, bundle, files) =
+                    IdentityFiles::new(chain.clone(), key.clone(), bundle.clone(), td.clone())
+                        .start()?;
+                let task = tokio::spawn(crate::reload::watch(files, certs.clone(), bundle.clone()));
+                Ok((certs, bundle, task))
+            }
+            Self::Ca {
+                address,
+                spiffe_id,
+                token_file,
+                bundle,
+            } => {
+                let roots = TrustBundle::from_pem(td.clone(), &read(bundle)?).map_err(|e| {
+                    IdentityError::Bad {
+                        path: bundle.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                let bundle = SharedBundle::new(roots);
+                let token = read(token_file)?.trim().to_owned();
+                let (certs, renew) =
+                    crate::manager::bootstrap(*address, spiffe_id.clone(), token, bundle.clone())
+                        .await
+                        .map_err(|e| IdentityError::Ca {
+                            address: *address,
+                            reason: e.to_string(),
+                        })?;
+                Ok((certs, bundle, renew))
+            }
         }
     }
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use strait_api::snapshot::{Snapshot, SnapshotError};
-use strait_ca::reload::IdentityFiles;
-use strait_ca::{CertStore, SharedBundle, TrustBundle};
+use strait_ca::identity::IdentityError;
+use strait_ca::{CertStore, SharedBundle};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::config::{IdentitySource, ProxyConfig};
+use crate::config::ProxyConfig;
 use crate::state::Shared;
 use crate::transport::Identity;
 
@@ -195,49 +195,16 @@ async fn load_identity(
     cfg: &ProxyConfig,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<Identity, StartError> {
-    let td = cfg.trust_domain.clone();
-    match &cfg.identity {
-        IdentitySource::Files { chain, key, bundle } => {
-            // Checked together (key, chain against bundle) as every later
-            // reload is; a reload that fails the checks is refused with a
-            // log line and the current set stays.
-            let (certs, shared_bundle, files) =
-                IdentityFiles::new(chain.clone(), key.clone(), bundle.clone(), td)
-                    .start()
-                    .map_err(|e| StartError::Identity(e.to_string()))?;
-            tasks.push(tokio::spawn(strait_ca::reload::watch(
-                files,
-                certs.clone(),
-                shared_bundle.clone(),
-            )));
-            Ok(Identity {
-                certs,
-                bundle: shared_bundle,
-            })
-        }
-        IdentitySource::Ca {
-            address,
-            spiffe_id,
-            token_file,
-            bundle,
-        } => {
-            let bundle = SharedBundle::new(
-                TrustBundle::from_pem(td, &read(bundle)?)
-                    .map_err(|e| StartError::Identity(format!("{}: {e}", bundle.display())))?,
-            );
-            let token = read(token_file)?.trim().to_owned();
-            let (certs, renew) =
-                strait_ca::manager::bootstrap(*address, spiffe_id.clone(), token, bundle.clone())
-                    .await
-                    .map_err(|e| {
-                        StartError::Identity(format!(
-                            "the CA at {address} did not issue a certificate: {e}"
-                        ))
-                    })?;
-            tasks.push(renew);
-            Ok(Identity { certs, bundle })
-        }
-    }
+    let (certs, bundle, task) =
+        cfg.identity
+            .start(&cfg.trust_domain)
+            .await
+            .map_err(|e| match e {
+                IdentityError::Read { path, reason } => StartError::File { path, reason },
+                e => StartError::Identity(e.to_string()),
+            })?;
+    tasks.push(task);
+    Ok(Identity { certs, bundle })
 }
 
 /// Re-reads the snapshot file when it changes; a bad file is refused and
