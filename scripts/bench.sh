@@ -49,17 +49,21 @@ issue bench client client default; issue bench server server default
 # Cross-cluster path: east client sidecar -> west gateway -> west server sidecar.
 issue east client xclient default; issue west server xserver default
 issue west gateway-west gateway strait-system
-# Server sidecar: mTLS in on 19443, plaintext to nginx (HTTP/1.1, h2c) and iperf3.
-cat > "$W/server.yaml" <<EOF
+# A server sidecar (certs in $W/NAME): mTLS in on port IN, plaintext to
+# nginx (HTTP/1.1, h2c) and iperf3. Args: NAME IN OUT ADMIN.
+server_sidecar() {
+  cat > "$W/$1.yaml" <<EOF
 trust_domain: strait.local
-identity: { files: { chain: $W/server/chain.pem, key: $W/server/key.pem, bundle: $W/server/bundle.pem } }
-listeners: { inbound: 127.0.0.1:19443, outbound: 127.0.0.1:19001, admin: 127.0.0.1:19000, bind_vips: false }
+identity: { files: { chain: $W/$1/chain.pem, key: $W/$1/key.pem, bundle: $W/$1/bundle.pem } }
+listeners: { inbound: 127.0.0.1:$2, outbound: 127.0.0.1:$3, admin: 127.0.0.1:$4, bind_vips: false }
 local_service: bench.default
 app:
   - { port: 19082, protocol: http1, target: 127.0.0.1:18080 }
   - { port: 19092, protocol: http2, target: 127.0.0.1:18090 }
   - { port: 19083, protocol: tcp, target: 127.0.0.1:15201 }
 EOF
+}
+server_sidecar server 19443 19001 19000
 # Client sidecar: the service VIP is 127.77.0.1 on the three entry ports.
 cat > "$W/client.yaml" <<EOF
 trust_domain: strait.local
@@ -81,16 +85,7 @@ EOF
 # The same pair across clusters: the client sidecar in east reaches the
 # server sidecar in west through west's east-west gateway (a CONNECT stream
 # per upstream connection, inner mTLS end to end).
-cat > "$W/xserver.yaml" <<EOF
-trust_domain: strait.local
-identity: { files: { chain: $W/xserver/chain.pem, key: $W/xserver/key.pem, bundle: $W/xserver/bundle.pem } }
-listeners: { inbound: 127.0.0.1:19643, outbound: 127.0.0.1:19601, admin: 127.0.0.1:19600, bind_vips: false }
-local_service: bench.default
-app:
-  - { port: 19082, protocol: http1, target: 127.0.0.1:18080 }
-  - { port: 19092, protocol: http2, target: 127.0.0.1:18090 }
-  - { port: 19083, protocol: tcp, target: 127.0.0.1:15201 }
-EOF
+server_sidecar xserver 19643 19601 19600
 cat > "$W/gateway.yaml" <<EOF
 cluster: west
 trust_domain: strait.local
