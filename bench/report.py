@@ -17,6 +17,8 @@ CAND = "strait_2hop_mtls"
 XC = "strait_xcluster_mtls"
 tunnel_path = os.path.join(out, "tunnel.json")
 tunnel = json.load(open(tunnel_path)) if os.path.exists(tunnel_path) else {}
+host_path = os.path.join(out, "host.json")
+hostinfo = json.load(open(host_path)) if os.path.exists(host_path) else {}
 
 
 def tables(md):
@@ -136,7 +138,10 @@ def f(x, n=2):
 
 lines = ["# Performance", "",
          "Latest run of `scripts/bench.sh` (every number below comes from that one run; ratios compare",
-         "numbers measured side by side in it). Machine: " + host.replace("Host: ", ""), "", tools, "",
+         "numbers measured side by side in it). Machine: " + host.replace("Host: ", ""), "", tools, ""]
+if "steal_pct" in hostinfo:
+    lines += [f"CPU time taken by the hypervisor (steal) during the reference run: {hostinfo['steal_pct']}% of the VM's CPU time.", ""]
+lines += [
          "## Summary", "", "| measure | Strait | HAProxy (same run) | target |", "|---|---|---|---|"]
 s = summary
 if "http1_rps" in s:

@@ -121,6 +121,10 @@ $S proxy --config "$W/xserver.yaml" --check
 $S proxy --config "$W/xclient.yaml" --check
 $S gateway --config "$W/gateway.yaml" --exports "$W/exports.yaml" --check
 
+# CPU time the hypervisor took from this VM during the run (the `steal`
+# column of /proc/stat): on a shared host it explains run-to-run spread.
+cpu_times() { awk '/^cpu /{t=0; for (i=2;i<=NF;i++) t+=$i; print t, $9}' /proc/stat; }
+read -r T0 ST0 < <(cpu_times)
 echo "==> reference run (nginx direct, HAProxy pairs, Strait pair)"
 WORK="$W/ref" OHA="$W/oha" DURATION="${DURATION:-8s}" LEVEL_DURATION="${LEVEL_DURATION:-4s}" STIME="${STIME:-5}" \
 CANDIDATE_NAME=strait_2hop_mtls \
@@ -139,5 +143,7 @@ taskset -c 1 "$B" tls > "$OUT/tls.json"
 echo "==> idle sidecar memory with 1,000 services"
 "$B" memory --strait "$S" --services 1000 > "$OUT/memory.json"
 
+read -r T1 ST1 < <(cpu_times)
+awk -v t=$((T1 - T0)) -v st=$((ST1 - ST0)) 'BEGIN{printf "{\"steal_pct\": %.1f}\n", t > 0 ? 100 * st / t : 0}' > "$OUT/host.json"
 python3 bench/report.py "$OUT" "$ROOT/docs/performance.md"
 echo "==> done: $OUT/results.md, $OUT/results.json, docs/performance.md"
