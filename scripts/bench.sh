@@ -144,6 +144,6 @@ echo "==> idle sidecar memory with 1,000 services"
 "$B" memory --strait "$S" --services 1000 > "$OUT/memory.json"
 
 read -r T1 ST1 < <(cpu_times)
-awk -v t=$((T1 - T0)) -v st=$((ST1 - ST0)) 'BEGIN{printf "{\"steal_pct\": %.1f}\n", t > 0 ? 100 * st / t : 0}' > "$OUT/host.json"
+awk -v t=$((T1 - T0)) -v st=$((ST1 - ST0)) 'BEGIN{printf "{\"steal_pct\": %.1f}\n", (t > 0 ? 100 * st / t : 0)}' > "$OUT/host.json"
 python3 bench/report.py "$OUT" "$ROOT/docs/performance.md"
 echo "==> done: $OUT/results.md, $OUT/results.json, docs/performance.md"

@@ -124,6 +124,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             "strait sidecar: inbound (mTLS) {}, outbound proxy {}, admin http://{}/metrics, routing from {source}; Ctrl-C to stop",
             proxy.inbound, proxy.outbound, proxy.admin
         );
+        crate::runtime::release_freed_memory();
         let feed = async {
             match controller {
                 Some(c) => follow(&proxy, &td, c).await,

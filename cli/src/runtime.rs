@@ -14,12 +14,58 @@ pub fn data_plane(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runt
     let rt = if n == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(idle::on_park)
             .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
             .enable_all()
+            .on_thread_park(idle::on_park)
             .build()?
     };
     Ok(rt)
 }
+
+/// Gives freed memory back to the OS when a runtime thread goes idle.
+///
+/// mimalloc returns freed pages lazily, from later allocator calls on the
+/// same thread. A sidecar that loads a large snapshot and then idles would
+/// keep the parse's memory (30 MiB instead of 16 MiB with 1,000 services).
+/// So a thread that parks collects its heap, at most once a second.
+mod idle {
+    #[cfg(feature = "mimalloc")]
+    pub fn on_park() {
+        use std::cell::Cell;
+        use std::time::{Duration, Instant};
+        thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+        let now = Instant::now();
+        let due = LAST.with(|l| match l.get() {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => false,
+            _ => {
+                l.set(Some(now));
+                true
+            }
+        });
+        if due {
+            collect();
+        }
+    }
+
+    /// Trims the calling thread's heap now (after start-up, whose parsing
+    /// ran on the main thread, which is not a runtime worker).
+    #[cfg(feature = "mimalloc")]
+    #[allow(unsafe_code)]
+    pub fn collect() {
+        // SAFETY: mi_collect only walks and trims this thread's heap (and
+        // abandoned segments); it takes no pointer from us.
+        unsafe { libmimalloc_sys::mi_collect(true) };
+    }
+
+    #[cfg(not(feature = "mimalloc"))]
+    pub fn on_park() {}
+
+    #[cfg(not(feature = "mimalloc"))]
+    pub fn collect() {}
+}
+
+pub use idle::collect as release_freed_memory;
