@@ -140,7 +140,7 @@ lines = ["# Performance", "",
          "Latest run of `scripts/bench.sh` (every number below comes from that one run; ratios compare",
          "numbers measured side by side in it). Machine: " + host.replace("Host: ", ""), "", tools, ""]
 if "steal_pct" in hostinfo:
-    lines += [f"CPU time taken by the hypervisor (steal) during the reference run: {hostinfo['steal_pct']}% of the VM's CPU time.", ""]
+    lines += [f"CPU time taken by the hypervisor (steal) while the benchmarks ran: {hostinfo['steal_pct']}% of the VM's CPU time.", ""]
 lines += [
          "## Summary", "", "| measure | Strait | HAProxy (same run) | target |", "|---|---|---|---|"]
 s = summary

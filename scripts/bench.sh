@@ -121,9 +121,9 @@ $S proxy --config "$W/xserver.yaml" --check
 $S proxy --config "$W/xclient.yaml" --check
 $S gateway --config "$W/gateway.yaml" --exports "$W/exports.yaml" --check
 
-# CPU time the hypervisor took from this VM during the run (the `steal`
-# column of /proc/stat): on a shared host it explains run-to-run spread.
-cpu_times() { awk '/^cpu /{t=0; for (i=2;i<=NF;i++) t+=$i; print t, $9}' /proc/stat; }
+# CPU time the hypervisor took from this VM during the measurements (the
+# `steal` column of /proc/stat, against user..steal): on a shared host it explains run-to-run spread.
+cpu_times() { awk '/^cpu /{t=0; for (i=2;i<=9;i++) t+=$i; print t, $9}' /proc/stat; }
 read -r T0 ST0 < <(cpu_times)
 echo "==> reference run (nginx direct, HAProxy pairs, Strait pair)"
 WORK="$W/ref" OHA="$W/oha" DURATION="${DURATION:-8s}" LEVEL_DURATION="${LEVEL_DURATION:-4s}" STIME="${STIME:-5}" \
