@@ -105,6 +105,18 @@ fn run_ok(dir: &Path, args: Vec<String>) -> String {
     ok(dir, &refs)
 }
 
+/// `strait policy show echo -n demo` as JSON, from `c`'s controller.
+fn policy_of_echo(dir: &Path, c: &Cluster) -> serde_json::Value {
+    serde_json::from_str(&run_ok(
+        dir,
+        with(
+            &["-o", "json", "policy", "show", "echo", "-n", "demo"],
+            &c.conn(),
+        ),
+    ))
+    .unwrap()
+}
+
 #[test]
 fn operator_links_exports_sets_policy_and_unlinks_two_controllers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -183,14 +195,7 @@ fn operator_links_exports_sets_policy_and_unlinks_two_controllers() {
         ),
     );
     assert!(out.contains("failover    west"), "{out}");
-    let shown: serde_json::Value = serde_json::from_str(&run_ok(
-        d,
-        with(
-            &["-o", "json", "policy", "show", "echo", "-n", "demo"],
-            &east.conn(),
-        ),
-    ))
-    .unwrap();
+    let shown = policy_of_echo(d, &east);
     assert_eq!(shown["failover"][0], "west");
     assert_eq!(shown["distribute"][0]["to"]["us-east/*"], 80, "{shown:#}");
 
@@ -226,14 +231,7 @@ fn operator_links_exports_sets_policy_and_unlinks_two_controllers() {
             &east.conn(),
         ),
     );
-    let shown: serde_json::Value = serde_json::from_str(&run_ok(
-        d,
-        with(
-            &["-o", "json", "policy", "show", "echo", "-n", "demo"],
-            &east.conn(),
-        ),
-    ))
-    .unwrap();
+    let shown = policy_of_echo(d, &east);
     assert_eq!(
         shown["authorization"][0]["deny"][0]["paths"][0], "/admin",
         "{shown:#}"
@@ -302,14 +300,7 @@ fn operator_links_exports_sets_policy_and_unlinks_two_controllers() {
             &east.conn(),
         ),
     );
-    let shown: serde_json::Value = serde_json::from_str(&run_ok(
-        d,
-        with(
-            &["-o", "json", "policy", "show", "echo", "-n", "demo"],
-            &east.conn(),
-        ),
-    ))
-    .unwrap();
+    let shown = policy_of_echo(d, &east);
     let routes = &shown["routes"];
     assert_eq!(routes.as_array().map(Vec::len), Some(2), "{shown:#}");
     assert_eq!(routes[0]["path_prefix"], "/api", "{shown:#}");
