@@ -87,8 +87,8 @@ async fn connection(
         }
         Err(_) => return Err("tls_handshake_timeout"),
     };
-    let source = match strait_ca::tls::peer_identity(tls.get_ref().1.peer_certificates()) {
-        Ok(id) => Arc::new(id),
+    let from = match strait_ca::tls::peer_identity(tls.get_ref().1.peer_certificates()) {
+        Ok(id) => Arc::new(Peer::new(&shared, id)),
         Err(_) => return Err("no_peer_identity"),
     };
     let http1 = tls.get_ref().1.alpn_protocol() == Some(ALPN_HTTP1);
@@ -96,10 +96,10 @@ async fn connection(
         let shared = shared.clone();
         service_fn(move |req| {
             let shared = shared.clone();
-            let source = source.clone();
+            let from = from.clone();
             // Boxed: the request future is large, and hyper/tokio move the
             // per-stream future several times (spawn, completion).
-            async move { Ok::<_, Infallible>(Box::pin(handle(shared, source, req, http1)).await) }
+            async move { Ok::<_, Infallible>(Box::pin(handle(shared, from, req, http1)).await) }
         })
     };
     if http1 {
@@ -137,11 +137,12 @@ async fn connection(
 /// connection, which may only carry an upgrade.
 async fn handle(
     shared: Arc<Shared>,
-    source: Arc<SpiffeId>,
+    peer: Arc<Peer>,
     req: Request<Incoming>,
     http1: bool,
 ) -> Response<Body> {
     let started = Instant::now();
+    let source = &peer.id;
     let upgrade = headers::upgrade_of(req.version(), req.headers());
     if http1 && upgrade.is_none() {
         shared.metrics.refuse(Direction::inbound, "upgrade_only");
@@ -185,7 +186,7 @@ async fn handle(
         policies,
         &authz::Request {
             port,
-            source: Some(&source),
+            source: Some(source),
             http: (!is_connect).then(|| HttpRequest {
                 method: req.method().as_str(),
                 path: &path,
@@ -197,7 +198,7 @@ async fn handle(
     let labels = |code: u16| RequestLabels {
         direction: Direction::inbound,
         source_cluster: String::new(),
-        source_principal: source.to_string(),
+        source_principal: peer.principal.clone(),
         destination_service: service.clone(),
         destination_cluster: snapshot.local.cluster.to_string(),
         response_code: code,
@@ -228,12 +229,12 @@ async fn handle(
     }
     let resp = match &upgrade {
         Some(proto) => {
-            let (s, src, svc) = (shared.clone(), &source, service.clone());
+            let (s, src, svc) = (shared.clone(), source, service.clone());
             let resp = crate::upgrade::inbound(s, src, req, &app, svc, proto.clone()).await;
             crate::upgrade::count(&shared, Direction::inbound, &service, proto, &resp);
             resp
         }
-        None => forward_to_app(&shared, &source, req, &app).await,
+        None => forward_to_app(&shared, &peer, req, &app).await,
     };
     let code = resp.status().as_u16();
     shared.metrics.requests.get_or_create(&labels(code)).inc();
@@ -259,34 +260,39 @@ fn connect_target(req: &Request<Incoming>) -> Option<(String, String, u16)> {
 
 async fn forward_to_app(
     shared: &Shared,
-    source: &SpiffeId,
+    peer: &Peer,
     req: Request<Incoming>,
     app: &crate::config::AppPort,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
-    let authority = parts.uri.authority().cloned();
     let target = app.target();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let Ok(uri) = format!("http://{target}{pq}").parse::<Uri>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_uri",
-            "request target is invalid",
-        );
-    };
-    parts.uri = uri;
     headers::strip_hop_by_hop(&mut parts.headers);
-    set_identity(shared, source, &mut parts.headers);
-    let client = match app.protocol {
+    peer.stamp(&mut parts.headers);
+    let sent = match app.protocol {
         Protocol::Http2 | Protocol::Grpc => {
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let Ok(uri) = format!("http://{target}{pq}").parse::<Uri>() else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_uri",
+                    "request target is invalid",
+                );
+            };
+            parts.uri = uri;
             parts.version = http::Version::HTTP_2;
-            &shared.app_h2
+            let req = Request::from_parts(parts, boxed(body));
+            shared
+                .app_h2
+                .request(req)
+                .await
+                .map(|r| r.map(boxed))
+                .map_err(|e| e.to_string())
         }
         _ => {
+            // Origin form on the wire; the authority becomes `Host`.
+            let authority = parts.uri.authority().cloned();
+            let pq = parts.uri.path_and_query().cloned();
+            parts.uri = pq.map_or_else(|| Uri::from_static("/"), Uri::from);
             parts.version = http::Version::HTTP_11;
             if let Some(a) = authority {
                 if !parts.headers.contains_key(http::header::HOST) {
@@ -295,17 +301,19 @@ async fn forward_to_app(
                     }
                 }
             }
-            &shared.app_http1
+            let req = Request::from_parts(parts, boxed(body));
+            shared
+                .app_http1
+                .send(target, req)
+                .await
+                .map_err(|e| e.to_string())
         }
     };
-    match client
-        .request(Request::from_parts(parts, boxed(body)))
-        .await
-    {
+    match sent {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, boxed(body))
+            Response::from_parts(parts, body)
         }
         Err(e) => {
             tracing::debug!(app = %target, error = %e, "app request failed");
@@ -318,11 +326,45 @@ async fn forward_to_app(
     }
 }
 
+/// The verified peer of one inbound connection, and what every request on
+/// it states about that peer (computed once per connection).
+pub(crate) struct Peer {
+    pub(crate) id: SpiffeId,
+    /// `x-forwarded-client-cert` for this peer.
+    xfcc: Option<HeaderValue>,
+    /// The peer's SPIFFE ID as a metric label.
+    principal: String,
+}
+
+impl Peer {
+    fn new(shared: &Shared, id: SpiffeId) -> Self {
+        Self {
+            xfcc: xfcc(shared, &id),
+            principal: id.to_string(),
+            id,
+        }
+    }
+
+    /// Removes every identity a client may have claimed and states the
+    /// peer's verified one.
+    fn stamp(&self, headers: &mut HeaderMap) {
+        headers::strip_spoofable(headers);
+        if let Some(v) = &self.xfcc {
+            headers.insert(headers::XFCC, v.clone());
+        }
+    }
+}
+
+/// `By=<this sidecar>;URI=<peer>`.
+fn xfcc(shared: &Shared, source: &SpiffeId) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("By={};URI={source}", shared.own_id)).ok()
+}
+
 /// Removes every identity a client may have claimed and states the peer's
 /// verified one (`By=<this sidecar>;URI=<peer>`).
 pub(crate) fn set_identity(shared: &Shared, source: &SpiffeId, headers: &mut HeaderMap) {
     headers::strip_spoofable(headers);
-    if let Ok(v) = HeaderValue::from_str(&format!("By={};URI={source}", shared.own_id)) {
+    if let Some(v) = xfcc(shared, source) {
         headers.insert(headers::XFCC, v);
     }
 }

@@ -21,6 +21,7 @@
 //! decisions and lives elsewhere.
 
 pub mod admin;
+pub mod app;
 pub mod authz;
 pub mod balance;
 pub mod config;

@@ -9,6 +9,7 @@ use hyper_util::rt::TokioExecutor;
 use strait_api::snapshot::{Service, Snapshot};
 use tokio::sync::watch;
 
+use crate::app::Http1Pool;
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -25,7 +26,7 @@ pub struct Shared {
     pub pool: PeerPool,
     snapshot: watch::Sender<Arc<Snapshot>>,
     /// HTTP/1.1 to the local app (pooled keep-alive).
-    pub app_http1: Client<HttpConnector, Body>,
+    pub app_http1: Arc<Http1Pool>,
     /// HTTP/2 prior knowledge (h2c) to the local app (gRPC).
     pub app_h2: Client<HttpConnector, Body>,
     /// Requests waiting for an upstream (circuit breaking).
@@ -43,9 +44,7 @@ impl Shared {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.limits.connect_timeout));
-        let app_http1 = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(256)
-            .build(connector.clone());
+        let app_http1 = Http1Pool::new(cfg.limits.connect_timeout);
         let app_h2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(connector);
