@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole performance comparison in one run (about 4 minutes after the
-# release build): a Strait sidecar pair (mTLS) measured side by side with a
+# The whole performance comparison in one run (about 5 minutes after the
+# production-profile build): a Strait sidecar pair (mTLS) measured side by side with a
 # direct connection to nginx and HAProxy configured as the equivalent mTLS
 # proxy pair, by the same load generators, pinned to separate cores:
 #   wrk (HTTP/1.1 capacity), strait-bench oha (open-loop fixed rate,
@@ -30,10 +30,10 @@ if ((${#need[@]})); then
   fi
 fi
 
-echo "==> building release binaries"
-cargo build --release -q -p strait-cli -p strait-bench
-S=$ROOT/target/release/strait
-B=$ROOT/target/release/strait-bench
+echo "==> building the production profile (fat LTO; several minutes on two cores)"
+cargo build --profile production -q -p strait-cli -p strait-bench
+S=$ROOT/target/production/strait
+B=$ROOT/target/production/strait-bench
 OUT=$ROOT/target/bench
 rm -rf "$OUT"; mkdir -p "$OUT"
 W=$(mktemp -d -t strait-bench.XXXXXX)
