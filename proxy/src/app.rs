@@ -90,7 +90,7 @@ impl Http1Pool {
     ) -> Result<Response<Body>, AppError> {
         let (mut send, pooled) = match self.checkout(addr).await {
             Some(send) => (send, true),
-            None => (self.connect(addr).await?, false),
+            None => (Box::pin(self.connect(addr)).await?, false),
         };
         let resp = match send.try_send_request(req).await {
             Ok(resp) => resp,
@@ -98,7 +98,7 @@ impl Http1Pool {
                 // Never written: the pooled connection had been closed by
                 // the app. One more try on a new connection.
                 Some(req) if pooled => {
-                    send = self.connect(addr).await?;
+                    send = Box::pin(self.connect(addr)).await?;
                     send.send_request(req)
                         .await
                         .map_err(|source| AppError::Http { addr, source })?

@@ -97,7 +97,7 @@ pub async fn forward(
                 let unprocessed = code == 503
                     && resp
                         .headers()
-                        .get(headers::ERROR)
+                        .get(headers::ERROR_NAME)
                         .is_some_and(|v| v == "app_unavailable");
                 let (outcome, failure) = if unprocessed {
                     (Outcome::ConnectFailure, Failure::ConnectFailure)
@@ -178,7 +178,7 @@ fn prepare(parts: &mut Parts, svc_name: &str, port: u16) -> Result<(), &'static 
     parts.headers.remove(http::header::HOST);
     let dst =
         HeaderValue::from_str(&format!("{svc_name}:{port}")).map_err(|_| "invalid service name")?;
-    parts.headers.insert(headers::DST, dst);
+    parts.headers.insert(headers::DST_NAME, dst);
     Ok(())
 }
 

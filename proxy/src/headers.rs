@@ -14,6 +14,11 @@ pub const DST: &str = "strait-dst";
 pub const XFCC: &str = "x-forwarded-client-cert";
 /// The reason Strait itself answered with an error.
 pub const ERROR: &str = "strait-error";
+/// [`DST`], [`XFCC`] and [`ERROR`] as header names, for the per-request
+/// paths (a `&str` name is parsed again at every lookup).
+pub const DST_NAME: HeaderName = HeaderName::from_static(DST);
+pub const XFCC_NAME: HeaderName = HeaderName::from_static(XFCC);
+pub const ERROR_NAME: HeaderName = HeaderName::from_static(ERROR);
 
 /// Headers a client may try to use to claim an identity or steer routing.
 /// They are removed from everything an app sends.
@@ -31,34 +36,32 @@ const SPOOFABLE: &[&str] = &[
 /// RFC 9110 7.6.1 connection-specific headers, plus those named in
 /// `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
+    // One pass over the names present (a handful), not a lookup per
+    // listed header: this runs on every request and response.
+    let mut hop: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        let drop = if name == header::CONNECTION {
+            let named = value.to_str().ok().into_iter().flat_map(|v| v.split(','));
+            hop.extend(named.filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()));
+            true
+        } else if name == header::TE {
+            // `te: trailers` is the only TE value HTTP/2 allows (gRPC needs it).
+            !value
+                .to_str()
+                .is_ok_and(|v| v.eq_ignore_ascii_case("trailers"))
+        } else {
+            name == header::TRANSFER_ENCODING
+                || name == header::UPGRADE
+                || name == header::PROXY_AUTHORIZATION
+                || name == header::PROXY_AUTHENTICATE
+                || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+        };
+        if drop {
+            hop.push(name.clone());
+        }
+    }
+    for n in hop {
         headers.remove(n);
-    }
-    for h in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(h);
-    }
-    // `te: trailers` is the only TE value HTTP/2 allows (gRPC needs it).
-    let keep_te = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("trailers"));
-    if !keep_te {
-        headers.remove(header::TE);
     }
 }
 
@@ -105,15 +108,15 @@ pub fn upgrade_label(proto: &HeaderValue) -> &'static str {
 
 /// Removes every header that only Strait may set.
 pub fn strip_spoofable(headers: &mut HeaderMap) {
-    for h in SPOOFABLE {
-        headers.remove(*h);
-    }
-    let strait: Vec<HeaderName> = headers
+    let claimed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("strait-"))
+        .filter(|k| {
+            let k = k.as_str();
+            SPOOFABLE.contains(&k) || k.starts_with("strait-")
+        })
         .cloned()
         .collect();
-    for k in strait {
+    for k in claimed {
         headers.remove(k);
     }
 }

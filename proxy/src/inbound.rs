@@ -154,7 +154,7 @@ async fn handle(
     }
     let Some((name, ns, port)) = req
         .headers()
-        .get(headers::DST)
+        .get(headers::DST_NAME)
         .and_then(|v| v.to_str().ok())
         .and_then(headers::parse_dst)
         .map(|(n, s, p)| (n.to_owned(), s.to_owned(), p))
@@ -225,12 +225,14 @@ async fn handle(
         return resp;
     }
     if is_connect {
-        return tunnel_to_app(shared, req, app.target(), service).await;
+        // Boxed, like the other rare paths: the request future stays small.
+        return Box::pin(tunnel_to_app(shared, req, app.target(), service)).await;
     }
     let resp = match &upgrade {
         Some(proto) => {
             let (s, src, svc) = (shared.clone(), source, service.clone());
-            let resp = crate::upgrade::inbound(s, src, req, &app, svc, proto.clone()).await;
+            let up = crate::upgrade::inbound(s, src, req, &app, svc, proto.clone());
+            let resp = Box::pin(up).await;
             crate::upgrade::count(&shared, Direction::inbound, &service, proto, &resp);
             resp
         }
@@ -350,7 +352,7 @@ impl Peer {
     fn stamp(&self, headers: &mut HeaderMap) {
         headers::strip_spoofable(headers);
         if let Some(v) = &self.xfcc {
-            headers.insert(headers::XFCC, v.clone());
+            headers.insert(headers::XFCC_NAME, v.clone());
         }
     }
 }
@@ -365,7 +367,7 @@ fn xfcc(shared: &Shared, source: &SpiffeId) -> Option<HeaderValue> {
 pub(crate) fn set_identity(shared: &Shared, source: &SpiffeId, headers: &mut HeaderMap) {
     headers::strip_spoofable(headers);
     if let Some(v) = xfcc(shared, source) {
-        headers.insert(headers::XFCC, v);
+        headers.insert(headers::XFCC_NAME, v);
     }
 }
 

@@ -135,19 +135,14 @@ async fn request(shared: Arc<Shared>, target: Target, req: Request<Incoming>) ->
             "use the service VIP for TCP",
         );
     }
-    let service = service.clone();
     if let Some(proto) = crate::headers::upgrade_of(req.version(), req.headers()) {
-        return crate::upgrade::outbound(
-            shared.clone(),
-            snapshot.clone(),
-            &service,
-            port,
-            req,
-            proto,
-        )
-        .await;
+        // Boxed (like every rare path of a request): the request future
+        // stays small, and it is built and moved once per request.
+        let up =
+            crate::upgrade::outbound(shared.clone(), snapshot.clone(), service, port, req, proto);
+        return Box::pin(up).await;
     }
-    crate::forward::forward(shared.clone(), snapshot.clone(), &service, port, req).await
+    crate::forward::forward(shared.clone(), snapshot.clone(), service, port, req).await
 }
 
 /// Finds the service an explicit-proxy request names in its authority:

@@ -92,10 +92,13 @@ pub enum Kind {
     Connection,
 }
 
-/// Routing state of every service, keyed by `name.namespace`.
+type Shared = Arc<Mutex<ServiceState>>;
+
+/// Routing state of every service, keyed by namespace, then name (looked
+/// up twice per request, without building a key).
 #[derive(Debug, Default)]
 pub struct Router {
-    services: Mutex<HashMap<String, Arc<Mutex<ServiceState>>>>,
+    services: Mutex<HashMap<String, HashMap<String, Shared>>>,
     ewma: EwmaConfig,
 }
 
@@ -104,10 +107,18 @@ pub fn service_key(s: &Service) -> String {
 }
 
 impl Router {
-    fn state(&self, service: &Service) -> Arc<Mutex<ServiceState>> {
-        let key = service_key(service);
+    fn state(&self, service: &Service) -> Shared {
         let mut map = self.services.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key)
+        let ns = service.namespace.as_str();
+        if let Some(st) = map
+            .get(ns)
+            .and_then(|names| names.get(service.name.as_str()))
+        {
+            return st.clone();
+        }
+        map.entry(ns.to_owned())
+            .or_default()
+            .entry(service.name.as_str().to_owned())
             .or_insert_with(|| Arc::new(Mutex::new(ServiceState::new(service))))
             .clone()
     }
@@ -116,12 +127,16 @@ impl Router {
     /// that are gone.
     pub fn sync(&self, snapshot: &Snapshot) {
         let mut map = self.services.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|k, _| snapshot.services.iter().any(|s| service_key(s) == *k));
-        for s in &snapshot.services {
-            if let Some(st) = map.get(&service_key(s)) {
+        for (ns, names) in map.iter_mut() {
+            names.retain(|name, st| {
+                let Some(s) = snapshot.service(ns, name) else {
+                    return false;
+                };
                 st.lock().unwrap_or_else(|p| p.into_inner()).sync(s);
-            }
+                true
+            });
         }
+        map.retain(|_, names| !names.is_empty());
     }
 
     /// Picks an endpoint, avoiding `tried`, and counts it as started.

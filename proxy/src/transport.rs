@@ -160,10 +160,12 @@ impl PeerPool {
             Hop::Direct(addr) => Ok((self.get(addr, &endpoint.identity).await?, hop)),
             Hop::Gateway { gateway, target } => {
                 let cfg = self.client_config(&endpoint.identity, ALPN_H2)?;
-                let (send, gateway) = self
-                    .gateways
-                    .get(&endpoint.gateways, gateway, target, &endpoint.identity, cfg)
-                    .await?;
+                // Boxed: tunnel set-up is a large future that the direct
+                // path would otherwise carry in every request.
+                let get =
+                    self.gateways
+                        .get(&endpoint.gateways, gateway, target, &endpoint.identity, cfg);
+                let (send, gateway) = Box::pin(get).await?;
                 Ok((send, Hop::Gateway { gateway, target }))
             }
         }
@@ -245,7 +247,8 @@ impl PeerPool {
                 return Ok(send.clone());
             }
         }
-        let send = self.connect(addr, identity).await?;
+        // Boxed: connecting is rare and its future is large.
+        let send = Box::pin(self.connect(addr, identity)).await?;
         *guard = Some(send.clone());
         Ok(send)
     }

@@ -210,7 +210,7 @@ fn prepare(
     parts.headers.insert(header::HOST, host);
     let dst =
         HeaderValue::from_str(&format!("{svc_name}:{port}")).map_err(|_| "invalid service name")?;
-    parts.headers.insert(headers::DST, dst);
+    parts.headers.insert(headers::DST_NAME, dst);
     headers::set_upgrade(&mut parts.headers, proto.clone());
     Ok(())
 }
@@ -400,7 +400,7 @@ fn result_label(resp: &Response<Body>) -> &'static str {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return "switched";
     }
-    let Some(reason) = resp.headers().get(headers::ERROR) else {
+    let Some(reason) = resp.headers().get(headers::ERROR_NAME) else {
         return "declined";
     };
     const KNOWN: &[&str] = &[
