@@ -230,8 +230,8 @@ async fn handle(
     }
     let resp = match &upgrade {
         Some(proto) => {
-            let (s, src, svc) = (shared.clone(), source, service.clone());
-            let up = crate::upgrade::inbound(s, src, req, &app, svc, proto.clone());
+            let (s, svc) = (shared.clone(), service.clone());
+            let up = crate::upgrade::inbound(s, &peer, req, &app, svc, proto.clone());
             let resp = Box::pin(up).await;
             crate::upgrade::count(&shared, Direction::inbound, &service, proto, &resp);
             resp
@@ -348,8 +348,8 @@ impl Peer {
     }
 
     /// Removes every identity a client may have claimed and states the
-    /// peer's verified one.
-    fn stamp(&self, headers: &mut HeaderMap) {
+    /// peer's verified one (`By=<this sidecar>;URI=<peer>`).
+    pub(crate) fn stamp(&self, headers: &mut HeaderMap) {
         headers::strip_spoofable(headers);
         if let Some(v) = &self.xfcc {
             headers.insert(headers::XFCC_NAME, v.clone());
@@ -357,18 +357,8 @@ impl Peer {
     }
 }
 
-/// `By=<this sidecar>;URI=<peer>`.
 fn xfcc(shared: &Shared, source: &SpiffeId) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("By={};URI={source}", shared.own_id)).ok()
-}
-
-/// Removes every identity a client may have claimed and states the peer's
-/// verified one (`By=<this sidecar>;URI=<peer>`).
-pub(crate) fn set_identity(shared: &Shared, source: &SpiffeId, headers: &mut HeaderMap) {
-    headers::strip_spoofable(headers);
-    if let Some(v) = xfcc(shared, source) {
-        headers.insert(headers::XFCC_NAME, v);
-    }
 }
 
 async fn tunnel_to_app(

@@ -25,7 +25,6 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use strait_api::SpiffeId;
 use strait_api::snapshot::{Protocol, Service, Snapshot};
 use tokio::net::TcpStream;
 
@@ -220,7 +219,7 @@ fn prepare(
 /// on `101`, splices the peer's connection with the app's.
 pub(crate) async fn inbound(
     shared: Arc<Shared>,
-    source: &SpiffeId,
+    peer: &crate::inbound::Peer,
     mut req: Request<Incoming>,
     app: &AppPort,
     service: String,
@@ -252,7 +251,7 @@ pub(crate) async fn inbound(
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers);
-    crate::inbound::set_identity(&shared, source, &mut parts.headers);
+    peer.stamp(&mut parts.headers);
     if !parts.headers.contains_key(header::HOST) {
         let host = authority.unwrap_or_else(|| target.to_string());
         if let Ok(v) = HeaderValue::from_str(&host) {
