@@ -12,9 +12,11 @@
 //! per request, about 9% of the server sidecar's CPU under load; this pool
 //! does the one thing the sidecar needs.
 //!
-//! What it is not: no HTTP/2 (the app's h2c port keeps the shared
-//! multiplexed client), no upgrades (those dial their own connection), no
-//! idle reaper: connections the app closes are dropped when next met.
+//! For an app port that speaks HTTP/2 (h2c, gRPC), [`Http2Conns`] keeps
+//! one multiplexed connection per app address instead.
+//!
+//! What it is not: no upgrades (those dial their own connection), no idle
+//! reaper: connections the app closes are dropped when next met.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +29,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::transport::{Body, BoxError, boxed};
@@ -153,17 +156,105 @@ impl Http1Pool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Body>, AppError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| AppError::ConnectTimeout { addr })?
-            .map_err(|source| AppError::Connect { addr, source })?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = dial(addr, self.connect_timeout).await?;
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|source| AppError::Http { addr, source })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(app = %addr, error = %e, "app connection closed");
+            }
+        });
+        Ok(send)
+    }
+}
+
+/// TCP to the app at `addr`, within `timeout`.
+async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, AppError> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| AppError::ConnectTimeout { addr })?
+        .map_err(|source| AppError::Connect { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+
+/// One multiplexed HTTP/2 prior-knowledge (h2c) connection per app
+/// address; concurrent requests that find none wait for one connect.
+#[derive(Debug)]
+pub struct Http2Conns {
+    connect_timeout: Duration,
+    slots: Mutex<HashMap<SocketAddr, H2Slot>>,
+}
+
+impl Http2Conns {
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `req` (an absolute URI) to the app at `addr`. A request the
+    /// connection could not send (the app had closed it) is sent once more
+    /// on a new connection.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, AppError> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(addr).or_default().clone()
+        };
+        let mut send = self.sender(&slot, addr, false).await?;
+        match send.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(req) => {
+                    let mut send = self.sender(&slot, addr, true).await?;
+                    send.send_request(req)
+                        .await
+                        .map_err(|source| AppError::Http { addr, source })
+                }
+                None => Err(AppError::Http {
+                    addr,
+                    source: e.into_error(),
+                }),
+            },
+        }
+    }
+
+    /// The slot's open connection, or a new one (always new with `fresh`).
+    async fn sender(
+        &self,
+        slot: &H2Slot,
+        addr: SocketAddr,
+        fresh: bool,
+    ) -> Result<http2::SendRequest<Body>, AppError> {
+        let mut guard = slot.lock().await;
+        if let Some(send) = guard.as_ref().filter(|s| !fresh && !s.is_closed()) {
+            return Ok(send.clone());
+        }
+        *guard = None;
+        // Boxed: connecting is rare and its future is large.
+        let send = Box::pin(self.connect(addr)).await?;
+        *guard = Some(send.clone());
+        Ok(send)
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<http2::SendRequest<Body>, AppError> {
+        let tcp = dial(addr, self.connect_timeout).await?;
+        let (send, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|source| AppError::Http { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(app = %addr, error = %e, "app h2c connection closed");
             }
         });
         Ok(send)
@@ -317,6 +408,63 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    /// An h2c app answering `ok`; counts connections; `close` drops every
+    /// connection it holds (the task of each ends).
+    async fn h2c_app() -> (
+        SocketAddr,
+        Arc<AtomicUsize>,
+        tokio::sync::watch::Sender<u32>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let (close, closed) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut closed = closed.clone();
+                closed.mark_unchanged();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(crate::transport::full(
+                            "ok",
+                        )))
+                    });
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = closed.changed() => {}
+                    }
+                });
+            }
+        });
+        (addr, accepted, close)
+    }
+
+    #[tokio::test]
+    async fn h2c_requests_share_one_connection_and_reconnect_after_a_close() {
+        let (addr, accepted, close) = h2c_app().await;
+        let conns = Http2Conns::new(Duration::from_secs(1));
+        let h2_get = || {
+            Request::builder()
+                .uri(format!("http://{addr}/"))
+                .body(empty())
+                .unwrap()
+        };
+        for _ in 0..10 {
+            let resp = conns.send(addr, h2_get()).await.unwrap();
+            assert_eq!(text(resp.map(boxed)).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        close.send(1).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let resp = conns.send(addr, h2_get()).await.unwrap();
+        assert_eq!(text(resp.map(boxed)).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

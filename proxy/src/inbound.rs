@@ -272,20 +272,25 @@ async fn forward_to_app(
     peer.stamp(&mut parts.headers);
     let sent = match app.protocol {
         Protocol::Http2 | Protocol::Grpc => {
-            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let Ok(uri) = format!("http://{target}{pq}").parse::<Uri>() else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_uri",
-                    "request target is invalid",
-                );
-            };
-            parts.uri = uri;
+            // The peer sent an absolute URI (`http://<authority><path>`);
+            // it goes on as it is, so the app sees the authority the
+            // caller used, as `Host` on the HTTP/1.1 path.
+            if parts.uri.scheme().is_none() || parts.uri.authority().is_none() {
+                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let Ok(uri) = format!("http://{target}{pq}").parse::<Uri>() else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_uri",
+                        "request target is invalid",
+                    );
+                };
+                parts.uri = uri;
+            }
             parts.version = http::Version::HTTP_2;
             let req = Request::from_parts(parts, boxed(body));
             shared
                 .app_h2
-                .request(req)
+                .send(target, req)
                 .await
                 .map(|r| r.map(boxed))
                 .map_err(|e| e.to_string())

@@ -3,17 +3,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use strait_api::snapshot::{Service, Snapshot};
 use tokio::sync::watch;
 
-use crate::app::Http1Pool;
+use crate::app::{Http1Pool, Http2Conns};
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::transport::{Body, Identity, PeerPool};
+use crate::transport::{Identity, PeerPool};
 
 /// Shared state of one running sidecar.
 pub struct Shared {
@@ -28,7 +25,7 @@ pub struct Shared {
     /// HTTP/1.1 to the local app (pooled keep-alive).
     pub app_http1: Arc<Http1Pool>,
     /// HTTP/2 prior knowledge (h2c) to the local app (gRPC).
-    pub app_h2: Client<HttpConnector, Body>,
+    pub app_h2: Http2Conns,
     /// Requests waiting for an upstream (circuit breaking).
     pending: AtomicUsize,
 }
@@ -41,13 +38,8 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     pub fn new(cfg: ProxyConfig, identity: Identity, snapshot: Snapshot) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.limits.connect_timeout));
         let app_http1 = Http1Pool::new(cfg.limits.connect_timeout);
-        let app_h2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector);
+        let app_h2 = Http2Conns::new(cfg.limits.connect_timeout);
         let pool = PeerPool::new(identity.clone(), cfg.limits.connect_timeout);
         let metrics = Metrics::new();
         metrics
