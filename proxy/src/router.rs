@@ -92,13 +92,13 @@ pub enum Kind {
     Connection,
 }
 
-type Shared = Arc<Mutex<ServiceState>>;
+type StateCell = Arc<Mutex<ServiceState>>;
 
 /// Routing state of every service, keyed by namespace, then name (looked
 /// up twice per request, without building a key).
 #[derive(Debug, Default)]
 pub struct Router {
-    services: Mutex<HashMap<String, HashMap<String, Shared>>>,
+    services: Mutex<HashMap<String, HashMap<String, StateCell>>>,
     ewma: EwmaConfig,
 }
 
@@ -107,7 +107,7 @@ pub fn service_key(s: &Service) -> String {
 }
 
 impl Router {
-    fn state(&self, service: &Service) -> Shared {
+    fn state(&self, service: &Service) -> StateCell {
         let mut map = self.services.lock().unwrap_or_else(|p| p.into_inner());
         let ns = service.namespace.as_str();
         if let Some(st) = map
