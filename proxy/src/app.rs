@@ -1,4 +1,5 @@
-//! HTTP/1.1 keep-alive connections from the sidecar to its local app.
+//! Connections from the sidecar to its local app: pooled HTTP/1.1
+//! keep-alive, and multiplexed h2c.
 //!
 //! What it is: a small pool of `hyper` HTTP/1.1 client connections per app
 //! address. A request takes an idle connection (newest first) or dials a
@@ -33,7 +34,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::transport::{Body, BoxError, boxed};
+use crate::transport::{Body, BoxError, boxed, drive};
 
 /// Idle connections kept per app address.
 const MAX_IDLE: usize = 256;
@@ -52,7 +53,7 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    #[error("HTTP/1.1 to the app at {addr}: {source}")]
+    #[error("request to the app at {addr} failed: {source}")]
     Http {
         addr: SocketAddr,
         #[source]
@@ -75,8 +76,9 @@ impl Http1Pool {
         })
     }
 
-    /// Idle connections to `addr` now (for tests and metrics).
-    pub fn idle(&self, addr: SocketAddr) -> usize {
+    /// Idle connections to `addr` now.
+    #[cfg(test)]
+    fn idle(&self, addr: SocketAddr) -> usize {
         self.lock().get(&addr).map_or(0, Vec::len)
     }
 
@@ -160,11 +162,7 @@ impl Http1Pool {
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|source| AppError::Http { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(app = %addr, error = %e, "app connection closed");
-            }
-        });
+        drive(conn, "app connection", addr);
         Ok(send)
     }
 }
@@ -252,11 +250,7 @@ impl Http2Conns {
             .handshake(TokioIo::new(tcp))
             .await
             .map_err(|source| AppError::Http { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(app = %addr, error = %e, "app h2c connection closed");
-            }
-        });
+        drive(conn, "app h2c connection", addr);
         Ok(send)
     }
 }

@@ -326,10 +326,20 @@ where
         .handshake(io)
         .await
         .map_err(|source| ConnectError::H2 { addr, source })?;
+    drive(conn, "peer connection", addr);
+    Ok(send)
+}
+
+/// Runs a client connection's task until the connection ends; `what`
+/// names it in the debug line that says why it ended.
+pub(crate) fn drive<F, E>(conn: F, what: &'static str, addr: SocketAddr)
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(peer = %addr, error = %e, "peer connection closed");
+            tracing::debug!(%addr, error = %e, "{what} closed");
         }
     });
-    Ok(send)
 }

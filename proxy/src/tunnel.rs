@@ -32,7 +32,7 @@ use strait_ca::tls::{self, ExpectedServer};
 use tokio::net::TcpStream;
 
 use crate::transport::{
-    ALPN_H2, Body, ConnectError, Identity, PeerStream, check_alpn, empty, handshake_h2,
+    ALPN_H2, Body, ConnectError, Identity, PeerStream, check_alpn, drive, empty, handshake_h2,
 };
 
 /// PING interval and timeout on gateway connections: a dead gateway is
@@ -331,11 +331,7 @@ impl GatewayPool {
                 addr: gateway,
                 source,
             })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%gateway, error = %e, "gateway connection closed");
-            }
-        });
+        drive(conn, "gateway connection", gateway);
         tracing::debug!(%gateway, "gateway connection open");
         Ok(send)
     }
