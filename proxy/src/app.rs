@@ -19,7 +19,7 @@
 //! What it is not: no upgrades (those dial their own connection), no idle
 //! reaper: connections the app closes are dropped when next met.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -72,7 +72,7 @@ impl Http1Pool {
     pub fn new(connect_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             connect_timeout,
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
         })
     }
 
@@ -191,7 +191,7 @@ impl Http2Conns {
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
             connect_timeout,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::default()),
         }
     }
 

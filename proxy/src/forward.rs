@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http::uri::Authority;
+use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use strait_api::snapshot::{Service, Snapshot};
@@ -16,7 +17,7 @@ use crate::headers::{self, error};
 use crate::metrics::{Direction, ServiceReason};
 use crate::outlier::Outcome;
 use crate::retry::{self, Failure, RetryDecision};
-use crate::router::{Kind, Picked, service_key};
+use crate::router::{Kind, Picked, ServiceHandle};
 use crate::state::Shared;
 use crate::transport::{Body, boxed, empty};
 
@@ -29,7 +30,8 @@ pub async fn forward(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let svc_name = service_key(service);
+    let svc = shared.router.handle(service);
+    let svc_name = svc.key().clone();
     let Some(_slot) = shared.enter_pending() else {
         shared.metrics.refuse(Direction::outbound, "pending_limit");
         return error(
@@ -43,7 +45,7 @@ pub async fn forward(
         shared.metrics.refuse(Direction::outbound, "smuggling");
         return error(StatusCode::BAD_REQUEST, "bad_framing", why);
     }
-    if let Err(why) = prepare(&mut parts, &svc_name, port) {
+    if let Err(why) = prepare(&mut parts, &svc, port) {
         return error(StatusCode::BAD_REQUEST, "bad_request", why);
     }
     let route = service.route_for(parts.uri.path());
@@ -52,13 +54,8 @@ pub async fn forward(
     let mut body = Some(boxed(body));
     let mut tried: Vec<usize> = Vec::new();
     let mut retries = 0u32;
-    let local = snapshot.local.cluster.to_string();
-
     let (resp, dest_cluster) = loop {
-        let picked = match shared
-            .router
-            .pick(&snapshot, service, &tried, Kind::Request)
-        {
+        let picked = match svc.pick(&snapshot, service, &tried, Kind::Request) {
             Ok(p) => p,
             Err(e) => {
                 break (
@@ -67,7 +64,7 @@ pub async fn forward(
                         "no_endpoints",
                         e.to_string(),
                     ),
-                    String::new(),
+                    None,
                 );
             }
         };
@@ -80,14 +77,14 @@ pub async fn forward(
         .await;
         let failure = match result {
             Err(_) => {
-                finish(&shared, service, &picked, Outcome::ServerError, None);
+                finish(&shared, &svc, &picked, Outcome::ServerError, None);
                 break (
                     error(
                         StatusCode::GATEWAY_TIMEOUT,
                         "timeout",
                         format!("{svc_name} did not answer within {:?}", route.timeout),
                     ),
-                    picked.endpoint.cluster.to_string(),
+                    Some(&picked.endpoint.cluster),
                 );
             }
             Ok(Ok(resp)) => {
@@ -104,32 +101,26 @@ pub async fn forward(
                 } else {
                     (Outcome::from_status(code), Failure::Status(code))
                 };
-                finish(
-                    &shared,
-                    service,
-                    &picked,
-                    outcome,
-                    Some(try_started.elapsed()),
-                );
+                finish(&shared, &svc, &picked, outcome, Some(try_started.elapsed()));
                 if outcome == Outcome::Success || !replayable {
-                    break (resp, picked.endpoint.cluster.to_string());
+                    break (resp, Some(&picked.endpoint.cluster));
                 }
-                match decide(&shared, service, &route.retry, &parts, failure, retries) {
+                match decide(&shared, &svc, &route.retry, &parts, failure, retries) {
                     RetryDecision::Retry => {
                         retries += 1;
                         continue;
                     }
-                    _ => break (resp, picked.endpoint.cluster.to_string()),
+                    _ => break (resp, Some(&picked.endpoint.cluster)),
                 }
             }
             Ok(Err(failure)) => {
-                finish(&shared, service, &picked, Outcome::ConnectFailure, None);
+                finish(&shared, &svc, &picked, Outcome::ConnectFailure, None);
                 failure
             }
         };
         let can_resend = replayable || body.is_some();
         let decision = if can_resend {
-            decide(&shared, service, &route.retry, &parts, failure, retries)
+            decide(&shared, &svc, &route.retry, &parts, failure, retries)
         } else {
             RetryDecision::NotRetryable
         };
@@ -143,14 +134,18 @@ pub async fn forward(
                 "upstream_failure",
                 format!("{svc_name}: {failure:?} (no retry: {})", decision.label()),
             ),
-            picked.endpoint.cluster.to_string(),
+            Some(&picked.endpoint.cluster),
         );
     };
 
     let code = resp.status().as_u16();
-    shared
-        .metrics
-        .outbound_request(local, &svc_name, dest_cluster, code, started.elapsed());
+    svc.record_outbound(
+        &shared.metrics,
+        &snapshot.local.cluster,
+        dest_cluster,
+        code,
+        started.elapsed(),
+    );
     if shared.cfg.access_log {
         tracing::info!(target: "strait::access", direction = "outbound", service = %svc_name,
             method = %parts.method, path = %parts.uri.path(), status = code,
@@ -161,23 +156,28 @@ pub async fn forward(
 
 /// Rewrites the request for the hop between sidecars: HTTP/2, absolute
 /// URI, no hop-by-hop or spoofable headers, `strait-dst` set.
-fn prepare(parts: &mut Parts, svc_name: &str, port: u16) -> Result<(), &'static str> {
-    let authority = headers::host_of(&parts.uri, &parts.headers)
-        .map_or_else(|| format!("{svc_name}:{port}"), str::to_owned);
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    parts.uri = format!("http://{authority}{pq}")
-        .parse::<Uri>()
-        .map_err(|_| "invalid request target")?;
+fn prepare(parts: &mut Parts, svc: &ServiceHandle, port: u16) -> Result<(), &'static str> {
+    let dst = svc.dst(port).ok_or("invalid service name")?;
+    let authority = match parts.uri.authority() {
+        Some(a) => a.clone(),
+        None => {
+            let host = headers::host_of(&parts.uri, &parts.headers);
+            let host = host.map_or(dst.as_bytes(), str::as_bytes);
+            Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(host))
+                .map_err(|_| "invalid request target")?
+        }
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(authority);
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(uri).map_err(|_| "invalid request target")?;
     parts.version = http::Version::HTTP_2;
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_spoofable(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
-    let dst =
-        HeaderValue::from_str(&format!("{svc_name}:{port}")).map_err(|_| "invalid service name")?;
     parts.headers.insert(headers::DST_NAME, dst);
     Ok(())
 }
@@ -185,14 +185,14 @@ fn prepare(parts: &mut Parts, svc_name: &str, port: u16) -> Result<(), &'static 
 /// One try. `Err` carries a failure for which the request was not answered.
 async fn attempt(
     shared: &Shared,
-    picked: &Picked,
+    picked: &Picked<'_>,
     parts: &Parts,
     replayable: bool,
     body: &mut Option<Body>,
 ) -> Result<Response<Body>, Failure> {
     let identity = &picked.endpoint.identity;
     let target = picked.endpoint.address;
-    let (mut send, hop) = match shared.pool.get_hop(&picked.endpoint, picked.hop).await {
+    let (mut send, hop) = match shared.pool.get_hop(picked.endpoint, picked.hop).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(endpoint = %target, hop = ?picked.hop, error = %e, "connect failed");
@@ -234,24 +234,19 @@ async fn attempt(
 
 fn finish(
     shared: &Shared,
-    service: &Service,
-    picked: &Picked,
+    svc: &ServiceHandle,
+    picked: &Picked<'_>,
     outcome: Outcome,
     rtt: Option<std::time::Duration>,
 ) {
-    if let Some(ej) = shared.router.finish(
-        service,
-        picked.endpoint.address,
-        Kind::Request,
-        outcome,
-        rtt,
-    ) {
-        tracing::warn!(service = %service_key(service), endpoint = %picked.endpoint.address, ejection = ?ej, "endpoint ejected by outlier detection");
+    let addr = picked.endpoint.address;
+    if let Some(ej) = svc.finish(addr, Kind::Request, outcome, rtt) {
+        tracing::warn!(service = %svc.key(), endpoint = %addr, ejection = ?ej, "endpoint ejected by outlier detection");
         shared
             .metrics
             .ejections
             .get_or_create(&ServiceReason {
-                destination_service: service_key(service),
+                destination_service: svc.key().to_string(),
                 reason: format!("{outcome:?}").to_lowercase(),
             })
             .inc();
@@ -260,13 +255,13 @@ fn finish(
 
 fn decide(
     shared: &Shared,
-    service: &Service,
+    svc: &ServiceHandle,
     policy: &strait_api::snapshot::RetryPolicy,
     parts: &Parts,
     failure: Failure,
     retries: u32,
 ) -> RetryDecision {
-    let d = shared.router.with_budget(service, |budget| {
+    let d = svc.with_budget(|budget| {
         retry::decide(
             policy,
             &parts.method,
@@ -280,7 +275,7 @@ fn decide(
         .metrics
         .retries
         .get_or_create(&ServiceReason {
-            destination_service: service_key(service),
+            destination_service: svc.key().to_string(),
             reason: d.label().to_owned(),
         })
         .inc();

@@ -10,21 +10,23 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use strait_api::SpiffeId;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use strait_api::snapshot::Protocol;
+use strait_api::{ClusterName, SpiffeId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::authz::{self, EscapedSlashes, HttpRequest};
 use crate::headers::{self, error};
-use crate::metrics::{Direction, DurationLabels, ReasonLabels, RequestLabels, TcpLabels};
+use crate::metrics::{Direction, DurationLabels, Metrics, ReasonLabels, RequestLabels, TcpLabels};
 use crate::sniff::{self, Detected};
 use crate::state::Shared;
 use crate::transport::{ALPN_H2, ALPN_HTTP1, Body, boxed};
@@ -152,21 +154,23 @@ async fn handle(
             "HTTP/1.1 between sidecars carries only upgrade requests",
         );
     }
-    let Some((name, ns, port)) = req
+    // `name.ns:port`; the service is `name.ns`, a slice of it.
+    let dst = req
         .headers()
         .get(headers::DST_NAME)
-        .and_then(|v| v.to_str().ok())
-        .and_then(headers::parse_dst)
-        .map(|(n, s, p)| (n.to_owned(), s.to_owned(), p))
-        .or_else(|| connect_target(&req))
-    else {
+        .cloned()
+        .or_else(|| connect_target(&req));
+    let Some((service, port)) = dst.as_ref().and_then(|v| {
+        let v = v.to_str().ok()?;
+        let (_, _, port) = headers::parse_dst(v)?;
+        Some((v.rsplit_once(':')?.0, port))
+    }) else {
         return error(
             StatusCode::BAD_REQUEST,
             "no_destination",
             "missing strait-dst",
         );
     };
-    let service = format!("{name}.{ns}");
     let Some(app) = shared.cfg.app_port(port).cloned() else {
         return error(
             StatusCode::NOT_FOUND,
@@ -180,8 +184,6 @@ async fn handle(
         .map(|s| s.authorization.as_slice())
         .unwrap_or(&[]);
     let is_connect = req.method() == Method::CONNECT;
-    let path = req.uri().path().to_owned();
-    let host = headers::host_of(req.uri(), req.headers()).map(str::to_owned);
     let decision = authz::evaluate(
         policies,
         &authz::Request {
@@ -189,20 +191,13 @@ async fn handle(
             source: Some(source),
             http: (!is_connect).then(|| HttpRequest {
                 method: req.method().as_str(),
-                path: &path,
-                host: host.as_deref(),
+                path: req.uri().path(),
+                host: headers::host_of(req.uri(), req.headers()),
             }),
         },
         EscapedSlashes::Reject,
     );
-    let labels = |code: u16| RequestLabels {
-        direction: Direction::inbound,
-        source_cluster: String::new(),
-        source_principal: peer.principal.clone(),
-        destination_service: service.clone(),
-        destination_cluster: snapshot.local.cluster.to_string(),
-        response_code: code,
-    };
+    let local = &snapshot.local.cluster;
     if !decision.allowed {
         shared
             .metrics
@@ -212,52 +207,50 @@ async fn handle(
                 reason: decision.reason.label().to_owned(),
             })
             .inc();
-        shared.metrics.requests.get_or_create(&labels(403)).inc();
-        tracing::info!(source = %source, service = %service, path = %path, reason = decision.reason.label(), "denied by policy");
+        peer.count(&shared.metrics, service, local, 403, None);
+        tracing::info!(source = %source, service = %service, path = %req.uri().path(), reason = decision.reason.label(), "denied by policy");
         let resp = error(
             StatusCode::FORBIDDEN,
             "denied",
             format!("{source} may not call {service} on port {port}"),
         );
         if let Some(proto) = &upgrade {
-            crate::upgrade::count(&shared, Direction::inbound, &service, proto, &resp);
+            crate::upgrade::count(&shared, Direction::inbound, service, proto, &resp);
         }
         return resp;
     }
     if is_connect {
         // Boxed, like the other rare paths: the request future stays small.
+        let service = service.to_owned();
         return Box::pin(tunnel_to_app(shared, req, app.target(), service)).await;
     }
     let resp = match &upgrade {
         Some(proto) => {
-            let (s, svc) = (shared.clone(), service.clone());
+            let (s, svc) = (shared.clone(), service.to_owned());
             let up = crate::upgrade::inbound(s, &peer, req, &app, svc, proto.clone());
             let resp = Box::pin(up).await;
-            crate::upgrade::count(&shared, Direction::inbound, &service, proto, &resp);
+            crate::upgrade::count(&shared, Direction::inbound, service, proto, &resp);
             resp
         }
         None => forward_to_app(&shared, &peer, req, &app).await,
     };
     let code = resp.status().as_u16();
-    shared.metrics.requests.get_or_create(&labels(code)).inc();
-    shared
-        .metrics
-        .request_duration
-        .get_or_create(&DurationLabels {
-            direction: Direction::inbound,
-            destination_service: service,
-        })
-        .observe(started.elapsed().as_secs_f64());
+    peer.count(
+        &shared.metrics,
+        service,
+        local,
+        code,
+        Some(started.elapsed()),
+    );
     resp
 }
 
 /// `CONNECT name.ns:port` names the destination of a TCP stream.
-fn connect_target(req: &Request<Incoming>) -> Option<(String, String, u16)> {
+fn connect_target(req: &Request<Incoming>) -> Option<HeaderValue> {
     if req.method() != Method::CONNECT {
         return None;
     }
-    let a = req.uri().authority()?.as_str();
-    headers::parse_dst(a).map(|(n, s, p)| (n.to_owned(), s.to_owned(), p))
+    HeaderValue::from_str(req.uri().authority()?.as_str()).ok()
 }
 
 async fn forward_to_app(
@@ -341,6 +334,18 @@ pub(crate) struct Peer {
     xfcc: Option<HeaderValue>,
     /// The peer's SPIFFE ID as a metric label.
     principal: String,
+    /// Metric handles of this connection's requests, so a request neither
+    /// builds label strings nor hashes them.
+    handles: Mutex<Vec<Handles>>,
+}
+
+/// The request counters (by code) and the duration histogram of one
+/// destination service.
+struct Handles {
+    service: String,
+    cluster: ClusterName,
+    requests: Vec<(u16, Counter)>,
+    duration: Histogram,
 }
 
 impl Peer {
@@ -349,6 +354,7 @@ impl Peer {
             xfcc: xfcc(shared, &id),
             principal: id.to_string(),
             id,
+            handles: Mutex::new(Vec::new()),
         }
     }
 
@@ -358,6 +364,66 @@ impl Peer {
         headers::strip_spoofable(headers);
         if let Some(v) = &self.xfcc {
             headers.insert(headers::XFCC_NAME, v.clone());
+        }
+    }
+
+    /// Counts one request from this peer to `service` (in `cluster`) by
+    /// response code, and observes its duration when it has one.
+    fn count(
+        &self,
+        metrics: &Metrics,
+        service: &str,
+        cluster: &ClusterName,
+        code: u16,
+        took: Option<Duration>,
+    ) {
+        let mut all = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let at = match all
+            .iter()
+            .position(|h| h.service == service && h.cluster == *cluster)
+        {
+            Some(i) => i,
+            None => {
+                let duration = metrics
+                    .request_duration
+                    .get_or_create(&DurationLabels {
+                        direction: Direction::inbound,
+                        destination_service: service.to_owned(),
+                    })
+                    .clone();
+                all.push(Handles {
+                    service: service.to_owned(),
+                    cluster: cluster.clone(),
+                    requests: Vec::new(),
+                    duration,
+                });
+                all.len() - 1
+            }
+        };
+        let h = &mut all[at];
+        let counter = match h.requests.iter().find(|(c, _)| *c == code) {
+            Some((_, counter)) => counter.clone(),
+            None => {
+                let counter = metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        direction: Direction::inbound,
+                        source_cluster: String::new(),
+                        source_principal: self.principal.clone(),
+                        destination_service: service.to_owned(),
+                        destination_cluster: cluster.to_string(),
+                        response_code: code,
+                    })
+                    .clone();
+                h.requests.push((code, counter.clone()));
+                counter
+            }
+        };
+        let duration = h.duration.clone();
+        drop(all);
+        counter.inc();
+        if let Some(took) = took {
+            duration.observe(took.as_secs_f64());
         }
     }
 }

@@ -214,7 +214,7 @@ async fn tcp_tunnel(shared: Arc<Shared>, mut tcp: TcpStream, vip: IpAddr, port: 
         tried.push(picked.index);
         let addr = picked.endpoint.address;
         let upgraded =
-            match open_connect(&shared, &picked.endpoint, picked.hop, &svc_name, port).await {
+            match open_connect(&shared, picked.endpoint, picked.hop, &svc_name, port).await {
                 Ok(u) => u,
                 Err(reason) => {
                     tracing::debug!(endpoint = %addr, reason, "tcp tunnel setup failed");

@@ -8,7 +8,7 @@
 //! (but at least one endpoint may be, so a single bad endpoint always goes).
 //! Time is a parameter: nothing here sleeps or reads a clock.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -69,14 +69,14 @@ impl OutlierDetector {
     pub fn new(config: OutlierDetection) -> Self {
         Self {
             config,
-            hosts: HashMap::new(),
+            hosts: HashMap::default(),
         }
     }
 
     /// Aligns the tracked set with a new snapshot: keeps the state of
     /// endpoints that remain, forgets the others, starts new ones clean.
     pub fn sync(&mut self, addresses: impl IntoIterator<Item = SocketAddr>) {
-        let mut next = HashMap::new();
+        let mut next = HashMap::default();
         for a in addresses {
             let state = self.hosts.remove(&a).unwrap_or_default();
             next.insert(a, state);

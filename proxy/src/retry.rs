@@ -213,6 +213,12 @@ pub fn pick_different<R: Random + ?Sized>(
     rng: &mut R,
     mut pick: impl FnMut(&[usize], &mut R) -> Option<usize>,
 ) -> Option<usize> {
+    // A first try: every group is open. The same draw as below, without
+    // building the open lists.
+    if tried.is_empty() && plan.groups.iter().all(|g| !g.endpoints.is_empty()) {
+        let g = plan.pick_group(rng)?;
+        return pick(&g.endpoints, rng);
+    }
     let open: Vec<(f64, Vec<usize>)> = plan
         .groups
         .iter()

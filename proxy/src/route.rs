@@ -9,7 +9,7 @@ use strait_api::ClusterName;
 use strait_api::snapshot::{Endpoint, Service, ServicePort, Snapshot};
 
 use crate::balance::{Balancer, Random};
-use crate::locality::{self, Caller, Candidate, Reason};
+use crate::locality::{self, Caller, Candidate, Plan, Reason};
 use crate::outlier::OutlierDetector;
 use crate::retry;
 
@@ -112,13 +112,36 @@ pub fn choose<'a, R: Random + ?Sized>(
     rng: &mut R,
     cost: impl Fn(usize) -> f64,
 ) -> Result<Choice<'a>, OutboundError> {
+    let plan = plan(snapshot, service, candidates);
+    choose_with(
+        &plan, snapshot, service, candidates, tried, balancer, rng, cost,
+    )
+}
+
+/// The locality plan of `service` over `candidates`, for this sidecar.
+pub fn plan(snapshot: &Snapshot, service: &Service, candidates: &[Candidate<'_>]) -> Plan {
     let caller = Caller {
         cluster: &snapshot.local.cluster,
         locality: &snapshot.local.locality,
     };
-    let plan = locality::plan(caller, &service.traffic, candidates);
+    locality::plan(caller, &service.traffic, candidates)
+}
+
+/// [`choose`] with the plan already made (it is a pure function of the
+/// snapshot and the candidates' ejection flags, so callers may reuse it).
+#[allow(clippy::too_many_arguments)]
+pub fn choose_with<'a, R: Random + ?Sized>(
+    plan: &Plan,
+    snapshot: &Snapshot,
+    service: &Service,
+    candidates: &[Candidate<'a>],
+    tried: &[usize],
+    balancer: &mut Balancer,
+    rng: &mut R,
+    cost: impl Fn(usize) -> f64,
+) -> Result<Choice<'a>, OutboundError> {
     let pick = |group: &[usize], rng: &mut R| balancer.pick(group, rng, &cost);
-    let index = retry::pick_different(&plan, tried, rng, pick);
+    let index = retry::pick_different(plan, tried, rng, pick);
     let no_endpoints = || OutboundError::NoEndpoints {
         service: format!("{}.{}", service.name, service.namespace),
     };
@@ -128,7 +151,7 @@ pub fn choose<'a, R: Random + ?Sized>(
         index,
         endpoint,
         hop: hop(&snapshot.local.cluster, endpoint, rng),
-        reason: plan.reason,
+        reason: plan.reason.clone(),
     })
 }
 

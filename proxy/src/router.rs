@@ -1,17 +1,22 @@
 //! Per-service routing state (outlier detector, endpoint loads, balancer,
 //! retry budget) around the pure decision in [`crate::route`].
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
+use http::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use strait_api::ClusterName;
 use strait_api::snapshot::{Endpoint, Health, Service, Snapshot};
 
 use crate::balance::{Balancer, EndpointLoad, EwmaConfig};
-use crate::locality::Reason;
+use crate::locality::{Plan, Reason};
+use crate::metrics::{Direction, DurationLabels, Metrics, RequestLabels};
 use crate::outlier::{Ejection, Outcome, OutlierDetector};
 use crate::retry::RetryBudget;
 use crate::route::{self, Hop, OutboundError};
@@ -28,6 +33,26 @@ struct ServiceState {
     reason: Option<Reason>,
     /// Health of each endpoint in the last snapshot.
     health: HashMap<SocketAddr, Health>,
+    /// `strait-dst` values (`name.ns:port`), one per port of the service.
+    dst: Vec<(u16, HeaderValue)>,
+    /// Metric handles of outbound requests, so a request neither builds
+    /// label strings nor hashes them: (destination cluster, code, counter).
+    requests: Vec<(Option<ClusterName>, u16, Counter)>,
+    duration: Option<Histogram>,
+    /// The last locality plan, reused while its inputs are unchanged.
+    plan: Option<CachedPlan>,
+}
+
+/// A locality plan and what it was made from: the service of one snapshot
+/// (cleared by every `sync`, which runs before a snapshot is installed) and
+/// the candidates' ejection flags.
+#[derive(Debug)]
+struct CachedPlan {
+    /// Address of the service's endpoint list (compared, never followed).
+    endpoints: usize,
+    version: u64,
+    ejected: Vec<bool>,
+    plan: Plan,
 }
 
 impl ServiceState {
@@ -41,7 +66,7 @@ impl ServiceState {
             .unwrap_or_else(|| RetryBudget::new(&Default::default()));
         Self {
             outlier,
-            loads: HashMap::new(),
+            loads: HashMap::default(),
             balancer: Balancer::new(service.traffic.load_balancer),
             budget,
             rng: SmallRng::from_os_rng(),
@@ -51,6 +76,10 @@ impl ServiceState {
                 .iter()
                 .map(|e| (e.address, e.health))
                 .collect(),
+            dst: dst_values(service),
+            requests: Vec::new(),
+            duration: None,
+            plan: None,
         }
     }
 
@@ -74,14 +103,31 @@ impl ServiceState {
         if self.balancer.strategy() != service.traffic.load_balancer {
             self.balancer = Balancer::new(service.traffic.load_balancer);
         }
+        self.dst = dst_values(service);
+        self.plan = None;
+        // Label values (the local cluster) may differ in the new snapshot.
+        self.requests.clear();
+        self.duration = None;
     }
 }
 
-/// A chosen endpoint, detached from the snapshot borrow.
+/// The `strait-dst` header value of each port: `name.ns:port`.
+fn dst_values(service: &Service) -> Vec<(u16, HeaderValue)> {
+    service
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let v = format!("{}.{}:{}", service.name, service.namespace, p.port);
+            Some((p.port, HeaderValue::try_from(v).ok()?))
+        })
+        .collect()
+}
+
+/// A chosen endpoint of the snapshot the request holds.
 #[derive(Debug, Clone)]
-pub struct Picked {
+pub struct Picked<'a> {
     pub index: usize,
-    pub endpoint: Endpoint,
+    pub endpoint: &'a Endpoint,
     pub hop: Hop,
 }
 
@@ -92,13 +138,19 @@ pub enum Kind {
     Connection,
 }
 
-type StateCell = Arc<Mutex<ServiceState>>;
+/// One service's state and its name, built once.
+#[derive(Debug)]
+struct Entry {
+    /// `name.ns`, for labels and messages.
+    key: Arc<str>,
+    state: Mutex<ServiceState>,
+}
 
 /// Routing state of every service, keyed by namespace, then name (looked
-/// up twice per request, without building a key).
+/// up once per request, without building a key).
 #[derive(Debug, Default)]
 pub struct Router {
-    services: Mutex<HashMap<String, HashMap<String, StateCell>>>,
+    services: Mutex<HashMap<String, HashMap<String, Arc<Entry>>>>,
     ewma: EwmaConfig,
 }
 
@@ -107,20 +159,35 @@ pub fn service_key(s: &Service) -> String {
 }
 
 impl Router {
-    fn state(&self, service: &Service) -> StateCell {
+    /// The routing state of `service`, for the calls of one request or
+    /// connection.
+    pub fn handle(&self, service: &Service) -> ServiceHandle {
         let mut map = self.services.lock().unwrap_or_else(|p| p.into_inner());
         let ns = service.namespace.as_str();
-        if let Some(st) = map
+        if let Some(entry) = map
             .get(ns)
             .and_then(|names| names.get(service.name.as_str()))
         {
-            return st.clone();
+            return ServiceHandle {
+                entry: entry.clone(),
+                ewma: self.ewma,
+            };
         }
-        map.entry(ns.to_owned())
+        let entry = map
+            .entry(ns.to_owned())
             .or_default()
             .entry(service.name.as_str().to_owned())
-            .or_insert_with(|| Arc::new(Mutex::new(ServiceState::new(service))))
-            .clone()
+            .or_insert_with(|| {
+                Arc::new(Entry {
+                    key: service_key(service).into(),
+                    state: Mutex::new(ServiceState::new(service)),
+                })
+            })
+            .clone();
+        ServiceHandle {
+            entry,
+            ewma: self.ewma,
+        }
     }
 
     /// Re-syncs every known service with a new snapshot; forgets services
@@ -128,11 +195,11 @@ impl Router {
     pub fn sync(&self, snapshot: &Snapshot) {
         let mut map = self.services.lock().unwrap_or_else(|p| p.into_inner());
         for (ns, names) in map.iter_mut() {
-            names.retain(|name, st| {
+            names.retain(|name, entry| {
                 let Some(s) = snapshot.service(ns, name) else {
                     return false;
                 };
-                st.lock().unwrap_or_else(|p| p.into_inner()).sync(s);
+                entry.lock().sync(s);
                 true
             });
         }
@@ -140,15 +207,74 @@ impl Router {
     }
 
     /// Picks an endpoint, avoiding `tried`, and counts it as started.
-    pub fn pick(
+    pub fn pick<'a>(
         &self,
         snapshot: &Snapshot,
-        service: &Service,
+        service: &'a Service,
         tried: &[usize],
         kind: Kind,
-    ) -> Result<Picked, OutboundError> {
-        let state = self.state(service);
-        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    ) -> Result<Picked<'a>, OutboundError> {
+        self.handle(service).pick(snapshot, service, tried, kind)
+    }
+
+    /// Records how a request or connection attempt ended. Returns an
+    /// ejection it caused.
+    pub fn finish(
+        &self,
+        service: &Service,
+        addr: SocketAddr,
+        kind: Kind,
+        outcome: Outcome,
+        rtt: Option<Duration>,
+    ) -> Option<Ejection> {
+        self.handle(service).finish(addr, kind, outcome, rtt)
+    }
+
+    /// Why traffic to `service` goes where it goes (after the last pick).
+    pub fn reason(&self, service: &Service) -> Option<Reason> {
+        self.handle(service).entry.lock().reason.clone()
+    }
+}
+
+impl Entry {
+    fn lock(&self) -> MutexGuard<'_, ServiceState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One service's routing state, looked up once for a request.
+#[derive(Debug, Clone)]
+pub struct ServiceHandle {
+    entry: Arc<Entry>,
+    ewma: EwmaConfig,
+}
+
+impl ServiceHandle {
+    /// `name.ns`.
+    pub fn key(&self) -> &Arc<str> {
+        &self.entry.key
+    }
+
+    /// The `strait-dst` value for `port` (`name.ns:port`).
+    pub fn dst(&self, port: u16) -> Option<HeaderValue> {
+        let st = self.entry.lock();
+        match st.dst.iter().find(|(p, _)| *p == port) {
+            Some((_, v)) => Some(v.clone()),
+            // A port of another snapshot than the one synced last.
+            None => HeaderValue::try_from(format!("{}:{port}", self.entry.key)).ok(),
+        }
+    }
+
+    /// Picks an endpoint of `service`, avoiding `tried`, and counts it as
+    /// started.
+    pub fn pick<'a>(
+        &self,
+        snapshot: &Snapshot,
+        service: &'a Service,
+        tried: &[usize],
+        kind: Kind,
+    ) -> Result<Picked<'a>, OutboundError> {
+        let mut st = self.entry.lock();
         let now = Instant::now();
         let st = &mut *st;
         let mut candidates = route::candidates(service, &st.outlier, now);
@@ -169,7 +295,26 @@ impl Router {
                 None => 0.0,
             }
         };
-        let choice = route::choose(
+        let fresh = |c: &CachedPlan| {
+            c.endpoints == service.endpoints.as_ptr() as usize
+                && c.version == snapshot.version
+                && c.ejected.len() == candidates.len()
+                && c.ejected
+                    .iter()
+                    .zip(&candidates)
+                    .all(|(e, c)| *e == c.ejected)
+        };
+        if !st.plan.as_ref().is_some_and(fresh) {
+            st.plan = None;
+        }
+        let cached = st.plan.get_or_insert_with(|| CachedPlan {
+            endpoints: service.endpoints.as_ptr() as usize,
+            version: snapshot.version,
+            ejected: candidates.iter().map(|c| c.ejected).collect(),
+            plan: route::plan(snapshot, service, &candidates),
+        });
+        let choice = route::choose_with(
+            &cached.plan,
             snapshot,
             service,
             &candidates,
@@ -180,7 +325,7 @@ impl Router {
         )?;
         let picked = Picked {
             index: choice.index,
-            endpoint: choice.endpoint.clone(),
+            endpoint: choice.endpoint,
             hop: choice.hop,
         };
         st.reason = Some(choice.reason);
@@ -202,14 +347,12 @@ impl Router {
     /// ejection it caused.
     pub fn finish(
         &self,
-        service: &Service,
         addr: SocketAddr,
         kind: Kind,
         outcome: Outcome,
         rtt: Option<Duration>,
     ) -> Option<Ejection> {
-        let state = self.state(service);
-        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.entry.lock();
         let now = Instant::now();
         let ewma = self.ewma;
         if let Some(load) = st.loads.get_mut(&addr) {
@@ -222,17 +365,64 @@ impl Router {
         st.outlier.record(addr, outcome, now)
     }
 
-    /// Runs `f` on a service's retry budget.
-    pub fn with_budget<T>(&self, service: &Service, f: impl FnOnce(&mut RetryBudget) -> T) -> T {
-        let state = self.state(service);
-        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut st.budget)
+    /// Runs `f` on the service's retry budget.
+    pub fn with_budget<T>(&self, f: impl FnOnce(&mut RetryBudget) -> T) -> T {
+        f(&mut self.entry.lock().budget)
     }
 
-    /// Why traffic to `service` goes where it goes (after the last pick).
-    pub fn reason(&self, service: &Service) -> Option<Reason> {
-        let state = self.state(service);
-        let st = state.lock().unwrap_or_else(|p| p.into_inner());
-        st.reason.clone()
+    /// Counts one finished app -> mesh request (by destination cluster and
+    /// code) and observes its duration, through handles kept per service.
+    pub fn record_outbound(
+        &self,
+        metrics: &Metrics,
+        source: &ClusterName,
+        destination: Option<&ClusterName>,
+        code: u16,
+        took: Duration,
+    ) {
+        let mut st = self.entry.lock();
+        let counter = match st
+            .requests
+            .iter()
+            .find(|(c, k, _)| *k == code && c.as_ref() == destination)
+        {
+            Some((_, _, counter)) => counter.clone(),
+            None => {
+                let counter = metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        direction: Direction::outbound,
+                        source_cluster: source.to_string(),
+                        source_principal: String::new(),
+                        destination_service: self.entry.key.to_string(),
+                        destination_cluster: destination
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                        response_code: code,
+                    })
+                    .clone();
+                st.requests
+                    .push((destination.cloned(), code, counter.clone()));
+                counter
+            }
+        };
+        let duration = st
+            .duration
+            .get_or_insert_with(|| {
+                metrics
+                    .request_duration
+                    .get_or_create(&DurationLabels {
+                        direction: Direction::outbound,
+                        destination_service: self.entry.key.to_string(),
+                    })
+                    .clone()
+            })
+            .clone();
+        drop(st);
+        counter.inc();
+        duration.observe(took.as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,7 +2,7 @@
 //! both ways) carrying HTTP/2, pooled per peer endpoint; and dedicated,
 //! unpooled mTLS streams (ALPN http/1.1) for HTTP/1.1 upgrades.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -142,8 +142,8 @@ impl PeerPool {
             gateways: GatewayPool::new(identity.clone(), connect_timeout),
             identity,
             connect_timeout,
-            slots: Mutex::new(HashMap::new()),
-            configs: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::default()),
+            configs: Mutex::new(HashMap::default()),
         }
     }
 

@@ -17,6 +17,7 @@
 //! What it is not: no WebSocket framing is read, and HTTP/2 extended
 //! `CONNECT` (RFC 8441) is not offered.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ use crate::config::AppPort;
 use crate::headers::{self, error};
 use crate::metrics::{Direction, TcpLabels, UpgradeLabels};
 use crate::outlier::Outcome;
-use crate::router::{Kind, Picked, service_key};
+use crate::router::{Kind, service_key};
 use crate::state::Shared;
 use crate::transport::{ALPN_HTTP1, Body, boxed, empty};
 
@@ -137,16 +138,16 @@ async fn handshake(
         let addr = picked.endpoint.address;
         let dedicated = shared
             .pool
-            .dedicated(&picked.endpoint, picked.hop, ALPN_HTTP1);
+            .dedicated(picked.endpoint, picked.hop, ALPN_HTTP1);
         let stream = match tokio::time::timeout_at(deadline, dedicated).await {
             Ok(Ok((stream, _))) => stream,
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %addr, hop = ?picked.hop, error = %e, "upgrade connect failed");
-                finish(shared, service, &picked, Outcome::ConnectFailure);
+                finish(shared, service, addr, Outcome::ConnectFailure);
                 continue;
             }
             Err(_) => {
-                finish(shared, service, &picked, Outcome::ConnectFailure);
+                finish(shared, service, addr, Outcome::ConnectFailure);
                 return (timed_out(), cluster);
             }
         };
@@ -156,19 +157,19 @@ async fn handshake(
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %addr, error = %e, "upgrade request failed");
-                finish(shared, service, &picked, Outcome::ConnectFailure);
+                finish(shared, service, addr, Outcome::ConnectFailure);
                 let msg = format!("{svc_name}: the upgrade request failed: {e}");
                 let resp = error(StatusCode::SERVICE_UNAVAILABLE, "upstream_failure", msg);
                 return (resp, cluster);
             }
             Err(_) => {
-                finish(shared, service, &picked, Outcome::ServerError);
+                finish(shared, service, addr, Outcome::ServerError);
                 return (timed_out(), cluster);
             }
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let outcome = Outcome::from_status(resp.status().as_u16());
-            finish(shared, service, &picked, outcome);
+            finish(shared, service, addr, outcome);
             return (ordinary(resp), cluster);
         }
         let labels = TcpLabels {
@@ -176,7 +177,7 @@ async fn handshake(
             destination_service: svc_name,
         };
         let (shared_c, service_c) = (shared.clone(), service.clone());
-        let done = move || finish(&shared_c, &service_c, &picked, Outcome::Success);
+        let done = move || finish(&shared_c, &service_c, addr, Outcome::Success);
         let resp = switch(shared.clone(), resp, app_side, proto, labels, done);
         return (resp, cluster);
     }
@@ -366,8 +367,7 @@ fn switch(
     Response::from_parts(parts, empty())
 }
 
-fn finish(shared: &Shared, service: &Service, picked: &Picked, outcome: Outcome) {
-    let addr = picked.endpoint.address;
+fn finish(shared: &Shared, service: &Service, addr: SocketAddr, outcome: Outcome) {
     let ejected = shared
         .router
         .finish(service, addr, Kind::Connection, outcome, None);
