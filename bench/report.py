@@ -139,6 +139,8 @@ def f(x, n=2):
 lines = ["# Performance", "",
          "Latest run of `scripts/bench.sh` (every number below comes from that one run; ratios compare",
          "numbers measured side by side in it). Machine: " + host.replace("Host: ", ""), "", tools, ""]
+if "build" in hostinfo:
+    lines += [f"Strait binary: {hostinfo['build']}.", ""]
 if "steal_pct" in hostinfo:
     lines += [f"CPU time taken by the hypervisor (steal) while the benchmarks ran: {hostinfo['steal_pct']}% of the VM's CPU time.", ""]
 lines += [
