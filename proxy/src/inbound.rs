@@ -127,6 +127,7 @@ async fn connection(
         .max_local_error_reset_streams(Some(256))
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
+        .max_frame_size(crate::transport::MAX_FRAME)
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
         .keep_alive_timeout(std::time::Duration::from_secs(10));
     if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {

@@ -101,23 +101,6 @@ pub fn hop<R: Random + ?Sized>(local: &ClusterName, endpoint: &Endpoint, rng: &m
     }
 }
 
-/// Chooses an endpoint of `service`, avoiding the `tried` ones (retries).
-/// `cost` is the balancer's cost of an endpoint index.
-pub fn choose<'a, R: Random + ?Sized>(
-    snapshot: &Snapshot,
-    service: &Service,
-    candidates: &[Candidate<'a>],
-    tried: &[usize],
-    balancer: &mut Balancer,
-    rng: &mut R,
-    cost: impl Fn(usize) -> f64,
-) -> Result<Choice<'a>, OutboundError> {
-    let plan = plan(snapshot, service, candidates);
-    choose_with(
-        &plan, snapshot, service, candidates, tried, balancer, rng, cost,
-    )
-}
-
 /// The locality plan of `service` over `candidates`, for this sidecar.
 pub fn plan(snapshot: &Snapshot, service: &Service, candidates: &[Candidate<'_>]) -> Plan {
     let caller = Caller {
@@ -127,10 +110,12 @@ pub fn plan(snapshot: &Snapshot, service: &Service, candidates: &[Candidate<'_>]
     locality::plan(caller, &service.traffic, candidates)
 }
 
-/// [`choose`] with the plan already made (it is a pure function of the
-/// snapshot and the candidates' ejection flags, so callers may reuse it).
+/// Chooses an endpoint of `service` by `plan` (see [`plan`]; it is a pure
+/// function of the snapshot and the candidates' ejection flags, so callers
+/// may keep it), avoiding the `tried` ones (retries). `cost` is the
+/// balancer's cost of an endpoint index.
 #[allow(clippy::too_many_arguments)]
-pub fn choose_with<'a, R: Random + ?Sized>(
+pub fn choose<'a, R: Random + ?Sized>(
     plan: &Plan,
     snapshot: &Snapshot,
     service: &Service,

@@ -313,7 +313,7 @@ impl ServiceHandle {
             ejected: candidates.iter().map(|c| c.ejected).collect(),
             plan: route::plan(snapshot, service, &candidates),
         });
-        let choice = route::choose_with(
+        let choice = route::choose(
             &cached.plan,
             snapshot,
             service,

@@ -311,6 +311,12 @@ pub(crate) fn check_alpn(
     })
 }
 
+/// The largest HTTP/2 frame a sidecar accepts from a peer sidecar (it is
+/// what the peer may send). A bulk stream (TCP, upgrades, large bodies) then
+/// carries one frame header per 64 KiB instead of per 16 KiB; with 16 KiB
+/// frames each frame plus its header overflowed a TLS record by 9 bytes.
+pub(crate) const MAX_FRAME: u32 = 1 << 16;
+
 /// The HTTP/2 client handshake over any byte stream (a TLS connection, or a
 /// TLS session inside a gateway tunnel); the connection task is spawned.
 pub async fn handshake_h2<T>(io: T, addr: SocketAddr) -> Result<SendRequest<Body>, ConnectError>
@@ -321,6 +327,7 @@ where
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
+        .max_frame_size(MAX_FRAME)
         .keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .handshake(io)

@@ -86,7 +86,17 @@ fn choose_stays_local_then_fails_over_through_the_gateway() {
     let t = Instant::now();
 
     let cands = candidates(svc, &outlier, t);
-    let c = choose(&snap, svc, &cands, &[], &mut balancer, &mut rng, |_| 1.0).unwrap();
+    let c = choose(
+        &plan(&snap, svc, &cands),
+        &snap,
+        svc,
+        &cands,
+        &[],
+        &mut balancer,
+        &mut rng,
+        |_| 1.0,
+    )
+    .unwrap();
     assert_eq!(c.reason, Reason::LocalHealthy);
     assert!(matches!(c.hop, Hop::Direct(_)));
 
@@ -94,7 +104,17 @@ fn choose_stays_local_then_fails_over_through_the_gateway() {
         outlier.record(addr(a), Outcome::ConnectFailure, t);
     }
     let cands = candidates(svc, &outlier, t);
-    let c = choose(&snap, svc, &cands, &[], &mut balancer, &mut rng, |_| 1.0).unwrap();
+    let c = choose(
+        &plan(&snap, svc, &cands),
+        &snap,
+        svc,
+        &cands,
+        &[],
+        &mut balancer,
+        &mut rng,
+        |_| 1.0,
+    )
+    .unwrap();
     assert_eq!(
         c.reason,
         Reason::FailedOverTo(ClusterName::new("west").unwrap())
@@ -112,7 +132,17 @@ fn retries_choose_another_endpoint() {
     let mut balancer = Balancer::new(LoadBalancer::RoundRobin);
     let mut rng = StdRng::seed_from_u64(2);
     for tried in [[0], [1]] {
-        let c = choose(&snap, svc, &cands, &tried, &mut balancer, &mut rng, |_| 1.0).unwrap();
+        let c = choose(
+            &plan(&snap, svc, &cands),
+            &snap,
+            svc,
+            &cands,
+            &tried,
+            &mut balancer,
+            &mut rng,
+            |_| 1.0,
+        )
+        .unwrap();
         assert_ne!(c.index, tried[0]);
     }
 }
@@ -126,7 +156,17 @@ fn no_usable_endpoint_is_an_upstream_error() {
     let cands = candidates(svc, &outlier, Instant::now());
     let mut balancer = Balancer::new(LoadBalancer::P2cEwma);
     let mut rng = StdRng::seed_from_u64(2);
-    let err = choose(&snap, svc, &cands, &[], &mut balancer, &mut rng, |_| 1.0).unwrap_err();
+    let err = choose(
+        &plan(&snap, svc, &cands),
+        &snap,
+        svc,
+        &cands,
+        &[],
+        &mut balancer,
+        &mut rng,
+        |_| 1.0,
+    )
+    .unwrap_err();
     assert_eq!(err.reason(), "upstream");
     assert_eq!(err.to_string(), "service web.shop has no usable endpoint");
 }
