@@ -5,15 +5,16 @@
 #
 #   1. An instrumented `strait`, same profile (target/pgo-gen/).
 #   2. Training, about 30 s: the benchmark mesh of bench/mesh.sh (a sidecar
-#      pair, and an east sidecar -> west gateway -> west sidecar path), each
-#      role pinned to one CPU as in the benchmark, in front of nginx and
+#      pair, and an east sidecar -> west gateway -> west sidecar path), all
+#      pinned to the last CPU as in the benchmark, in front of nginx and
 #      iperf3, driven by wrk and h2load at 1 and 8 connections and by
 #      iperf3. It exercises the HTTP/1.1, HTTP/2, TCP and tunnel paths; the
 #      benchmark's own runs (50 connections, fixed rate) are not used.
 #   3. The production build with that profile (target/pgo-use/).
 #
-# About 30 minutes on two cores from cold (two fat-LTO builds), about 12
-# when only Strait's crates changed.
+# About 30 minutes on two cores from cold (two fat-LTO builds), about 15
+# when only Strait's crates changed (the profile-use build recompiles every
+# crate each time: rustc tracks the profile file, which training rewrites).
 # PGO=0 builds the plain production profile instead (no training).
 # Needs nginx, wrk, h2load and iperf3 (scripts/bench.sh installs them) and
 # rustup's llvm-tools component (added here when missing).
@@ -49,8 +50,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Stable paths: RUSTFLAGS stay the same from run to run, so cargo rebuilds
-# only what changed (a dependency keeps the profile of its last build).
+# Stable paths, so RUSTFLAGS stay the same from run to run and the
+# instrumented build is incremental.
 PGO_DIR=$ROOT/target/pgo
 RAW=$PGO_DIR/raw
 PROFILE=$PGO_DIR/strait.profdata
@@ -90,10 +91,18 @@ run iperf3 -s -B 127.0.0.1 -p 15201
 for c in server client xserver xclient; do run "$S" proxy --config "$T/$c.yaml"; done
 run "$S" gateway --config "$T/gateway.yaml" --exports "$T/exports.yaml"
 # Ready when both paths answer.
+ready=0
 for _ in $(seq 50); do
-  curl -sf -o /dev/null http://127.77.0.1:19082/ && curl -sf -o /dev/null http://127.77.0.2:19082/ && break
+  if curl -sf -o /dev/null http://127.77.0.1:19082/ && curl -sf -o /dev/null http://127.77.0.2:19082/; then
+    ready=1; break
+  fi
   sleep 0.2
 done
+if [ "$ready" != 1 ]; then
+  say "error: the training mesh did not answer within 10 s; its logs:"
+  tail -n 3 "$T"/*.log >&2 || true
+  exit 1
+fi
 for vip in 127.77.0.1 127.77.0.2; do
   for c in 1 8; do
     wrk -t1 -c$c -d3s "http://$vip:19082/" >/dev/null

@@ -155,16 +155,22 @@ async fn handle(
             "HTTP/1.1 between sidecars carries only upgrade requests",
         );
     }
-    // `name.ns:port`; the service is `name.ns`, a slice of it.
+    // `name.ns:port`, from `strait-dst` or else a CONNECT authority; the
+    // service is `name.ns`, a slice of it.
+    let parse = |v: &HeaderValue| {
+        let v = v.to_str().ok()?;
+        let (_, _, port) = headers::parse_dst(v)?;
+        Some(port)
+    };
     let dst = req
         .headers()
         .get(headers::DST_NAME)
+        .filter(|v| parse(v).is_some())
         .cloned()
-        .or_else(|| connect_target(&req));
+        .or_else(|| connect_target(&req).filter(|v| parse(v).is_some()));
     let Some((service, port)) = dst.as_ref().and_then(|v| {
-        let v = v.to_str().ok()?;
-        let (_, _, port) = headers::parse_dst(v)?;
-        Some((v.rsplit_once(':')?.0, port))
+        let port = parse(v)?;
+        Some((v.to_str().ok()?.rsplit_once(':')?.0, port))
     }) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -340,6 +346,9 @@ pub(crate) struct Peer {
     handles: Mutex<Vec<Handles>>,
 }
 
+/// Services whose metric handles one peer connection keeps.
+const MAX_CACHED_SERVICES: usize = 8;
+
 /// The request counters (by code) and the duration histogram of one
 /// destination service.
 struct Handles {
@@ -384,6 +393,13 @@ impl Peer {
             .position(|h| h.service == service && h.cluster == *cluster)
         {
             Some(i) => i,
+            // The peer names the service: past a few, count without a
+            // cache rather than let one connection grow it.
+            None if all.len() >= MAX_CACHED_SERVICES => {
+                drop(all);
+                metrics.count_inbound(&self.principal, service, cluster, code, took);
+                return;
+            }
             None => {
                 let duration = metrics
                     .request_duration
@@ -482,4 +498,44 @@ async fn tunnel_to_app(
             .inc_by(from_app);
     });
     Response::new(crate::transport::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every request is counted with the same labels whether its service's
+    /// handles are cached or not, and one connection caches only a few.
+    #[test]
+    fn peer_counts_with_and_without_cached_handles() {
+        let metrics = Metrics::new();
+        let peer = Peer {
+            id: "spiffe://strait.local/ns/a/sa/b".parse().unwrap(),
+            xfcc: None,
+            principal: "spiffe://strait.local/ns/a/sa/b".into(),
+            handles: Mutex::new(Vec::new()),
+        };
+        let cluster = ClusterName::new("east").unwrap();
+        for round in 0..2 {
+            for i in 0..12 {
+                let code = if round == 0 { 200 } else { 503 };
+                let took = Some(Duration::from_millis(1));
+                peer.count(&metrics, &format!("s{i}.ns"), &cluster, code, took);
+            }
+        }
+        assert_eq!(peer.handles.lock().unwrap().len(), MAX_CACHED_SERVICES);
+        let text = metrics.encode();
+        for i in [0, 11] {
+            for code in [200, 503] {
+                let want = format!(
+                    "strait_requests_total{{direction=\"inbound\",source_cluster=\"\",source_principal=\"spiffe://strait.local/ns/a/sa/b\",destination_service=\"s{i}.ns\",destination_cluster=\"east\",response_code=\"{code}\"}} 1"
+                );
+                assert!(text.contains(&want), "missing {want}");
+            }
+            let count = format!(
+                "strait_request_duration_seconds_count{{direction=\"inbound\",destination_service=\"s{i}.ns\"}} 2"
+            );
+            assert!(text.contains(&count), "missing {count}");
+        }
+    }
 }

@@ -130,6 +130,36 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// One finished mesh -> app request from `principal`, counted and
+    /// observed without cached handles (see `inbound::Peer::count`).
+    pub fn count_inbound(
+        &self,
+        principal: &str,
+        service: &str,
+        cluster: &strait_api::ClusterName,
+        code: u16,
+        took: Option<std::time::Duration>,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction: Direction::inbound,
+                source_cluster: String::new(),
+                source_principal: principal.to_owned(),
+                destination_service: service.to_owned(),
+                destination_cluster: cluster.to_string(),
+                response_code: code,
+            })
+            .inc();
+        if let Some(took) = took {
+            self.request_duration
+                .get_or_create(&DurationLabels {
+                    direction: Direction::inbound,
+                    destination_service: service.to_owned(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("strait");
         let requests = Family::default();

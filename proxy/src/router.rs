@@ -36,8 +36,10 @@ struct ServiceState {
     /// `strait-dst` values (`name.ns:port`), one per port of the service.
     dst: Vec<(u16, HeaderValue)>,
     /// Metric handles of outbound requests, so a request neither builds
-    /// label strings nor hashes them: (destination cluster, code, counter).
+    /// label strings nor hashes them: (destination cluster, code, counter),
+    /// all with the source cluster `requests_from`.
     requests: Vec<(Option<ClusterName>, u16, Counter)>,
+    requests_from: Option<ClusterName>,
     duration: Option<Histogram>,
     /// The last locality plan, reused while its inputs are unchanged.
     plan: Option<CachedPlan>,
@@ -78,6 +80,7 @@ impl ServiceState {
                 .collect(),
             dst: dst_values(service),
             requests: Vec::new(),
+            requests_from: None,
             duration: None,
             plan: None,
         }
@@ -381,6 +384,12 @@ impl ServiceHandle {
         took: Duration,
     ) {
         let mut st = self.entry.lock();
+        // A request of an older snapshot may finish after a sync: its
+        // source label must not stay in the cache.
+        if st.requests_from.as_ref() != Some(source) {
+            st.requests.clear();
+            st.requests_from = Some(source.clone());
+        }
         let counter = match st
             .requests
             .iter()

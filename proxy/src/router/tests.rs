@@ -122,4 +122,17 @@ fn outbound_metrics_use_kept_handles_with_the_right_labels() {
         text.contains("strait_request_duration_seconds_count{direction=\"outbound\",destination_service=\"web.shop\"} 4"),
         "{text}"
     );
+    // A request under another local cluster name (an older or newer
+    // snapshot) is labelled with it, not with the cached one.
+    let renamed = ClusterName::new("east2").unwrap();
+    h.record_outbound(
+        &metrics,
+        &renamed,
+        Some(&east),
+        200,
+        Duration::from_millis(2),
+    );
+    let text = metrics.encode();
+    assert!(text.contains("source_cluster=\"east2\""), "{text}");
+    assert!(text.contains(&format!("{}2", line("east", 200))), "{text}");
 }
