@@ -34,13 +34,18 @@ app:
 EOF
 }
 server_sidecar server 19443 19001 19000
-# Client sidecar: the service VIP is 127.77.0.1 on the three entry ports.
-cat > "$W/client.yaml" <<EOF
+# A client sidecar (certs in $W/NAME) routing by the snapshot file SNAP.
+# Args: NAME IN OUT ADMIN SNAP.
+client_sidecar() {
+  cat > "$W/$1.yaml" <<EOF
 trust_domain: strait.local
-identity: { files: { chain: $W/client/chain.pem, key: $W/client/key.pem, bundle: $W/client/bundle.pem } }
-listeners: { inbound: 127.0.0.1:19444, outbound: 127.0.0.1:19002, admin: 127.0.0.1:19003, bind_vips: true }
-snapshot_file: $W/snapshot.yaml
+identity: { files: { chain: $W/$1/chain.pem, key: $W/$1/key.pem, bundle: $W/$1/bundle.pem } }
+listeners: { inbound: 127.0.0.1:$2, outbound: 127.0.0.1:$3, admin: 127.0.0.1:$4, bind_vips: true }
+snapshot_file: $W/$5
 EOF
+}
+# Client sidecar: the service VIP is 127.77.0.1 on the three entry ports.
+client_sidecar client 19444 19002 19003 snapshot.yaml
 cat > "$W/snapshot.yaml" <<EOF
 version: 1
 local: { cluster: bench, locality: local/a }
@@ -66,12 +71,7 @@ cat > "$W/exports.yaml" <<EOF
 services:
   - { name: bench, namespace: default, ports: [19082, 19092, 19083], endpoints: [{ address: 127.0.0.1:19643 }] }
 EOF
-cat > "$W/xclient.yaml" <<EOF
-trust_domain: strait.local
-identity: { files: { chain: $W/xclient/chain.pem, key: $W/xclient/key.pem, bundle: $W/xclient/bundle.pem } }
-listeners: { inbound: 127.0.0.1:19644, outbound: 127.0.0.1:19602, admin: 127.0.0.1:19603, bind_vips: true }
-snapshot_file: $W/xsnapshot.yaml
-EOF
+client_sidecar xclient 19644 19602 19603 xsnapshot.yaml
 cat > "$W/xsnapshot.yaml" <<EOF
 version: 1
 local: { cluster: east, locality: us-east/a }

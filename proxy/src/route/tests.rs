@@ -38,6 +38,27 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// [`choose`] with a freshly made plan and a flat cost.
+fn choose_in<'a>(
+    snap: &Snapshot,
+    svc: &Service,
+    cands: &[Candidate<'a>],
+    tried: &[usize],
+    balancer: &mut Balancer,
+    rng: &mut StdRng,
+) -> Result<Choice<'a>, OutboundError> {
+    choose(
+        &plan(snap, svc, cands),
+        snap,
+        svc,
+        cands,
+        tried,
+        balancer,
+        rng,
+        |_| 1.0,
+    )
+}
+
 #[test]
 fn finds_the_service_behind_a_vip_and_port() {
     let snap = snapshot();
@@ -86,17 +107,7 @@ fn choose_stays_local_then_fails_over_through_the_gateway() {
     let t = Instant::now();
 
     let cands = candidates(svc, &outlier, t);
-    let c = choose(
-        &plan(&snap, svc, &cands),
-        &snap,
-        svc,
-        &cands,
-        &[],
-        &mut balancer,
-        &mut rng,
-        |_| 1.0,
-    )
-    .unwrap();
+    let c = choose_in(&snap, svc, &cands, &[], &mut balancer, &mut rng).unwrap();
     assert_eq!(c.reason, Reason::LocalHealthy);
     assert!(matches!(c.hop, Hop::Direct(_)));
 
@@ -104,17 +115,7 @@ fn choose_stays_local_then_fails_over_through_the_gateway() {
         outlier.record(addr(a), Outcome::ConnectFailure, t);
     }
     let cands = candidates(svc, &outlier, t);
-    let c = choose(
-        &plan(&snap, svc, &cands),
-        &snap,
-        svc,
-        &cands,
-        &[],
-        &mut balancer,
-        &mut rng,
-        |_| 1.0,
-    )
-    .unwrap();
+    let c = choose_in(&snap, svc, &cands, &[], &mut balancer, &mut rng).unwrap();
     assert_eq!(
         c.reason,
         Reason::FailedOverTo(ClusterName::new("west").unwrap())
@@ -132,17 +133,7 @@ fn retries_choose_another_endpoint() {
     let mut balancer = Balancer::new(LoadBalancer::RoundRobin);
     let mut rng = StdRng::seed_from_u64(2);
     for tried in [[0], [1]] {
-        let c = choose(
-            &plan(&snap, svc, &cands),
-            &snap,
-            svc,
-            &cands,
-            &tried,
-            &mut balancer,
-            &mut rng,
-            |_| 1.0,
-        )
-        .unwrap();
+        let c = choose_in(&snap, svc, &cands, &tried, &mut balancer, &mut rng).unwrap();
         assert_ne!(c.index, tried[0]);
     }
 }
@@ -156,17 +147,7 @@ fn no_usable_endpoint_is_an_upstream_error() {
     let cands = candidates(svc, &outlier, Instant::now());
     let mut balancer = Balancer::new(LoadBalancer::P2cEwma);
     let mut rng = StdRng::seed_from_u64(2);
-    let err = choose(
-        &plan(&snap, svc, &cands),
-        &snap,
-        svc,
-        &cands,
-        &[],
-        &mut balancer,
-        &mut rng,
-        |_| 1.0,
-    )
-    .unwrap_err();
+    let err = choose_in(&snap, svc, &cands, &[], &mut balancer, &mut rng).unwrap_err();
     assert_eq!(err.reason(), "upstream");
     assert_eq!(err.to_string(), "service web.shop has no usable endpoint");
 }
