@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::authz::{self, EscapedSlashes, HttpRequest};
 use crate::headers::{self, error};
-use crate::metrics::{Direction, DurationLabels, Metrics, ReasonLabels, RequestLabels, TcpLabels};
+use crate::metrics::{Direction, Metrics, ReasonLabels, TcpLabels};
 use crate::sniff::{self, Detected};
 use crate::state::Shared;
 use crate::transport::{ALPN_H2, ALPN_HTTP1, Body, boxed};
@@ -387,6 +387,10 @@ impl Peer {
         code: u16,
         took: Option<Duration>,
     ) {
+        let counter = |m: &Metrics| {
+            let dir = Direction::inbound;
+            m.request_counter(dir, "", &self.principal, service, cluster.as_str(), code)
+        };
         let mut all = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         let at = match all
             .iter()
@@ -397,22 +401,19 @@ impl Peer {
             // cache rather than let one connection grow it.
             None if all.len() >= MAX_CACHED_SERVICES => {
                 drop(all);
-                metrics.count_inbound(&self.principal, service, cluster, code, took);
+                counter(metrics).inc();
+                if let Some(took) = took {
+                    let h = metrics.duration_histogram(Direction::inbound, service);
+                    h.observe(took.as_secs_f64());
+                }
                 return;
             }
             None => {
-                let duration = metrics
-                    .request_duration
-                    .get_or_create(&DurationLabels {
-                        direction: Direction::inbound,
-                        destination_service: service.to_owned(),
-                    })
-                    .clone();
                 all.push(Handles {
                     service: service.to_owned(),
                     cluster: cluster.clone(),
                     requests: Vec::new(),
-                    duration,
+                    duration: metrics.duration_histogram(Direction::inbound, service),
                 });
                 all.len() - 1
             }
@@ -421,17 +422,7 @@ impl Peer {
         let counter = match h.requests.iter().find(|(c, _)| *c == code) {
             Some((_, counter)) => counter.clone(),
             None => {
-                let counter = metrics
-                    .requests
-                    .get_or_create(&RequestLabels {
-                        direction: Direction::inbound,
-                        source_cluster: String::new(),
-                        source_principal: self.principal.clone(),
-                        destination_service: service.to_owned(),
-                        destination_cluster: cluster.to_string(),
-                        response_code: code,
-                    })
-                    .clone();
+                let counter = counter(metrics);
                 h.requests.push((code, counter.clone()));
                 counter
             }

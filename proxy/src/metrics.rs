@@ -102,62 +102,55 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The request counter with these labels: a handle a caller may keep,
+    /// so later requests neither build label strings nor hash them.
+    pub fn request_counter(
+        &self,
+        direction: Direction,
+        source_cluster: &str,
+        source_principal: &str,
+        destination_service: &str,
+        destination_cluster: &str,
+        code: u16,
+    ) -> Counter {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                source_cluster: source_cluster.to_owned(),
+                source_principal: source_principal.to_owned(),
+                destination_service: destination_service.to_owned(),
+                destination_cluster: destination_cluster.to_owned(),
+                response_code: code,
+            })
+            .clone()
+    }
+
+    /// The request duration histogram of a direction and service (a handle
+    /// a caller may keep).
+    pub fn duration_histogram(&self, direction: Direction, service: &str) -> Histogram {
+        self.request_duration
+            .get_or_create(&DurationLabels {
+                direction,
+                destination_service: service.to_owned(),
+            })
+            .clone()
+    }
+
     /// One finished app -> mesh request: counted by destination and
     /// response code, and its duration observed.
     pub fn outbound_request(
         &self,
-        source_cluster: String,
+        source_cluster: &str,
         service: &str,
-        destination_cluster: String,
+        destination_cluster: &str,
         code: u16,
         took: std::time::Duration,
     ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                direction: Direction::outbound,
-                source_cluster,
-                source_principal: String::new(),
-                destination_service: service.to_owned(),
-                destination_cluster,
-                response_code: code,
-            })
+        let dir = Direction::outbound;
+        self.request_counter(dir, source_cluster, "", service, destination_cluster, code)
             .inc();
-        self.request_duration
-            .get_or_create(&DurationLabels {
-                direction: Direction::outbound,
-                destination_service: service.to_owned(),
-            })
+        self.duration_histogram(dir, service)
             .observe(took.as_secs_f64());
-    }
-
-    /// One finished mesh -> app request from `principal`, counted and
-    /// observed without cached handles (see `inbound::Peer::count`).
-    pub fn count_inbound(
-        &self,
-        principal: &str,
-        service: &str,
-        cluster: &strait_api::ClusterName,
-        code: u16,
-        took: Option<std::time::Duration>,
-    ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                direction: Direction::inbound,
-                source_cluster: String::new(),
-                source_principal: principal.to_owned(),
-                destination_service: service.to_owned(),
-                destination_cluster: cluster.to_string(),
-                response_code: code,
-            })
-            .inc();
-        if let Some(took) = took {
-            self.request_duration
-                .get_or_create(&DurationLabels {
-                    direction: Direction::inbound,
-                    destination_service: service.to_owned(),
-                })
-                .observe(took.as_secs_f64());
-        }
     }
 
     pub fn new() -> Self {

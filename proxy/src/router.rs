@@ -16,7 +16,7 @@ use strait_api::snapshot::{Endpoint, Health, Service, Snapshot};
 
 use crate::balance::{Balancer, EndpointLoad, EwmaConfig};
 use crate::locality::{Plan, Reason};
-use crate::metrics::{Direction, DurationLabels, Metrics, RequestLabels};
+use crate::metrics::{Direction, Metrics};
 use crate::outlier::{Ejection, Outcome, OutlierDetector};
 use crate::retry::RetryBudget;
 use crate::route::{self, Hop, OutboundError};
@@ -397,19 +397,15 @@ impl ServiceHandle {
         {
             Some((_, _, counter)) => counter.clone(),
             None => {
-                let counter = metrics
-                    .requests
-                    .get_or_create(&RequestLabels {
-                        direction: Direction::outbound,
-                        source_cluster: source.to_string(),
-                        source_principal: String::new(),
-                        destination_service: self.entry.key.to_string(),
-                        destination_cluster: destination
-                            .map(ToString::to_string)
-                            .unwrap_or_default(),
-                        response_code: code,
-                    })
-                    .clone();
+                let dest = destination.map_or("", ClusterName::as_str);
+                let counter = metrics.request_counter(
+                    Direction::outbound,
+                    source.as_str(),
+                    "",
+                    &self.entry.key,
+                    dest,
+                    code,
+                );
                 st.requests
                     .push((destination.cloned(), code, counter.clone()));
                 counter
@@ -417,15 +413,7 @@ impl ServiceHandle {
         };
         let duration = st
             .duration
-            .get_or_insert_with(|| {
-                metrics
-                    .request_duration
-                    .get_or_create(&DurationLabels {
-                        direction: Direction::outbound,
-                        destination_service: self.entry.key.to_string(),
-                    })
-                    .clone()
-            })
+            .get_or_insert_with(|| metrics.duration_histogram(Direction::outbound, &self.entry.key))
             .clone();
         drop(st);
         counter.inc();

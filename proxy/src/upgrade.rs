@@ -58,9 +58,9 @@ pub(crate) async fn outbound(
     let (resp, dest_cluster) = handshake(&shared, &snapshot, service, port, req, &proto).await;
     let code = resp.status().as_u16();
     shared.metrics.outbound_request(
-        snapshot.local.cluster.to_string(),
+        snapshot.local.cluster.as_str(),
         &svc_name,
-        dest_cluster,
+        &dest_cluster,
         code,
         started.elapsed(),
     );
