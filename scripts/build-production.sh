@@ -43,12 +43,13 @@ fi
 
 T=$(mktemp -d -t strait-pgo.XXXXXX)
 pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+# SIGTERM to every started process, then wait: a clean exit writes the profile.
+stop_all() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$T"
+  pids=()
 }
-trap cleanup EXIT
+trap 'stop_all; rm -rf "$T"' EXIT
 
 # Stable paths, so RUSTFLAGS stay the same from run to run and the
 # instrumented build is incremental.
@@ -110,10 +111,7 @@ for vip in 127.77.0.1 127.77.0.2; do
   done
   iperf3 -c $vip -p 19083 -t 2 >/dev/null
 done
-# A clean exit (SIGTERM) writes the profile.
-for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-wait 2>/dev/null || true
-pids=()
+stop_all
 "$PROFDATA" merge -o "$PROFILE" "$RAW"/*.profraw
 
 say "==> 3/3 production build with the profile (fat LTO; target/pgo-use)"

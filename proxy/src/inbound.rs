@@ -155,23 +155,12 @@ async fn handle(
             "HTTP/1.1 between sidecars carries only upgrade requests",
         );
     }
-    // `name.ns:port`, from `strait-dst` or else a CONNECT authority; the
-    // service is `name.ns`, a slice of it.
-    let parse = |v: &HeaderValue| {
-        let v = v.to_str().ok()?;
-        let (_, _, port) = headers::parse_dst(v)?;
-        Some(port)
-    };
-    let dst = req
-        .headers()
-        .get(headers::DST_NAME)
-        .filter(|v| parse(v).is_some())
-        .cloned()
-        .or_else(|| connect_target(&req).filter(|v| parse(v).is_some()));
-    let Some((service, port)) = dst.as_ref().and_then(|v| {
-        let port = parse(v)?;
-        Some((v.to_str().ok()?.rsplit_once(':')?.0, port))
-    }) else {
+    // The service is `name.ns`, a slice of the destination.
+    let dst = destination(&req);
+    let Some((service, port)) = dst
+        .as_ref()
+        .and_then(|(v, port)| Some((v.to_str().ok()?.rsplit_once(':')?.0, *port)))
+    else {
         return error(
             StatusCode::BAD_REQUEST,
             "no_destination",
@@ -252,12 +241,21 @@ async fn handle(
     resp
 }
 
-/// `CONNECT name.ns:port` names the destination of a TCP stream.
-fn connect_target(req: &Request<Incoming>) -> Option<HeaderValue> {
+/// What a request names as its destination, `name.ns:port`, and the port:
+/// its `strait-dst`, or else the authority of a `CONNECT` (a TCP stream).
+fn destination(req: &Request<Incoming>) -> Option<(HeaderValue, u16)> {
+    let port = |v: &HeaderValue| Some(headers::parse_dst(v.to_str().ok()?)?.2);
+    if let Some(v) = req.headers().get(headers::DST_NAME) {
+        if let Some(p) = port(v) {
+            return Some((v.clone(), p));
+        }
+    }
     if req.method() != Method::CONNECT {
         return None;
     }
-    HeaderValue::from_str(req.uri().authority()?.as_str()).ok()
+    let v = HeaderValue::from_str(req.uri().authority()?.as_str()).ok()?;
+    let p = port(&v)?;
+    Some((v, p))
 }
 
 async fn forward_to_app(
@@ -355,7 +353,8 @@ struct Handles {
     service: String,
     cluster: ClusterName,
     requests: Vec<(u16, Counter)>,
-    duration: Histogram,
+    /// Made by the first request that has a duration.
+    duration: Option<Histogram>,
 }
 
 impl Peer {
@@ -387,52 +386,62 @@ impl Peer {
         code: u16,
         took: Option<Duration>,
     ) {
+        let dir = Direction::inbound;
         let counter = |m: &Metrics| {
-            let dir = Direction::inbound;
             m.request_counter(dir, "", &self.principal, service, cluster.as_str(), code)
         };
-        let mut all = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        let at = match all
-            .iter()
-            .position(|h| h.service == service && h.cluster == *cluster)
-        {
-            Some(i) => i,
-            // The peer names the service: past a few, count without a
-            // cache rather than let one connection grow it.
-            None if all.len() >= MAX_CACHED_SERVICES => {
-                drop(all);
-                counter(metrics).inc();
-                if let Some(took) = took {
-                    let h = metrics.duration_histogram(Direction::inbound, service);
-                    h.observe(took.as_secs_f64());
+        let (counter, observe) = {
+            let mut all = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+            let at = all
+                .iter()
+                .position(|h| h.service == service && h.cluster == *cluster);
+            let at = match at {
+                Some(i) => i,
+                // The peer names the service: past a few, count without a
+                // cache rather than let one connection grow it.
+                None if all.len() >= MAX_CACHED_SERVICES => {
+                    drop(all);
+                    let observe = took.map(|t| (metrics.duration_histogram(dir, service), t));
+                    return record(&counter(metrics), observe);
                 }
-                return;
-            }
-            None => {
-                all.push(Handles {
-                    service: service.to_owned(),
-                    cluster: cluster.clone(),
-                    requests: Vec::new(),
-                    duration: metrics.duration_histogram(Direction::inbound, service),
-                });
-                all.len() - 1
-            }
+                None => {
+                    all.push(Handles {
+                        service: service.to_owned(),
+                        cluster: cluster.clone(),
+                        requests: Vec::new(),
+                        duration: None,
+                    });
+                    all.len() - 1
+                }
+            };
+            let h = &mut all[at];
+            let counter = match h.requests.iter().find(|(c, _)| *c == code) {
+                Some((_, counter)) => counter.clone(),
+                None => {
+                    let counter = counter(metrics);
+                    h.requests.push((code, counter.clone()));
+                    counter
+                }
+            };
+            // Only a request with a duration makes the histogram (a denied
+            // one has none).
+            let observe = took.map(|t| {
+                let hist = h
+                    .duration
+                    .get_or_insert_with(|| metrics.duration_histogram(dir, service));
+                (hist.clone(), t)
+            });
+            (counter, observe)
         };
-        let h = &mut all[at];
-        let counter = match h.requests.iter().find(|(c, _)| *c == code) {
-            Some((_, counter)) => counter.clone(),
-            None => {
-                let counter = counter(metrics);
-                h.requests.push((code, counter.clone()));
-                counter
-            }
-        };
-        let duration = h.duration.clone();
-        drop(all);
-        counter.inc();
-        if let Some(took) = took {
-            duration.observe(took.as_secs_f64());
-        }
+        record(&counter, observe);
+    }
+}
+
+/// Counts a request and observes its duration, if it has one.
+fn record(counter: &Counter, observe: Option<(Histogram, Duration)>) {
+    counter.inc();
+    if let Some((hist, took)) = observe {
+        hist.observe(took.as_secs_f64());
     }
 }
 
@@ -515,7 +524,15 @@ mod tests {
             }
         }
         assert_eq!(peer.handles.lock().unwrap().len(), MAX_CACHED_SERVICES);
+        // A denied request has no duration: no histogram for its service.
+        let fresh = Peer {
+            handles: Mutex::new(Vec::new()),
+            ..peer
+        };
+        fresh.count(&metrics, "denied.ns", &cluster, 403, None);
         let text = metrics.encode();
+        assert!(text.contains("destination_service=\"denied.ns\",destination_cluster=\"east\",response_code=\"403\"} 1"));
+        assert!(!text.contains("strait_request_duration_seconds_count{direction=\"inbound\",destination_service=\"denied.ns\"}"));
         for i in [0, 11] {
             for code in [200, 503] {
                 let want = format!(

@@ -58,7 +58,7 @@ struct CachedPlan {
 }
 
 impl ServiceState {
-    fn new(service: &Service) -> Self {
+    fn new(key: &str, service: &Service) -> Self {
         let mut outlier = OutlierDetector::new(service.outlier_detection.clone());
         outlier.sync(service.endpoints.iter().map(|e| e.address));
         let budget = service
@@ -78,7 +78,7 @@ impl ServiceState {
                 .iter()
                 .map(|e| (e.address, e.health))
                 .collect(),
-            dst: dst_values(service),
+            dst: dst_values(key, service),
             requests: Vec::new(),
             requests_from: None,
             duration: None,
@@ -87,7 +87,7 @@ impl ServiceState {
     }
 
     /// Follows snapshot changes without losing what was learned.
-    fn sync(&mut self, service: &Service) {
+    fn sync(&mut self, key: &str, service: &Service) {
         self.outlier.set_config(service.outlier_detection.clone());
         self.outlier
             .sync(service.endpoints.iter().map(|e| e.address));
@@ -106,24 +106,23 @@ impl ServiceState {
         if self.balancer.strategy() != service.traffic.load_balancer {
             self.balancer = Balancer::new(service.traffic.load_balancer);
         }
-        self.dst = dst_values(service);
+        self.dst = dst_values(key, service);
         self.plan = None;
-        // Label values (the local cluster) may differ in the new snapshot.
-        self.requests.clear();
-        self.duration = None;
     }
 }
 
-/// The `strait-dst` header value of each port: `name.ns:port`.
-fn dst_values(service: &Service) -> Vec<(u16, HeaderValue)> {
+/// The `strait-dst` header value of each port of the service `key`.
+fn dst_values(key: &str, service: &Service) -> Vec<(u16, HeaderValue)> {
     service
         .ports
         .iter()
-        .filter_map(|p| {
-            let v = format!("{}.{}:{}", service.name, service.namespace, p.port);
-            Some((p.port, HeaderValue::try_from(v).ok()?))
-        })
+        .filter_map(|p| Some((p.port, dst_value(key, p.port)?)))
         .collect()
+}
+
+/// `name.ns:port`.
+fn dst_value(key: &str, port: u16) -> Option<HeaderValue> {
+    HeaderValue::try_from(format!("{key}:{port}")).ok()
 }
 
 /// A chosen endpoint of the snapshot the request holds.
@@ -181,9 +180,10 @@ impl Router {
             .or_default()
             .entry(service.name.as_str().to_owned())
             .or_insert_with(|| {
+                let key = service_key(service);
                 Arc::new(Entry {
-                    key: service_key(service).into(),
-                    state: Mutex::new(ServiceState::new(service)),
+                    state: Mutex::new(ServiceState::new(&key, service)),
+                    key: key.into(),
                 })
             })
             .clone();
@@ -202,7 +202,7 @@ impl Router {
                 let Some(s) = snapshot.service(ns, name) else {
                     return false;
                 };
-                entry.lock().sync(s);
+                entry.lock().sync(&entry.key, s);
                 true
             });
         }
@@ -264,7 +264,7 @@ impl ServiceHandle {
         match st.dst.iter().find(|(p, _)| *p == port) {
             Some((_, v)) => Some(v.clone()),
             // A port of another snapshot than the one synced last.
-            None => HeaderValue::try_from(format!("{}:{port}", self.entry.key)).ok(),
+            None => dst_value(&self.entry.key, port),
         }
     }
 
