@@ -24,6 +24,7 @@ mod error;
 pub mod identity;
 pub mod manager;
 pub mod pem;
+pub mod pipe;
 pub mod reload;
 pub mod rotation;
 pub mod server;

@@ -8,20 +8,18 @@
 //! (the `CONNECT` authority).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use prometheus_client::metrics::counter::Counter;
 use strait_api::SpiffeId;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use strait_ca::pipe::{self, End, Side};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::gateway::Shared;
@@ -152,122 +150,35 @@ impl Drop for ActiveGuard {
     }
 }
 
-const BUF: usize = 64 * 1024;
-
-async fn pipe<A, B>(shared: &Shared, client: A, upstream: B, service: &str)
+/// Moves bytes both ways until both sides end, an error, or the idle
+/// timeout; counts them per direction and shows them to the tap.
+async fn pipe<A, B>(shared: &Shared, mut client: A, mut upstream: B, service: &str)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let activity = Arc::new(Activity::new());
-    let tap = shared.tap.clone();
-    let mut a = Metered {
-        inner: client,
-        counter: shared
-            .metrics
-            .bytes_counter(service, Direction::to_endpoint),
-        direction: Direction::to_endpoint,
-        activity: activity.clone(),
-        tap: tap.clone(),
-    };
-    let mut b = Metered {
-        inner: upstream,
-        counter: shared
-            .metrics
-            .bytes_counter(service, Direction::from_endpoint),
-        direction: Direction::from_endpoint,
-        activity: activity.clone(),
-        tap,
-    };
+    let to_endpoint = shared
+        .metrics
+        .bytes_counter(service, Direction::to_endpoint);
+    let from_endpoint = shared
+        .metrics
+        .bytes_counter(service, Direction::from_endpoint);
+    let tap = shared.tap.as_ref();
     let idle = shared.cfg.limits.idle_timeout;
-    tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUF, BUF) => {
-            if let Err(e) = r {
-                tracing::debug!(%service, error = %e, "tunnel ended with an error");
-            }
+    let pumped = pipe::bidirectional(&mut client, &mut upstream, idle, |side, chunk| {
+        let (direction, counter) = match side {
+            Side::A => (Direction::to_endpoint, &to_endpoint),
+            Side::B => (Direction::from_endpoint, &from_endpoint),
+        };
+        counter.inc_by(chunk.len() as u64);
+        if let Some(tap) = tap {
+            tap(direction, chunk);
         }
-        () = activity.idle_for(idle) => {
-            tracing::debug!(%service, ?idle, "tunnel idle; closed");
-        }
-    }
-}
-
-/// When a tunnel last moved a byte (milliseconds since its start).
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Resolves once nothing moved for `idle`.
-    async fn idle_for(&self, idle: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let due = last + idle;
-            if Instant::now() >= due {
-                return;
-            }
-            tokio::time::sleep_until(due.into()).await;
-        }
-    }
-}
-
-/// Counts bytes read from `inner` (and shows them to the tap).
-struct Metered<T> {
-    inner: T,
-    counter: Counter,
-    direction: Direction,
-    activity: Arc<Activity>,
-    tap: Option<Tap>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let fresh = &buf.filled()[before..];
-        if !fresh.is_empty() {
-            this.counter.inc_by(fresh.len() as u64);
-            this.activity.touch();
-            if let Some(tap) = &this.tap {
-                tap(this.direction, fresh);
-            }
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    })
+    .await;
+    match pumped.end {
+        End::Done => {}
+        End::Idle => tracing::debug!(%service, ?idle, "tunnel idle; closed"),
+        End::Error(e) => tracing::debug!(%service, error = %e, "tunnel ended with an error"),
     }
 }

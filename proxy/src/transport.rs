@@ -16,6 +16,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use strait_api::SpiffeId;
 use strait_api::snapshot::Endpoint;
+use strait_ca::pipe::Coalesced;
 use strait_ca::tls::{self, ExpectedServer};
 use strait_ca::{CertStore, SharedBundle};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -280,7 +281,7 @@ impl PeerPool {
 async fn tls_connect(
     addr: SocketAddr,
     cfg: Arc<ClientConfig>,
-) -> Result<TlsStream<TcpStream>, ConnectError> {
+) -> Result<TlsStream<Coalesced<TcpStream>>, ConnectError> {
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|source| ConnectError::Io { addr, source })?;
@@ -289,10 +290,12 @@ async fn tls_connect(
         addr,
         source: std::io::Error::other(e.to_string()),
     })?;
-    tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, Coalesced::new(tcp))
         .await
-        .map_err(|source| ConnectError::Tls { addr, source })
+        .map_err(|source| ConnectError::Tls { addr, source })?;
+    tls.get_mut().0.batch();
+    Ok(tls)
 }
 
 /// Fails unless the peer selected `wanted` (a peer without the protocol

@@ -28,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use strait_api::SpiffeId;
+use strait_ca::pipe::Coalesced;
 use strait_ca::tls::{self, ExpectedServer};
 use tokio::net::TcpStream;
 
@@ -309,13 +310,14 @@ impl GatewayPool {
                 addr: gateway,
                 source: std::io::Error::other(e.to_string()),
             })?;
-        let tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
+        let mut tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, Coalesced::new(tcp))
             .await
             .map_err(|source| ConnectError::Tls {
                 addr: gateway,
                 source,
             })?;
+        tls.get_mut().0.batch();
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(4 << 20)
@@ -344,7 +346,10 @@ async fn open_inner_tls(
     gateway: SocketAddr,
     target: SocketAddr,
     inner_config: Arc<ClientConfig>,
-) -> Result<tokio_rustls::client::TlsStream<TokioIo<hyper::upgrade::Upgraded>>, ConnectError> {
+) -> Result<
+    tokio_rustls::client::TlsStream<Coalesced<TokioIo<hyper::upgrade::Upgraded>>>,
+    ConnectError,
+> {
     let io_err = |e: String| ConnectError::Io {
         addr: gateway,
         source: std::io::Error::other(e),
@@ -379,12 +384,13 @@ async fn open_inner_tls(
         .await
         .map_err(|e| io_err(e.to_string()))?;
     let name = ServerName::try_from("sidecar.strait.invalid").map_err(|e| io_err(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(inner_config)
-        .connect(name, TokioIo::new(upgraded))
+    let mut tls = tokio_rustls::TlsConnector::from(inner_config)
+        .connect(name, Coalesced::new(TokioIo::new(upgraded)))
         .await
         .map_err(|source| ConnectError::Tls {
             addr: target,
             source,
         })?;
+    tls.get_mut().0.batch();
     Ok(tls)
 }
