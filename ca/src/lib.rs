@@ -12,6 +12,8 @@
 //! - [`trust`]: what a component trusts and presents (`/trust` on admin
 //!   ports); [`rotation`]: staged root rotation of a CA directory and the
 //!   certificate directories it issued.
+//! - [`pipe`]: moving bytes on mesh hops (the tunnel pump and TLS write
+//!   batching), shared by the sidecar and the gateway.
 //!
 //! It is not a general-purpose PKI: it issues SPIFFE X.509-SVIDs for one
 //! trust domain, nothing else.

@@ -6,10 +6,10 @@
 //!   reads until the source has nothing more (or its buffer is full) before
 //!   it writes, so a source that yields small chunks (an HTTP/2 stream yields
 //!   one DATA frame per read) still reaches the socket in large writes.
-//! - [`Coalesced`]: a write buffer for the socket under a TLS session.
+//! - [`Coalesced`]: a write buffer for the stream under a TLS session.
 //!   tokio-rustls writes each record as soon as it is sealed; with this
-//!   below it, records leave in batches of about 64 KiB, at a flush, or
-//!   when the batch is full, which is one loopback packet instead of four.
+//!   below it, records leave together at a flush or once 256 KiB wait: one
+//!   system call instead of one per 16 KiB record.
 //!
 //! What it is not: no protocol knowledge; the caller decides what a byte
 //! means and what to count.
@@ -24,10 +24,11 @@ use tokio::time::Instant;
 
 /// Buffer of each direction of [`bidirectional`].
 const PUMP_BUF: usize = 64 * 1024;
-/// [`Coalesced`] writes its batch out once it holds this much.
-const BATCH: usize = 64 * 1024;
+/// [`Coalesced`] writes its batch out once it holds this much (256 KiB
+/// measured 3-5% less CPU per GB through a gateway tunnel than 64 KiB).
+const BATCH: usize = 256 * 1024;
 /// [`Coalesced`] takes no more than this before its batch is written.
-const BATCH_MAX: usize = 256 * 1024;
+const BATCH_MAX: usize = 512 * 1024;
 
 /// Which stream of a [`bidirectional`] pump bytes were read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +211,7 @@ impl Half {
 
 /// A write buffer between a TLS session and the stream under it: once
 /// [`Coalesced::batch`] is called (after the handshake, so a handshake
-/// alert is never held back), writes are kept until about [`BATCH`] bytes
+/// alert is never held back), writes are kept until [`BATCH`] bytes
 /// are waiting or the session flushes (HTTP/2 and HTTP/1.1 flush whenever
 /// they wait for the peer, tokio-rustls at close), then leave in one write.
 /// A write of a whole batch or more with nothing waiting goes straight
@@ -491,12 +492,13 @@ mod tests {
         );
         assert_eq!(c.get_ref().flushes, 1);
         // A full batch leaves without a flush.
-        for _ in 0..70 {
+        let n = BATCH / 1000 + 1;
+        for _ in 0..n {
             c.write_all(&[3; 1000]).await.unwrap();
         }
         assert_eq!(
             c.get_ref().writes[2],
-            66_000,
+            n * 1000,
             "written once a batch was full"
         );
         // A batch-sized write with nothing waiting goes straight through.
@@ -509,7 +511,11 @@ mod tests {
         assert_eq!(*c.get_ref().writes.last().unwrap(), 10);
         assert!(c.get_ref().shut);
         let w = &c.get_ref().written;
-        assert_eq!(w.len(), 100 + 10_000 + 70_000 + BATCH + 10, "nothing lost");
+        assert_eq!(
+            w.len(),
+            100 + 10_000 + n * 1000 + BATCH + 10,
+            "nothing lost"
+        );
         assert_eq!((w[100], w[10_100], w[w.len() - 1]), (2, 3, 5), "in order");
     }
 }
