@@ -11,7 +11,7 @@
 #   at 1 and 10 connections; strait-bench tunnel times opening a tunnel.
 # Strait is the binary to deploy, built by scripts/build-production.sh
 # (production profile with PGO; about 30 minutes from cold, PGO=0 skips the
-# training). Writes target/bench/results.md, target/bench/results.json and
+# training; STRAIT_BIN=path measures a given binary). Writes target/bench/results.md, target/bench/results.json and
 # docs/performance.md.
 #
 # Knobs (env): DURATION (8s) WARMUP (2s) LEVEL_DURATION (4s) STIME (5) CONNS (50) RATE (2000) and the
@@ -36,8 +36,14 @@ echo "==> building strait-bench (production profile)"
 cargo build --profile production -q -p strait-bench
 B=$ROOT/target/production/strait-bench
 # The binary to deploy: production profile with PGO (PGO=0: without).
-S=$(scripts/build-production.sh)
-if [ "${PGO:-1}" = 0 ]; then BUILD="production profile (fat LTO), no PGO"; else BUILD="production profile (fat LTO) with PGO (scripts/build-production.sh)"; fi
+# STRAIT_BIN=path measures that binary as it is (a second run of a build
+# already made, without the half hour of building and training).
+if [ -n "${STRAIT_BIN:-}" ]; then
+  S=$STRAIT_BIN; BUILD="given binary: $S"
+else
+  S=$(scripts/build-production.sh)
+  if [ "${PGO:-1}" = 0 ]; then BUILD="production profile (fat LTO), no PGO"; else BUILD="production profile (fat LTO) with PGO (scripts/build-production.sh)"; fi
+fi
 OUT=$ROOT/target/bench
 rm -rf "$OUT"; mkdir -p "$OUT"
 W=$(mktemp -d -t strait-bench.XXXXXX)
