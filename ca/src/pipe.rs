@@ -19,8 +19,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 /// Buffer of each direction of [`bidirectional`].
 const PUMP_BUF: usize = 64 * 1024;
@@ -209,9 +211,9 @@ impl Half {
     }
 }
 
-/// A write buffer between a TLS session and the stream under it: once
-/// [`Coalesced::batch`] is called (after the handshake, so a handshake
-/// alert is never held back), writes are kept until [`BATCH`] bytes
+/// A write buffer between a TLS session and the stream under it, made by
+/// [`tls_connect`] and [`tls_accept`]: once the handshake is done (so a
+/// handshake alert is never held back), writes are kept until [`BATCH`] bytes
 /// are waiting or the session flushes (HTTP/2 and HTTP/1.1 flush whenever
 /// they wait for the peer, tokio-rustls at close), then leave in one write.
 /// A write of a whole batch or more with nothing waiting goes straight
@@ -227,9 +229,38 @@ pub struct Coalesced<T> {
     pos: usize,
 }
 
+/// The TLS client handshake on `io`, with a [`Coalesced`] writer under the
+/// session that batches from then on.
+pub async fn tls_connect<T>(
+    connector: TlsConnector,
+    name: ServerName<'static>,
+    io: T,
+) -> io::Result<client::TlsStream<Coalesced<T>>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut tls = connector.connect(name, Coalesced::new(io)).await?;
+    tls.get_mut().0.batch();
+    Ok(tls)
+}
+
+/// The TLS server handshake on `io`, with a [`Coalesced`] writer under the
+/// session that batches from then on.
+pub async fn tls_accept<T>(
+    acceptor: &TlsAcceptor,
+    io: T,
+) -> io::Result<server::TlsStream<Coalesced<T>>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut tls = acceptor.accept(Coalesced::new(io)).await?;
+    tls.get_mut().0.batch();
+    Ok(tls)
+}
+
 impl<T> Coalesced<T> {
     /// Writes pass straight through until [`Coalesced::batch`].
-    pub fn new(inner: T) -> Self {
+    fn new(inner: T) -> Self {
         Self {
             inner,
             batching: false,
@@ -239,7 +270,7 @@ impl<T> Coalesced<T> {
     }
 
     /// From now on, writes are batched.
-    pub fn batch(&mut self) {
+    fn batch(&mut self) {
         self.batching = true;
     }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use strait_ca::pipe::Coalesced;
+use strait_ca::pipe;
 use strait_ca::{CertStore, SharedBundle};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -319,8 +319,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acceptor: TlsAc
 async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, addr: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let limits = shared.cfg.limits.clone();
-    let accept = acceptor.accept(Coalesced::new(tcp));
-    let mut tls = match tokio::time::timeout(limits.handshake_timeout, accept).await {
+    let accept = pipe::tls_accept(&acceptor, tcp);
+    let tls = match tokio::time::timeout(limits.handshake_timeout, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(peer = %addr, error = %e, "gateway mTLS handshake failed");
@@ -332,7 +332,6 @@ async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, 
             return;
         }
     };
-    tls.get_mut().0.batch();
     let certs = tls.get_ref().1.peer_certificates();
     let id = match strait_ca::tls::peer_identity(certs) {
         Ok(id) => id,

@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use strait_api::snapshot::Protocol;
 use strait_api::{ClusterName, SpiffeId};
-use strait_ca::pipe::Coalesced;
+use strait_ca::pipe;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -82,8 +82,8 @@ async fn connection(
         }
         Err(_) => return Err("early_eof"),
     }
-    let accept = acceptor.accept(Coalesced::new(tcp));
-    let mut tls = match tokio::time::timeout(limits.header_read_timeout, accept).await {
+    let accept = pipe::tls_accept(&acceptor, tcp);
+    let tls = match tokio::time::timeout(limits.header_read_timeout, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "inbound mTLS handshake failed");
@@ -91,7 +91,6 @@ async fn connection(
         }
         Err(_) => return Err("tls_handshake_timeout"),
     };
-    tls.get_mut().0.batch();
     let from = match strait_ca::tls::peer_identity(tls.get_ref().1.peer_certificates()) {
         Ok(id) => Arc::new(Peer::new(&shared, id)),
         Err(_) => return Err("no_peer_identity"),

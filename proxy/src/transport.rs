@@ -16,7 +16,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use strait_api::SpiffeId;
 use strait_api::snapshot::Endpoint;
-use strait_ca::pipe::Coalesced;
+use strait_ca::pipe::{self, Coalesced};
 use strait_ca::tls::{self, ExpectedServer};
 use strait_ca::{CertStore, SharedBundle};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -290,12 +290,9 @@ async fn tls_connect(
         addr,
         source: std::io::Error::other(e.to_string()),
     })?;
-    let mut tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, Coalesced::new(tcp))
+    pipe::tls_connect(cfg.into(), name, tcp)
         .await
-        .map_err(|source| ConnectError::Tls { addr, source })?;
-    tls.get_mut().0.batch();
-    Ok(tls)
+        .map_err(|source| ConnectError::Tls { addr, source })
 }
 
 /// Fails unless the peer selected `wanted` (a peer without the protocol

@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use strait_api::SpiffeId;
-use strait_ca::pipe::Coalesced;
+use strait_ca::pipe::{self, Coalesced};
 use strait_ca::tls::{self, ExpectedServer};
 use tokio::net::TcpStream;
 
@@ -310,14 +310,12 @@ impl GatewayPool {
                 addr: gateway,
                 source: std::io::Error::other(e.to_string()),
             })?;
-        let mut tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, Coalesced::new(tcp))
+        let tls = pipe::tls_connect(cfg.into(), name, tcp)
             .await
             .map_err(|source| ConnectError::Tls {
                 addr: gateway,
                 source,
             })?;
-        tls.get_mut().0.batch();
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(4 << 20)
@@ -384,13 +382,10 @@ async fn open_inner_tls(
         .await
         .map_err(|e| io_err(e.to_string()))?;
     let name = ServerName::try_from("sidecar.strait.invalid").map_err(|e| io_err(e.to_string()))?;
-    let mut tls = tokio_rustls::TlsConnector::from(inner_config)
-        .connect(name, Coalesced::new(TokioIo::new(upgraded)))
+    pipe::tls_connect(inner_config.into(), name, TokioIo::new(upgraded))
         .await
         .map_err(|source| ConnectError::Tls {
             addr: target,
             source,
-        })?;
-    tls.get_mut().0.batch();
-    Ok(tls)
+        })
 }
