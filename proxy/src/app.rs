@@ -30,10 +30,10 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::h2client::{self, SendError, Sender, Settings};
 use crate::transport::{Body, BoxError, boxed, drive};
 
 /// Idle connections kept per app address.
@@ -58,6 +58,12 @@ pub enum AppError {
         addr: SocketAddr,
         #[source]
         source: hyper::Error,
+    },
+    #[error("HTTP/2 request to the app at {addr} failed: {source}")]
+    H2 {
+        addr: SocketAddr,
+        #[source]
+        source: h2::Error,
     },
 }
 
@@ -177,7 +183,15 @@ async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, AppError
     Ok(tcp)
 }
 
-type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+type H2Slot = Arc<tokio::sync::Mutex<Option<Sender>>>;
+
+/// Settings of h2c connections to apps (hyper's client defaults).
+const APP_H2: Settings = Settings {
+    stream_window: 2 << 20,
+    conn_window: 5 << 20,
+    max_frame: 16 << 10,
+    keep_alive: None,
+};
 
 /// One multiplexed HTTP/2 prior-knowledge (h2c) connection per app
 /// address; concurrent requests that find none wait for one connect.
@@ -202,26 +216,31 @@ impl Http2Conns {
         &self,
         addr: SocketAddr,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, AppError> {
+    ) -> Result<Response<Body>, AppError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots.entry(addr).or_default().clone()
         };
         let mut send = self.sender(&slot, addr, false).await?;
-        match send.try_send_request(req).await {
+        let (parts, body) = req.into_parts();
+        let head = parts.clone();
+        match send.send(Request::from_parts(parts, body)).await {
             Ok(resp) => Ok(resp),
-            Err(mut e) => match e.take_message() {
-                Some(req) => {
-                    let mut send = self.sender(&slot, addr, true).await?;
-                    send.send_request(req)
-                        .await
-                        .map_err(|source| AppError::Http { addr, source })
-                }
-                None => Err(AppError::Http {
-                    addr,
-                    source: e.into_error(),
-                }),
-            },
+            Err(SendError::NotSent {
+                body: Some(body), ..
+            }) => {
+                let mut send = self.sender(&slot, addr, true).await?;
+                send.send(Request::from_parts(head, body))
+                    .await
+                    .map_err(|e| AppError::H2 {
+                        addr,
+                        source: e.into_h2(),
+                    })
+            }
+            Err(e) => Err(AppError::H2 {
+                addr,
+                source: e.into_h2(),
+            }),
         }
     }
 
@@ -231,7 +250,7 @@ impl Http2Conns {
         slot: &H2Slot,
         addr: SocketAddr,
         fresh: bool,
-    ) -> Result<http2::SendRequest<Body>, AppError> {
+    ) -> Result<Sender, AppError> {
         let mut guard = slot.lock().await;
         if let Some(send) = guard.as_ref().filter(|s| !fresh && !s.is_closed()) {
             return Ok(send.clone());
@@ -243,15 +262,11 @@ impl Http2Conns {
         Ok(send)
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<http2::SendRequest<Body>, AppError> {
+    async fn connect(&self, addr: SocketAddr) -> Result<Sender, AppError> {
         let tcp = dial(addr, self.connect_timeout).await?;
-        let (send, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(tcp))
+        h2client::handshake(tcp, APP_H2, "app h2c connection", addr)
             .await
-            .map_err(|source| AppError::Http { addr, source })?;
-        drive(conn, "app h2c connection", addr);
-        Ok(send)
+            .map_err(|source| AppError::H2 { addr, source })
     }
 }
 
@@ -427,8 +442,10 @@ mod tests {
                             "ok",
                         )))
                     });
-                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc);
+                    let conn = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(tcp), svc);
                     tokio::select! {
                         _ = conn => {}
                         _ = closed.changed() => {}

@@ -13,6 +13,7 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use strait_api::snapshot::{Service, Snapshot};
 
+use crate::h2client::SendError;
 use crate::headers::{self, error};
 use crate::metrics::{Direction, ServiceReason};
 use crate::outlier::Outcome;
@@ -206,28 +207,25 @@ async fn attempt(
     };
     let mut req = Request::from_parts(parts.clone(), req_body);
     *req.extensions_mut() = http::Extensions::new();
-    match send.try_send_request(req).await {
+    match send.send(req).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(parts, boxed(body)))
+            Ok(Response::from_parts(parts, body))
         }
-        Err(mut e) => {
+        Err(SendError::NotSent { body: back, source }) => {
             shared.pool.evict_hop(hop, identity);
-            match e.take_message() {
-                Some(req) => {
-                    // Never sent: the body is intact for another endpoint.
-                    if !replayable {
-                        *body = Some(req.into_body());
-                    }
-                    Err(Failure::ConnectFailure)
-                }
-                None => {
-                    let err = e.into_error();
-                    tracing::debug!(endpoint = %target, error = %err, "request failed in flight");
-                    Err(Failure::Reset)
-                }
+            tracing::debug!(endpoint = %target, error = %source, "request not sent");
+            // Never sent: the body is intact for another endpoint.
+            if !replayable {
+                *body = back;
             }
+            Err(Failure::ConnectFailure)
+        }
+        Err(SendError::Failed(err)) => {
+            shared.pool.evict_hop(hop, identity);
+            tracing::debug!(endpoint = %target, error = %err, "request failed in flight");
+            Err(Failure::Reset)
         }
     }
 }

@@ -292,7 +292,6 @@ async fn forward_to_app(
                 .app_h2
                 .send(target, req)
                 .await
-                .map(|r| r.map(boxed))
                 .map_err(|e| e.to_string())
         }
         _ => {

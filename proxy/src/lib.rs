@@ -27,6 +27,8 @@ pub mod balance;
 pub mod config;
 mod copy;
 pub mod forward;
+pub mod h2client;
+mod h2stream;
 pub mod headers;
 pub mod inbound;
 pub mod locality;

@@ -20,6 +20,7 @@ use strait_api::snapshot::{Protocol, Snapshot};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::h2stream::H2Stream;
 use crate::headers::error;
 use crate::metrics::{Direction, TcpLabels};
 use crate::outlier::Outcome;
@@ -27,7 +28,7 @@ use crate::route::{self, Hop};
 use crate::router::{Kind, service_key};
 use crate::sniff::{self, Detected};
 use crate::state::Shared;
-use crate::transport::{Body, empty};
+use crate::transport::Body;
 
 /// What a listener was bound for.
 #[derive(Debug, Clone, Copy)]
@@ -213,7 +214,7 @@ async fn tcp_tunnel(shared: Arc<Shared>, mut tcp: TcpStream, vip: IpAddr, port: 
         };
         tried.push(picked.index);
         let addr = picked.endpoint.address;
-        let upgraded =
+        let mut tunnel =
             match open_connect(&shared, picked.endpoint, picked.hop, &svc_name, port).await {
                 Ok(u) => u,
                 Err(reason) => {
@@ -233,9 +234,8 @@ async fn tcp_tunnel(shared: Arc<Shared>, mut tcp: TcpStream, vip: IpAddr, port: 
             destination_service: svc_name.clone(),
         };
         shared.metrics.tcp_connections.get_or_create(&labels).inc();
-        let mut up = TokioIo::new(upgraded);
         let (sent, received) =
-            crate::copy::bidirectional(&mut tcp, &mut up, shared.cfg.limits.idle_timeout).await;
+            crate::copy::bidirectional(&mut tcp, &mut tunnel, shared.cfg.limits.idle_timeout).await;
         shared
             .metrics
             .tcp_bytes_sent
@@ -262,25 +262,27 @@ async fn open_connect(
     hop: Hop,
     svc_name: &str,
     port: u16,
-) -> Result<hyper::upgrade::Upgraded, &'static str> {
+) -> Result<H2Stream, &'static str> {
     let (mut send, hop) = shared
         .pool
         .get_hop(endpoint, hop)
         .await
         .map_err(|_| "connect")?;
-    let req = Request::builder()
-        .method(Method::CONNECT)
-        .uri(format!("{svc_name}:{port}"))
-        .body(empty())
+    let uri = format!("{svc_name}:{port}")
+        .parse::<http::Uri>()
         .map_err(|_| "bad_request")?;
-    let Ok(resp) = send.send_request(req).await else {
-        shared.pool.evict_hop(hop, &endpoint.identity);
-        return Err("send");
-    };
-    if resp.status() != StatusCode::OK {
-        return Err("refused");
+    match send.connect(uri).await {
+        Ok((_, Some(mut stream))) => {
+            // App bytes: writes gather until the pump flushes.
+            stream.batch();
+            Ok(stream)
+        }
+        Ok((_, None)) => Err("refused"),
+        Err(_) => {
+            shared.pool.evict_hop(hop, &endpoint.identity);
+            Err("send")
+        }
     }
-    hyper::upgrade::on(resp).await.map_err(|_| "upgrade")
 }
 
 /// Keeps one listener per service VIP:port of the current snapshot.

@@ -10,8 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use strait_api::SpiffeId;
@@ -23,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::h2client::{self, Sender, Settings};
 use crate::route::Hop;
 use crate::tunnel::GatewayPool;
 
@@ -87,7 +86,7 @@ pub enum ConnectError {
     H2 {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: BoxError,
     },
     #[error("{addr} did not agree to ALPN {wanted}")]
     Alpn { addr: SocketAddr, wanted: String },
@@ -115,7 +114,7 @@ impl Identity {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
+type Slot = Arc<tokio::sync::Mutex<Option<Sender>>>;
 /// A client TLS config per (expected peer identity, ALPN).
 type ConfigKey = (SpiffeId, &'static [u8]);
 
@@ -156,7 +155,7 @@ impl PeerPool {
         &self,
         endpoint: &Endpoint,
         hop: Hop,
-    ) -> Result<(SendRequest<Body>, Hop), ConnectError> {
+    ) -> Result<(Sender, Hop), ConnectError> {
         match hop {
             Hop::Direct(addr) => Ok((self.get(addr, &endpoint.identity).await?, hop)),
             Hop::Gateway { gateway, target } => {
@@ -233,11 +232,7 @@ impl PeerPool {
 
     /// A ready HTTP/2 sender to the sidecar at `addr`, which must present
     /// `identity`.
-    pub async fn get(
-        &self,
-        addr: SocketAddr,
-        identity: &SpiffeId,
-    ) -> Result<SendRequest<Body>, ConnectError> {
+    pub async fn get(&self, addr: SocketAddr, identity: &SpiffeId) -> Result<Sender, ConnectError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots.entry((addr, identity.clone())).or_default().clone()
@@ -260,16 +255,12 @@ impl PeerPool {
         slots.remove(&(addr, identity.clone()));
     }
 
-    async fn connect(
-        &self,
-        addr: SocketAddr,
-        identity: &SpiffeId,
-    ) -> Result<SendRequest<Body>, ConnectError> {
+    async fn connect(&self, addr: SocketAddr, identity: &SpiffeId) -> Result<Sender, ConnectError> {
         let cfg = self.client_config(identity, ALPN_H2)?;
         let timeout = self.connect_timeout;
         let fut = async {
             let tls = tls_connect(addr, cfg).await?;
-            handshake_h2(TokioIo::new(tls), addr).await
+            handshake_h2(tls, addr).await
         };
         tokio::time::timeout(timeout, fut)
             .await
@@ -317,24 +308,27 @@ pub(crate) fn check_alpn(
 /// frames each frame plus its header overflowed a TLS record by 9 bytes.
 pub(crate) const MAX_FRAME: u32 = 1 << 16;
 
-/// The HTTP/2 client handshake over any byte stream (a TLS connection, or a
-/// TLS session inside a gateway tunnel); the connection task is spawned.
-pub async fn handshake_h2<T>(io: T, addr: SocketAddr) -> Result<SendRequest<Body>, ConnectError>
+/// Settings of sidecar-to-sidecar HTTP/2 connections.
+const PEER_H2: Settings = Settings {
+    stream_window: 1 << 20,
+    conn_window: 4 << 20,
+    max_frame: MAX_FRAME,
+    keep_alive: Some((Duration::from_secs(10), Duration::from_secs(5))),
+};
+
+/// The HTTP/2 client handshake with a peer sidecar over any byte stream (a
+/// TLS connection, or a TLS session inside a gateway tunnel); the
+/// connection task is spawned.
+pub async fn handshake_h2<T>(io: T, addr: SocketAddr) -> Result<Sender, ConnectError>
 where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .max_frame_size(MAX_FRAME)
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .handshake(io)
+    h2client::handshake(io, PEER_H2, "peer connection", addr)
         .await
-        .map_err(|source| ConnectError::H2 { addr, source })?;
-    drive(conn, "peer connection", addr);
-    Ok(send)
+        .map_err(|source| ConnectError::H2 {
+            addr,
+            source: source.into(),
+        })
 }
 
 /// Runs a client connection's task until the connection ends; `what`

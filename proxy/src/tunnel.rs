@@ -32,6 +32,7 @@ use strait_ca::pipe::{self, Coalesced};
 use strait_ca::tls::{self, ExpectedServer};
 use tokio::net::TcpStream;
 
+use crate::h2client::Sender;
 use crate::transport::{
     ALPN_H2, Body, ConnectError, Identity, PeerStream, check_alpn, drive, empty, handshake_h2,
 };
@@ -49,7 +50,7 @@ type InnerKey = (SocketAddr, SocketAddr, SpiffeId);
 /// An inner session and the outer connection it rides on.
 #[derive(Clone)]
 struct Inner {
-    send: SendRequest<Body>,
+    send: Sender,
     outer: SendRequest<Body>,
 }
 
@@ -101,7 +102,7 @@ impl GatewayPool {
         target: SocketAddr,
         identity: &SpiffeId,
         inner_config: Arc<ClientConfig>,
-    ) -> Result<(SendRequest<Body>, SocketAddr), ConnectError> {
+    ) -> Result<(Sender, SocketAddr), ConnectError> {
         self.each_replica(replicas, preferred, target, |gateway| {
             self.get_via(gateway, target, identity, inner_config.clone())
         })
@@ -186,7 +187,7 @@ impl GatewayPool {
         target: SocketAddr,
         identity: &SpiffeId,
         inner_config: Arc<ClientConfig>,
-    ) -> Result<SendRequest<Body>, ConnectError> {
+    ) -> Result<Sender, ConnectError> {
         let slot = lock(&self.inner)
             .entry((gateway, target, identity.clone()))
             .or_default()
@@ -257,9 +258,9 @@ impl GatewayPool {
         gateway: SocketAddr,
         target: SocketAddr,
         inner_config: Arc<ClientConfig>,
-    ) -> Result<SendRequest<Body>, ConnectError> {
+    ) -> Result<Sender, ConnectError> {
         let tls = open_inner_tls(outer, gateway, target, inner_config).await?;
-        handshake_h2(TokioIo::new(tls), target).await
+        handshake_h2(tls, target).await
     }
 
     /// The pooled outer connection to `gateway`, connecting if needed.
@@ -329,7 +330,7 @@ impl GatewayPool {
             .await
             .map_err(|source| ConnectError::H2 {
                 addr: gateway,
-                source,
+                source: source.into(),
             })?;
         drive(conn, "gateway connection", gateway);
         tracing::debug!(%gateway, "gateway connection open");
@@ -362,7 +363,7 @@ async fn open_inner_tls(
         .await
         .map_err(|source| ConnectError::H2 {
             addr: gateway,
-            source,
+            source: source.into(),
         })?;
     if resp.status() != StatusCode::OK {
         let reason = resp
