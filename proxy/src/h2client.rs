@@ -325,3 +325,6 @@ impl hyper::body::Body for RecvBody {
         self.hint
     }
 }
+
+#[cfg(test)]
+mod tests;

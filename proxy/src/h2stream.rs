@@ -1,10 +1,9 @@
-//! An HTTP/2 `CONNECT` stream as a byte stream, for the inner TLS session
-//! that runs through a gateway.
+//! An HTTP/2 `CONNECT` stream as a byte stream: a sidecar's TCP tunnel to
+//! a peer sidecar, on the pooled connection (`h2client::Sender::connect`).
 //!
-//! Writes gather in one buffer and leave as one DATA frame (about 64 KiB, or
-//! what waits at a flush), handed to h2 without another copy: the inner
-//! session's 16 KiB records become one outer frame each 64 KiB instead of
-//! one each (hyper's upgraded stream copied every write and passed it
+//! Once batching is on, writes gather in one buffer and leave as one DATA
+//! frame (about 64 KiB, or what waits at a flush), handed to h2 without
+//! another copy (hyper's upgraded stream copied every write and passed it
 //! through a task of its own). Reads hand out the received frames.
 
 use std::io;
