@@ -222,15 +222,15 @@ impl Http2Conns {
             slots.entry(addr).or_default().clone()
         };
         let mut send = self.sender(&slot, addr, false).await?;
-        let (parts, body) = req.into_parts();
-        let head = parts.clone();
-        match send.send(Request::from_parts(parts, body)).await {
+        match send.send(req).await {
             Ok(resp) => Ok(resp),
             Err(SendError::NotSent {
-                body: Some(body), ..
+                head: Some(head),
+                body: Some(body),
+                ..
             }) => {
                 let mut send = self.sender(&slot, addr, true).await?;
-                send.send(Request::from_parts(head, body))
+                send.send(Request::from_parts(*head, body))
                     .await
                     .map_err(|e| AppError::H2 {
                         addr,

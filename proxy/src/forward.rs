@@ -213,7 +213,9 @@ async fn attempt(
             headers::strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body))
         }
-        Err(SendError::NotSent { body: back, source }) => {
+        Err(SendError::NotSent {
+            body: back, source, ..
+        }) => {
             shared.pool.evict_hop(hop, identity);
             tracing::debug!(endpoint = %target, error = %source, "request not sent");
             // Never sent: the body is intact for another endpoint.

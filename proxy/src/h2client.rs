@@ -55,11 +55,13 @@ impl std::fmt::Debug for Sender {
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// The connection took no new stream (it had closed, or refused the
-    /// request's head): nothing was sent, and the body comes back intact
-    /// for another try.
+    /// Nothing was sent: the connection had closed (`head` comes back too,
+    /// so the request can go on another connection as it was), or it
+    /// refused the request's head (`head` is gone). The body comes back
+    /// intact either way.
     #[error("request not sent: {source}")]
     NotSent {
+        head: Option<Box<http::request::Parts>>,
         body: Option<Body>,
         #[source]
         source: h2::Error,
@@ -88,12 +90,20 @@ impl Sender {
     /// Sends `req` (absolute URI, no connection-specific headers) and waits
     /// for the response head.
     pub async fn send(&mut self, req: Request<Body>) -> Result<Response<Body>, SendError> {
-        let (parts, body) = req.into_parts();
+        let (head, body) = req.into_parts();
+        if let Err(source) = self.ready().await {
+            return Err(SendError::NotSent {
+                head: Some(Box::new(head)),
+                body: Some(body),
+                source,
+            });
+        }
         let end = body.is_end_stream();
-        let (answer, stream) = match self.open(Request::from_parts(parts, ()), end).await {
+        let (answer, stream) = match self.send.send_request(Request::from_parts(head, ()), end) {
             Ok(opened) => opened,
             Err(source) => {
                 return Err(SendError::NotSent {
+                    head: None,
                     body: Some(body),
                     source,
                 });
@@ -116,10 +126,13 @@ impl Sender {
         let mut req = Request::new(());
         *req.method_mut() = Method::CONNECT;
         *req.uri_mut() = authority;
-        let (answer, stream) = self
-            .open(req, false)
-            .await
-            .map_err(|source| SendError::NotSent { body: None, source })?;
+        let not_sent = |source| SendError::NotSent {
+            head: None,
+            body: None,
+            source,
+        };
+        self.ready().await.map_err(not_sent)?;
+        let (answer, stream) = self.send.send_request(req, false).map_err(not_sent)?;
         let resp = answer.await.map_err(SendError::Failed)?;
         let status = resp.status();
         let tunnel = status
@@ -128,16 +141,14 @@ impl Sender {
         Ok((status, tunnel))
     }
 
-    async fn open(
-        &mut self,
-        head: Request<()>,
-        end: bool,
-    ) -> Result<(h2::client::ResponseFuture, SendStream<Bytes>), h2::Error> {
-        if let Err(e) = poll_fn(|cx| self.send.poll_ready(cx)).await {
+    /// Waits until the connection takes another stream; an error means it
+    /// has closed.
+    async fn ready(&mut self) -> Result<(), h2::Error> {
+        let ready = poll_fn(|cx| self.send.poll_ready(cx)).await;
+        if ready.is_err() {
             self.closed.store(true, Ordering::Relaxed);
-            return Err(e);
         }
-        self.send.send_request(head, end)
+        ready
     }
 }
 
@@ -274,19 +285,13 @@ async fn send_data(
 struct RecvBody {
     recv: RecvStream,
     data_done: bool,
-    hint: SizeHint,
 }
 
 impl RecvBody {
     fn new(recv: RecvStream) -> Self {
-        let mut hint = SizeHint::new();
-        if recv.is_end_stream() {
-            hint.set_exact(0);
-        }
         Self {
             recv,
             data_done: false,
-            hint,
         }
     }
 }
@@ -322,7 +327,11 @@ impl hyper::body::Body for RecvBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint
+        if self.recv.is_end_stream() {
+            SizeHint::with_exact(0)
+        } else {
+            SizeHint::default()
+        }
     }
 }
 

@@ -116,8 +116,11 @@ async fn a_closed_connection_gives_the_body_back_unsent() {
     let body = boxed(http_body_util::Full::new(Bytes::from_static(b"keep me")));
     match send.send(request(body)).await {
         Err(SendError::NotSent {
-            body: Some(body), ..
+            head: Some(head),
+            body: Some(body),
+            ..
         }) => {
+            assert_eq!(head.uri, "http://echo.test/", "the head comes back too");
             let back = body.collect().await.unwrap().to_bytes();
             assert_eq!(back, Bytes::from_static(b"keep me"));
         }
