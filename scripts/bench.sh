@@ -37,7 +37,9 @@ cargo build --profile production -q -p strait-bench
 B=$ROOT/target/production/strait-bench
 # The binary to deploy: production profile with PGO (PGO=0: without).
 # STRAIT_BIN=path measures that binary as it is (a second run of a build
-# already made, without the half hour of building and training).
+# already made, without the half hour of building and training). The PGO
+# build is target/pgo-use/<host>/production/strait; target/production/strait
+# is only a plain production build, if one was ever made.
 if [ -n "${STRAIT_BIN:-}" ]; then
   S=$STRAIT_BIN; BUILD="given binary: $S"
 else
