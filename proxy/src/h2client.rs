@@ -117,12 +117,9 @@ impl Sender {
         Ok(Response::from_parts(parts, boxed(RecvBody::new(recv))))
     }
 
-    /// `CONNECT authority` (RFC 9113 8.5): the answer's status and, on a
-    /// 2xx, the stream as bytes both ways.
-    pub(crate) async fn connect(
-        &mut self,
-        authority: Uri,
-    ) -> Result<(http::StatusCode, Option<H2Stream>), SendError> {
+    /// `CONNECT authority` (RFC 9113 8.5): on a 2xx answer, the stream as
+    /// bytes both ways; `None` when the peer refused.
+    pub(crate) async fn connect(&mut self, authority: Uri) -> Result<Option<H2Stream>, SendError> {
         let mut req = Request::new(());
         *req.method_mut() = Method::CONNECT;
         *req.uri_mut() = authority;
@@ -134,11 +131,10 @@ impl Sender {
         self.ready().await.map_err(not_sent)?;
         let (answer, stream) = self.send.send_request(req, false).map_err(not_sent)?;
         let resp = answer.await.map_err(SendError::Failed)?;
-        let status = resp.status();
-        let tunnel = status
+        Ok(resp
+            .status()
             .is_success()
-            .then(|| H2Stream::new(stream, resp.into_body()));
-        Ok((status, tunnel))
+            .then(|| H2Stream::new(stream, resp.into_body())))
     }
 
     /// Waits until the connection takes another stream; an error means it

@@ -1,8 +1,8 @@
 //! An HTTP/2 `CONNECT` stream as a byte stream: a sidecar's TCP tunnel to
 //! a peer sidecar, on the pooled connection (`h2client::Sender::connect`).
 //!
-//! Once batching is on, writes gather in one buffer and leave as one DATA
-//! frame (about 64 KiB, or what waits at a flush), handed to h2 without
+//! Writes gather in one buffer and leave as one DATA frame (about 64 KiB,
+//! or what waits at a flush), handed to h2 without
 //! another copy (hyper's upgraded stream copied every write and passed it
 //! through a task of its own). Reads hand out the received frames.
 
@@ -25,9 +25,6 @@ pub(crate) struct H2Stream {
     rbuf: Bytes,
     /// Written, not yet sent.
     wbuf: BytesMut,
-    /// Off until [`H2Stream::batch`]: each write leaves at once (a TLS
-    /// handshake's last alert is never held back).
-    batching: bool,
     ended: bool,
 }
 
@@ -38,14 +35,8 @@ impl H2Stream {
             recv,
             rbuf: Bytes::new(),
             wbuf: BytesMut::new(),
-            batching: false,
             ended: false,
         }
-    }
-
-    /// From now on, writes gather into frames of about [`BATCH`].
-    pub(crate) fn batch(&mut self) {
-        self.batching = true;
     }
 
     /// Sends what waits as one DATA frame once the stream has room.
@@ -107,7 +98,7 @@ impl AsyncWrite for H2Stream {
             ready!(this.poll_send(cx))?;
         }
         this.wbuf.extend_from_slice(buf);
-        if !this.batching || this.wbuf.len() >= BATCH {
+        if this.wbuf.len() >= BATCH {
             // Taken either way; a stream without room wakes us later.
             if let Poll::Ready(Err(e)) = this.poll_send(cx) {
                 return Poll::Ready(Err(e));
@@ -132,7 +123,7 @@ impl AsyncWrite for H2Stream {
     }
 }
 
-pub(crate) fn h2_io(e: h2::Error) -> io::Error {
+fn h2_io(e: h2::Error) -> io::Error {
     if e.is_io() {
         e.into_io()
             .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"))
@@ -193,13 +184,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_leave_at_once_then_in_batches_and_the_end_is_passed_on() {
+    async fn writes_leave_at_a_flush_or_in_batches_and_the_end_is_passed_on() {
         let (mut s, server) = connected().await;
-        // Before batch() (the TLS handshake): one frame per write.
+        // A small write leaves at the flush after it.
         for _ in 0..3 {
             s.write_all(&[1; 100]).await.unwrap();
+            s.flush().await.unwrap();
         }
-        s.batch();
         for _ in 0..200 {
             s.write_all(&[2; 1024]).await.unwrap();
         }

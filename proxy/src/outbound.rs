@@ -272,12 +272,8 @@ async fn open_connect(
         .parse::<http::Uri>()
         .map_err(|_| "bad_request")?;
     match send.connect(uri).await {
-        Ok((_, Some(mut stream))) => {
-            // App bytes: writes gather until the pump flushes.
-            stream.batch();
-            Ok(stream)
-        }
-        Ok((_, None)) => Err("refused"),
+        Ok(Some(stream)) => Ok(stream),
+        Ok(None) => Err("refused"),
         Err(_) => {
             shared.pool.evict_hop(hop, &endpoint.identity);
             Err("send")
