@@ -1,29 +1,22 @@
-//! The Strait sidecar proxy's decision layer.
+//! The Strait sidecar proxy: listeners, mTLS, HTTP/1.1, HTTP/2, gRPC and
+//! TCP forwarding that executes the routing decisions of `strait-routing`.
 //!
-//! What it is: pure functions and small state machines over a
-//! [`strait_api::snapshot::Snapshot`] that decide where a request or
-//! connection goes and whether it may pass:
-//! - [`locality`]: priority tiers (zone, region, failover order), the
-//!   overprovisioning spill, `distribute` weights, stale and panic fallbacks,
-//!   with a [`locality::Reason`] that `strait status` can show;
-//! - [`balance`]: power of two choices over peak-EWMA latency, round robin,
-//!   least connections for TCP;
-//! - [`outlier`]: passive ejection after consecutive failures;
-//! - [`retry`]: retry budgets, retryability and "another endpoint";
-//! - [`authz`]: authorization policies over normalized HTTP paths;
-//! - [`route`]: the per-request (or per-connection) entry point: VIP and
-//!   port to service, plan, endpoint and hop (direct or through a gateway).
+//! - outbound ([`outbound`], [`forward`], [`router`]): the app's requests
+//!   arrive on a service VIP or the explicit proxy port; the router picks an
+//!   endpoint (locality plan, balancing, outlier ejection, retries) and
+//!   sends the request over a pooled mTLS HTTP/2 connection to the
+//!   destination sidecar, directly or in a `CONNECT` tunnel through the
+//!   serving cluster's east-west gateway ([`transport`], [`tunnel`]);
+//! - inbound ([`inbound`]): verifies the caller's SPIFFE ID, authorizes the
+//!   request, replaces identity headers and forwards to the app ([`app`]);
+//! - [`admin`]: `/metrics`, `/ready`, `/live`, `/config`, `/trust`.
 //!
-//! What it is not: there are no sockets, TLS, timers or clocks here. Time
-//! comes in as an [`std::time::Instant`] argument and randomness through
-//! [`balance::Random`], so every decision is reproducible in a table test.
-//! The I/O layer (listeners, mTLS, HTTP/2 CONNECT tunnels) executes these
-//! decisions and lives elsewhere.
+//! The decisions themselves (`locality`, `balance`, `outlier`, `retry`,
+//! `authz`, `route`) are pure functions in `strait-routing`, re-exported
+//! here under their old paths.
 
 pub mod admin;
 pub mod app;
-pub mod authz;
-pub mod balance;
 pub mod config;
 mod copy;
 pub mod forward;
@@ -31,13 +24,9 @@ pub mod h2client;
 mod h2stream;
 pub mod headers;
 pub mod inbound;
-pub mod locality;
 pub mod metrics;
 pub mod outbound;
-pub mod outlier;
 mod proxy;
-pub mod retry;
-pub mod route;
 pub mod router;
 pub mod sniff;
 pub mod state;
@@ -49,3 +38,4 @@ pub mod upgrade;
 
 pub use config::ProxyConfig;
 pub use proxy::{Proxy, StartError};
+pub use strait_routing::{authz, balance, locality, outlier, retry, route};

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 use strait_api::ClusterName;
 use strait_api::snapshot::{Endpoint, Health};
-use strait_proxy::locality::{self, Caller, Candidate};
+use strait_routing::locality::{self, Caller, Candidate};
 
 use super::Shared;
 use crate::catalog::Export;

@@ -234,19 +234,19 @@ fn authorization_of_the_local_policy_is_carried_into_every_snapshot() {
     assert_eq!(svc.authorization, vec![guest_admin_deny()]);
     // The sidecar's decision over this snapshot: guests are denied /admin.
     let guest = SpiffeId::parse("spiffe://strait.local/ns/guest/sa/x").unwrap();
-    let req = |source, path| strait_proxy::authz::Request {
+    let req = |source, path| strait_routing::authz::Request {
         port: 80,
         source: Some(source),
-        http: Some(strait_proxy::authz::HttpRequest {
+        http: Some(strait_routing::authz::HttpRequest {
             method: "GET",
             path,
             host: None,
         }),
     };
-    let esc = strait_proxy::authz::EscapedSlashes::Reject;
-    let denied = strait_proxy::authz::evaluate(&svc.authorization, &req(&guest, "/admin"), esc);
+    let esc = strait_routing::authz::EscapedSlashes::Reject;
+    let denied = strait_routing::authz::evaluate(&svc.authorization, &req(&guest, "/admin"), esc);
     assert!(!denied.allowed, "{denied:?}");
-    let allowed = strait_proxy::authz::evaluate(&svc.authorization, &req(&guest, "/"), esc);
+    let allowed = strait_routing::authz::evaluate(&svc.authorization, &req(&guest, "/"), esc);
     assert!(allowed.allowed, "{allowed:?}");
     // A service without a policy has none.
     let other = snap.service("default", "ratings").unwrap();
