@@ -86,6 +86,10 @@ pub struct Snapshot {
     pub clusters: Vec<ClusterName>,
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Only in the snapshot of the cluster's east-west gateways: what they
+    /// let linked clusters reach (`None` for proxies and DNS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exports: Option<crate::exports::ExportTable>,
 }
 
 /// Where the receiving proxy runs.
@@ -617,6 +621,10 @@ impl Snapshot {
                 return Err(dup(format!("{f}.vip"), "vip", svc.vip));
             }
             validate_service(&f, svc, &self.local.cluster, &known)?;
+        }
+        if let Some(t) = &self.exports {
+            t.validate()
+                .map_err(|e| SnapshotError::invalid("exports", "export table", e.to_string()))?;
         }
         Ok(())
     }

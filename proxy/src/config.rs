@@ -1,5 +1,6 @@
 //! The sidecar's own configuration (where it listens, who it is, where its
-//! app is). Routing data comes separately, as a [`Snapshot`].
+//! app is, which controller it follows). Routing data comes from that
+//! controller's config push, or a snapshot file, as a [`Snapshot`].
 //!
 //! Parsed from YAML with unknown fields refused, then validated into the
 //! same struct; tests build a [`ProxyConfig`] directly.
@@ -171,6 +172,11 @@ pub struct ProxyConfig {
     /// the last good snapshot stays).
     #[serde(default)]
     pub snapshot_file: Option<PathBuf>,
+    /// The cluster's controller: the sidecar subscribes to its config push
+    /// with its own certificate and keeps the last good snapshot while the
+    /// controller is away. `cluster:` is required here.
+    #[serde(default)]
+    pub controller: Option<strait_agent::ControllerRef>,
     #[serde(default)]
     pub limits: Limits,
     /// One structured log line per request (target `strait::access`).
@@ -214,6 +220,16 @@ impl ProxyConfig {
                 return Err(invalid(
                     "local_service",
                     format!("{s:?} is not of the form name.namespace"),
+                ));
+            }
+        }
+        if let Some(c) = &self.controller {
+            c.cluster_or(None)
+                .map_err(|e| invalid("controller.cluster", e))?;
+            if self.snapshot_file.is_some() {
+                return Err(invalid(
+                    "controller",
+                    "controller: and snapshot_file: are two sources of routing; keep one",
                 ));
             }
         }

@@ -148,6 +148,9 @@ async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let source = &peer.id;
+    if is_controller(source) && req.headers().get(PROBE_HEADER).is_some_and(|v| v == "app") {
+        return probe_app(&shared).await;
+    }
     let upgrade = headers::upgrade_of(req.version(), req.headers());
     if http1 && upgrade.is_none() {
         shared.metrics.refuse(Direction::inbound, "upgrade_only");
@@ -241,6 +244,53 @@ async fn handle(
         Some(started.elapsed()),
     );
     resp
+}
+
+/// The header of a controller's health probe, answered by the sidecar.
+const PROBE_HEADER: &str = "strait-probe";
+
+/// Whether `id` is a cluster controller's (`ns/strait-system/sa/controller-*`).
+fn is_controller(id: &strait_api::SpiffeId) -> bool {
+    id.namespace() == Some(strait_api::identity::SYSTEM_NAMESPACE)
+        && id
+            .service_account()
+            .is_some_and(|sa| sa.starts_with("controller-"))
+}
+
+/// A controller asks whether this sidecar reaches its app: a TCP connect to
+/// every app port's target. Answered here, never forwarded to the app.
+async fn probe_app(shared: &Shared) -> Response<Body> {
+    for app in &shared.cfg.app {
+        let target = app.target();
+        let dial = tokio::time::timeout(
+            std::time::Duration::from_millis(400),
+            tokio::net::TcpStream::connect(target),
+        )
+        .await;
+        match dial {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "app_unavailable",
+                    format!("app port {} at {target}: {e}", app.port),
+                );
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "app_unavailable",
+                    format!(
+                        "app port {} at {target}: no connection within 400ms",
+                        app.port
+                    ),
+                );
+            }
+        }
+    }
+    let mut ok = Response::new(crate::transport::full("app reachable\n"));
+    *ok.status_mut() = StatusCode::OK;
+    ok
 }
 
 /// What a request names as its destination, `name.ns:port`, and the port:

@@ -63,6 +63,7 @@ fn world() -> World {
         catalog: Arc::new(catalog),
         health: BTreeMap::new(),
         peers: BTreeMap::from([(c("west"), Arc::new(west))]),
+        vips: VipRange::default(),
     }
 }
 
