@@ -25,7 +25,7 @@ use strait_ca::pipe;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::authz::{self, EscapedSlashes, HttpRequest};
+use crate::authz::{self, HttpRequest};
 use crate::headers::{self, error};
 use crate::metrics::{Direction, Metrics, ReasonLabels, TcpLabels};
 use crate::sniff::{self, Detected};
@@ -143,7 +143,7 @@ async fn connection(
 async fn handle(
     shared: Arc<Shared>,
     peer: Arc<Peer>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     http1: bool,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -182,7 +182,7 @@ async fn handle(
         .map(|s| s.authorization.as_slice())
         .unwrap_or(&[]);
     let is_connect = req.method() == Method::CONNECT;
-    let decision = authz::evaluate(
+    let authorized = authz::authorize(
         policies,
         &authz::Request {
             port,
@@ -193,8 +193,20 @@ async fn handle(
                 host: headers::host_of(req.uri(), req.headers()),
             }),
         },
-        EscapedSlashes::Reject,
     );
+    let (decision, canonical) = match authorized {
+        Ok(a) => (a.decision, a.path),
+        Err(e) => {
+            shared.metrics.refuse(Direction::inbound, "bad_path");
+            tracing::info!(source = %source, service = %service, path = %req.uri().path(), reason = e.reason(), "path refused");
+            let msg = format!("{service}: the request path cannot be canonicalized: {e}");
+            let resp = error(StatusCode::BAD_REQUEST, e.reason(), msg);
+            if let Some(proto) = &upgrade {
+                crate::upgrade::count(&shared, Direction::inbound, service, proto, &resp);
+            }
+            return resp;
+        }
+    };
     let local = &snapshot.local.cluster;
     if !decision.allowed {
         shared
@@ -216,6 +228,17 @@ async fn handle(
             crate::upgrade::count(&shared, Direction::inbound, service, proto, &resp);
         }
         return resp;
+    }
+    // The app receives exactly the path that was decided on.
+    if let Some(path) = canonical.filter(|p| p != req.uri().path()) {
+        let Some(uri) = with_path(req.uri(), &path) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_uri",
+                "request target is invalid",
+            );
+        };
+        *req.uri_mut() = uri;
     }
     if is_connect {
         // Boxed, like the other rare paths: the request future stays small.
@@ -241,6 +264,23 @@ async fn handle(
         Some(started.elapsed()),
     );
     resp
+}
+
+/// `uri` with its path replaced by `path` (scheme, authority and query
+/// kept).
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut b = Uri::builder();
+    if let Some(s) = uri.scheme() {
+        b = b.scheme(s.clone());
+    }
+    if let Some(a) = uri.authority() {
+        b = b.authority(a.clone());
+    }
+    b.path_and_query(pq).build().ok()
 }
 
 /// What a request names as its destination, `name.ns:port`, and the port:
@@ -287,7 +327,7 @@ async fn forward_to_app(
                 parts.uri = uri;
             }
             parts.version = http::Version::HTTP_2;
-            let req = Request::from_parts(parts, boxed(body));
+            let req = Request::from_parts(parts, boxed(headers::StripTrailers::new(body)));
             shared
                 .app_h2
                 .send(target, req)
@@ -307,7 +347,7 @@ async fn forward_to_app(
                     }
                 }
             }
-            let req = Request::from_parts(parts, boxed(body));
+            let req = Request::from_parts(parts, boxed(headers::StripTrailers::new(body)));
             shared
                 .app_http1
                 .send(target, req)

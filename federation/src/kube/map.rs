@@ -564,5 +564,7 @@ fn authorization_of(f: &str, a: &AuthorizationSpec) -> Result<AuthorizationPolic
         ports: a.ports.clone(),
         deny: rules("deny", &a.deny)?,
         allow: rules("allow", &a.allow)?,
+        // Path handling opt-ins are not in the CRD yet: the safe default.
+        path: Default::default(),
     })
 }
