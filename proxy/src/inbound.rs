@@ -6,7 +6,12 @@
 //!
 //! Peers speak HTTP/2 (ALPN `h2`, pooled); a connection that negotiated
 //! ALPN `http/1.1` carries one HTTP/1.1 upgrade request
-//! ([`crate::upgrade`]) and nothing else.
+//! ([`crate::upgrade`]) and nothing else. Each peer identity may hold
+//! `limits.max_connections_per_peer` connections, and each connection must
+//! bring its first request within `limits.first_request_timeout`
+//! ([`peers`]).
+
+mod peers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,6 +52,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         }
     };
     let acceptor = TlsAcceptor::from(Arc::new(cfg));
+    let open = Arc::new(peers::PeerConnections::default());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -58,8 +64,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         };
         let shared = shared.clone();
         let acceptor = acceptor.clone();
+        let open = open.clone();
         tokio::spawn(async move {
-            if let Err(reason) = connection(shared.clone(), acceptor, tcp, peer).await {
+            if let Err(reason) = connection(shared.clone(), acceptor, tcp, peer, open).await {
                 shared.metrics.refuse(Direction::inbound, reason);
             }
         });
@@ -71,6 +78,7 @@ async fn connection(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
+    open: Arc<peers::PeerConnections>,
 ) -> Result<(), &'static str> {
     let _ = tcp.set_nodelay(true);
     let limits = shared.cfg.limits.clone();
@@ -95,10 +103,18 @@ async fn connection(
         Ok(id) => Arc::new(Peer::new(&shared, id)),
         Err(_) => return Err("no_peer_identity"),
     };
+    // Dropped (the place given back) when this function returns.
+    let Some(_slot) = open.enter(&from.id, limits.max_connections_per_peer) else {
+        tracing::info!(%peer, source = %from.id, max = limits.max_connections_per_peer, "peer connection limit reached");
+        return Err("peer_connection_limit");
+    };
     let http1 = tls.get_ref().1.alpn_protocol() == Some(ALPN_HTTP1);
+    let first = peers::FirstRequest::default();
     let svc = {
         let shared = shared.clone();
+        let first = first.clone();
         service_fn(move |req| {
+            first.seen();
             let shared = shared.clone();
             let from = from.clone();
             // Boxed: the request future is large, and hyper/tokio move the
@@ -107,14 +123,23 @@ async fn connection(
         })
     };
     if http1 {
-        let result = hyper::server::conn::http1::Builder::new()
+        let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers)
             .serve_connection(TokioIo::new(tls), svc)
-            .with_upgrades()
-            .await;
+            .with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = &mut conn => r,
+            () = tokio::time::sleep(limits.first_request_timeout) => {
+                if !first.was_seen() {
+                    return Err("first_request_timeout");
+                }
+                conn.await
+            }
+        };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "inbound http/1.1 connection ended");
         }
@@ -132,7 +157,19 @@ async fn connection(
         .max_frame_size(crate::transport::MAX_FRAME)
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
         .keep_alive_timeout(std::time::Duration::from_secs(10));
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = &mut conn => r,
+        () = tokio::time::sleep(limits.first_request_timeout) => {
+            if !first.was_seen() {
+                tracing::debug!(%peer, "no HTTP/2 preface and request within the deadline");
+                return Err("first_request_timeout");
+            }
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "inbound connection ended");
     }
     Ok(())
