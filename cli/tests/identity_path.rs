@@ -282,6 +282,25 @@ fn paths_that_canonicalize_onto_a_denied_path_are_denied_and_the_app_gets_the_ca
         let req = mesh.app.wait(&format!("m={marker}"));
         assert_eq!(req.lines().next(), Some(*line), "{path}");
     }
+    // Upgrade requests (their own mTLS connection, ALPN http/1.1) alike.
+    let upgrade = |path: &str| {
+        format!(
+            "GET http://{HOST}:8080{path} HTTP/1.1\r\nhost: {HOST}:8080\r\n\
+             connection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        )
+    };
+    let (status, head, _) = http1(mesh.proxy, &upgrade("/x/../admin"));
+    assert_eq!(status, 403, "upgrade onto /admin: {head}");
+    let (status, head, _) = http1(mesh.proxy, &upgrade("/x/..;/admin"));
+    assert_eq!(status, 400, "upgrade with ';': {head}");
+    let (status, head, _) = http1(mesh.proxy, &upgrade("/u/./v/../w?m=u1"));
+    assert_eq!(status, 200, "upgrade, allowed: {head}");
+    let req = mesh.app.wait("m=u1");
+    assert_eq!(req.lines().next(), Some("GET /u/w?m=u1 HTTP/1.1"));
+    assert!(
+        req.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{req}"
+    );
     let all = mesh.app.0.lock().unwrap().clone();
     for r in &all {
         let first = r.lines().next().unwrap_or_default();
