@@ -143,7 +143,9 @@ pub struct Limits {
     /// Open mTLS connections on the inbound port per peer identity (all
     /// replicas of a caller share one identity; an HTTP/1.1 upgrade
     /// connection counts until it is upgraded); more are closed right
-    /// after the handshake.
+    /// after the handshake. Each replica's sidecar holds about one pooled
+    /// connection per endpoint, so raise it above the replica count of the
+    /// largest calling service.
     pub max_connections_per_peer: usize,
 }
 
@@ -159,7 +161,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(2),
             max_pending_requests: 10_000,
             first_request_timeout: Duration::from_secs(10),
-            max_connections_per_peer: 512,
+            max_connections_per_peer: 1024,
         }
     }
 }
