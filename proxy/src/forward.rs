@@ -49,7 +49,7 @@ pub async fn forward(
     if let Err(why) = prepare(&mut parts, &svc, port) {
         return error(StatusCode::BAD_REQUEST, "bad_request", why);
     }
-    let route = service.route_for(parts.uri.path());
+    let route = service.route_for(&crate::path::for_routing(parts.uri.path()));
     let deadline = tokio::time::Instant::now() + route.timeout;
     let replayable = body.is_end_stream();
     let mut body = Some(boxed(body));
