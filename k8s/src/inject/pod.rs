@@ -103,10 +103,12 @@ pub fn sidecar(opts: &InjectOptions) -> Container {
         port("strait-inbound", INBOUND_PORT),
         port("strait-admin", ADMIN_PORT),
     ]);
-    let probe = Probe::http(ADMIN_PORT, ADMIN_PROBE);
-    c.startup_probe = Some(probe.startup());
-    c.readiness_probe = Some(probe.readiness());
-    c.liveness_probe = Some(Probe::http(ADMIN_PORT, "/live").liveness());
+    // The app starts once the sidecar listens (`/live`), not once it has
+    // config: a controller outage must not keep apps from starting.
+    let live = Probe::http(ADMIN_PORT, "/live");
+    c.startup_probe = Some(live.startup());
+    c.liveness_probe = Some(live.liveness());
+    c.readiness_probe = Some(Probe::http(ADMIN_PORT, ADMIN_PROBE).readiness());
     c.resources = Some(common::resources(
         &opts.cpu_request,
         &half(&opts.memory_limit),
