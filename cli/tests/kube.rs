@@ -147,9 +147,22 @@ fn probe_passes(container: &Value, ip: &str) {
     loop {
         let ok = if let Some(h) = p.get("httpGet") {
             let scheme = h["scheme"].as_str().unwrap().to_lowercase();
-            let url = format!("{scheme}://{ip}:{}{}", h["port"], h["path"].as_str().unwrap());
+            let url = format!(
+                "{scheme}://{ip}:{}{}",
+                h["port"],
+                h["path"].as_str().unwrap()
+            );
             let out = Command::new("curl")
-                .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", &url])
+                .args([
+                    "-sk",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "2",
+                    &url,
+                ])
                 .output()
                 .expect("curl");
             String::from_utf8_lossy(&out.stdout) == "200"
@@ -189,7 +202,16 @@ fn install_writes_one_private_file_per_object_and_refuses_bad_options() {
     let (_, printed) = install(tmp.path());
     ok(
         tmp.path(),
-        &["install", "kubernetes", "--cluster", "east", "--ca-dir", "ca", "--out", "east"],
+        &[
+            "install",
+            "kubernetes",
+            "--cluster",
+            "east",
+            "--ca-dir",
+            "ca",
+            "--out",
+            "east",
+        ],
     );
     let mut files: Vec<_> = std::fs::read_dir(tmp.path().join("east"))
         .unwrap()
@@ -197,22 +219,49 @@ fn install_writes_one_private_file_per_object_and_refuses_bad_options() {
         .collect();
     files.sort();
     assert_eq!(files.len(), printed.len());
-    assert!(files[0].ends_with("01-namespace-strait-system.yaml"), "{files:?}");
+    assert!(
+        files[0].ends_with("01-namespace-strait-system.yaml"),
+        "{files:?}"
+    );
     use std::os::unix::fs::PermissionsExt;
     for f in &files {
         let mode = std::fs::metadata(f).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "{}", f.display());
         assert_eq!(docs(&std::fs::read_to_string(f).unwrap()).len(), 1);
     }
-    let err = fails(tmp.path(), &["install", "kubernetes", "--cluster", "East_1"]);
+    let err = fails(
+        tmp.path(),
+        &["install", "kubernetes", "--cluster", "East_1"],
+    );
     assert!(err.contains("--cluster"), "{err}");
-    let err = fails(tmp.path(), &["install", "kubernetes", "--cluster", "west", "--ca-dir", "ca"]);
+    let err = fails(
+        tmp.path(),
+        &[
+            "install",
+            "kubernetes",
+            "--cluster",
+            "west",
+            "--ca-dir",
+            "ca",
+        ],
+    );
     assert!(err.contains("no intermediate"), "{err}");
-    let err = fails(tmp.path(), &["install", "kubernetes", "--cluster", "east", "--coredns"]);
+    let err = fails(
+        tmp.path(),
+        &["install", "kubernetes", "--cluster", "east", "--coredns"],
+    );
     assert!(err.contains("--dns-ip"), "{err}");
     let out = ok(
         tmp.path(),
-        &["install", "kubernetes", "--cluster", "east", "--coredns", "--dns-ip", "10.96.0.53"],
+        &[
+            "install",
+            "kubernetes",
+            "--cluster",
+            "east",
+            "--coredns",
+            "--dns-ip",
+            "10.96.0.53",
+        ],
     );
     assert!(out.contains("forward . 10.96.0.53"), "{out}");
 }
@@ -229,7 +278,10 @@ fn every_role_config_of_the_install_passes_that_roles_check() {
             &all,
             &spec,
             &c,
-            &Net { pod_ip: "", rewrite: false },
+            &Net {
+                pod_ip: "",
+                rewrite: false,
+            },
         );
         args.push("--check".into());
         let out = Command::new(env!("CARGO_BIN_EXE_strait"))
@@ -261,38 +313,80 @@ fn the_installed_pods_and_an_injected_sidecar_start_and_pass_their_probes() {
     for (name, ip) in pods {
         let root = tmp.path().join(format!("pod-{name}"));
         let (spec, c) = deployment_pod(&all, name);
-        let (workdir, args) = materialize(&root, &all, &spec, &c, &Net { pod_ip: ip, rewrite: true });
+        let (workdir, args) = materialize(
+            &root,
+            &all,
+            &spec,
+            &c,
+            &Net {
+                pod_ip: ip,
+                rewrite: true,
+            },
+        );
         procs.push(spawn_in(&workdir, &args, &root.join("log")));
         probe_passes(&c, ip);
     }
     // An app injected by `strait inject`, with the sidecar ConfigMap of the
     // docs and an identity Secret for its ServiceAccount.
-    issue(tmp.path(), "east", "spiffe://strait.local/ns/shop/sa/web", "web-id");
+    issue(
+        tmp.path(),
+        "east",
+        "spiffe://strait.local/ns/shop/sa/web",
+        "web-id",
+    );
     let read = |f: &str| std::fs::read_to_string(tmp.path().join("web-id").join(f)).unwrap();
     all.push(json!({"kind": "Secret", "metadata": {"name": "strait-identity-web"},
         "stringData": {"chain.pem": read("chain.pem"), "key.pem": read("key.pem"), "bundle.pem": read("bundle.pem")}}));
-    all.extend(docs(&std::fs::read_to_string(example("sidecar-config.yaml")).unwrap()));
-    let injected = ok(tmp.path(), &["inject", "-f", example("app.yaml").to_str().unwrap(), "--image", "localhost/strait:test"]);
+    all.extend(docs(
+        &std::fs::read_to_string(example("sidecar-config.yaml")).unwrap(),
+    ));
+    let injected = ok(
+        tmp.path(),
+        &[
+            "inject",
+            "-f",
+            example("app.yaml").to_str().unwrap(),
+            "--image",
+            "localhost/strait:test",
+        ],
+    );
     let injected = docs(&injected);
     let spec = find(&injected, "Deployment", "web")["spec"]["template"]["spec"].clone();
     let sidecar = spec["initContainers"][0].clone();
     let root = tmp.path().join("pod-web");
     let ip = "127.165.0.5";
-    let (workdir, args) = materialize(&root, &all, &spec, &sidecar, &Net { pod_ip: ip, rewrite: true });
+    let (workdir, args) = materialize(
+        &root,
+        &all,
+        &spec,
+        &sidecar,
+        &Net {
+            pod_ip: ip,
+            rewrite: true,
+        },
+    );
     procs.push(spawn_in(&workdir, &args, &root.join("log")));
     probe_passes(&sidecar, ip);
     // The sidecar follows the installed controller: its config shows up.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let out = Command::new("curl")
-            .args(["-s", "--max-time", "2", &format!("http://{ip}:15000/config")])
+            .args([
+                "-s",
+                "--max-time",
+                "2",
+                &format!("http://{ip}:15000/config"),
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         if text.contains("\"east\"") {
             break;
         }
-        assert!(Instant::now() < deadline, "no snapshot from the controller: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot from the controller: {text}"
+        );
         pause(200);
     }
     drop(procs);
@@ -320,7 +414,11 @@ fn inject_stdin(dir: &Path, input: &str) -> String {
         .write_all(input.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -331,12 +429,29 @@ fn inject_reads_stdin_and_is_idempotent_byte_for_byte() {
     let once = inject_stdin(tmp.path(), &app);
     let twice = inject_stdin(tmp.path(), &once);
     assert_eq!(once, twice);
-    let from_file = ok(tmp.path(), &["inject", "-f", example("app.yaml").to_str().unwrap(), "--image", "localhost/strait:test"]);
+    let from_file = ok(
+        tmp.path(),
+        &[
+            "inject",
+            "-f",
+            example("app.yaml").to_str().unwrap(),
+            "--image",
+            "localhost/strait:test",
+        ],
+    );
     assert_eq!(once, from_file);
     let d = docs(&once);
     assert_eq!(d.len(), 5);
-    assert_eq!(d[0], docs(&app)[0], "a ServiceAccount passes through unchanged");
-    std::fs::write(tmp.path().join("bad.yaml"), "kind: Pod\napiVersion: v1\nspec: {}\n").unwrap();
+    assert_eq!(
+        d[0],
+        docs(&app)[0],
+        "a ServiceAccount passes through unchanged"
+    );
+    std::fs::write(
+        tmp.path().join("bad.yaml"),
+        "kind: Pod\napiVersion: v1\nspec: {}\n",
+    )
+    .unwrap();
     let err = fails(tmp.path(), &["inject", "-f", "bad.yaml"]);
     assert!(err.contains("spec.containers: missing"), "{err}");
 }
@@ -365,7 +480,9 @@ fn skip(why: &str) -> Option<(bool, String)> {
         std::env::var_os("STRAIT_REQUIRE_KUBE_VALIDATE").is_none(),
         "schema validation required (STRAIT_REQUIRE_KUBE_VALIDATE) but {why}"
     );
-    eprintln!("skipped: Kubernetes schema validation: {why} (pip install kubernetes-validate jsonschema)");
+    eprintln!(
+        "skipped: Kubernetes schema validation: {why} (pip install kubernetes-validate jsonschema)"
+    );
     None
 }
 
@@ -375,22 +492,41 @@ fn every_manifest_and_injected_workload_validates_against_the_kubernetes_schemas
     let (text, _) = install(tmp.path());
     let t = tmp.path();
     std::fs::write(t.join("install.yaml"), &text).unwrap();
-    let coredns = ok(t, &["install", "kubernetes", "--cluster", "east", "--coredns", "--dns-ip", "10.96.0.53"]);
+    let coredns = ok(
+        t,
+        &[
+            "install",
+            "kubernetes",
+            "--cluster",
+            "east",
+            "--coredns",
+            "--dns-ip",
+            "10.96.0.53",
+        ],
+    );
     std::fs::write(t.join("coredns.yaml"), coredns).unwrap();
     let app = std::fs::read_to_string(example("app.yaml")).unwrap();
     std::fs::write(t.join("injected.yaml"), inject_stdin(t, &app)).unwrap();
-    let files = ["install.yaml", "coredns.yaml", "injected.yaml"].map(|f| t.join(f).display().to_string());
+    let files =
+        ["install.yaml", "coredns.yaml", "injected.yaml"].map(|f| t.join(f).display().to_string());
     let sidecar = example("sidecar-config.yaml").display().to_string();
     let mut args = vec!["k8s", K8S_VERSION];
     args.extend(files.iter().map(String::as_str));
     args.push(&sidecar);
-    let Some((ok_, out)) = validate(&args) else { return };
+    let Some((ok_, out)) = validate(&args) else {
+        return;
+    };
     assert!(ok_, "{out}");
     // The validator does refuse what is wrong.
     let mut broken = docs(&text);
     broken[0]["spec"] = json!({"finalizers": "kubernetes"});
-    std::fs::write(t.join("broken.yaml"), serde_yaml_ng::to_string(&broken[0]).unwrap()).unwrap();
-    let (ok_, out) = validate(&["k8s", K8S_VERSION, t.join("broken.yaml").to_str().unwrap()]).unwrap();
+    std::fs::write(
+        t.join("broken.yaml"),
+        serde_yaml_ng::to_string(&broken[0]).unwrap(),
+    )
+    .unwrap();
+    let (ok_, out) =
+        validate(&["k8s", K8S_VERSION, t.join("broken.yaml").to_str().unwrap()]).unwrap();
     assert!(!ok_ && out.contains("INVALID"), "{out}");
 }
 

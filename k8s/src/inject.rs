@@ -115,11 +115,10 @@ fn inject_in_place(
     let result = match pod::decide(template) {
         Some(reason) => Decision::Skipped(reason),
         None => {
-            pod::inject_template(template, opts)
-                .map_err(|reason| InjectError::Invalid {
-                    object: object.clone(),
-                    reason,
-                })?;
+            pod::inject_template(template, opts).map_err(|reason| InjectError::Invalid {
+                object: object.clone(),
+                reason,
+            })?;
             Decision::Injected
         }
     };
@@ -129,7 +128,10 @@ fn inject_in_place(
 
 /// `strait inject` on a whole YAML stream: the injected stream and the
 /// outcomes, in document order.
-pub fn inject_yaml(text: &str, opts: &InjectOptions) -> Result<(String, Vec<Outcome>), InjectError> {
+pub fn inject_yaml(
+    text: &str,
+    opts: &InjectOptions,
+) -> Result<(String, Vec<Outcome>), InjectError> {
     let docs = crate::yaml::documents(text)?;
     let mut out = Vec::with_capacity(docs.len());
     let mut outcomes = Vec::new();

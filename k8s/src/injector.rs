@@ -129,7 +129,10 @@ impl InjectorConfig {
 }
 
 /// A TLS 1.3 server config for a PEM chain and key; HTTP/1.1 only.
-pub fn server_tls(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, InjectorError> {
+pub fn server_tls(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, InjectorError> {
     use rustls_pki_types::PrivateKeyDer;
     use rustls_pki_types::pem::PemObject;
     let certs = strait_ca::pem::certs(cert_pem);
@@ -167,16 +170,19 @@ impl Handle {
 
 /// Binds and serves until [`Handle::stop`].
 pub async fn start(config: InjectorConfig) -> Result<Handle, InjectorError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| InjectorError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+    let addr = listener
+        .local_addr()
         .map_err(|source| InjectorError::Bind {
             addr: config.listen,
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| InjectorError::Bind {
-        addr: config.listen,
-        source,
-    })?;
     let (stop, mut stopped) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(config.tls.clone());
     let shared = Arc::new(config);

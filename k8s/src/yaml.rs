@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn empty_documents_are_dropped_and_order_is_kept() {
         let docs = documents("---\na: 1\n---\n---\nb: [x]\n").unwrap();
-        assert_eq!(docs, vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]);
+        assert_eq!(
+            docs,
+            vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]
+        );
         let text = write(&docs).unwrap();
         assert_eq!(documents(&text).unwrap(), docs);
     }

@@ -193,8 +193,8 @@ pub fn inject_template(template: &mut Value, opts: &InjectOptions) -> Result<(),
         .to_owned();
     let meta = object_at(t, "metadata")?;
     let annotations = object_at(meta, "annotations")?;
-    let config_map = annotation(annotations, keys::PROXY_CONFIG)
-        .unwrap_or_else(|| format!("strait-proxy-{sa}"));
+    let config_map =
+        annotation(annotations, keys::PROXY_CONFIG).unwrap_or_else(|| format!("strait-proxy-{sa}"));
     let secret = annotation(annotations, keys::IDENTITY_SECRET)
         .unwrap_or_else(|| format!("strait-identity-{sa}"));
     let mut opts = opts.clone();
@@ -240,12 +240,16 @@ fn annotation(m: &Map<String, Value>, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn object_at<'a>(m: &'a mut Map<String, Value>, key: &str) -> Result<&'a mut Map<String, Value>, String> {
+fn object_at<'a>(
+    m: &'a mut Map<String, Value>,
+    key: &str,
+) -> Result<&'a mut Map<String, Value>, String> {
     let v = m.entry(key).or_insert_with(|| Value::Object(Map::new()));
     if v.is_null() {
         *v = Value::Object(Map::new());
     }
-    v.as_object_mut().ok_or_else(|| format!("{key}: must be a map"))
+    v.as_object_mut()
+        .ok_or_else(|| format!("{key}: must be a map"))
 }
 
 fn array_at<'a>(m: &'a mut Map<String, Value>, key: &str) -> Result<&'a mut Vec<Value>, String> {
@@ -253,7 +257,8 @@ fn array_at<'a>(m: &'a mut Map<String, Value>, key: &str) -> Result<&'a mut Vec<
     if v.is_null() {
         *v = Value::Array(Vec::new());
     }
-    v.as_array_mut().ok_or_else(|| format!("{key}: must be a list"))
+    v.as_array_mut()
+        .ok_or_else(|| format!("{key}: must be a list"))
 }
 
 /// Replaces the entry with the same `name` where it is; else inserts it

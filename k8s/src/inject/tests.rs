@@ -48,8 +48,14 @@ fn a_deployment_gets_the_sidecar_env_and_volumes() {
     let inits = spec["initContainers"].as_array().unwrap();
     assert_eq!(inits[0]["name"], SIDECAR_NAME);
     assert_eq!(inits[0]["restartPolicy"], "Always");
-    assert_eq!(inits[0]["args"], json!(["proxy", "--config", "/etc/strait/proxy/sidecar.yaml"]));
-    assert_eq!(inits[1]["name"], "migrate", "the app's init containers stay, after the sidecar");
+    assert_eq!(
+        inits[0]["args"],
+        json!(["proxy", "--config", "/etc/strait/proxy/sidecar.yaml"])
+    );
+    assert_eq!(
+        inits[1]["name"], "migrate",
+        "the app's init containers stay, after the sidecar"
+    );
     let env = spec["containers"][0]["env"].as_array().unwrap();
     assert_eq!(env[0], json!({"name": "MODE", "value": "prod"}));
     assert!(env.contains(&json!({"name": "HTTP_PROXY", "value": "http://127.0.0.1:15001"})));
@@ -86,7 +92,9 @@ fn a_new_image_replaces_the_sidecar_in_place() {
     let (once, _) = inject_yaml(DEPLOYMENT, &opts()).unwrap();
     let (again, _) = inject_yaml(&once, &InjectOptions::new("strait:0.2.0")).unwrap();
     let d = &crate::yaml::documents(&again).unwrap()[0];
-    let inits = d["spec"]["template"]["spec"]["initContainers"].as_array().unwrap();
+    let inits = d["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap();
     assert_eq!(inits.len(), 2);
     assert_eq!(inits[0]["image"], "strait:0.2.0");
 }
@@ -111,7 +119,9 @@ fn kinds_and_opt_outs() {
     let injected = |v: &serde_json::Value| inject_object(v, &opts()).unwrap().1[0].result.clone();
     assert_eq!(injected(&pod(json!({}))), Decision::Injected);
     assert!(matches!(
-        injected(&pod(json!({"annotations": {"strait.io/inject": "disabled"}}))),
+        injected(&pod(
+            json!({"annotations": {"strait.io/inject": "disabled"}})
+        )),
         Decision::Skipped(_)
     ));
     assert!(matches!(
@@ -138,11 +148,26 @@ fn kinds_and_opt_outs() {
 #[test]
 fn bad_workloads_get_a_clear_error() {
     let cases = [
-        (json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}}), "without a pod template"),
-        (json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {}}), "spec.containers: missing"),
-        (json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "strait-proxy"}]}}), "reserves"),
-        (json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "annotations": []}, "spec": {"containers": []}}), "annotations: must be a map"),
-        (json!({"apiVersion": "v1", "kind": "List", "items": {}}), "items: must be a list"),
+        (
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}}),
+            "without a pod template",
+        ),
+        (
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {}}),
+            "spec.containers: missing",
+        ),
+        (
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "strait-proxy"}]}}),
+            "reserves",
+        ),
+        (
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "annotations": []}, "spec": {"containers": []}}),
+            "annotations: must be a map",
+        ),
+        (
+            json!({"apiVersion": "v1", "kind": "List", "items": {}}),
+            "items: must be a list",
+        ),
     ];
     for (v, want) in cases {
         let e = inject_object(&v, &opts()).unwrap_err().to_string();

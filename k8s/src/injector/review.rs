@@ -45,8 +45,7 @@ pub fn review(
     opts: &InjectOptions,
 ) -> Result<Value, ReviewError> {
     let bad = |s: String| ReviewError(s);
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
     match (v["apiVersion"].as_str(), v["kind"].as_str()) {
         (Some("admission.k8s.io/v1"), Some("AdmissionReview")) => {}
         (a, k) => {
@@ -96,7 +95,10 @@ pub fn review(
     };
     if opt_in == OptIn::Pod {
         let template = object.pointer(ptr).cloned().unwrap_or(Value::Null);
-        if inject::pod::labels(&template).get(keys::INJECT).map(String::as_str) != Some("enabled")
+        if inject::pod::labels(&template)
+            .get(keys::INJECT)
+            .map(String::as_str)
+            != Some("enabled")
         {
             return Ok(answer(None, None));
         }
@@ -141,14 +143,70 @@ mod tests {
         let off = json!({ "strait.io/inject": "disabled" });
         let none = json!({});
         let cases = [
-            ("namespace opt-in", pod(none.clone(), none.clone()), "shop", "CREATE", OptIn::Namespace, true),
-            ("pod opt-in", pod(on.clone(), none.clone()), "shop", "CREATE", OptIn::Pod, true),
-            ("pod path without the pod label", pod(none.clone(), none.clone()), "shop", "CREATE", OptIn::Pod, false),
-            ("opt-out annotation", pod(none.clone(), off.clone()), "shop", "CREATE", OptIn::Namespace, false),
-            ("opt-out label", pod(off.clone(), none.clone()), "shop", "CREATE", OptIn::Namespace, false),
-            ("kube-system", pod(on.clone(), none.clone()), "kube-system", "CREATE", OptIn::Pod, false),
-            ("strait's own namespace", pod(none.clone(), none.clone()), "strait-system", "CREATE", OptIn::Namespace, false),
-            ("update", pod(none.clone(), none.clone()), "shop", "UPDATE", OptIn::Namespace, false),
+            (
+                "namespace opt-in",
+                pod(none.clone(), none.clone()),
+                "shop",
+                "CREATE",
+                OptIn::Namespace,
+                true,
+            ),
+            (
+                "pod opt-in",
+                pod(on.clone(), none.clone()),
+                "shop",
+                "CREATE",
+                OptIn::Pod,
+                true,
+            ),
+            (
+                "pod path without the pod label",
+                pod(none.clone(), none.clone()),
+                "shop",
+                "CREATE",
+                OptIn::Pod,
+                false,
+            ),
+            (
+                "opt-out annotation",
+                pod(none.clone(), off.clone()),
+                "shop",
+                "CREATE",
+                OptIn::Namespace,
+                false,
+            ),
+            (
+                "opt-out label",
+                pod(off.clone(), none.clone()),
+                "shop",
+                "CREATE",
+                OptIn::Namespace,
+                false,
+            ),
+            (
+                "kube-system",
+                pod(on.clone(), none.clone()),
+                "kube-system",
+                "CREATE",
+                OptIn::Pod,
+                false,
+            ),
+            (
+                "strait's own namespace",
+                pod(none.clone(), none.clone()),
+                "strait-system",
+                "CREATE",
+                OptIn::Namespace,
+                false,
+            ),
+            (
+                "update",
+                pod(none.clone(), none.clone()),
+                "shop",
+                "UPDATE",
+                OptIn::Namespace,
+                false,
+            ),
         ];
         for (name, obj, ns, op, path, want) in cases {
             let r = review(&request(obj, ns, op), path, "strait-system", &o).unwrap();
@@ -179,7 +237,13 @@ mod tests {
         let o = InjectOptions::new("strait:test");
         let obj = json!({ "apiVersion": "v1", "kind": "Pod", "metadata": {},
             "spec": { "containers": [{ "name": "strait-proxy", "image": "x" }] } });
-        let r = review(&request(obj, "shop", "CREATE"), OptIn::Namespace, "strait-system", &o).unwrap();
+        let r = review(
+            &request(obj, "shop", "CREATE"),
+            OptIn::Namespace,
+            "strait-system",
+            &o,
+        )
+        .unwrap();
         assert_eq!(r["response"]["allowed"], false);
         let msg = r["response"]["status"]["message"].as_str().unwrap();
         assert!(msg.contains("reserves"), "{msg}");

@@ -72,7 +72,12 @@ pub fn pod_security_context() -> PodSecurityContext {
     }
 }
 
-pub fn resources(cpu_req: &str, mem_req: &str, cpu_lim: &str, mem_lim: &str) -> ResourceRequirements {
+pub fn resources(
+    cpu_req: &str,
+    mem_req: &str,
+    cpu_lim: &str,
+    mem_lim: &str,
+) -> ResourceRequirements {
     let q = |s: &str| Quantity(s.to_owned());
     ResourceRequirements {
         requests: Some(BTreeMap::from([
@@ -91,8 +96,14 @@ pub fn resources(cpu_req: &str, mem_req: &str, cpu_lim: &str, mem_lim: &str) -> 
 /// webhook) or a TCP connect (DNS, which has no admin port).
 #[derive(Debug, Clone)]
 pub enum Probe {
-    Http { port: u16, path: String, https: bool },
-    Tcp { port: u16 },
+    Http {
+        port: u16,
+        path: String,
+        https: bool,
+    },
+    Tcp {
+        port: u16,
+    },
 }
 
 impl Probe {

@@ -14,9 +14,7 @@ use super::{InstallError, Manifest};
 
 /// The Corefile server block.
 pub fn server_block(dns_ip: IpAddr) -> String {
-    format!(
-        "clusterset.local:53 {{\n    errors\n    cache 5\n    forward . {dns_ip}\n}}\n"
-    )
+    format!("clusterset.local:53 {{\n    errors\n    cache 5\n    forward . {dns_ip}\n}}\n")
 }
 
 /// The ConfigMap carrying [`server_block`]; `name` is the ConfigMap the

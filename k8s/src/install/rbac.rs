@@ -43,7 +43,9 @@ pub fn controller_cluster_rules() -> Vec<PolicyRule> {
 /// What the controller keeps in its own namespace: the leader-election
 /// Lease and the Secrets of links and peering.
 pub fn controller_namespace_rules() -> Vec<PolicyRule> {
-    let write = &["get", "list", "watch", "create", "update", "patch", "delete"];
+    let write = &[
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
     vec![
         rule("coordination.k8s.io", &["leases"], write),
         rule("", &["secrets"], write),
@@ -51,7 +53,11 @@ pub fn controller_namespace_rules() -> Vec<PolicyRule> {
 }
 
 pub fn ca_cluster_rules() -> Vec<PolicyRule> {
-    vec![rule("authentication.k8s.io", &["tokenreviews"], &["create"])]
+    vec![rule(
+        "authentication.k8s.io",
+        &["tokenreviews"],
+        &["create"],
+    )]
 }
 
 fn subject(sa: &str, ns: &str) -> Subject {

@@ -275,7 +275,11 @@ pub fn controller(o: &InstallOptions) -> Result<Vec<Manifest>, InstallError> {
     let mut c = common::container(
         "controller",
         &o.image,
-        &["controller", "--config", "/etc/strait/controller/controller.yaml"],
+        &[
+            "controller",
+            "--config",
+            "/etc/strait/controller/controller.yaml",
+        ],
     );
     c.ports = Some(vec![
         port("grpc", GRPC_PORT, "TCP"),

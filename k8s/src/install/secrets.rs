@@ -42,7 +42,10 @@ pub struct CaMaterial {
 /// The SPIFFE IDs of the roles (the controller's is what its peers and
 /// sidecars expect; the others follow the same pattern).
 pub fn role_ids(td: &TrustDomain, cluster: &ClusterName) -> Vec<(&'static str, SpiffeId)> {
-    let id = |sa: String| td.workload_id("strait-system", &sa).unwrap_or_else(|_| td.id());
+    let id = |sa: String| {
+        td.workload_id("strait-system", &sa)
+            .unwrap_or_else(|_| td.id())
+    };
     vec![
         (
             CONTROLLER_IDENTITY,
@@ -56,7 +59,11 @@ pub fn role_ids(td: &TrustDomain, cluster: &ClusterName) -> Vec<(&'static str, S
 impl CaMaterial {
     /// Reads the intermediate of `cluster` and issues the roles'
     /// certificates, each valid for `ttl`.
-    pub fn from_ca_dir(ca: &CaDir, cluster: &ClusterName, ttl: Duration) -> Result<Self, InstallError> {
+    pub fn from_ca_dir(
+        ca: &CaDir,
+        cluster: &ClusterName,
+        ttl: Duration,
+    ) -> Result<Self, InstallError> {
         let authority = ca.intermediate(cluster)?;
         let dir = ca.cluster_dir(cluster);
         let read = |p: std::path::PathBuf| {

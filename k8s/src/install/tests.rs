@@ -55,13 +55,22 @@ fn every_object_the_install_needs_is_there_in_apply_order() {
     ] {
         find(&all, kind, name);
     }
-    assert_eq!(find(&all, "Deployment", "strait-controller")["spec"]["replicas"], 2);
-    assert_eq!(find(&all, "Deployment", "strait-gateway")["spec"]["replicas"], 2);
+    assert_eq!(
+        find(&all, "Deployment", "strait-controller")["spec"]["replicas"],
+        2
+    );
+    assert_eq!(
+        find(&all, "Deployment", "strait-gateway")["spec"]["replicas"],
+        2
+    );
     let gw = &find(&all, "Service", "strait-gateway")["spec"];
     assert_eq!(gw["type"], "LoadBalancer");
     assert_eq!(gw["ports"][0]["port"], 15443);
     // Without a CA dir no CA material is printed.
-    assert!(!all.iter().any(|m| m.kind == "Secret" && m.name == "strait-ca"));
+    assert!(
+        !all.iter()
+            .any(|m| m.kind == "Secret" && m.name == "strait-ca")
+    );
 }
 
 #[test]
@@ -73,7 +82,11 @@ fn every_container_is_non_root_read_only_capability_free_with_probes_and_resourc
             let sc = &c["securityContext"];
             assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
             assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
-            assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{name}");
+            assert_eq!(
+                sc["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{name}"
+            );
             assert!(c["readinessProbe"].is_object(), "{name}");
             assert!(c["livenessProbe"].is_object(), "{name}");
             assert!(c["resources"]["requests"]["memory"].is_string(), "{name}");
@@ -87,11 +100,17 @@ fn every_container_is_non_root_read_only_capability_free_with_probes_and_resourc
 fn rbac_names_no_wildcard_and_only_what_is_watched() {
     let all = manifests(&options()).unwrap();
     let mut resources = Vec::new();
-    for m in all.iter().filter(|m| m.kind == "ClusterRole" || m.kind == "Role") {
+    for m in all
+        .iter()
+        .filter(|m| m.kind == "ClusterRole" || m.kind == "Role")
+    {
         for r in m.value["rules"].as_array().unwrap() {
             for field in ["apiGroups", "resources", "verbs"] {
                 let list = r[field].as_array().unwrap();
-                assert!(!list.iter().any(|v| v.as_str().unwrap().contains('*')), "{m:?}");
+                assert!(
+                    !list.iter().any(|v| v.as_str().unwrap().contains('*')),
+                    "{m:?}"
+                );
             }
             for res in r["resources"].as_array().unwrap() {
                 resources.push(format!("{}:{}", m.kind, res.as_str().unwrap()));
@@ -126,17 +145,27 @@ fn rbac_names_no_wildcard_and_only_what_is_watched() {
 #[test]
 fn the_webhook_opts_in_by_label_and_never_matches_system_namespaces() {
     let all = manifests(&options()).unwrap();
-    let w = find(&all, "MutatingWebhookConfiguration", "strait-system-strait-injector");
+    let w = find(
+        &all,
+        "MutatingWebhookConfiguration",
+        "strait-system-strait-injector",
+    );
     let hooks = w["webhooks"].as_array().unwrap();
     assert_eq!(hooks.len(), 2);
     for h in hooks {
         assert_eq!(h["failurePolicy"], "Fail");
         assert_eq!(h["sideEffects"], "None");
         let never = h["namespaceSelector"]["matchExpressions"][0]["values"].to_string();
-        assert!(never.contains("kube-system") && never.contains("strait-system"), "{never}");
+        assert!(
+            never.contains("kube-system") && never.contains("strait-system"),
+            "{never}"
+        );
         assert!(h["clientConfig"]["caBundle"].is_string());
     }
-    assert_eq!(hooks[0]["clientConfig"]["service"]["path"], "/inject/namespace");
+    assert_eq!(
+        hooks[0]["clientConfig"]["service"]["path"],
+        "/inject/namespace"
+    );
     assert_eq!(hooks[1]["clientConfig"]["service"]["path"], "/inject/pod");
 }
 
@@ -144,7 +173,12 @@ fn the_webhook_opts_in_by_label_and_never_matches_system_namespaces() {
 fn bad_options_are_refused_naming_the_field() {
     let mut o = options();
     o.namespace = "Strait_System".into();
-    assert!(manifests(&o).unwrap_err().to_string().starts_with("namespace:"));
+    assert!(
+        manifests(&o)
+            .unwrap_err()
+            .to_string()
+            .starts_with("namespace:")
+    );
     let mut o = options();
     o.image = "two words".into();
     assert!(manifests(&o).unwrap_err().to_string().starts_with("image:"));
@@ -160,9 +194,17 @@ fn coredns_block_forwards_clusterset_local_to_the_fixed_dns_ip() {
     let block = m.value["data"]["strait.server"].as_str().unwrap();
     assert!(block.starts_with("clusterset.local:53 {"), "{block}");
     assert!(block.contains("forward . 10.96.0.53"), "{block}");
-    assert!(coredns::config_map("coredns-custom", None).unwrap_err().to_string().contains("--dns-ip"));
+    assert!(
+        coredns::config_map("coredns-custom", None)
+            .unwrap_err()
+            .to_string()
+            .contains("--dns-ip")
+    );
     let mut o = options();
     o.dns_ip = Some(ip);
     let all = manifests(&o).unwrap();
-    assert_eq!(find(&all, "Service", "strait-dns")["spec"]["clusterIP"], "10.96.0.53");
+    assert_eq!(
+        find(&all, "Service", "strait-dns")["spec"]["clusterIP"],
+        "10.96.0.53"
+    );
 }

@@ -37,8 +37,8 @@ use super::common::{self, Probe, meta, selector};
 use super::rbac::INJECTOR_SA;
 use super::roles::{config_and_identity, deployment, service};
 use super::{InstallError, InstallOptions, Manifest};
-use crate::injector::{InjectorFile, TlsFiles};
 use crate::inject::InjectOptions;
+use crate::injector::{InjectorFile, TlsFiles};
 use crate::keys;
 
 pub const INJECTOR: &str = "strait-injector";
@@ -70,9 +70,11 @@ impl WebhookTls {
         let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
         let issuer = Issuer::new(ca, ca_key);
         let key = KeyPair::generate().map_err(e)?;
-        let mut leaf =
-            CertificateParams::new(vec![format!("{INJECTOR}.{ns}.svc"), format!("{INJECTOR}.{ns}.svc.cluster.local")])
-                .map_err(e)?;
+        let mut leaf = CertificateParams::new(vec![
+            format!("{INJECTOR}.{ns}.svc"),
+            format!("{INJECTOR}.{ns}.svc.cluster.local"),
+        ])
+        .map_err(e)?;
         leaf.distinguished_name
             .push(DnType::CommonName, format!("{INJECTOR}.{ns}.svc"));
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
