@@ -44,6 +44,11 @@ pub struct InstallArgs {
     /// The Strait image every Deployment and sidecar runs.
     #[arg(long, default_value = concat!("localhost/strait:", env!("CARGO_PKG_VERSION")))]
     image: String,
+    /// Controller replicas. Until leader election and Kubernetes-backed
+    /// state exist, each replica keeps its own links and exports: use 1
+    /// for a mesh you link and export in (docs/kubernetes.md).
+    #[arg(long, default_value_t = 2)]
+    controller_replicas: i32,
     /// Where Strait's objects go.
     #[arg(long, default_value = "strait-system")]
     namespace: String,
@@ -122,6 +127,7 @@ pub fn install(cmd: InstallCommand) -> anyhow::Result<()> {
         trust_domain,
         namespace: a.namespace,
         image: a.image,
+        controller_replicas: a.controller_replicas,
         region: a.region,
         zone: a.zone,
         controller_advertise: a.controller_advertise,
@@ -130,6 +136,12 @@ pub fn install(cmd: InstallCommand) -> anyhow::Result<()> {
         ca,
     };
     let manifests = install::manifests(&opts)?;
+    if opts.controller_replicas > 1 {
+        eprintln!(
+            "note: {} controller replicas each keep their own links and exports until leader election exists; use --controller-replicas 1 for a cluster you link and export in (docs/kubernetes.md)",
+            opts.controller_replicas
+        );
+    }
     match a.out {
         None => print!("{}", install::to_yaml(&manifests)?),
         Some(dir) => {

@@ -325,6 +325,9 @@ fn the_installed_pods_and_an_injected_sidecar_start_and_pass_their_probes() {
         );
         procs.push(spawn_in(&workdir, &args, &root.join("log")));
         probe_passes(&c, ip);
+        if name == "strait-controller" {
+            exec_peering_token(&workdir, &c, ip);
+        }
     }
     // An app injected by `strait inject`, with the sidecar ConfigMap of the
     // docs and an identity Secret for its ServiceAccount.
@@ -390,6 +393,32 @@ fn the_installed_pods_and_an_injected_sidecar_start_and_pass_their_probes() {
         pause(200);
     }
     drop(procs);
+}
+
+/// `kubectl exec deploy/strait-controller -- strait peering token`: the
+/// container's env and working directory lead `strait` to its admin API
+/// and token.
+fn exec_peering_token(workdir: &Path, container: &Value, ip: &str) {
+    let net = Net {
+        pod_ip: ip,
+        rewrite: true,
+    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strait"));
+    cmd.args(["peering", "token", "--ttl", "5m"])
+        .current_dir(workdir);
+    for e in container["env"].as_array().unwrap() {
+        cmd.env(
+            e["name"].as_str().unwrap(),
+            net.apply(e["value"].as_str().unwrap()),
+        );
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.len() > 100,
+        "peering token through the controller pod's env: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn example(name: &str) -> PathBuf {

@@ -46,6 +46,9 @@ pub struct InstallOptions {
     /// Where Strait's own objects go (default `strait-system`).
     pub namespace: String,
     pub image: String,
+    /// 2 is the target (with leader election, not built yet); until then
+    /// each replica keeps its own links and exports (docs/kubernetes.md).
+    pub controller_replicas: i32,
     pub region: Option<String>,
     pub zone: Option<String>,
     /// The address peers dial for the controller (the peering
@@ -75,6 +78,12 @@ impl InstallOptions {
             return Err(InstallError::Invalid {
                 field: "image",
                 reason: format!("{:?} is not an image reference", self.image),
+            });
+        }
+        if !(1..=5).contains(&self.controller_replicas) {
+            return Err(InstallError::Invalid {
+                field: "controller-replicas",
+                reason: format!("{} is not between 1 and 5", self.controller_replicas),
             });
         }
         if let (Some(r), z) = (&self.region, &self.zone) {

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, Namespace,
-    PodSpec, PodTemplateSpec, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    Namespace, PodSpec, PodTemplateSpec, SecretVolumeSource, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -141,6 +141,14 @@ fn service_port(name: &str, p: u16, target: u16, protocol: &str) -> ServicePort 
         target_port: Some(IntOrString::Int(i32::from(target))),
         protocol: Some(protocol.into()),
         ..Default::default()
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
     }
 }
 
@@ -289,7 +297,20 @@ pub fn controller(o: &InstallOptions) -> Result<Vec<Manifest>, InstallError> {
     c.liveness_probe = Some(Probe::http(ADMIN_PORT, "/live").liveness());
     c.resources = Some(common::resources("100m", "128Mi", "1", "512Mi"));
     c.volume_mounts = Some(mounts);
-    let dep = deployment(CONTROLLER, ns, CONTROLLER_SA, 2, c, volumes);
+    // `kubectl exec deploy/strait-controller -- strait peering token` (and
+    // export, policy, link) reach this pod's admin API with its token.
+    c.env = Some(vec![
+        env("STRAIT_CONTROLLER", &format!("127.0.0.1:{ADMIN_PORT}")),
+        env("STRAIT_STATE_DIR", "state"),
+    ]);
+    let dep = deployment(
+        CONTROLLER,
+        ns,
+        CONTROLLER_SA,
+        o.controller_replicas,
+        c,
+        volumes,
+    );
     let svc = service(
         CONTROLLER,
         ns,

@@ -8,6 +8,7 @@ pub(crate) fn options() -> InstallOptions {
         trust_domain: "strait.local".parse().unwrap(),
         namespace: "strait-system".into(),
         image: "strait:test".into(),
+        controller_replicas: 2,
         region: Some("us-east".into()),
         zone: Some("us-east-1a".into()),
         controller_advertise: None,
