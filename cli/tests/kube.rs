@@ -577,3 +577,27 @@ fn example_custom_resources_validate_against_the_crds_own_schemas() {
     };
     assert!(ok_, "{out}");
 }
+
+#[test]
+fn kubernetes_commands_teach_by_example() {
+    let d = tempfile::tempdir().unwrap();
+    for (cmd, example) in [
+        (
+            &["install", "kubernetes", "--help"][..],
+            "strait install kubernetes --cluster east | kubectl apply -f -",
+        ),
+        (&["inject", "--help"][..], "strait inject -f app.yaml"),
+        (
+            &["injector", "--help"][..],
+            "strait injector --config injector.yaml",
+        ),
+    ] {
+        let help = ok(d.path(), cmd);
+        assert!(
+            help.contains(example),
+            "strait {cmd:?} shows no example ({example:?}):\n{help}"
+        );
+    }
+    let version = ok(d.path(), &["--version"]);
+    assert_eq!(version, format!("strait {}\n", env!("CARGO_PKG_VERSION")));
+}
