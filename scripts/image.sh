@@ -65,6 +65,8 @@ case $mode in
     trap 'rm -rf "$ctx"' EXIT
     mkdir -p "$ctx/root/usr/local/bin" "$ctx/root/etc" "$ctx/root/var/run/strait" "$ctx/root/tmp"
     install -m 0755 "$bin" "$ctx/root/usr/local/bin/strait"
+    # The release profile keeps line tables; the image keeps only symbols.
+    if command -v strip >/dev/null 2>&1; then strip --strip-debug "$ctx/root/usr/local/bin/strait"; fi
     # Exactly the libraries the binary links, at the paths it looks for them.
     for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
       mkdir -p "$ctx/root$(dirname "$lib")"
