@@ -328,6 +328,25 @@ fn the_installed_pods_and_an_injected_sidecar_start_and_pass_their_probes() {
         if name == "strait-controller" {
             exec_peering_token(&workdir, &c, ip);
         }
+        if name == "strait-dns" {
+            // It answers for clusterset.local (nothing exported: NXDOMAIN).
+            let out = Command::new("dig")
+                .args([
+                    &format!("@{ip}"),
+                    "-p",
+                    "8653",
+                    "+time=2",
+                    "+tries=3",
+                    "web.shop.svc.clusterset.local",
+                ])
+                .output()
+                .expect("dig");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains("status: NXDOMAIN") && text.contains("flags: qr aa"),
+                "{text}"
+            );
+        }
     }
     // An app injected by `strait inject`, with the sidecar ConfigMap of the
     // docs and an identity Secret for its ServiceAccount.
