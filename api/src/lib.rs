@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod exports;
 pub mod identity;
 pub mod label;
+pub mod meshdir;
 pub mod snapshot;
 pub mod yaml;
 

@@ -644,9 +644,12 @@ impl fmt::Display for PrincipalPattern {
 impl Snapshot {
     /// Parses YAML and validates the result.
     pub fn from_yaml(text: &str) -> Result<Self, SnapshotError> {
-        crate::yaml::check_nesting(text, crate::yaml::MAX_YAML_NESTING)
-            .map_err(|reason| SnapshotError::invalid("<document>", "yaml", reason))?;
-        let snap: Self = serde_yaml_ng::from_str(text).map_err(SnapshotError::Parse)?;
+        let snap: Self = crate::yaml::from_str(text).map_err(|e| match e {
+            crate::yaml::YamlError::TooDeep(reason) => {
+                SnapshotError::invalid("<document>", "yaml", reason)
+            }
+            crate::yaml::YamlError::Parse(e) => SnapshotError::Parse(e),
+        })?;
         snap.validate()?;
         Ok(snap)
     }
@@ -1594,6 +1597,7 @@ services:
             ("15s", 15_000),
             ("5m", 300_000),
             ("1h", 3_600_000),
+            ("1d", 86_400_000),
         ] {
             assert_eq!(
                 duration_str::parse(s),
@@ -1601,7 +1605,7 @@ services:
                 "{s}"
             );
         }
-        for bad in ["", "s", "10", "1.5s", "-1s", "10 s", "1d"] {
+        for bad in ["", "s", "10", "1.5s", "-1s", "10 s", "1w", "1D"] {
             assert_eq!(duration_str::parse(bad), None, "{bad}");
         }
         assert_eq!(duration_str::format(Duration::from_millis(1500)), "1500ms");

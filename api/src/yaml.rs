@@ -2,6 +2,22 @@
 //! square of flow-collection nesting (`a: {a: {a: {...`), so deeply nested
 //! input is refused before it reaches the parser.
 
+/// Why a YAML document was refused: too deep, or not what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum YamlError {
+    #[error("{0}")]
+    TooDeep(String),
+    #[error("{0}")]
+    Parse(#[from] serde_yaml_ng::Error),
+}
+
+/// The one way Strait parses a YAML file or flag: the nesting guard, then
+/// serde (whose messages name the field, line and column).
+pub fn from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    check_nesting(text, MAX_YAML_NESTING).map_err(YamlError::TooDeep)?;
+    Ok(serde_yaml_ng::from_str(text)?)
+}
+
 /// Deepest `{`/`[` nesting Strait's YAML files may use.
 pub const MAX_YAML_NESTING: usize = 64;
 

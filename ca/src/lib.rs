@@ -18,6 +18,7 @@
 //! It is not a general-purpose PKI: it issues SPIFFE X.509-SVIDs for one
 //! trust domain, nothing else.
 
+pub mod admin_http;
 pub mod authority;
 pub mod client;
 pub mod csr;

@@ -13,6 +13,7 @@ mod cluster;
 mod diagnose;
 mod kube;
 mod mesh_cmds;
+mod meshdir;
 mod ops;
 mod output;
 mod probe;
@@ -20,6 +21,7 @@ mod proxy;
 mod roles;
 mod runtime;
 mod signal;
+mod status;
 
 use output::Format;
 
@@ -83,7 +85,7 @@ enum Command {
     /// Declarative multi-cluster scenarios: faults and assertions.
     #[command(subcommand)]
     Scenario(mesh_cmds::ScenarioCommand),
-    Status(mesh_cmds::StatusArgs),
+    Status(status::StatusArgs),
     Controller(roles::ControllerArgs),
     Gateway(roles::GatewayArgs),
     Dns(roles::DnsArgs),
@@ -132,7 +134,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(args),
         Command::Demo(args) => mesh_cmds::demo(args),
         Command::Scenario(cmd) => mesh_cmds::scenario(cmd, cli.output),
-        Command::Status(args) => mesh_cmds::status(args, cli.output),
+        Command::Status(args) => status::status(args, cli.output),
         Command::Controller(args) => roles::run_controller(args),
         Command::Gateway(args) => roles::run_gateway(args),
         Command::Dns(args) => roles::run_dns(args),

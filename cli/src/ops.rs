@@ -298,7 +298,7 @@ pub fn service(cmd: ServiceCommand, format: Format) -> anyhow::Result<()> {
 
 fn read_registration(file: &Path) -> anyhow::Result<Registration> {
     let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
-    serde_yaml_ng::from_str(&text)
+    strait_api::yaml::from_str(&text)
         .with_context(|| format!("{}: not a registration", file.display()))
 }
 

@@ -6,12 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::meshdir as demo;
 use anyhow::{Context, bail};
 use clap::Args;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use serde::Serialize;
-use strait_scenarios::demo;
 
 use crate::cluster::layout::{self, certs_dir};
 

@@ -151,7 +151,7 @@ struct Loaded {
 fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
     let text = read(path)?;
     let f: ControllerFile =
-        serde_yaml_ng::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        strait_api::yaml::from_str(&text).with_context(|| format!("{}", path.display()))?;
     let bad = |field: &str, why: String| anyhow::anyhow!("{}: {field}: {why}", path.display());
     let locality = match (&f.region, &f.zone) {
         (None, None) => Locality::default(),
@@ -354,10 +354,8 @@ pub struct GatewayArgs {
 
 fn load_exports(path: &Path) -> anyhow::Result<ExportTable> {
     let text = read(path)?;
-    strait_api::yaml::check_nesting(&text, strait_api::yaml::MAX_YAML_NESTING)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let table: ExportTable =
-        serde_yaml_ng::from_str(&text).with_context(|| path.display().to_string())?;
+        strait_api::yaml::from_str(&text).with_context(|| path.display().to_string())?;
     table
         .validate()
         .with_context(|| format!("{}: export table refused", path.display()))?;

@@ -106,9 +106,7 @@ impl InjectorConfig {
             path: path.to_owned(),
             reason,
         };
-        strait_api::yaml::check_nesting(&text, strait_api::yaml::MAX_YAML_NESTING)
-            .map_err(|e| bad(e.to_string()))?;
-        let f: InjectorFile = serde_yaml_ng::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let f: InjectorFile = strait_api::yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
         if f.inject.image.trim().is_empty() {
             return Err(bad("inject.image: empty".into()));
         }

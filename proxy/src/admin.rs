@@ -2,39 +2,21 @@
 //! `/config` (the snapshot in use, as JSON), `/trust` (JSON: the roots the
 //! sidecar trusts and the root its certificate chains to).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::state::Shared;
 use crate::transport::{Body, full};
 
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, &req)) }
-            });
-            // Heads within 5 s, and a minute per connection at most (a
-            // slow but steady client, or a body that never ends).
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(5))
-                .serve_connection(TokioIo::new(tcp), svc);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), conn).await;
-        });
-    }
+    strait_ca::admin_http::serve(listener, move |req| {
+        let resp = handle(&shared, &req);
+        async move { resp }
+    })
+    .await;
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {

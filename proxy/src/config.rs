@@ -200,10 +200,8 @@ pub struct ProxyConfig {
 
 impl ProxyConfig {
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        strait_api::yaml::check_nesting(text, strait_api::yaml::MAX_YAML_NESTING)
-            .map_err(ConfigError::Parse)?;
         let cfg: Self =
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+            strait_api::yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }

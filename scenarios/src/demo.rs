@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::Context;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
-use serde::{Deserialize, Serialize};
 use strait_api::ClusterName;
 use strait_api::snapshot::Protocol;
 use strait_federation::catalog::{Export, PolicySpec, ServiceKey};
@@ -22,38 +21,11 @@ use crate::mesh::{ClusterSpec, Mesh, MeshSpec, WorkloadSpec};
 /// Second octet of the demo's first cluster (127.180.0.0/16 ...).
 pub const DEMO_OCTET: u8 = 180;
 
-/// What `strait status` needs to find a running demo.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DemoState {
-    pub pid: u32,
-    pub clusters: Vec<DemoCluster>,
-}
+pub use strait_api::meshdir::{DemoCluster, DemoState};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DemoCluster {
-    pub name: String,
-    pub admin: Option<SocketAddr>,
-    pub dns: SocketAddr,
-    pub outbound_proxy: SocketAddr,
-    pub gateways: Vec<SocketAddr>,
-}
-
+/// `demo.json` in `dir`.
 pub fn state_file(dir: &Path) -> PathBuf {
-    dir.join("demo.json")
-}
-
-/// Reads a running demo's `demo.json`; `otherwise` names the flags that
-/// work without a demo, for the error message.
-pub fn read_state(dir: &Path, otherwise: &str) -> anyhow::Result<DemoState> {
-    let path = state_file(dir);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no running demo at {} (start one with `strait demo --dir {}`, or pass {otherwise})",
-            path.display(),
-            dir.display()
-        )
-    })?;
-    serde_json::from_str(&text).with_context(|| path.display().to_string())
+    dir.join(strait_api::meshdir::DEMO_STATE_FILE)
 }
 
 fn echo(export: Export) -> WorkloadSpec {

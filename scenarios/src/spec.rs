@@ -276,9 +276,8 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
 
 impl Scenario {
     pub fn from_yaml(text: &str) -> Result<Self, SpecError> {
-        strait_api::yaml::check_nesting(text, strait_api::yaml::MAX_YAML_NESTING)
-            .map_err(SpecError::Parse)?;
-        let s: Self = serde_yaml_ng::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))?;
+        let s: Self =
+            strait_api::yaml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))?;
         s.validate()?;
         Ok(s)
     }

@@ -187,8 +187,8 @@ fn discover(dir: &Path) -> anyhow::Result<Vec<Component>> {
             address: c.gateway_admin,
         });
     }
-    if out.is_empty() && strait_scenarios::demo::state_file(dir).exists() {
-        let state = strait_scenarios::demo::read_state(dir, "--confirm ADDR")?;
+    if out.is_empty() && crate::meshdir::state_file(dir).exists() {
+        let state = crate::meshdir::read_state(dir, "--confirm ADDR")?;
         for c in state.clusters {
             if let Some(admin) = c.admin {
                 out.push(Component {

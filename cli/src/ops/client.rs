@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::meshdir as demo;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use strait_federation::controller::admin_api::ADMIN_TOKEN_FILE;
-use strait_scenarios::demo;
 
 use super::{api_error, decode, encode};
 

@@ -378,7 +378,7 @@ fn flag_error(e: &FieldError) -> anyhow::Error {
 
 fn read_authz_file(file: &Path) -> anyhow::Result<Vec<AuthorizationPolicy>> {
     let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
-    serde_yaml_ng::from_str(&text).with_context(|| {
+    strait_api::yaml::from_str(&text).with_context(|| {
         format!(
             "{}: not a list of authorization policies (name, ports, deny, allow)",
             file.display()

@@ -304,16 +304,17 @@ fn load_kind<T: DeserializeOwned + Clone>(
                 source,
             })
             .and_then(|text| {
-                strait_api::yaml::check_nesting(&text, strait_api::yaml::MAX_YAML_NESTING)
-                    .map_err(|reason| CatalogError::Invalid {
+                strait_api::yaml::from_str::<T>(&text).map_err(|e| match e {
+                    strait_api::yaml::YamlError::TooDeep(reason) => CatalogError::Invalid {
                         file: path.clone(),
                         field: "<document>".into(),
                         value: "yaml".into(),
                         reason,
-                    })?;
-                serde_yaml_ng::from_str::<T>(&text).map_err(|source| CatalogError::Parse {
-                    file: path.clone(),
-                    source,
+                    },
+                    strait_api::yaml::YamlError::Parse(source) => CatalogError::Parse {
+                        file: path.clone(),
+                        source,
+                    },
                 })
             })
             .and_then(|v| {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::Shared;
@@ -65,42 +64,16 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-/// Time a client has to send a request head.
-const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Longest an admin connection may stay open.
-const CONNECTION_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
-
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, token: AdminToken) {
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, _)) = accepted else { continue };
-                let shared = shared.clone();
-                let token = token.clone();
-                conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (shared, token) = (shared.clone(), token.clone());
-                        async move {
-                            let res = if super::admin_api::is_api(req.uri().path()) {
-                                super::admin_api::handle(shared, &token, req).await
-                            } else {
-                                route(&shared, &req)
-                            };
-                            Ok::<_, std::convert::Infallible>(res)
-                        }
-                    });
-                    // A slow client (slowloris, or a body that never ends)
-                    // is cut off: heads within 5 s, a connection at most
-                    // a minute (operator calls take milliseconds).
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(HEAD_TIMEOUT)
-                        .serve_connection(TokioIo::new(tcp), svc);
-                    let _ = tokio::time::timeout(CONNECTION_LIMIT, conn).await;
-                });
+    strait_ca::admin_http::serve(listener, move |req: Request<Incoming>| {
+        let (shared, token) = (shared.clone(), token.clone());
+        async move {
+            if super::admin_api::is_api(req.uri().path()) {
+                super::admin_api::handle(shared, &token, req).await
+            } else {
+                route(&shared, &req)
             }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
-    }
+    })
+    .await;
 }

@@ -216,12 +216,13 @@ mod tests {
             initial: Duration::from_millis(100),
             max: Duration::from_millis(500),
         });
-        let ms: Vec<u128> = (0..5)
-            .filter_map(|_| b.next())
-            .map(|d| d.as_millis())
-            .collect();
-        assert_eq!(ms, [100, 200, 400, 500, 500]);
+        // Each delay is the step with jitter: within [3/4, 5/4] of it.
+        for step in [100u128, 200, 400, 500, 500] {
+            let d = b.next().unwrap().as_millis();
+            assert!((step * 3 / 4..=step * 5 / 4).contains(&d), "{d} for {step}");
+        }
         b.reset();
-        assert_eq!(b.next(), Some(Duration::from_millis(100)));
+        let d = b.next().unwrap().as_millis();
+        assert!((75..=125).contains(&d), "{d} after reset");
     }
 }
