@@ -750,6 +750,7 @@ fn proxy_config(
             ..Limits::default()
         },
         access_log: false,
+        capture: Default::default(),
     }
 }
 

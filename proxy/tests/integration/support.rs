@@ -75,6 +75,7 @@ impl Mesh {
             snapshot_file: None,
             limits: Limits::default(),
             access_log: false,
+            capture: Default::default(),
         }
     }
 

@@ -98,6 +98,7 @@ impl World {
             snapshot_file: None,
             limits: config::Limits::default(),
             access_log: false,
+            capture: Default::default(),
         };
         let snapshot = if snapshot.is_empty() {
             format!(
