@@ -23,6 +23,7 @@ use strait_proxy::{Proxy, ProxyConfig};
 ///
 ///   strait proxy --config sidecar.yaml
 ///   strait proxy --config sidecar.yaml --check     # validate and exit
+///   strait proxy capture install --netns pod1 --proxy-uid 1337   # see `capture --help`
 ///
 /// sidecar.yaml:
 ///   trust_domain: strait.local
@@ -32,11 +33,17 @@ use strait_proxy::{Proxy, ProxyConfig};
 ///   app: [{ port: 8080, protocol: http1, target: 127.0.0.1:8080 }]
 ///   controller: { address: 127.0.0.1:8610, cluster: east, locality: us-east/us-east-1a }
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct ProxyArgs {
+    #[command(subcommand)]
+    command: Option<crate::capture::ProxyCommand>,
     /// Sidecar config (YAML).
-    #[arg(long, short)]
-    config: PathBuf,
+    #[arg(long, short, required = true)]
+    config: Option<PathBuf>,
     /// Validate the config and snapshot, print a summary and exit.
     #[arg(long)]
     check: bool,
@@ -92,7 +99,11 @@ fn load(path: &Path) -> anyhow::Result<(ProxyConfig, Option<ControllerRef>)> {
 }
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let (cfg, controller) = load(&args.config)?;
+    if let Some(cmd) = args.command {
+        return crate::capture::run(cmd);
+    }
+    let path = args.config.context("--config is required")?;
+    let (cfg, controller) = load(&path)?;
     let snapshot = match &cfg.snapshot_file {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
@@ -124,6 +135,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             "strait sidecar: inbound (mTLS) {}, outbound proxy {}, admin http://{}/metrics, routing from {source}; Ctrl-C to stop",
             proxy.inbound, proxy.outbound, proxy.admin
         );
+        if let Some(c) = proxy.capture_outbound {
+            eprintln!("strait sidecar: transparent capture on {c}");
+        }
         crate::runtime::release_freed_memory();
         let feed = async {
             match controller {

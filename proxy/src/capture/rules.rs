@@ -122,8 +122,7 @@ pub fn install(r: &Rules) -> Result<String, RulesError> {
     line(format!("delete table {TABLE}"));
     line(format!("table {TABLE} {{"));
     line("\tchain outbound {".into());
-    line("\t\ttype nat hook output priority dstnat; policy accept;".into());
-    line("\t\tmeta l4proto != tcp return".into());
+    line("\t\ttype nat hook output priority -100; policy accept;".into());
     line(match r.own {
         Own::Uid(uid) => format!("\t\tmeta skuid {uid} return"),
         Own::Mark(mark) => format!("\t\tmeta mark {mark:#x} return"),
@@ -140,7 +139,10 @@ pub fn install(r: &Rules) -> Result<String, RulesError> {
     if !v6.is_empty() {
         line(format!("\t\tip6 daddr {} return", set(&v6)));
     }
-    line(format!("\t\tcounter redirect to :{}", r.outbound_port));
+    line(format!(
+        "\t\tmeta l4proto tcp counter redirect to :{}",
+        r.outbound_port
+    ));
     line("\t}".into());
     if let Some(inb) = &r.inbound {
         if inb.port == 0 {
@@ -160,7 +162,7 @@ pub fn install(r: &Rules) -> Result<String, RulesError> {
             return Err(RulesError::AppPortIsInbound { port: inb.port });
         }
         line("\tchain inbound {".into());
-        line("\t\ttype nat hook prerouting priority dstnat; policy accept;".into());
+        line("\t\ttype nat hook prerouting priority -100; policy accept;".into());
         line(format!(
             "\t\ttcp dport {} counter redirect to :{}",
             set(&inb.app_ports),
@@ -196,12 +198,11 @@ mod tests {
 delete table inet strait
 table inet strait {
 \tchain outbound {
-\t\ttype nat hook output priority dstnat; policy accept;
-\t\tmeta l4proto != tcp return
+\t\ttype nat hook output priority -100; policy accept;
 \t\tmeta skuid 1337 return
 \t\tip daddr 127.0.0.1 return
 \t\tip6 daddr ::1 return
-\t\tcounter redirect to :15002
+\t\tmeta l4proto tcp counter redirect to :15002
 \t}
 }
 ";
@@ -233,7 +234,7 @@ table inet strait {
             "\t\ttcp dport { 22, 53 } return\n",
             "\t\tip daddr { 10.96.0.0/12, 169.254.169.254/32 } return\n",
             "\t\tip6 daddr { fd00::/8 } return\n",
-            "\tchain inbound {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\ttcp dport { 8080, 9090 } counter redirect to :15006\n\t}\n}\n",
+            "\tchain inbound {\n\t\ttype nat hook prerouting priority -100; policy accept;\n\t\ttcp dport { 8080, 9090 } counter redirect to :15006\n\t}\n}\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
@@ -308,6 +309,54 @@ table inet strait {
                     assert!(e.contains("--exclude-cidrs") && e.contains(input), "{e}");
                 }
             }
+        }
+    }
+
+    /// `nft --check` (parses and validates against the kernel, commits
+    /// nothing) accepts every ruleset we write; needs root and nftables.
+    #[test]
+    fn nft_accepts_the_rulesets() {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let nft = std::process::Command::new("nft").arg("--version").output();
+        if !root || nft.is_err() {
+            eprintln!(
+                "SKIP nft_accepts_the_rulesets: needs root and nft (apt-get install nftables)"
+            );
+            return;
+        }
+        let full = Rules {
+            own: Own::Mark(0x539),
+            outbound_port: 15002,
+            inbound: Some(Inbound {
+                port: 15006,
+                app_ports: vec![8080, 9090],
+            }),
+            exclude_ports: vec![22],
+            exclude_cidrs: vec!["10.96.0.0/12".parse().unwrap(), "fd00::/8".parse().unwrap()],
+        };
+        for text in [install(&base()).unwrap(), install(&full).unwrap(), remove()] {
+            let mut child = std::process::Command::new("nft")
+                .args(["--check", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "nft refused\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 
