@@ -173,14 +173,16 @@ impl Lab {
     /// Packets the outbound redirect rule has counted (one per captured
     /// connection: a nat chain sees only a connection's first packet).
     fn redirected(&self) -> u64 {
-        let out = self.exec(
-            &self.client,
-            &["nft", "list", "chain", "inet", "strait", "outbound"],
-        );
+        self.counted(&self.client, "outbound")
+    }
+
+    /// Packets the redirect rule of `chain` in `ns` has counted.
+    fn counted(&self, ns: &str, chain: &str) -> u64 {
+        let out = self.exec(ns, &["nft", "list", "chain", "inet", "strait", chain]);
         let text = String::from_utf8_lossy(&out.stdout);
         let line = text
             .lines()
-            .find(|l| l.contains("redirect to :15002"))
+            .find(|l| l.contains("redirect to :"))
             .unwrap_or_else(|| panic!("no redirect rule in\n{text}"));
         let n = line
             .split_whitespace()
@@ -223,7 +225,7 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
-http.server.HTTPServer(("127.0.0.1", 8080), H).serve_forever()
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 "#;
 
 fn snapshot() -> String {
@@ -274,8 +276,8 @@ fn unmodified_curl_in_a_pod_reaches_a_service_through_capture_and_mtls() {
     )
     .unwrap();
 
-    // Server host: the app on its loopback only (reachable solely through
-    // its sidecar), a plain web server outside the mesh, the sidecar.
+    // Server host: the app (on all its addresses, as pods' apps listen), a
+    // plain web server outside the mesh, the sidecar.
     let _app = lab.spawn(&s, d, &["python3", "app.py"], "app.log");
     let plain = format!("{SERVER_IP}");
     let _plain = lab.spawn(
@@ -350,13 +352,15 @@ fn unmodified_curl_in_a_pod_reaches_a_service_through_capture_and_mtls() {
     // Three connections captured, not one more: the sidecar's own mTLS
     // and passthrough connections (uid 0) were not redirected back to it.
     assert_eq!(lab.redirected(), 3);
+    inbound_capture_makes_the_app_port_mtls_only(&lab, d, &resolve, &by_name);
+    assert_eq!(lab.redirected(), 4);
 
     // Straight at the capture port: not redirected (127.0.0.1), and the
     // sidecar refuses it as a loop at once instead of dialing itself.
     let started = Instant::now();
     let e = lab.curl(&["http://127.0.0.1:15002/"]).unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5), "{e}");
-    assert_eq!(lab.redirected(), 3);
+    assert_eq!(lab.redirected(), 4);
     let metrics = String::from_utf8_lossy(
         &lab.exec(&c, &["curl", "-s", "http://127.0.0.1:15000/metrics"])
             .stdout,
@@ -380,4 +384,58 @@ fn unmodified_curl_in_a_pod_reaches_a_service_through_capture_and_mtls() {
     drop((_client, _server, _plain, _app));
     drop(lab);
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
+}
+
+/// On the server host, `--app-ports 8080` sends TCP for the app's port to
+/// the sidecar's mTLS inbound port: a plain client (root in the pod, so not
+/// captured there) no longer reaches the app around the mesh, while the
+/// mesh (which dials the sidecar's port, not the app's) still does.
+fn inbound_capture_makes_the_app_port_mtls_only(lab: &Lab, d: &Path, resolve: &str, by_name: &str) {
+    let s = lab.server.as_str();
+    let plain = |path: &str| {
+        lab.exec(
+            &lab.client,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{SERVER_IP}:8080/{path}"),
+            ],
+        )
+    };
+    let around = plain("around");
+    assert!(around.status.success(), "{around:?}");
+    assert!(!String::from_utf8_lossy(&around.stdout).contains("x-forwarded-client-cert"));
+    let said = ok(
+        d,
+        &[
+            "proxy",
+            "capture",
+            "install",
+            "--netns",
+            s,
+            "--proxy-uid",
+            "0",
+            "--app-ports",
+            "8080",
+            "--inbound-port",
+            "15006",
+        ],
+    );
+    assert!(
+        said.contains("inbound TCP to app ports [8080] -> :15006"),
+        "{said}"
+    );
+    let refused = plain("around-again");
+    assert!(
+        !refused.status.success(),
+        "plaintext still reached the app: {refused:?}"
+    );
+    assert_eq!(lab.counted(s, "inbound"), 1);
+    let body = lab.curl(&["--resolve", resolve, by_name]).unwrap();
+    assert!(body.contains(CLIENT_ID), "{body}");
+    assert_eq!(lab.counted(s, "inbound"), 1);
+    ok(d, &["proxy", "capture", "remove", "--netns", s]);
+    assert!(plain("around-after").status.success());
 }
