@@ -279,11 +279,10 @@ fn unmodified_curl_in_a_pod_reaches_a_service_through_capture_and_mtls() {
     // Server host: the app (on all its addresses, as pods' apps listen), a
     // plain web server outside the mesh, the sidecar.
     let _app = lab.spawn(&s, d, &["python3", "app.py"], "app.log");
-    let plain = format!("{SERVER_IP}");
     let _plain = lab.spawn(
         &s,
         d,
-        &["python3", "-m", "http.server", "8081", "--bind", &plain],
+        &["python3", "-m", "http.server", "8081", "--bind", SERVER_IP],
         "plain.log",
     );
     let _server = lab.spawn(

@@ -245,7 +245,8 @@ table inet strait {
 
     #[test]
     fn bad_options_are_refused_naming_the_option() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Rules)>, RulesError)> = vec![
+        type Change = Box<dyn Fn(&mut Rules)>;
+        let cases: Vec<(&str, Change, RulesError)> = vec![
             (
                 "zero outbound port",
                 Box::new(|r| r.outbound_port = 0),
