@@ -32,6 +32,8 @@ use strait_proxy::{Proxy, ProxyConfig};
 ///   local_service: web.default
 ///   app: [{ port: 8080, protocol: http1, target: 127.0.0.1:8080 }]
 ///   controller: { address: 127.0.0.1:8610, cluster: east, locality: us-east/us-east-1a }
+///   # with `strait proxy capture install`: where redirected connections arrive
+///   capture: { outbound: 127.0.0.1:15002, unknown: passthrough }
 #[derive(Debug, Args)]
 #[command(
     verbatim_doc_comment,

@@ -438,3 +438,102 @@ fn inbound_capture_makes_the_app_port_mtls_only(lab: &Lab, d: &Path, resolve: &s
     ok(d, &["proxy", "capture", "remove", "--netns", s]);
     assert!(plain("around-after").status.success());
 }
+
+/// Without root: the verbs, their help and their errors.
+#[test]
+fn capture_verbs_print_rules_and_name_bad_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let help = ok(d, &["proxy", "--help"]);
+    assert!(
+        help.contains("strait proxy --config sidecar.yaml"),
+        "{help}"
+    );
+    assert!(
+        help.contains("capture: { outbound: 127.0.0.1:15002"),
+        "{help}"
+    );
+    let help = ok(d, &["proxy", "capture", "install", "--help"]);
+    assert!(
+        help.contains("strait proxy capture install --netns pod1 --proxy-uid 1337"),
+        "{help}"
+    );
+
+    let rules = ok(
+        d,
+        &[
+            "proxy",
+            "capture",
+            "install",
+            "--proxy-mark",
+            "0x539",
+            "--app-ports",
+            "8080,9090",
+            "--exclude-ports",
+            "22",
+            "--exclude-cidrs",
+            "10.96.0.0/12,fd00::/8",
+            "--dry-run",
+        ],
+    );
+    for want in [
+        "table inet strait {",
+        "meta mark 0x539 return",
+        "tcp dport { 22 } return",
+        "ip daddr { 10.96.0.0/12 } return",
+        "ip6 daddr { fd00::/8 } return",
+        "meta l4proto tcp counter redirect to :15002",
+        "tcp dport { 8080, 9090 } counter redirect to :15006",
+    ] {
+        assert!(rules.contains(want), "missing {want:?}:\n{rules}");
+    }
+    let removal = ok(d, &["proxy", "capture", "remove", "--dry-run"]);
+    assert_eq!(removal, "table inet strait\ndelete table inet strait\n");
+
+    for (args, want) in [
+        (
+            &["--proxy-uid", "1", "--exclude-cidrs", "10.0.0.0/33"][..],
+            "--exclude-cidrs: \"10.0.0.0/33\" is not a CIDR",
+        ),
+        (
+            &["--proxy-uid", "1", "--inbound-port", "15006"][..],
+            "--inbound-port needs --app-ports",
+        ),
+        (
+            &["--proxy-uid", "1", "--app-ports", "15006"][..],
+            "15006 is also the inbound port",
+        ),
+        (
+            &["--proxy-uid", "1", "--outbound-port", "0"][..],
+            "--outbound-port: port 0",
+        ),
+    ] {
+        let mut all = vec!["proxy", "capture", "install", "--dry-run"];
+        all.extend_from_slice(args);
+        let err = support::fails(d, &all);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // Neither uid nor mark: the sidecar's own traffic would loop.
+    let out = support::strait(d, &["proxy", "capture", "install", "--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--proxy-uid"),
+        "{err}"
+    );
+    let out = support::strait(
+        d,
+        &[
+            "proxy",
+            "capture",
+            "install",
+            "--proxy-mark",
+            "0",
+            "--dry-run",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("0 is no mark"),
+        "{err}"
+    );
+}

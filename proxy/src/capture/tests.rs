@@ -210,3 +210,19 @@ async fn a_connection_nothing_redirected_is_refused_as_a_loop() {
         ),
     }
 }
+
+#[test]
+fn the_capture_config_of_operations_md_parses() {
+    let doc = include_str!("../../../docs/operations.md");
+    let start = doc
+        .find("# sidecar.yaml, run as uid 1337\n")
+        .expect("operations.md shows a capture config");
+    let block = &doc[start..];
+    let block = &block[..block.find("```").unwrap()];
+    let text = format!(
+        "trust_domain: strait.local\nidentity: {{ files: {{ chain: c, key: k, bundle: b }} }}\n{block}"
+    );
+    let c = crate::ProxyConfig::from_yaml(&text).unwrap();
+    assert_eq!(c.capture.outbound, Some(a("127.0.0.1:15002")));
+    assert_eq!(c.listeners.inbound, a("0.0.0.0:15006"));
+}
