@@ -1,16 +1,18 @@
 //! Transparent capture end to end, as root, in network namespaces this
 //! test creates: a "client pod" and a "server host" joined by a veth pair
-//! (10.231.0.1 and 10.231.0.2). `strait proxy capture install --netns`
-//! writes the rules in the pod; an unmodified `curl` there, run as another
-//! uid than the sidecar, dials the service by name (`--resolve` to its
-//! VIP), by an endpoint's address, and an address outside the mesh; the pod's
-//! sidecar (`capture: { outbound: ... }`, no VIP listeners) carries the
-//! first two over mTLS to the server's sidecar, which puts the caller's
-//! identity in front of the app, and passes the third through as plain TCP.
+//! (10.231.0.1 and 10.231.0.2, fd00:231::1 and fd00:231::2). `strait proxy
+//! capture install --netns` writes the rules in the pod; an unmodified
+//! `curl` there, run as another uid than the sidecar, dials the service by
+//! name (`--resolve` to its VIP), by an endpoint's IPv4 and IPv6 address,
+//! and an address outside the mesh; the pod's sidecar (`capture: {
+//! outbound: "[::]:15002" }`, dual-stack, no VIP listeners) carries the
+//! mesh ones over mTLS to the server's sidecar, which puts the caller's
+//! identity in front of the app, and passes the last through as plain TCP.
 //! The rule's counter proves the sidecar's own connections were not
-//! redirected (no loop). Skips, saying why, without root, `ip`, `nft`,
-//! `curl`, `python3` or `setpriv`. Everything it creates is removed on drop
-//! (also on panic) and checked gone at the end.
+//! redirected (no loop). Inbound capture on the server host closes the app
+//! port to plaintext. Skips, saying why, without root, `ip`, `nft`, `curl`,
+//! `python3` or `setpriv`. Everything it creates is removed on drop (also
+//! on panic) and checked gone at the end.
 
 mod support;
 
@@ -22,6 +24,8 @@ use support::{Proc, identity_files, issue, ok, pause};
 
 const CLIENT_IP: &str = "10.231.0.1";
 const SERVER_IP: &str = "10.231.0.2";
+const CLIENT_IP6: &str = "fd00:231::1";
+const SERVER_IP6: &str = "fd00:231::2";
 const VIP: &str = "127.77.0.10";
 const CLIENT_ID: &str = "spiffe://strait.local/ns/default/sa/client";
 const NOBODY: &str = "65534";
@@ -91,7 +95,12 @@ impl Lab {
                 "link", "add", &va, "netns", c, "type", "veth", "peer", "name", &vb, "netns", s,
             ],
         );
-        for (ns, dev, ip) in [(c, &va, CLIENT_IP), (s, &vb, SERVER_IP)] {
+        for (ns, dev, ip, ip6) in [
+            (c, &va, CLIENT_IP, CLIENT_IP6),
+            (s, &vb, SERVER_IP, SERVER_IP6),
+        ] {
+            let ip6 = format!("{ip6}/64");
+            must("ip", &["-n", ns, "addr", "add", &ip6, "dev", dev, "nodad"]);
             must(
                 "ip",
                 &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev],
@@ -230,7 +239,7 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 
 fn snapshot() -> String {
     format!(
-        "version: 1\nlocal: {{ cluster: east }}\nservices:\n  - name: echo\n    namespace: default\n    vip: {VIP}\n    ports: [{{ port: 8080, protocol: http1 }}]\n    endpoints:\n      - {{ address: \"{SERVER_IP}:15006\", cluster: east, identity: \"spiffe://strait.local/ns/default/sa/echo\" }}\n"
+        "version: 1\nlocal: {{ cluster: east }}\nservices:\n  - name: echo\n    namespace: default\n    vip: {VIP}\n    ports: [{{ port: 8080, protocol: http1 }}]\n    endpoints:\n      - {{ address: \"{SERVER_IP}:15006\", cluster: east, identity: \"spiffe://strait.local/ns/default/sa/echo\" }}\n      - {{ address: \"[{SERVER_IP6}]:15006\", cluster: east, identity: \"spiffe://strait.local/ns/default/sa/echo\" }}\n"
     )
 }
 
@@ -262,7 +271,7 @@ fn unmodified_curl_in_a_pod_reaches_a_service_through_capture_and_mtls() {
     std::fs::write(
         d.join("server.yaml"),
         format!(
-            "trust_domain: strait.local\n{}listeners: {{ inbound: {SERVER_IP}:15006, outbound: 127.0.0.1:15001, admin: 127.0.0.1:15000, bind_vips: false }}\nlocal_service: echo.default\napp: [{{ port: 8080, protocol: http1, target: 127.0.0.1:8080 }}]\nsnapshot_file: snap.yaml\n",
+            "trust_domain: strait.local\n{}listeners: {{ inbound: \"[::]:15006\", outbound: 127.0.0.1:15001, admin: 127.0.0.1:15000, bind_vips: false }}\nlocal_service: echo.default\napp: [{{ port: 8080, protocol: http1, target: 127.0.0.1:8080 }}]\nsnapshot_file: snap.yaml\n",
             identity_files("echo")
         ),
     )
@@ -270,7 +279,7 @@ fn unmodified_curl_in_a_pod_reaches_a_service_through_capture_and_mtls() {
     std::fs::write(
         d.join("client.yaml"),
         format!(
-            "trust_domain: strait.local\n{}listeners: {{ inbound: 127.0.0.1:15006, outbound: 127.0.0.1:15001, admin: 127.0.0.1:15000, bind_vips: false }}\ncapture: {{ outbound: 127.0.0.1:15002 }}\nsnapshot_file: snap.yaml\n",
+            "trust_domain: strait.local\n{}listeners: {{ inbound: 127.0.0.1:15006, outbound: 127.0.0.1:15001, admin: 127.0.0.1:15000, bind_vips: false }}\ncapture: {{ outbound: \"[::]:15002\" }}\nsnapshot_file: snap.yaml\n",
             identity_files("client")
         ),
     )
@@ -351,15 +360,23 @@ fn unmodified_curl_in_a_pod_reaches_a_service_through_capture_and_mtls() {
     // Three connections captured, not one more: the sidecar's own mTLS
     // and passthrough connections (uid 0) were not redirected back to it.
     assert_eq!(lab.redirected(), 3);
-    inbound_capture_makes_the_app_port_mtls_only(&lab, d, &resolve, &by_name);
+    // IPv6 (IP6T_SO_ORIGINAL_DST): by the endpoint's IPv6 address. The
+    // IPv4 connections above reached the same dual-stack listener as
+    // IPv4-mapped addresses (SO_ORIGINAL_DST on an IPv6 socket).
+    let body = lab
+        .curl(&["-g", &format!("http://[{SERVER_IP6}]:8080/by-endpoint-v6")])
+        .unwrap();
+    assert!(body.contains(CLIENT_ID), "{body}");
     assert_eq!(lab.redirected(), 4);
+    inbound_capture_makes_the_app_port_mtls_only(&lab, d, &resolve, &by_name);
+    assert_eq!(lab.redirected(), 5);
 
     // Straight at the capture port: not redirected (127.0.0.1), and the
     // sidecar refuses it as a loop at once instead of dialing itself.
     let started = Instant::now();
     let e = lab.curl(&["http://127.0.0.1:15002/"]).unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5), "{e}");
-    assert_eq!(lab.redirected(), 4);
+    assert_eq!(lab.redirected(), 5);
     let metrics = String::from_utf8_lossy(
         &lab.exec(&c, &["curl", "-s", "http://127.0.0.1:15000/metrics"])
             .stdout,
