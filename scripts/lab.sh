@@ -7,7 +7,7 @@
 # `controller:` in each pod, `strait proxy capture install`), unmodified
 # apps (python3's http.server, curl). Root only. See docs/lab.md.
 #
-#   scripts/lab.sh up       # build and start everything (STRAIT_BIN, LAB_DIR)
+#   scripts/lab.sh up       # build and start everything (STRAIT_BIN, LAB_DIR, LAB_PREFIX)
 #   scripts/lab.sh status   # namespaces, processes, router counters
 #   scripts/lab.sh down     # stop every process, delete every namespace
 #   scripts/lab.sh try [NAME]   # one request from east's client pod through capture
@@ -16,16 +16,21 @@
 #   scripts/lab.sh gateway-down west | gateway-up west
 #
 # Layout (cluster n = 1 east, 2 west, 3 central; subnet 10.24.n.0/24):
-#   slab-router      10.24.n.1 on each cluster's switch; forwards only to/from 10.24.n.10
+#   slab-router      10.24.n.1 on each cluster's switch; forwards only to/from
+#                    10.24.n.10; records each new flow it passed (set crossed)
 #   slab-<c>-sw      the cluster's switch (a bridge)
 #   slab-<c>-host    10.24.n.10: controller :8610 (admin :8611), gateway :15443, DNS :8653
 #   slab-<c>-<pod>   10.24.n.2x: app + sidecar (uid 1337), capture rules
 # Pods: east/client (a shell for curl), west/echo and central/echo (the
-# echo.demo service, exported to every cluster).
+# echo.demo service, exported to every cluster; east's policy fails over
+# west first, then central).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-P=slab
+# LAB_PREFIX names every namespace (default slab), so two labs (tests run
+# in parallel) never meet: each is its own set of namespaces.
+P=${LAB_PREFIX:-slab}
+[[ $P =~ ^[a-z][a-z0-9]{0,11}$ ]] || { echo "lab: LAB_PREFIX must be 1-12 lowercase letters or digits, starting with a letter: $P" >&2; exit 2; }
 DIR=${LAB_DIR:-/tmp/strait-lab}
 STRAIT=${STRAIT_BIN:-$PWD/target/debug/strait}
 PROXY_UID=1337
@@ -90,6 +95,13 @@ table inet lab {
 		ip daddr @gateways counter accept comment "to a gateway host"
 		ip saddr @gateways counter accept comment "from a gateway host"
 		counter drop comment "anything else between subnets"
+	}
+	# Every new flow the forward chain let through, by addresses, protocol
+	# and port: what crossed between subnets (scripts/lab.sh status).
+	set crossed { type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags dynamic; size 4096; }
+	chain passed {
+		type filter hook forward priority 10; policy accept;
+		ct state new meta l4proto { tcp, udp } add @crossed { ip saddr . ip daddr . meta l4proto . th dport }
 	}
 }
 EOF
@@ -189,6 +201,23 @@ EOF
   for pair in east:west east:central west:central central:west; do
     in_ns "$P-router" "$S" link --from "${pair%%:*}" --to "${pair##*:}" --demo-dir "$DIR" >/dev/null
   done
+  # East's callers go to west first, then central (without a policy, the
+  # order among remote clusters is not west-first).
+  in_ns "$P-router" "$S" policy set echo -n demo --failover west,central --cluster east \
+    --demo-dir "$DIR" >/dev/null
+  # A gateway lets peers in to an exported service once it has read its
+  # controller's export table (a poll every 2 s); a request before that is
+  # refused (unknown_endpoint) and ejects a healthy endpoint for 30 s.
+  say "waiting for the gateways' export tables"
+  local i
+  for c in west central; do
+    for i in $(seq 60); do
+      grep -q "export table: [1-9]" "$DIR/clusters/$c/gateway.log" 2>/dev/null && break
+      sleep 0.1
+    done
+    grep -q "export table: [1-9]" "$DIR/clusters/$c/gateway.log" 2>/dev/null ||
+      echo "lab: the gateway of $c has not said it has an export table after 6 s; going on" >&2
+  done
   say "up. Try (docs/lab.md):"
   echo "  ip netns exec $P-east-client curl -s --resolve echo.demo.svc.clusterset.local:8080:\$(ip netns exec $P-east-client dig +short -p 8653 @$(net east).10 echo.demo.svc.clusterset.local) http://echo.demo.svc.clusterset.local:8080/"
 }
@@ -206,6 +235,10 @@ status() {
   if ip netns list | grep -q "^$P-router"; then
     echo "router forward chain (counters: packets crossing between subnets):"
     in_ns "$P-router" nft list chain inet lab forward | grep -E "counter" | sed 's/^\s*/  /'
+    echo "flows that crossed (source . destination . protocol . port):"
+    in_ns "$P-router" nft list set inet lab crossed | tr -d '\n\t' |
+      sed -e 's/.*elements = { *//' -e 's/ *}.*//' | tr ',' '\n' | sed 's/^ */  /'
+    echo
     echo "clusters (strait status, from the router):"
     local ctl=()
     for c in "${CLUSTERS[@]}"; do ctl+=(--controller "$(net "$c").10:8611"); done
@@ -269,6 +302,14 @@ gateway_link() {
   say "gateway host link of $1 $2"
 }
 
+# The processes in the lab's namespaces (every lab process runs in one).
+lab_pids() {
+  local ns
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
+    ip netns pids "$ns" 2>/dev/null || true
+  done
+}
+
 down() {
   need
   if [ -f "$DIR/lab.pids" ]; then
@@ -278,11 +319,25 @@ down() {
   for c in "${CLUSTERS[@]}"; do
     [ -x "$DIR/bin/strait" ] && "$DIR/bin/strait" cluster down "$c" --dir "$DIR" >/dev/null 2>&1 || true
   done
+  lab_pids | xargs -r kill 2>/dev/null || true
+  # A gateway drains its tunnels for up to 30 s on SIGTERM: give every
+  # process 5 s, then SIGKILL what is left in the namespaces, so none
+  # outlives the lab.
+  local i
+  for i in $(seq 50); do
+    [ -z "$(lab_pids)" ] && break
+    sleep 0.1
+  done
+  lab_pids | xargs -r kill -9 2>/dev/null || true
+  for i in $(seq 20); do
+    [ -z "$(lab_pids)" ] && break
+    sleep 0.1
+  done
+  local ns
   for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
     ip netns del "$ns"
   done
-  say "down: no $P-* namespace left (state stays in $DIR)"
+  say "down: no $P-* namespace and no lab process left (state stays in $DIR)"
 }
 
 case "${1:-}" in
