@@ -119,7 +119,7 @@ up() {
   say "router and switches"
   ip netns add "$P-router"
   in_ns "$P-router" ip link set lo up
-  in_ns "$P-router" sysctl -qw net.ipv4.ip_forward=1
+  in_ns "$P-router" sh -c "echo 1 >/proc/sys/net/ipv4/ip_forward" # no procps needed
   for c in "${CLUSTERS[@]}"; do
     ip netns add "$P-$c-sw"
     in_ns "$P-$c-sw" ip link set lo up
