@@ -41,6 +41,28 @@ if ((${#root_missing[@]})); then
 elif [ "$(id -u)" != 0 ]; then
   echo "note: not root: the capture tests in network namespaces will be skipped"
 fi
+# Kubernetes manifests are validated against the official schemas
+# (kubernetes-validate, pinned) and the CRDs' own (jsonschema) by
+# cli/tests/kube.rs. Installed as root; without them those tests skip with
+# a message, unless they were installed here (then they must run).
+KUBE_PY="kubernetes-validate==1.37.0 jsonschema==4.26.0"
+kube_py_ok() { python3 -c 'import kubernetes_validate, jsonschema, yaml' >/dev/null 2>&1; }
+if ! kube_py_ok; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "==> installing $KUBE_PY"
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-pip >/dev/null
+    fi
+    # shellcheck disable=SC2086
+    python3 -m pip install -q $KUBE_PY 2>/dev/null || python3 -m pip install -q --break-system-packages $KUBE_PY
+  else
+    echo "note: python packages $KUBE_PY are missing; the Kubernetes schema tests will skip (pip install $KUBE_PY)"
+  fi
+fi
+if kube_py_ok; then
+  export STRAIT_REQUIRE_KUBE_VALIDATE=1
+fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy
 fi

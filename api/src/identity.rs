@@ -94,6 +94,51 @@ impl TrustDomain {
             self.0
         ))
     }
+
+    /// The identity of one of Strait's own components of `cluster`:
+    /// `spiffe://td/ns/strait-system/sa/<component>-<cluster>`.
+    pub fn component_id(&self, component: Component, cluster: &crate::ClusterName) -> SpiffeId {
+        let uri = format!(
+            "{SCHEME}{}/ns/{SYSTEM_NAMESPACE}/sa/{}-{cluster}",
+            self.0,
+            component.as_str()
+        );
+        SpiffeId {
+            uri,
+            td_len: self.0.len(),
+        }
+    }
+
+    /// The controller of `cluster`.
+    pub fn controller_id(&self, cluster: &crate::ClusterName) -> SpiffeId {
+        self.component_id(Component::Controller, cluster)
+    }
+
+    /// The east-west gateways of `cluster`.
+    pub fn gateway_id(&self, cluster: &crate::ClusterName) -> SpiffeId {
+        self.component_id(Component::Gateway, cluster)
+    }
+}
+
+/// The namespace of Strait's own components' identities.
+pub const SYSTEM_NAMESPACE: &str = "strait-system";
+
+/// Strait's own components, each with one identity per cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Component {
+    Controller,
+    Gateway,
+    Dns,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Controller => "controller",
+            Self::Gateway => "gateway",
+            Self::Dns => "dns",
+        }
+    }
 }
 
 impl fmt::Display for TrustDomain {

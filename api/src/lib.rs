@@ -7,6 +7,7 @@
 
 pub mod authority;
 pub mod cluster;
+pub mod exports;
 pub mod identity;
 pub mod snapshot;
 pub mod yaml;

@@ -86,6 +86,10 @@ pub struct Snapshot {
     pub clusters: Vec<ClusterName>,
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Only in the snapshot of the cluster's east-west gateways: what they
+    /// let linked clusters reach (`None` for proxies and DNS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exports: Option<crate::exports::ExportTable>,
 }
 
 /// Where the receiving proxy runs.
@@ -455,12 +459,75 @@ pub struct AuthorizationPolicy {
     pub deny: Vec<AuthzRule>,
     #[serde(default)]
     pub allow: Vec<AuthzRule>,
+    /// How request paths on these ports are canonicalized and matched
+    /// (opt-ins; the default refuses every ambiguous form). Policies that
+    /// cover the same port must agree on it.
+    #[serde(default, skip_serializing_if = "PathPolicy::is_default")]
+    pub path: PathPolicy,
 }
 
 impl AuthorizationPolicy {
     pub fn applies_to(&self, port: u16) -> bool {
         self.ports.is_empty() || self.ports.contains(&port)
     }
+
+    /// True when this policy and `other` cover at least one common port.
+    pub fn overlaps(&self, other: &Self) -> bool {
+        self.ports.is_empty()
+            || other.ports.is_empty()
+            || self.ports.iter().any(|p| other.ports.contains(p))
+    }
+}
+
+/// Path handling of a service port, set in its authorization policies. The
+/// destination sidecar canonicalizes every request path (dot segments,
+/// merged slashes, percent-decoding of unreserved characters), decides on
+/// the canonical path and forwards exactly that path; forms that cannot be
+/// canonicalized unambiguously are refused unless an opt-in here says how
+/// to treat them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathPolicy {
+    /// `%2F`, `%5C` and a raw `\`.
+    pub escaped_slashes: EscapedSlashes,
+    /// `;` in a segment (`/a;jsessionid=1/b`).
+    pub parameters: PathParameters,
+    /// Rule paths match regardless of ASCII case (`/ADMIN` is `/admin`);
+    /// the forwarded path keeps its case.
+    pub case_insensitive: bool,
+}
+
+impl PathPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What the destination sidecar does with `%2F`, `%5C` and a raw `\`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashes {
+    /// Refuse the request with `400` (the default).
+    #[default]
+    Reject,
+    /// Treat each as `/` (then merge and resolve dot segments).
+    Decode,
+    /// Keep them as data inside their segment, encoded (`%2F`, `%5C`): for
+    /// apps whose path segments are opaque keys. Rules then see one
+    /// segment where an app that decodes them sees several.
+    Keep,
+}
+
+/// What the destination sidecar does with `;` inside a path segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathParameters {
+    /// Refuse the request with `400` (the default): servlet containers
+    /// drop `;...` from a segment, so `/x/..;/admin` is `/admin` to them.
+    #[default]
+    Reject,
+    /// Keep `;` as an ordinary character of its segment.
+    Keep,
 }
 
 /// A rule matches when every non-empty condition matches (empty = any).
@@ -617,6 +684,10 @@ impl Snapshot {
                 return Err(dup(format!("{f}.vip"), "vip", svc.vip));
             }
             validate_service(&f, svc, &self.local.cluster, &known)?;
+        }
+        if let Some(t) = &self.exports {
+            t.validate()
+                .map_err(|e| SnapshotError::invalid("exports", "export table", e.to_string()))?;
         }
         Ok(())
     }
@@ -782,6 +853,16 @@ pub fn validate_authorization(
             return Err(dup(format!("{pf}.name"), "policy", &p.name));
         }
         validate_policy(&pf, p, ports)?;
+        let earlier = policies[..j]
+            .iter()
+            .find(|q| q.overlaps(p) && q.path != p.path);
+        if let Some(q) = earlier {
+            let why = format!(
+                "policies covering the same port must agree on `path`, and {:?} differs",
+                q.name
+            );
+            return Err(SnapshotError::invalid(format!("{pf}.path"), &p.name, why));
+        }
     }
     Ok(())
 }
@@ -1055,6 +1136,7 @@ services:
           - { paths: [/admin], from: ["spiffe://strait.local/ns/guest/*"] }
         allow:
           - { from: ["spiffe://strait.local/*"], methods: [GET] }
+        path: { escaped_slashes: decode, parameters: keep, case_insensitive: true }
 "#;
 
     fn good() -> Snapshot {
@@ -1099,6 +1181,14 @@ services:
             web.authorization[0].deny[0].from[0],
             PrincipalPattern::Namespace { .. }
         ));
+        assert_eq!(
+            web.authorization[0].path,
+            PathPolicy {
+                escaped_slashes: EscapedSlashes::Decode,
+                parameters: PathParameters::Keep,
+                case_insensitive: true,
+            }
+        );
     }
 
     #[test]
@@ -1387,6 +1477,17 @@ services:
                 "http rule on tcp port",
                 |s| s.services[0].ports[0].protocol = Protocol::Tcp,
                 "authorization[0].deny[0]: \"tcp\"",
+            ),
+            (
+                "policies on one port disagree on path handling",
+                |s| {
+                    let mut p = s.services[0].authorization[0].clone();
+                    p.name = "keep-slashes".into();
+                    p.ports = Vec::new();
+                    p.path.escaped_slashes = EscapedSlashes::Keep;
+                    s.services[0].authorization.push(p);
+                },
+                "authorization[1].path: \"keep-slashes\"",
             ),
         ];
         for (name, edit, needle) in cases {

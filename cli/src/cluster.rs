@@ -304,10 +304,10 @@ fn write_configs(l: &Layout, info: &ClusterInfo) -> anyhow::Result<(PathBuf, Pat
         files_yaml(&l.certs("controller"))
     ));
     let gw = format!(
-        "cluster: {}\ntrust_domain: {}\ncontroller: \"{}\"\nidentity: {}\nlisteners: {{ public: \"{}\", admin: \"{}\" }}\n",
+        "cluster: {}\ntrust_domain: {}\ncontroller: {{ address: \"{}\" }}\nidentity: {}\nlisteners: {{ public: \"{}\", admin: \"{}\" }}\n",
         info.name,
         info.trust_domain,
-        info.admin,
+        info.controller,
         files_yaml(&l.certs("gateway-0")),
         info.gateway,
         info.gateway_admin

@@ -12,6 +12,7 @@ mod capture;
 mod check;
 mod cluster;
 mod diagnose;
+mod kube;
 mod mesh_cmds;
 mod ops;
 mod output;
@@ -105,6 +106,11 @@ enum Command {
     Cluster(cluster::ClusterCommand),
     Check(check::CheckArgs),
     Diagnose(diagnose::DiagnoseArgs),
+    /// Install Strait on a platform: print its manifests.
+    #[command(subcommand)]
+    Install(kube::InstallCommand),
+    Inject(kube::InjectArgs),
+    Injector(kube::InjectorArgs),
 }
 
 fn main() -> ExitCode {
@@ -141,6 +147,9 @@ fn main() -> ExitCode {
         Command::Cluster(cmd) => cluster::run(cmd, cli.output),
         Command::Check(args) => check::run(args, cli.output),
         Command::Diagnose(args) => diagnose::run(args, cli.output),
+        Command::Install(cmd) => kube::install(cmd),
+        Command::Inject(args) => kube::inject(args),
+        Command::Injector(args) => kube::injector(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,24 +5,21 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
-use strait_api::snapshot::Snapshot;
+use strait_agent::{ControllerRef, Role, Target};
 use strait_api::{ClusterName, Locality, TrustDomain};
 use strait_ca::{CertStore, SharedBundle, TrustBundle};
 use strait_federation::controller::admin_api::ADMIN_TOKEN_FILE;
-use strait_federation::controller::{Controller, ControllerConfig, Status};
-use strait_gateway::{ExportTable, ExportedEndpoint, ExportedService, Gateway, GatewayConfig};
+use strait_federation::controller::{Controller, ControllerConfig};
+use strait_federation::snapshot::VipRange;
+use strait_gateway::{ExportTable, Gateway, GatewayConfig};
 
 mod dns;
 
 pub use dns::{DnsArgs, run_dns};
-
-/// The VIP octet that keeps controller VIPs (127.77.x.y) unchanged in DNS.
-const VIP_OCTET: u8 = 77;
 
 /// Run a cluster's federation controller until Ctrl-C.
 ///
@@ -46,6 +43,7 @@ const VIP_OCTET: u8 = 77;
 ///   identity:                        # spiffe://<td>/ns/strait-system/sa/controller-east
 ///     files: { chain: ./ctl/chain.pem, key: ./ctl/key.pem, bundle: ./ctl/bundle.pem }
 ///   dns: { listen: 127.0.0.1:8653 }  # optional: serve clusterset.local for this cluster
+///   vips: 127.77.0.0/16              # optional: the loopback /16 of service VIPs
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct ControllerArgs {
@@ -78,6 +76,10 @@ struct ControllerFile {
     identity: IdentityFile,
     #[serde(default)]
     dns: Option<DnsFile>,
+    /// Where service VIPs are drawn from (default 127.77.0.0/16); clusters
+    /// whose sidecars share one host each need their own.
+    #[serde(default)]
+    vips: Option<VipRange>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -175,7 +177,7 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
         .files
         .load(&f.trust_domain)
         .map_err(|e| bad("identity", format!("{e:#}")))?;
-    let expected = strait_federation::controller::controller_identity(&f.trust_domain, &f.cluster);
+    let expected = f.trust_domain.controller_id(&f.cluster);
     let got = certs.identity();
     if got.as_ref() != Some(&expected) {
         let got = got.map_or_else(|| "no SPIFFE ID".to_owned(), |g| g.to_string());
@@ -196,6 +198,9 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
     config.admin_listen = Some(f.admin_listen);
     config.advertise = f.advertise;
     config.gateways = f.gateways;
+    if let Some(v) = f.vips {
+        config.vips = v;
+    }
     Ok(Loaded {
         config,
         dns: f.dns.map(|d| d.listen),
@@ -224,6 +229,8 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let state_dir = loaded.config.state_dir.clone();
         let (certs, bundle) = (loaded.config.certs.clone(), loaded.config.bundle.clone());
+        let (dns_certs, dns_bundle) = (certs.clone(), bundle.clone());
+        let td = bundle.get().trust_domain().clone();
         let handle = Controller::start(loaded.config).await?;
         // The certificate and bundle the controller serves and dials with
         // are swapped in place when their files change (root rotation).
@@ -239,11 +246,24 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         );
         let mut dns = None;
         if let Some(listen) = loaded.dns {
-            let view =
-                strait_dns::ViewHandle::new(strait_dns::DnsView::new(handle.cluster().clone()))?;
-            let server = strait_dns::run(
+            // The controller's own DNS follows it like `strait dns` does:
+            // over its config push, with the controller's certificate.
+            let target = Target {
+                address: handle.grpc_addr(),
+                cluster: handle.cluster().clone(),
+                trust_domain: td.clone(),
+                role: Role::Dns,
+                node_id: "dns (in the controller)".into(),
+                locality: None,
+            };
+            let following = strait_dns::role::Following {
+                target,
+                certs: dns_certs,
+                bundle: dns_bundle,
+            };
+            let server = strait_dns::role::start(
                 strait_dns::DnsConfig::new(listen),
-                view.clone(),
+                following,
                 strait_dns::DnsMetrics::default(),
             )
             .await
@@ -255,27 +275,8 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 server.tcp_addr()
             );
             dns = Some(server);
-            let handle = &handle;
-            let feed = async move {
-                let mut last = None;
-                loop {
-                    let snap: Snapshot = handle.snapshot(None);
-                    if last != Some(snap.version) {
-                        match view.update(strait_scenarios::glue::dns_view(&snap, VIP_OCTET)) {
-                            Ok(()) => last = Some(snap.version),
-                            Err(e) => tracing::warn!(error = %e, "dns view refused"),
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            };
-            tokio::select! {
-                () = crate::signal::wait_for_shutdown() => {}
-                () = feed => {}
-            }
-        } else {
-            crate::signal::wait_for_shutdown().await;
         }
+        crate::signal::wait_for_shutdown().await;
         reload.abort();
         if let Some(d) = dns {
             let _ = d.shutdown().await;
@@ -289,24 +290,27 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 /// Run an east-west gateway until Ctrl-C.
 ///
 /// The config is the gateway's (cluster, trust domain, identity, listeners,
-/// limits) plus `controller:`, the admin address of its cluster's
-/// controller. Every 2 s the gateway reads that controller's `/status` and
-/// lets other clusters reach the local endpoints of every exported service
-/// (a failed poll keeps the last table).
+/// limits) plus `controller:`, its cluster's controller. The gateway
+/// subscribes to that controller's config push (mTLS, as the cluster's
+/// gateway identity) and admits tunnels from the clusters linked now to the
+/// local endpoints of the services exported to them; while the controller
+/// is away it keeps the last table.
 ///
 ///   strait gateway --config gateway.yaml
-///   strait gateway --config gateway.yaml --controller 127.0.0.1:8611
+///   strait gateway --config gateway.yaml --controller 127.0.0.1:8610
 ///
 /// gateway.yaml:
 ///   cluster: east
 ///   trust_domain: strait.local
-///   controller: 127.0.0.1:8611
+///   controller: { address: 127.0.0.1:8610 }   # the controller's gRPC port
 ///   identity:                        # spiffe://<td>/ns/strait-system/sa/gateway-east
 ///     files: { chain: ./gw/chain.pem, key: ./gw/key.pem, bundle: ./gw/bundle.pem }
 ///   listeners: { public: 0.0.0.0:15443, admin: 127.0.0.1:15021 }
+///   limits: { drain_timeout: 30s }   # see docs/operations.md for every limit
 ///
 /// Without a controller (benchmarks, fixed hosts), `--exports FILE` gives a
-/// fixed export table instead:
+/// fixed export table instead; any cluster under the mesh root may then
+/// use it:
 ///
 ///   strait gateway --config gateway.yaml --exports exports.yaml
 ///
@@ -314,13 +318,16 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 ///   services:
 ///     - { name: web, namespace: default, ports: [8080],
 ///         endpoints: [{ address: 10.0.0.7:15006 }] }
+///
+/// SIGTERM drains: GOAWAY on every connection, no new connections, open
+/// tunnels run up to `limits.drain_timeout`, then the process exits.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct GatewayArgs {
     /// Gateway config (YAML).
     #[arg(long, short)]
     config: PathBuf,
-    /// The controller's admin address (overrides `controller:` in the file).
+    /// The controller's gRPC address (overrides `controller:` in the file).
     #[arg(long, conflicts_with = "exports")]
     controller: Option<SocketAddr>,
     /// A fixed export table (YAML) instead of a controller.
@@ -335,12 +342,6 @@ pub struct GatewayArgs {
     check: bool,
 }
 
-/// Where the gateway's export table comes from.
-enum ExportSource {
-    Controller(SocketAddr),
-    Fixed(ExportTable),
-}
-
 fn load_exports(path: &Path) -> anyhow::Result<ExportTable> {
     let text = read(path)?;
     strait_api::yaml::check_nesting(&text, strait_api::yaml::MAX_YAML_NESTING)
@@ -353,69 +354,44 @@ fn load_exports(path: &Path) -> anyhow::Result<ExportTable> {
     Ok(table)
 }
 
-/// Splits `controller:` off the YAML and parses the rest as a [`GatewayConfig`].
-fn load_gateway(path: &Path) -> anyhow::Result<(GatewayConfig, Option<SocketAddr>)> {
-    let text = read(path)?;
-    let mut doc: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&text).with_context(|| path.display().to_string())?;
-    let controller = match doc.as_mapping_mut().and_then(|m| m.remove("controller")) {
-        Some(v) => Some(
-            serde_yaml_ng::from_value::<SocketAddr>(v)
-                .with_context(|| format!("{}: controller: needs host:port", path.display()))?,
-        ),
-        None => None,
-    };
-    let rest = serde_yaml_ng::to_string(&doc)?;
-    let cfg = GatewayConfig::from_yaml(&rest).with_context(|| path.display().to_string())?;
-    Ok((cfg, controller))
-}
-
-/// The export table: local endpoints of every exported service.
-pub fn export_table(status: &Status) -> ExportTable {
-    let services = status
-        .services
-        .iter()
-        .filter(|s| s.export.as_ref().is_some_and(|e| e.is_exported()))
-        .map(|s| ExportedService {
-            name: s.name.clone(),
-            namespace: s.namespace.clone(),
-            ports: s
-                .ports
-                .iter()
-                .filter_map(|p| p.split('/').next()?.parse().ok())
-                .collect(),
-            to: s.export.as_ref().map(|e| e.only_to()).unwrap_or_default(),
-            endpoints: s
-                .clusters
-                .iter()
-                .filter(|c| c.local)
-                .flat_map(|c| &c.endpoints)
-                .map(|e| ExportedEndpoint {
-                    address: e.address,
-                    health: e.health,
-                })
-                .collect(),
-        })
-        .collect();
-    ExportTable { services }
+fn load_gateway(path: &Path) -> anyhow::Result<GatewayConfig> {
+    GatewayConfig::load(path).map_err(|e| {
+        let hint = if e.to_string().contains("controller: invalid type: string") {
+            " (controller: is now { address: <the controller's gRPC address, port 8610> }: the gateway follows the config push, not the admin /status)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("{}: {e}{hint}", path.display())
+    })
 }
 
 pub fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
-    let (cfg, from_file) = load_gateway(&args.config)?;
-    let source = match (&args.exports, args.controller.or(from_file)) {
-        (Some(path), _) => ExportSource::Fixed(load_exports(path)?),
-        (None, Some(addr)) => ExportSource::Controller(addr),
-        (None, None) => bail!(
-            "{}: controller: missing; the gateway learns what it exports from its controller's admin address (or pass --controller ADDR, or --exports FILE for a fixed table)",
-            args.config.display()
-        ),
+    let mut cfg = load_gateway(&args.config)?;
+    if let Some(address) = args.controller {
+        let c = cfg.controller.get_or_insert(ControllerRef {
+            address,
+            cluster: None,
+            locality: None,
+        });
+        c.address = address;
+    }
+    let fixed = match &args.exports {
+        Some(path) => {
+            cfg.controller = None;
+            Some(load_exports(path)?)
+        }
+        None => None,
     };
-    let from = match &source {
-        ExportSource::Controller(addr) => format!("controller {addr}"),
-        ExportSource::Fixed(t) => format!(
+    let from = match (&cfg.controller, &fixed) {
+        (Some(c), _) => format!("controller {}", c.address),
+        (None, Some(t)) => format!(
             "{} (fixed, {} service(s))",
             args.exports.as_deref().unwrap_or(Path::new("")).display(),
             t.services.len()
+        ),
+        (None, None) => bail!(
+            "{}: controller: missing; the gateway learns what it exports from its controller (controller: {{ address: <gRPC address> }}, or --controller ADDR, or --exports FILE for a fixed table)",
+            args.config.display()
         ),
     };
     if args.check {
@@ -427,50 +403,14 @@ pub fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     }
     let rt = crate::runtime::data_plane(args.threads)?;
     rt.block_on(async move {
-        let (initial, controller) = match source {
-            ExportSource::Fixed(t) => (t, None),
-            ExportSource::Controller(addr) => (ExportTable::default(), Some(addr)),
-        };
-        let gw = Gateway::start(cfg.clone(), initial).await?;
+        let cluster = cfg.cluster.clone();
+        let gw = Gateway::start(cfg, fixed.unwrap_or_default()).await?;
         eprintln!(
-            "strait gateway {}: public (mTLS) {}, admin http://{}/metrics, exports from {from}",
-            cfg.cluster, gw.listener, gw.admin
+            "strait gateway {cluster}: public (mTLS) {}, admin http://{}/metrics, exports from {from}",
+            gw.listener, gw.admin
         );
-        let Some(controller) = controller else {
-            crate::signal::wait_for_shutdown().await;
-            gw.shutdown().await;
-            eprintln!("stopped");
-            return anyhow::Ok(());
-        };
-        let gw_ref = &gw;
-        let poll = async move {
-            let mut failing = false;
-            loop {
-                match crate::ops::get_json::<Status>(controller, "/status").await {
-                    Ok(status) => {
-                        let table = export_table(&status);
-                        if table != gw_ref.exports() {
-                            let n = table.services.len();
-                            match gw_ref.apply(table) {
-                                Ok(()) => eprintln!("export table: {n} service(s)"),
-                                Err(e) => tracing::warn!(error = %e, "export table refused"),
-                            }
-                        }
-                        failing = false;
-                    }
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::warn!(error = %format!("{e:#}"), "cannot read the controller; keeping the last export table");
-                    }
-                    Err(_) => {}
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        };
-        tokio::select! {
-            () = crate::signal::wait_for_shutdown() => {}
-            () = poll => {}
-        }
+        crate::signal::wait_for_shutdown().await;
+        eprintln!("draining");
         gw.shutdown().await;
         eprintln!("stopped");
         anyhow::Ok(())

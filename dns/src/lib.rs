@@ -4,11 +4,13 @@
 //! `<cluster>.<svc>.<ns>.svc.<zone>`, with health-aware failover to the next
 //! cluster's gateway when the local cluster has no healthy endpoint.
 //!
-//! Layers: [`view`] is the data the federation controller pushes (a
-//! [`DnsView`] swapped through a [`ViewHandle`]); [`mod@answer`] decides every
-//! response as a pure function of view and question; [`server`] runs
-//! hickory-server on UDP and TCP and only executes those decisions;
-//! [`metrics`] counts queries and answer latency.
+//! Layers: [`view`] is what answers come from (a [`DnsView`] swapped
+//! through a [`ViewHandle`]), built from the controller's snapshot by
+//! [`from_snapshot`]; [`mod@answer`] decides every response as a pure
+//! function of view and question; [`server`] runs hickory-server on UDP and
+//! TCP and only executes those decisions; [`role`] is `strait dns`: a
+//! server that follows its cluster's controller; [`metrics`] counts
+//! queries and answer latency.
 //!
 //! It is not a recursive resolver: names outside the zone get REFUSED and
 //! nothing is forwarded upstream. It does not check health itself (the view
@@ -16,7 +18,9 @@
 //! TLS/HTTPS/QUIC.
 
 pub mod answer;
+pub mod from_snapshot;
 pub mod metrics;
+pub mod role;
 pub mod server;
 pub mod view;
 

@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
 use hickory_proto::rr::{Name, RData, Record, rdata::SOA};
+use strait_api::snapshot::LocalityPattern;
 use strait_api::{ClusterName, Locality};
 
 /// The default global zone, as in Kubernetes Multi-Cluster Services.
@@ -30,8 +31,6 @@ pub enum ViewError {
     DuplicateService(String),
     #[error("service {service:?}: cluster {cluster} is listed twice")]
     DuplicateCluster { service: String, cluster: String },
-    #[error("service {service:?}: weight pattern {pattern:?} is invalid")]
-    WeightPattern { service: String, pattern: String },
 }
 
 /// Everything the DNS server knows, at one version.
@@ -118,36 +117,18 @@ pub struct ClusterEndpoints {
 /// `us-east/*` (or `us-east`, `us-east/us-east-1a`, `*`) gets `weight`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalityWeight {
-    pub pattern: String,
+    pub pattern: LocalityPattern,
     pub weight: u32,
-}
-
-impl LocalityWeight {
-    /// The concrete leading parts of the pattern, or `None` when invalid.
-    fn parts(&self) -> Option<Vec<&str>> {
-        let p = self.pattern.trim_end_matches('*').trim_end_matches('/');
-        if p.is_empty() {
-            return Some(Vec::new());
-        }
-        let parts: Vec<&str> = p.split('/').collect();
-        let ok = parts.len() <= 3 && parts.iter().all(|s| !s.is_empty() && !s.contains('*'));
-        ok.then_some(parts)
-    }
 }
 
 /// The weight of `locality` under `weights`: the most specific matching
 /// pattern wins; `None` when no pattern matches.
 fn weight_of(weights: &[LocalityWeight], locality: &Locality) -> Option<u32> {
-    let have = [&locality.region, &locality.zone, &locality.subzone];
     weights
         .iter()
-        .filter_map(|w| {
-            let parts = w.parts()?;
-            let matches = parts.iter().zip(have).all(|(p, h)| p == h);
-            matches.then_some((parts.len(), w.weight))
-        })
-        .max_by_key(|(specificity, _)| *specificity)
-        .map(|(_, weight)| weight)
+        .filter(|w| w.pattern.matches(locality))
+        .max_by_key(|w| w.pattern.specificity())
+        .map(|w| w.weight)
 }
 
 fn is_label(s: &str) -> bool {
@@ -311,14 +292,6 @@ fn index_service(
         let name = fqdn.prepend_label(c.cluster.as_str()).map_err(name_err)?;
         cluster_fqdns.push(name);
     }
-    for w in &svc.weights {
-        if w.parts().is_none() {
-            return Err(ViewError::WeightPattern {
-                service: id,
-                pattern: w.pattern.clone(),
-            });
-        }
-    }
 
     let rank = |i: usize| {
         let c = &svc.clusters[i].cluster;
@@ -387,7 +360,7 @@ mod tests {
 
     fn w(pattern: &str, weight: u32) -> LocalityWeight {
         LocalityWeight {
-            pattern: pattern.to_owned(),
+            pattern: pattern.parse().unwrap(),
             weight,
         }
     }

@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::gateway::Shared;
+use crate::shared::Shared;
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     loop {

@@ -1,6 +1,7 @@
-//! The gateway's own configuration: who it is, where it listens, and its
-//! protective limits. What it exports comes separately, as an
-//! [`crate::ExportTable`] pushed at runtime.
+//! The gateway's own configuration: who it is, where it listens, its
+//! protective limits, and the controller it follows. What it exports comes
+//! from that controller's config push (an [`crate::ExportTable`] in the
+//! gateway's snapshot), or, without a controller, is given at start.
 //!
 //! Parsed from YAML with unknown fields refused, then validated; tests build
 //! a [`GatewayConfig`] directly.
@@ -112,6 +113,11 @@ pub struct GatewayConfig {
     pub listeners: Listeners,
     #[serde(default)]
     pub limits: Limits,
+    /// The cluster's controller (its gRPC address): the gateway subscribes
+    /// to its config push as the cluster's gateway and gets the export
+    /// table and the linked peers from it.
+    #[serde(default)]
+    pub controller: Option<strait_agent::ControllerRef>,
 }
 
 impl GatewayConfig {
@@ -161,6 +167,10 @@ impl GatewayConfig {
                 "listeners.admin",
                 format!("{a} is also the public listener"),
             ));
+        }
+        if let Some(c) = &self.controller {
+            c.cluster_or(Some(&self.cluster))
+                .map_err(|e| invalid("controller.cluster", e))?;
         }
         if let IdentitySource::Ca { spiffe_id, .. } = &self.identity {
             if spiffe_id.trust_domain_str() != self.trust_domain.as_str() {

@@ -7,101 +7,14 @@
 //! picks a healthy endpoint; `port` must be one of the service's ports).
 //! No I/O here: [`ExportTable::decide`] is a table test away from proof.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
+use strait_api::ClusterName;
+
 use strait_api::snapshot::Health;
 
-/// The services this cluster exports, with their endpoints.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExportTable {
-    #[serde(default)]
-    pub services: Vec<ExportedService>,
-}
-
-/// One exported service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExportedService {
-    pub name: String,
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    /// Service ports a `name.namespace:port` CONNECT may ask for.
-    pub ports: Vec<u16>,
-    /// Source clusters that may reach it (`export --to`); empty: every
-    /// linked cluster.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub to: Vec<String>,
-    #[serde(default)]
-    pub endpoints: Vec<ExportedEndpoint>,
-}
-
-fn default_namespace() -> String {
-    "default".to_owned()
-}
-
-impl ExportedService {
-    /// `name.namespace`, the label per-service metrics carry.
-    pub fn key(&self) -> String {
-        format!("{}.{}", self.name, self.namespace)
-    }
-}
-
-/// One endpoint: the inbound (mTLS) address of a workload's sidecar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExportedEndpoint {
-    pub address: SocketAddr,
-    #[serde(default)]
-    pub health: Health,
-}
-
-/// Why an export table was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ExportError {
-    #[error("services[{index}]: {reason}")]
-    Invalid { index: usize, reason: String },
-}
-
-impl ExportTable {
-    /// Names are non-empty DNS-ish labels, each service has a port, and no
-    /// service or endpoint is listed twice.
-    pub fn validate(&self) -> Result<(), ExportError> {
-        let mut names = std::collections::HashSet::new();
-        let mut endpoints = HashMap::new();
-        for (index, s) in self.services.iter().enumerate() {
-            let bad = |reason: String| ExportError::Invalid { index, reason };
-            for (what, v) in [("name", &s.name), ("namespace", &s.namespace)] {
-                let ok = !v.is_empty()
-                    && v.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-                if !ok {
-                    return Err(bad(format!(
-                        "{what} {v:?} must be lowercase letters, digits or '-'"
-                    )));
-                }
-            }
-            if s.ports.is_empty() || s.ports.contains(&0) {
-                return Err(bad("ports must be non-empty and non-zero".into()));
-            }
-            if !names.insert((s.name.as_str(), s.namespace.as_str())) {
-                return Err(bad(format!("service {} is listed twice", s.key())));
-            }
-            for e in &s.endpoints {
-                if let Some(other) = endpoints.insert(e.address, index) {
-                    return Err(bad(format!(
-                        "endpoint {} also belongs to services[{other}]",
-                        e.address
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-}
+pub use strait_api::exports::{ExportError, ExportTable, ExportedEndpoint, ExportedService};
 
 /// Why a `CONNECT` was refused. Each has a `strait-error` reason label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +34,8 @@ pub enum Refusal {
     NoHealthyEndpoint(String),
     #[error("service {service} is not exported to cluster {cluster}")]
     NotExportedTo { service: String, cluster: String },
+    #[error("cluster {0} is not linked with this cluster")]
+    NotLinked(String),
 }
 
 impl Refusal {
@@ -134,6 +49,7 @@ impl Refusal {
             Self::UnknownPort { .. } => "unknown_port",
             Self::NoHealthyEndpoint(_) => "no_healthy_endpoint",
             Self::NotExportedTo { .. } => "not_exported_to",
+            Self::NotLinked(_) => "not_linked",
         }
     }
 
@@ -169,12 +85,15 @@ pub struct Decision {
     pub service: String,
 }
 
-/// An [`ExportTable`] indexed for lookups.
+/// An [`ExportTable`] indexed for lookups, with the clusters linked now.
 #[derive(Debug, Clone, Default)]
 pub struct Index {
     table: ExportTable,
     by_endpoint: HashMap<SocketAddr, usize>,
     by_name: HashMap<(String, String), usize>,
+    /// `None`: any cluster under the mesh root may call (a fixed table
+    /// without a controller); `Some`: only these.
+    linked: Option<HashSet<String>>,
 }
 
 impl From<ExportTable> for Index {
@@ -191,13 +110,66 @@ impl From<ExportTable> for Index {
             table,
             by_endpoint,
             by_name,
+            linked: None,
         }
     }
 }
 
 impl Index {
+    /// Admits only callers of these clusters (the links the controller
+    /// pushed with the table).
+    #[must_use]
+    pub fn with_linked<'a>(mut self, linked: impl IntoIterator<Item = &'a ClusterName>) -> Self {
+        self.linked = Some(linked.into_iter().map(|c| c.to_string()).collect());
+        self
+    }
+
     pub fn table(&self) -> &ExportTable {
         &self.table
+    }
+
+    /// The clusters admitted, when limited.
+    pub fn linked(&self) -> Option<&HashSet<String>> {
+        self.linked.as_ref()
+    }
+
+    /// The whole decision for a `CONNECT` from `source_cluster`: the
+    /// cluster must be linked (checked first, so an unlinked caller learns
+    /// nothing of the exports), the authority must name an exported
+    /// endpoint or service, and the export must include the caller.
+    pub fn admit(
+        &self,
+        source_cluster: &str,
+        authority: &str,
+        own: &[SocketAddr],
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Result<Decision, Refusal> {
+        if self
+            .linked
+            .as_ref()
+            .is_some_and(|l| !l.contains(source_cluster))
+        {
+            return Err(Refusal::NotLinked(source_cluster.to_owned()));
+        }
+        let d = self.decide(authority, own, pick)?;
+        self.check_source(&d, source_cluster)?;
+        Ok(d)
+    }
+
+    /// Whether an open tunnel from `source_cluster` to `service`
+    /// (`name.namespace`) would still be admitted: the caller is linked and
+    /// the service is still exported to it.
+    pub fn still_admits(&self, source_cluster: &str, service: &str) -> bool {
+        let linked = self
+            .linked
+            .as_ref()
+            .is_none_or(|l| l.contains(source_cluster));
+        let exported = service
+            .split_once('.')
+            .and_then(|(n, ns)| self.by_name.get(&(n.to_owned(), ns.to_owned())))
+            .map(|i| &self.table.services[*i])
+            .is_some_and(|s| s.to.is_empty() || s.to.iter().any(|c| c.as_str() == source_cluster));
+        linked && exported
     }
 
     /// Refuses `source_cluster` when the decided service is exported only
@@ -209,7 +181,7 @@ impl Index {
             .and_then(|(n, ns)| self.by_name.get(&(n.to_owned(), ns.to_owned())))
             .map(|i| &self.table.services[*i]);
         match svc {
-            Some(s) if !s.to.is_empty() && !s.to.iter().any(|c| c == source_cluster) => {
+            Some(s) if !s.to.is_empty() && !s.to.iter().any(|c| c.as_str() == source_cluster) => {
                 Err(Refusal::NotExportedTo {
                     service: d.service.clone(),
                     cluster: source_cluster.to_owned(),

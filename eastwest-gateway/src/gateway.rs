@@ -1,13 +1,15 @@
 //! Starting and stopping a gateway: the public mTLS listener, the admin
-//! listener, the export table, and graceful drain.
+//! listener, following the controller for the export table and linked
+//! peers, and graceful drain.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use strait_agent::{Role, Subscription, Target};
+use strait_api::snapshot::Snapshot;
 use strait_ca::pipe;
 use strait_ca::{CertStore, SharedBundle};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::GatewayConfig;
 use crate::exports::{ExportError, ExportTable, Index};
-use crate::metrics::Metrics;
+use crate::shared::Shared;
 use crate::tunnel::{self, Peer, Tap};
 
 /// ALPN of the public listener.
@@ -37,76 +39,14 @@ pub enum StartError {
     Exports(#[from] ExportError),
     #[error("tls: {0}")]
     Tls(#[from] strait_ca::tls::TlsError),
+    #[error("controller: {0}")]
+    Controller(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-}
-
-/// What every connection of one gateway shares.
-pub(crate) struct Shared {
-    pub cfg: GatewayConfig,
-    pub certs: CertStore,
-    pub bundle: SharedBundle,
-    pub metrics: Metrics,
-    /// The gateway's own addresses: never a tunnel target.
-    pub own: Vec<SocketAddr>,
-    exports: RwLock<Arc<Index>>,
-    streams: Mutex<HashMap<String, usize>>,
-    pub active: AtomicUsize,
-    pub draining: watch::Sender<bool>,
-    pub tap: Option<Tap>,
-}
-
-impl Shared {
-    pub fn exports(&self) -> Arc<Index> {
-        self.exports
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
-    }
-
-    /// Takes a stream slot for `cluster`, or `None` at its limit.
-    pub fn acquire(self: &Arc<Self>, cluster: &str) -> Option<StreamPermit> {
-        let mut m = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(cluster.to_owned()).or_default();
-        if *n >= self.cfg.limits.max_streams_per_cluster {
-            return None;
-        }
-        *n += 1;
-        Some(StreamPermit {
-            shared: self.clone(),
-            cluster: cluster.to_owned(),
-        })
-    }
-}
-
-/// A per-source-cluster stream slot, released on drop.
-pub(crate) struct StreamPermit {
-    shared: Arc<Shared>,
-    cluster: String,
-}
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        let mut m = self
-            .shared
-            .streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.cluster) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.cluster);
-            }
-        }
-    }
 }
 
 /// Entry point: `Gateway::start(config, exports)`.
@@ -151,18 +91,15 @@ async fn start(
     let admin = bind(cfg.listeners.admin).await?;
     let listener = public.local_addr().unwrap_or(cfg.listeners.public);
     let admin_addr = admin.local_addr().unwrap_or(cfg.listeners.admin);
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Shared::new(
         cfg,
         certs,
         bundle,
-        metrics: Metrics::new(),
-        own: vec![listener, admin_addr],
-        exports: RwLock::new(Arc::new(Index::from(exports))),
-        streams: Mutex::new(HashMap::new()),
-        active: AtomicUsize::new(0),
-        draining: watch::channel(false).0,
+        vec![listener, admin_addr],
+        Index::from(exports),
         tap,
-    });
+    ));
+    let following = follow_controller(&shared, listener)?;
     tasks.push(tokio::spawn(crate::admin::serve(shared.clone(), admin)));
     let accept = tokio::spawn(accept_loop(shared.clone(), public, acceptor));
     tracing::info!(cluster = %shared.cfg.cluster, %listener, admin = %admin_addr, "east-west gateway started");
@@ -172,7 +109,65 @@ async fn start(
         shared,
         accept: Some(accept),
         tasks,
+        following,
     })
+}
+
+/// Subscribes to the cluster's controller as its gateway, when the config
+/// names one: each snapshot's export table and linked peers become the
+/// admission index.
+fn follow_controller(
+    shared: &Arc<Shared>,
+    listener: SocketAddr,
+) -> Result<Option<Subscription>, StartError> {
+    let cfg = &shared.cfg;
+    let Some(c) = &cfg.controller else {
+        return Ok(None);
+    };
+    let cluster = c
+        .cluster_or(Some(&cfg.cluster))
+        .map_err(StartError::Controller)?;
+    let target = Target {
+        address: c.address,
+        cluster,
+        trust_domain: cfg.trust_domain.clone(),
+        role: Role::Gateway,
+        node_id: format!("gateway {listener}"),
+        locality: c.locality.clone(),
+    };
+    let weak = Arc::downgrade(shared);
+    let apply = move |snap: &Snapshot| match weak.upgrade() {
+        Some(shared) => apply_snapshot(&shared, snap),
+        None => Err("the gateway stopped".to_owned()),
+    };
+    Ok(Some(strait_agent::follow(
+        &target,
+        shared.certs.clone(),
+        shared.bundle.clone(),
+        apply,
+    )))
+}
+
+/// The admission index a controller's snapshot for this gateway asks for.
+pub(crate) fn index_of(snap: &Snapshot) -> Result<Index, String> {
+    let table = snap.exports.clone().ok_or_else(|| {
+        "the snapshot carries no export table (the controller did not take this subscriber for its gateway)".to_owned()
+    })?;
+    table.validate().map_err(|e| e.to_string())?;
+    Ok(Index::from(table).with_linked(&snap.clusters))
+}
+
+fn apply_snapshot(shared: &Shared, snap: &Snapshot) -> Result<(), String> {
+    let index = index_of(snap)?;
+    let (services, linked) = (index.table().services.len(), snap.clusters.len());
+    shared.set_exports(index);
+    tracing::info!(
+        version = snap.version,
+        services,
+        linked,
+        "export table from the controller applied"
+    );
+    Ok(())
 }
 
 fn acceptor(certs: &CertStore, bundle: &SharedBundle) -> Result<TlsAcceptor, StartError> {
@@ -195,6 +190,8 @@ pub struct Handle {
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
+    /// The config-push subscription, when following a controller.
+    following: Option<Subscription>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -212,13 +209,15 @@ impl Handle {
     pub fn apply(&self, table: ExportTable) -> Result<(), ExportError> {
         table.validate()?;
         let services = table.services.len();
-        *self
-            .shared
-            .exports
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(Index::from(table));
+        self.shared.set_exports(Index::from(table));
         tracing::info!(services, "export table applied");
         Ok(())
+    }
+
+    /// Whether the config-push stream to the controller is up (`None`
+    /// without a controller).
+    pub fn following(&self) -> Option<bool> {
+        self.following.as_ref().map(|s| *s.connected().borrow())
     }
 
     /// The export table in use.
@@ -246,6 +245,7 @@ impl Handle {
     /// new streams (HTTP/2 GOAWAY), let open tunnels finish up to the
     /// configured `drain_timeout`, then cut what remains.
     pub async fn shutdown(mut self) {
+        self.following = None;
         self.shared.draining.send_replace(true);
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
@@ -261,6 +261,7 @@ impl Handle {
     }
 
     fn abort_all(&mut self) {
+        self.following = None;
         if let Some(a) = self.accept.take() {
             a.abort();
         }

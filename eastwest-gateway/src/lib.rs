@@ -29,6 +29,7 @@ pub mod exports;
 mod gateway;
 pub mod identity;
 pub mod metrics;
+mod shared;
 pub mod tunnel;
 
 pub use config::{GatewayConfig, Limits, Listeners};

@@ -22,8 +22,8 @@ use strait_ca::pipe::{self, End, Side};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::gateway::Shared;
 use crate::metrics::Direction;
+use crate::shared::Shared;
 
 /// The header carrying the reason the gateway refused a stream.
 pub const ERROR_HEADER: &str = "strait-error";
@@ -79,10 +79,11 @@ pub(crate) async fn handle(
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_default();
-    let exports = shared.exports();
-    let decision = exports
-        .decide(&authority, &shared.own, |n| rand::random_range(0..n))
-        .and_then(|d| exports.check_source(&d, cluster).map(|()| d));
+    let decision = shared
+        .exports()
+        .admit(cluster, &authority, &shared.own, |n| {
+            rand::random_range(0..n)
+        });
     let decision = match decision {
         Ok(d) => d,
         Err(refusal) => {
@@ -132,12 +133,36 @@ pub(crate) async fn handle(
     tokio::spawn(async move {
         let _guard = guard;
         let _permit = permit;
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => pipe(&shared, TokioIo::new(upgraded), upstream, &service).await,
-            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT upgrade failed");
+                return;
+            }
+        };
+        let cluster = peer.cluster.as_str();
+        tokio::select! {
+            () = pipe(&shared, TokioIo::new(upgraded), upstream, &service) => {}
+            () = revoked(&shared, cluster, &service) => {
+                shared.metrics.tunnel(cluster, &service, "revoked");
+                tracing::info!(peer = %peer.id, source_cluster = cluster, %service,
+                    "tunnel closed: the caller's cluster is no longer linked or the service no longer exported to it");
+            }
         }
     });
     Response::new(Full::new(Bytes::new()))
+}
+
+/// Resolves when a new admission index no longer admits `cluster` to
+/// `service` (unlink, un-export, `export --to` without it).
+async fn revoked(shared: &Shared, cluster: &str, service: &str) {
+    let mut generation = shared.generation.subscribe();
+    while generation.changed().await.is_ok() {
+        if !shared.exports().still_admits(cluster, service) {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Counts a tunnel as active until dropped.

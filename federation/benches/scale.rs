@@ -34,7 +34,7 @@ use strait_api::{ClusterName, TrustDomain};
 use strait_ca::{CaDir, CertStore, SharedBundle};
 use strait_federation::catalog::{CatalogSource, EndpointSpec, Export, LocalCatalog, Registration};
 use strait_federation::controller::admin_api::token_path;
-use strait_federation::controller::{Controller, ControllerConfig, Source, controller_identity};
+use strait_federation::controller::{Controller, ControllerConfig, Source};
 use tokio::sync::watch;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -152,7 +152,7 @@ fn child(index: &str) -> Res<()> {
     let name = ClusterName::new(&cluster_name(i))?;
     let ca = CaDir::open(&dir.join("ca"))?;
     let state = dir.join("state").join(name.as_str());
-    let id = controller_identity(&td(), &name);
+    let id = td().controller_id(&name);
     let files = ca.issue(&name, &id, Duration::from_secs(86400), &state.join("certs"))?;
     let chain = strait_ca::pem::certs(&std::fs::read_to_string(&files.chain)?);
     let key = PrivateKeyDer::from_pem_file(&files.key)?;

@@ -193,9 +193,9 @@ impl Export {
 
     /// The peers an export is limited to, as gateway export lists name
     /// them (empty: every linked peer, or not exported at all).
-    pub fn only_to(&self) -> Vec<String> {
+    pub fn only_to(&self) -> Vec<ClusterName> {
         match self {
-            Self::To(list) => list.iter().map(ToString::to_string).collect(),
+            Self::To(list) => list.clone(),
             Self::None | Self::All => Vec::new(),
         }
     }
@@ -270,6 +270,11 @@ pub enum CheckKind {
     Http,
     /// Healthy when a TCP connection opens.
     Tcp,
+    /// Asks the endpoint's sidecar, over mTLS with the controller's
+    /// identity, whether it can reach its app (`strait-probe: app`): sees a
+    /// dead sidecar and a dead app alike. The default for endpoints whose
+    /// registration names no check.
+    Sidecar,
 }
 
 fn default_interval() -> Duration {
@@ -286,6 +291,21 @@ fn default_unhealthy_threshold() -> u32 {
 }
 
 impl HealthCheck {
+    /// The check of every endpoint whose registration has none: ask its
+    /// sidecar each second; unhealthy after 2 failures (within about 2.5 s),
+    /// healthy again after 1 success.
+    pub fn default_sidecar() -> Self {
+        Self {
+            kind: CheckKind::Sidecar,
+            path: None,
+            port: None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+        }
+    }
+
     pub fn http(path: &str) -> Self {
         Self {
             kind: CheckKind::Http,

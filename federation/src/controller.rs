@@ -29,7 +29,7 @@ use crate::health::{Checker, HealthTable};
 use crate::metrics::Metrics;
 use crate::peering::LinkStore;
 use crate::push::{Published, PushService};
-use crate::snapshot::{World, snapshot_for};
+use crate::snapshot::{VipRange, World, snapshot_for};
 use crate::sync::SyncConfig;
 use crate::sync::export::ExportLog;
 use crate::sync::import::Imports;
@@ -48,13 +48,6 @@ pub use status::{ClusterEndpoints, EndpointStatus, LinkStatus, ServiceStatus, Se
 pub const DEFAULT_GRPC_PORT: u16 = 8610;
 /// Default admin HTTP port (`/metrics`, `/ready`, `/status`).
 pub const DEFAULT_ADMIN_PORT: u16 = 8611;
-
-/// The SPIFFE ID a cluster's controller presents:
-/// `spiffe://<td>/ns/strait-system/sa/controller-<cluster>`.
-pub fn controller_identity(td: &TrustDomain, cluster: &ClusterName) -> SpiffeId {
-    td.workload_id("strait-system", &format!("controller-{cluster}"))
-        .unwrap_or_else(|_| td.id())
-}
 
 /// Why the controller did not start.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +112,8 @@ pub struct ControllerConfig {
     pub source: Source,
     /// Re-read the catalog directory this often (hand-edited files).
     pub rescan_interval: Option<Duration>,
+    /// Where service VIPs are drawn from.
+    pub vips: VipRange,
 }
 
 impl ControllerConfig {
@@ -142,6 +137,7 @@ impl ControllerConfig {
             sync: SyncConfig::default(),
             source: Source::Directory,
             rescan_interval: Some(Duration::from_secs(5)),
+            vips: VipRange::default(),
         }
     }
 }
@@ -155,6 +151,7 @@ pub(crate) struct Shared {
     pub certs: CertStore,
     pub bundle: SharedBundle,
     pub gateways: Vec<SocketAddr>,
+    pub vips: VipRange,
     pub advertise: SocketAddr,
     pub sync: SyncConfig,
     pub store: Option<Arc<DirectoryStore>>,
@@ -202,6 +199,7 @@ impl Shared {
             catalog,
             health,
             peers: self.imports.views(&self.links.links()),
+            vips: self.vips,
         }
     }
 
@@ -219,7 +217,7 @@ impl Controller {
     /// Opens the state directory, binds the ports and starts every task.
     pub async fn start(config: ControllerConfig) -> Result<Handle, ControllerError> {
         let td = config.bundle.get().trust_domain().clone();
-        let expected = controller_identity(&td, &config.cluster);
+        let expected = td.controller_id(&config.cluster);
         let got = config.certs.identity();
         if got.as_ref() != Some(&expected) {
             return Err(ControllerError::WrongIdentity {
@@ -271,6 +269,7 @@ impl Controller {
                 catalog: Arc::default(),
                 health: BTreeMap::new(),
                 peers: BTreeMap::new(),
+                vips: config.vips,
             },
             view: Default::default(),
         }));
@@ -291,6 +290,7 @@ impl Controller {
             certs: config.certs.clone(),
             bundle: config.bundle.clone(),
             gateways: config.gateways.clone(),
+            vips: config.vips,
             advertise: config.advertise.unwrap_or(bound),
             sync: config.sync.clone(),
             store,
@@ -316,7 +316,12 @@ impl Controller {
         );
         let routes = Routes::new(push.server()).add_service(federation.server());
         let grpc: GrpcServer = crate::grpc::serve(listener, &config.certs, &config.bundle, routes)?;
-        let checker = Checker::start(health, source.watch());
+        let probe = crate::health::SidecarProbe {
+            certs: config.certs.clone(),
+            bundle: config.bundle.clone(),
+            td: shared.td.clone(),
+        };
+        let checker = Checker::start(health, source.watch(), Some(probe));
         let mut background: Vec<JoinHandle<()>> = vec![
             tokio::spawn(tasks::rebuild_loop(shared.clone(), version_base())),
             tokio::spawn(tasks::importers(shared.clone())),

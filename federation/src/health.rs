@@ -17,13 +17,17 @@ use strait_api::snapshot::Health;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::catalog::{HealthCheck, LocalCatalog, ServiceKey};
+use strait_api::SpiffeId;
+
+use crate::catalog::{CheckKind, HealthCheck, LocalCatalog, ServiceKey};
 
 mod check;
+mod probe;
 #[cfg(test)]
 mod tests;
 
 pub use check::run_check;
+pub use probe::SidecarProbe;
 
 /// How long a passive report holds unless the caller says otherwise.
 pub const DEFAULT_PASSIVE_HOLD: Duration = Duration::from_secs(30);
@@ -227,28 +231,51 @@ impl Drop for Checker {
 }
 
 impl Checker {
-    pub fn start(table: HealthTable, mut catalog: watch::Receiver<Arc<LocalCatalog>>) -> Self {
+    /// Checks every endpoint of `catalog`: with its registration's check,
+    /// or, when it names none, by asking the endpoint's sidecar
+    /// ([`HealthCheck::default_sidecar`]) with `probe`'s identity.
+    pub fn start(
+        table: HealthTable,
+        mut catalog: watch::Receiver<Arc<LocalCatalog>>,
+        probe: Option<SidecarProbe>,
+    ) -> Self {
         let task = tokio::spawn(async move {
-            let mut running: HashMap<EndpointKey, (HealthCheck, AbortOnDrop)> = HashMap::new();
+            let mut running: HashMap<EndpointKey, (Check, AbortOnDrop)> = HashMap::new();
             loop {
                 let cat = catalog.borrow_and_update().clone();
-                let mut wanted: HashMap<EndpointKey, HealthCheck> = HashMap::new();
+                let mut wanted: HashMap<EndpointKey, Check> = HashMap::new();
                 for (key, reg) in &cat.services {
-                    let Some(hc) = &reg.health_check else {
-                        continue;
+                    let hc = match (&reg.health_check, &probe) {
+                        (Some(hc), _) => hc.clone(),
+                        (None, Some(_)) => HealthCheck::default_sidecar(),
+                        (None, None) => continue,
                     };
                     for ep in &reg.endpoints {
-                        wanted.insert((key.clone(), ep.address), hc.clone());
+                        let identity = ep.identity.clone().or_else(|| {
+                            probe
+                                .as_ref()
+                                .and_then(|p| p.td.workload_id(&key.namespace, &key.name).ok())
+                        });
+                        let check = Check {
+                            hc: hc.clone(),
+                            identity,
+                        };
+                        wanted.insert((key.clone(), ep.address), check);
                     }
                 }
-                running.retain(|k, (hc, _)| wanted.get(k) == Some(hc));
+                running.retain(|k, (c, _)| wanted.get(k) == Some(c));
                 table.retain_active(&|k| wanted.contains_key(k));
-                for (k, hc) in wanted {
+                for (k, c) in wanted {
                     if running.contains_key(&k) {
                         continue;
                     }
-                    let task = tokio::spawn(check_loop(table.clone(), k.clone(), hc.clone()));
-                    running.insert(k, (hc, AbortOnDrop(task)));
+                    let task = tokio::spawn(check_loop(
+                        table.clone(),
+                        k.clone(),
+                        c.clone(),
+                        probe.clone(),
+                    ));
+                    running.insert(k, (c, AbortOnDrop(task)));
                 }
                 if catalog.changed().await.is_err() {
                     break;
@@ -269,13 +296,33 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn check_loop(table: HealthTable, (svc, addr): EndpointKey, hc: HealthCheck) {
+/// One endpoint's check: what to run, and the identity its sidecar must
+/// present (for sidecar checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Check {
+    hc: HealthCheck,
+    identity: Option<SpiffeId>,
+}
+
+async fn check_loop(
+    table: HealthTable,
+    (svc, addr): EndpointKey,
+    check: Check,
+    probe: Option<SidecarProbe>,
+) {
+    let hc = &check.hc;
     let target = SocketAddr::new(addr.ip(), hc.port.unwrap_or(addr.port()));
     let mut tick = tokio::time::interval(hc.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = run_check(&hc, target).await;
-        table.record(&svc, addr, &hc, result);
+        let result = match (hc.kind, &probe, &check.identity) {
+            (CheckKind::Sidecar, Some(p), Some(id)) => p.check(hc, target, id).await,
+            (CheckKind::Sidecar, _, _) => Err(format!(
+                "cannot ask the sidecar at {target}: no controller identity or endpoint identity"
+            )),
+            _ => run_check(hc, target).await,
+        };
+        table.record(&svc, addr, hc, result);
     }
 }

@@ -7,8 +7,8 @@
 //! - [`snapshot`]: the pure function that builds a proxy's
 //!   [`strait_api::snapshot::Snapshot`] from the local catalog, imported
 //!   services and policies, reporting conflicts;
-//! - [`push`] / [`push_client`]: config push to proxies and gateways (gRPC
-//!   bidi stream, ACK/NACK) and a reusable client;
+//! - [`push`]: config push to proxies, gateways and DNS servers (gRPC
+//!   bidi stream, ACK/NACK; the client side is `strait-agent`);
 //! - [`peering`] and [`sync`]: links from peering tokens, and catalog sync of
 //!   exported services between linked controllers with leases;
 //! - [`controller`]: `Controller::start` wires it all, with an admin HTTP
@@ -30,6 +30,5 @@ pub mod kube;
 pub mod metrics;
 pub mod peering;
 pub mod push;
-pub mod push_client;
 pub mod snapshot;
 pub mod sync;

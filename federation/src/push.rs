@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::catalog::ServiceKey;
 use crate::health::{DEFAULT_PASSIVE_HOLD, HealthTable};
 use crate::metrics::Metrics;
-use crate::snapshot::{MergedView, World, snapshot_for};
+use crate::snapshot::{MergedView, World, gateway_snapshot, snapshot_for};
 
 /// How long a proxy has to send its node after opening a stream.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,10 +138,20 @@ fn content_digest(json: &[u8]) -> ring::digest::Digest {
     ring::digest::digest(&ring::digest::SHA256, &json[start..])
 }
 
+/// What a subscriber asked to be, as the node's `role` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Proxies and DNS servers: every service.
+    Proxy,
+    /// The cluster's east-west gateways: the export table.
+    Gateway,
+}
+
 async fn session(
     inner: Arc<Inner>,
     id: u64,
     place: LocalPlace,
+    role: Role,
     mut inbound: Streaming<SnapshotRequest>,
     tx: mpsc::Sender<Result<SnapshotResponse, Status>>,
 ) {
@@ -160,7 +170,10 @@ async fn session(
                     break;
                 }
                 let published = world.borrow_and_update().clone();
-                let snap = snapshot_for(&published.world, &published.view, &place);
+                let snap = match role {
+                    Role::Proxy => snapshot_for(&published.world, &published.view, &place),
+                    Role::Gateway => gateway_snapshot(&published.world, &place),
+                };
                 drop(published);
                 let version = snap.version;
                 let json = match serde_json::to_vec(&snap) {
@@ -230,6 +243,25 @@ impl ConfigDiscovery for PushService {
                 node.id, node.cluster, self.inner.cluster
             )));
         }
+        let role = match node.role.as_str() {
+            "" | "proxy" | "dns" => Role::Proxy,
+            "gateway" => {
+                let td = self.inner.world.borrow().world.trust_domain.clone();
+                let gateway = td.gateway_id(&self.inner.cluster);
+                if identity != gateway {
+                    return Err(Status::permission_denied(format!(
+                        "{identity} may not subscribe as a gateway of cluster {}: only {gateway} may",
+                        self.inner.cluster
+                    )));
+                }
+                Role::Gateway
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "node role {other:?} is unknown (proxy, gateway or dns)"
+                )));
+            }
+        };
         let locality = if node.locality.is_empty() {
             self.inner.locality.clone()
         } else {
@@ -259,7 +291,7 @@ impl ConfigDiscovery for PushService {
         self.inner.metrics.config_clients.inc();
         tracing::info!(node = %node.id, %identity, locality = %place.locality, "proxy subscribed to config");
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(session(self.inner.clone(), id, place, inbound, tx));
+        tokio::spawn(session(self.inner.clone(), id, place, role, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -314,6 +346,7 @@ mod tests {
             },
             clusters: Vec::new(),
             services: Vec::new(),
+            exports: None,
         };
         serde_json::to_vec(&s).unwrap()
     }

@@ -24,6 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use strait_api::exports::{ExportTable, ExportedEndpoint, ExportedService};
 use strait_api::snapshot::{
     AuthorizationPolicy, Endpoint, Health, LocalPlace, Service, ServicePort, Snapshot,
 };
@@ -76,6 +77,68 @@ pub struct World {
     pub health: BTreeMap<(ServiceKey, SocketAddr), Health>,
     /// Every linked peer, with or without services.
     pub peers: BTreeMap<ClusterName, Arc<PeerView>>,
+    /// Where service VIPs are drawn from.
+    pub vips: VipRange,
+}
+
+/// The loopback /16 that a cluster's service VIPs are drawn from:
+/// `127.77.0.0/16` by default. Clusters whose sidecars share one host (a
+/// test mesh, `strait cluster up` on one machine) each take their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VipRange(u8);
+
+impl Default for VipRange {
+    fn default() -> Self {
+        Self(77)
+    }
+}
+
+impl VipRange {
+    /// `127.<second>.0.0/16`; 0 (where 127.0.0.1 lives) is refused.
+    pub fn new(second: u8) -> Result<Self, String> {
+        if second == 0 {
+            return Err("127.0.0.0/16 holds the host's own 127.0.0.1; pick another /16".into());
+        }
+        Ok(Self(second))
+    }
+
+    fn vip(self, third: u8, fourth: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.0, third, fourth))
+    }
+}
+
+impl std::str::FromStr for VipRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a loopback /16 like 127.77.0.0/16");
+        let (ip, len) = s.split_once('/').ok_or_else(bad)?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let [a, b, c, d] = ip.octets();
+        if len != "16" || a != 127 || c != 0 || d != 0 {
+            return Err(bad());
+        }
+        Self::new(b)
+    }
+}
+
+impl TryFrom<String> for VipRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<VipRange> for String {
+    fn from(r: VipRange) -> Self {
+        r.to_string()
+    }
+}
+
+impl std::fmt::Display for VipRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "127.{}.0.0/16", self.0)
+    }
 }
 
 /// Two clusters disagree about a service, or a cluster's endpoints cannot
@@ -111,11 +174,11 @@ pub struct MergedView {
     pub conflicts: Vec<Conflict>,
 }
 
-/// Stable VIPs in 127.77.0.0/16: a hash of `namespace/name`, probing
+/// Stable VIPs in the world's [`VipRange`]: a hash of `namespace/name`, probing
 /// forward on collision (in key order, so a VIP only moves when a
 /// colliding service is added before it).
 /// A reused service is copied only when its VIP moves.
-fn assign_vips(services: &mut BTreeMap<ServiceKey, Arc<Merged>>) {
+fn assign_vips(range: VipRange, services: &mut BTreeMap<ServiceKey, Arc<Merged>>) {
     const SLOTS: u32 = 256 * 254;
     let mut used = HashSet::with_capacity(services.len());
     let mut name = String::new();
@@ -130,7 +193,7 @@ fn assign_vips(services: &mut BTreeMap<ServiceKey, Arc<Merged>>) {
         }
         // Third octet 0..=255, fourth 1..=254 (never .0 or .255).
         let (third, fourth) = (slot / 254, slot % 254 + 1);
-        let vip = IpAddr::V4(Ipv4Addr::new(127, 77, third as u8, fourth as u8));
+        let vip = range.vip(third as u8, fourth as u8);
         if m.vip != vip {
             Arc::make_mut(m).vip = vip;
         }
@@ -169,7 +232,51 @@ pub fn snapshot_for(world: &World, view: &MergedView, place: &LocalPlace) -> Sna
         local: place.clone(),
         clusters: world.peers.keys().cloned().collect(),
         services,
+        exports: None,
     }
+}
+
+/// The snapshot for this cluster's east-west gateways: no services, the
+/// linked peers, and the export table (the local endpoints of every
+/// exported service, with their health as this controller sees it, and the
+/// peers an `export --to` limits it to).
+pub fn gateway_snapshot(world: &World, place: &LocalPlace) -> Snapshot {
+    Snapshot {
+        version: world.version,
+        local: place.clone(),
+        clusters: world.peers.keys().cloned().collect(),
+        services: Vec::new(),
+        exports: Some(export_table(world)),
+    }
+}
+
+/// What the gateways let linked peers reach.
+pub fn export_table(world: &World) -> ExportTable {
+    let services = world
+        .catalog
+        .services
+        .iter()
+        .filter(|(_, r)| r.export.is_exported())
+        .map(|(key, r)| ExportedService {
+            name: key.name.clone(),
+            namespace: key.namespace.clone(),
+            ports: r.ports.iter().map(|p| p.port).collect(),
+            to: r.export.only_to(),
+            endpoints: r
+                .endpoints
+                .iter()
+                .map(|e| ExportedEndpoint {
+                    address: e.address,
+                    health: world
+                        .health
+                        .get(&(key.clone(), e.address))
+                        .copied()
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        })
+        .collect();
+    ExportTable { services }
 }
 
 /// [`merge`] then [`snapshot_for`].

@@ -3,15 +3,16 @@
 //! proxy's [`Limits`] exactly as `strait_proxy::outbound` builds it, over an
 //! in-process duplex stream; the service then applies the proxy's header
 //! hygiene ([`headers::smuggling`], [`headers::strip_hop_by_hop`],
-//! [`headers::strip_spoofable`]) and path normalization
-//! ([`normalize_path`]).
+//! [`headers::strip_spoofable`]) and path canonicalization
+//! ([`canonicalize`]).
 //!
 //! Invariants: the connection ends or answers within a bound (the head read
 //! timeout is shortened to [`HEAD_TIMEOUT`] so a slow head costs
 //! milliseconds, not the default 10 s); nothing panics; after hygiene no
-//! identity, `strait-*` or hop-by-hop header is left; a normalized path is
-//! absolute, has no empty, `.` or `..` segment, no backslash or escaped
-//! slash, and normalizes to itself.
+//! identity, `strait-*` or hop-by-hop header is left (in any spelling); a
+//! canonical path (default policy, or escaped slashes decoded) is absolute,
+//! has no empty, `.` or `..` segment, no backslash or escaped slash, and
+//! canonicalizes to itself.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -20,9 +21,10 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use strait_proxy::authz::{EscapedSlashes, normalize_path};
+use strait_api::snapshot::{EscapedSlashes, PathPolicy};
 use strait_proxy::config::Limits;
 use strait_proxy::headers;
+use strait_proxy::path::canonicalize;
 use strait_proxy::sniff::{Detected, classify};
 use strait_proxy::transport::{Body, full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -160,10 +162,14 @@ fn hygiene(req: Request<Incoming>) -> Response<Body> {
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_spoofable(&mut parts.headers);
     check_clean(&parts.headers, &named);
-    for mode in [EscapedSlashes::Reject, EscapedSlashes::Normalize] {
-        if let Ok(p) = normalize_path(parts.uri.path(), mode) {
+    for escaped_slashes in [EscapedSlashes::Reject, EscapedSlashes::Decode] {
+        let mode = PathPolicy {
+            escaped_slashes,
+            ..PathPolicy::default()
+        };
+        if let Ok(p) = canonicalize(parts.uri.path(), mode) {
             check_path(&p);
-            assert_eq!(normalize_path(&p, mode).as_ref(), Ok(&p), "not idempotent");
+            assert_eq!(canonicalize(&p, mode).as_ref(), Ok(&p), "not idempotent");
         }
     }
     Response::new(full("ok"))
@@ -172,11 +178,13 @@ fn hygiene(req: Request<Incoming>) -> Response<Body> {
 fn check_clean(h: &HeaderMap, named: &[String]) {
     for k in h.keys() {
         let k = k.as_str();
+        // `_` is `-` to CGI, WSGI, PHP and nginx.
+        let folded = k.replace('_', "-");
         assert!(
-            !IDENTITY.contains(&k),
+            !IDENTITY.contains(&folded.as_str()),
             "identity header {k} reached the app"
         );
-        assert!(!k.starts_with("strait-"), "{k} reached the app");
+        assert!(!folded.starts_with("strait-"), "{k} reached the app");
         assert!(!HOP_BY_HOP.contains(&k), "hop-by-hop {k} forwarded");
         assert!(!named.iter().any(|n| n == k), "{k} was named in Connection");
     }

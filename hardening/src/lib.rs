@@ -21,6 +21,7 @@ pub mod csr;
 pub mod dns;
 pub mod dst;
 pub mod http1;
+pub mod path;
 pub mod sniff;
 pub mod spiffe;
 pub mod sync;

@@ -1,5 +1,6 @@
 //! The sidecar's own configuration (where it listens, who it is, where its
-//! app is). Routing data comes separately, as a [`Snapshot`].
+//! app is, which controller it follows). Routing data comes from that
+//! controller's config push, or a snapshot file, as a [`Snapshot`].
 //!
 //! Parsed from YAML with unknown fields refused, then validated into the
 //! same struct; tests build a [`ProxyConfig`] directly.
@@ -135,6 +136,18 @@ pub struct Limits {
     /// Requests waiting for an endpoint beyond this are refused with 503
     /// (circuit breaking on pending requests).
     pub max_pending_requests: usize,
+    /// Time a peer has, after the mTLS handshake on the inbound port, to
+    /// send the HTTP/2 preface and its first request's headers; a
+    /// connection that has not by then is closed.
+    #[serde(with = "strait_api::snapshot::duration_str")]
+    pub first_request_timeout: Duration,
+    /// Open mTLS connections on the inbound port per peer identity (all
+    /// replicas of a caller share one identity; an HTTP/1.1 upgrade
+    /// connection counts until it is upgraded); more are closed right
+    /// after the handshake. Each replica's sidecar holds about one pooled
+    /// connection per endpoint, so raise it above the replica count of the
+    /// largest calling service.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -148,6 +161,8 @@ impl Default for Limits {
             sniff_timeout: Duration::from_millis(300),
             connect_timeout: Duration::from_secs(2),
             max_pending_requests: 10_000,
+            first_request_timeout: Duration::from_secs(10),
+            max_connections_per_peer: 1024,
         }
     }
 }
@@ -171,6 +186,11 @@ pub struct ProxyConfig {
     /// the last good snapshot stays).
     #[serde(default)]
     pub snapshot_file: Option<PathBuf>,
+    /// The cluster's controller: the sidecar subscribes to its config push
+    /// with its own certificate and keeps the last good snapshot while the
+    /// controller is away. `cluster:` is required here.
+    #[serde(default)]
+    pub controller: Option<strait_agent::ControllerRef>,
     #[serde(default)]
     pub limits: Limits,
     /// One structured log line per request (target `strait::access`).
@@ -221,6 +241,16 @@ impl ProxyConfig {
                 ));
             }
         }
+        if let Some(c) = &self.controller {
+            c.cluster_or(None)
+                .map_err(|e| invalid("controller.cluster", e))?;
+            if self.snapshot_file.is_some() {
+                return Err(invalid(
+                    "controller",
+                    "controller: and snapshot_file: are two sources of routing; keep one",
+                ));
+            }
+        }
         let l = &self.limits;
         if l.max_header_bytes < 1024 {
             return Err(invalid(
@@ -234,10 +264,19 @@ impl ProxyConfig {
                 "max_headers and max_concurrent_streams must be at least 1",
             ));
         }
-        if l.sniff_timeout.is_zero() || l.header_read_timeout.is_zero() {
+        if l.sniff_timeout.is_zero()
+            || l.header_read_timeout.is_zero()
+            || l.first_request_timeout.is_zero()
+        {
             return Err(invalid(
                 "limits",
-                "sniff_timeout and header_read_timeout must be positive",
+                "sniff_timeout, header_read_timeout and first_request_timeout must be positive",
+            ));
+        }
+        if l.max_connections_per_peer == 0 {
+            return Err(invalid(
+                "limits.max_connections_per_peer",
+                "must be at least 1",
             ));
         }
         Ok(())

@@ -20,7 +20,7 @@ use crate::outlier::Outcome;
 use crate::retry::{self, Failure, RetryDecision};
 use crate::router::{Kind, Picked, ServiceHandle};
 use crate::state::Shared;
-use crate::transport::{Body, boxed, empty};
+use crate::transport::{Blame, Body, boxed, empty};
 
 /// Forwards `req` (already resolved to `service` and `port`) into the mesh.
 pub async fn forward(
@@ -49,26 +49,38 @@ pub async fn forward(
     if let Err(why) = prepare(&mut parts, &svc, port) {
         return error(StatusCode::BAD_REQUEST, "bad_request", why);
     }
-    let route = service.route_for(parts.uri.path());
+    let route = service.route_for(&crate::path::for_routing(parts.uri.path()));
     let deadline = tokio::time::Instant::now() + route.timeout;
     let replayable = body.is_end_stream();
     let mut body = Some(boxed(body));
-    let mut tried: Vec<usize> = Vec::new();
+    // Endpoints behind gateways that are down are not tried at all.
+    let mut tried: Vec<usize> = behind_down_gateways(&shared, service);
     let mut retries = 0u32;
+    // The last serving cluster whose door failed, and how.
+    let mut door: Option<(&strait_api::ClusterName, Blame)> = None;
+    let mut closed: Vec<&strait_api::ClusterName> = Vec::new();
     let (resp, dest_cluster) = loop {
         let picked = match svc.pick(&snapshot, service, &tried, Kind::Request) {
             Ok(p) => p,
             Err(e) => {
-                break (
-                    error(
+                let resp = match &door {
+                    Some((cluster, blame)) => door_error(&svc_name, cluster, blame),
+                    None => error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "no_endpoints",
                         e.to_string(),
                     ),
-                    None,
-                );
+                };
+                break (resp, door.as_ref().map(|(c, _)| *c));
             }
         };
+        // With every endpoint tried the plan may fall back to ones already
+        // refused at their cluster's door: that answer stands.
+        if let Some((cluster, blame)) = &door {
+            if closed.contains(&&picked.endpoint.cluster) {
+                break (door_error(&svc_name, cluster, blame), Some(*cluster));
+            }
+        }
         tried.push(picked.index);
         let try_started = Instant::now();
         let result = tokio::time::timeout_at(
@@ -114,7 +126,27 @@ pub async fn forward(
                     _ => break (resp, Some(&picked.endpoint.cluster)),
                 }
             }
-            Ok(Err(failure)) => {
+            Ok(Err(TryError::Door(blame))) => {
+                // Not the endpoint's fault, and the request was never
+                // sent: no ejection, no retry budget; the rest of that
+                // cluster sits behind the same door, so the next pick is
+                // another cluster (at most one such hop per cluster).
+                finish(&shared, &svc, &picked, Outcome::NotReached, None);
+                let cluster = &picked.endpoint.cluster;
+                tracing::debug!(service = %svc_name, %cluster, ?blame, "serving cluster's gateway failed; trying the next cluster");
+                tried.extend(
+                    service
+                        .endpoints
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| e.cluster == *cluster)
+                        .map(|(i, _)| i),
+                );
+                door = Some((cluster, blame));
+                closed.push(cluster);
+                continue;
+            }
+            Ok(Err(TryError::Failed(failure))) => {
                 finish(&shared, &svc, &picked, Outcome::ConnectFailure, None);
                 failure
             }
@@ -183,27 +215,90 @@ fn prepare(parts: &mut Parts, svc: &ServiceHandle, port: u16) -> Result<(), &'st
     Ok(())
 }
 
-/// One try. `Err` carries a failure for which the request was not answered.
+/// Why one try got no answer.
+#[derive(Debug)]
+enum TryError {
+    /// Counted against the endpoint; retried as the route's policy says.
+    Failed(Failure),
+    /// The serving cluster's gateway refused the tunnel or is down.
+    Door(Blame),
+}
+
+/// Indices of `service`'s endpoints whose gateways are all down now.
+fn behind_down_gateways(shared: &Shared, service: &Service) -> Vec<usize> {
+    service
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| shared.pool.gateways_down(&e.gateways))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The answer when the last cluster tried failed at its door: the
+/// gateway's own reason, so the caller sees why (`strait-error`).
+fn door_error(service: &str, cluster: &strait_api::ClusterName, blame: &Blame) -> Response<Body> {
+    match blame {
+        Blame::GatewayRefused { status, reason } => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            gateway_reason(reason),
+            format!(
+                "{service}: the gateway of cluster {cluster} refused the tunnel ({status} {reason}) and no other cluster could serve"
+            ),
+        ),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gateway_unreachable",
+            format!(
+                "{service}: no gateway of cluster {cluster} is reachable and no other cluster could serve"
+            ),
+        ),
+    }
+}
+
+/// The gateway's `strait-error` reasons a caller may see as they are;
+/// anything else is reported as `gateway_refused`.
+fn gateway_reason(reason: &str) -> &'static str {
+    const KNOWN: [&str; 7] = [
+        "unknown_endpoint",
+        "not_exported",
+        "not_exported_to",
+        "not_linked",
+        "draining",
+        "stream_limit",
+        "unknown_port",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|k| *k == reason)
+        .unwrap_or("gateway_refused")
+}
+
+/// One try. `Err` says why the request was not answered.
 async fn attempt(
     shared: &Shared,
     picked: &Picked<'_>,
     parts: &Parts,
     replayable: bool,
     body: &mut Option<Body>,
-) -> Result<Response<Body>, Failure> {
+) -> Result<Response<Body>, TryError> {
     let identity = &picked.endpoint.identity;
     let target = picked.endpoint.address;
     let (mut send, hop) = match shared.pool.get_hop(picked.endpoint, picked.hop).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(endpoint = %target, hop = ?picked.hop, error = %e, "connect failed");
-            return Err(Failure::ConnectFailure);
+            return Err(match e.blame(&picked.endpoint.gateways) {
+                Blame::Endpoint => TryError::Failed(Failure::ConnectFailure),
+                door => TryError::Door(door),
+            });
         }
     };
     let req_body = if replayable {
         empty()
     } else {
-        body.take().ok_or(Failure::ConnectFailure)?
+        body.take()
+            .ok_or(TryError::Failed(Failure::ConnectFailure))?
     };
     let mut req = Request::from_parts(parts.clone(), req_body);
     *req.extensions_mut() = http::Extensions::new();
@@ -222,12 +317,12 @@ async fn attempt(
             if !replayable {
                 *body = back;
             }
-            Err(Failure::ConnectFailure)
+            Err(TryError::Failed(Failure::ConnectFailure))
         }
         Err(SendError::Failed(err)) => {
             shared.pool.evict_hop(hop, identity);
             tracing::debug!(endpoint = %target, error = %err, "request failed in flight");
-            Err(Failure::Reset)
+            Err(TryError::Failed(Failure::Reset))
         }
     }
 }

@@ -1,8 +1,14 @@
 //! Header hygiene shared by both directions: hop-by-hop headers, the
-//! headers only Strait may set, smuggling checks and error responses.
+//! headers only Strait may set (in headers and in trailers, in every
+//! spelling a server treats as the same name), smuggling checks and error
+//! responses.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::transport::{Body, full};
 
@@ -106,18 +112,74 @@ pub fn upgrade_label(proto: &HeaderValue) -> &'static str {
     }
 }
 
-/// Removes every header that only Strait may set.
+/// True when `name` is, to a common server, a header only Strait may set.
+/// Names arrive lower-cased (`http` folds case); CGI, WSGI, PHP, Rack and
+/// nginx's `$http_*` map `-` and `_` to the same variable
+/// (`HTTP_X_FORWARDED_CLIENT_CERT`), so `_` counts as `-`.
+pub fn is_spoofable(name: &str) -> bool {
+    let folded: std::borrow::Cow<'_, str> = if name.contains('_') {
+        name.replace('_', "-").into()
+    } else {
+        name.into()
+    };
+    SPOOFABLE.contains(&&*folded) || folded.starts_with("strait-")
+}
+
+/// Removes every header that only Strait may set, in any spelling
+/// ([`is_spoofable`]). Used on headers and on trailers.
 pub fn strip_spoofable(headers: &mut HeaderMap) {
     let claimed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| {
-            let k = k.as_str();
-            SPOOFABLE.contains(&k) || k.starts_with("strait-")
-        })
+        .filter(|k| is_spoofable(k.as_str()))
         .cloned()
         .collect();
     for k in claimed {
         headers.remove(k);
+    }
+}
+
+/// A body whose trailers (HTTP/1.1 chunked trailer section, HTTP/2
+/// trailing HEADERS) pass [`strip_spoofable`]; data frames stream through
+/// untouched, nothing is buffered.
+#[derive(Debug)]
+pub struct StripTrailers<B> {
+    inner: B,
+}
+
+impl<B> StripTrailers<B> {
+    pub fn new(inner: B) -> Self {
+        Self { inner }
+    }
+}
+
+impl<B: HttpBody + Unpin> HttpBody for StripTrailers<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        polled.map(|frame| {
+            frame.map(|r| {
+                r.map(|f| match f.into_trailers() {
+                    Ok(mut trailers) => {
+                        strip_spoofable(&mut trailers);
+                        Frame::trailers(trailers)
+                    }
+                    Err(f) => f,
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -202,6 +264,59 @@ mod tests {
         h.insert("accept", HeaderValue::from_static("*/*"));
         strip_spoofable(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    /// Every spelling a CGI/WSGI/PHP/nginx app reads as the same variable.
+    #[test]
+    fn strips_identity_claims_in_every_spelling() {
+        for name in [
+            "x-forwarded-client-cert",
+            "X-Forwarded-Client-Cert",
+            "x_forwarded_client_cert",
+            "X_FORWARDED_CLIENT_CERT",
+            "x-forwarded_client-cert",
+            "x_spiffe_id",
+            "l5d_client_id",
+            "strait_dst",
+            "Strait_Anything",
+            "x-envoy-peer_metadata",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("forged"),
+            );
+            h.insert("x-keep_me", HeaderValue::from_static("1"));
+            strip_spoofable(&mut h);
+            assert_eq!(h.keys().collect::<Vec<_>>(), ["x-keep_me"], "{name}");
+        }
+        for name in [
+            "x-forwarded-client-certs",
+            "xforwarded-client-cert",
+            "x-strait-dst",
+        ] {
+            assert!(!is_spoofable(name), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn strips_identity_claims_from_trailers_and_keeps_data() {
+        use http_body_util::{BodyExt, StreamBody};
+        let mut forged = HeaderMap::new();
+        forged.insert("x_forwarded_client_cert", HeaderValue::from_static("URI=x"));
+        forged.insert("strait-dst", HeaderValue::from_static("admin.ops:1"));
+        forged.insert("x-checksum", HeaderValue::from_static("abc"));
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from_static(b"he"))),
+            Ok(Frame::data(bytes::Bytes::from_static(b"llo"))),
+            Ok(Frame::trailers(forged)),
+        ];
+        let body = StripTrailers::new(StreamBody::new(futures_util::stream::iter(frames)));
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers.len(), 1);
+        assert_eq!(trailers["x-checksum"], "abc");
+        assert_eq!(&collected.to_bytes()[..], b"hello");
     }
 
     #[test]

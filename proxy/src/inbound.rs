@@ -6,7 +6,13 @@
 //!
 //! Peers speak HTTP/2 (ALPN `h2`, pooled); a connection that negotiated
 //! ALPN `http/1.1` carries one HTTP/1.1 upgrade request
-//! ([`crate::upgrade`]) and nothing else.
+//! ([`crate::upgrade`]) and nothing else. Each peer identity may hold
+//! `limits.max_connections_per_peer` connections, and each connection must
+//! bring its first request within `limits.first_request_timeout`
+//! ([`peers`]).
+
+mod peers;
+mod probe;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,7 +31,7 @@ use strait_ca::pipe;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::authz::{self, EscapedSlashes, HttpRequest};
+use crate::authz::{self, HttpRequest};
 use crate::headers::{self, error};
 use crate::metrics::{Direction, Metrics, ReasonLabels, TcpLabels};
 use crate::sniff::{self, Detected};
@@ -47,6 +53,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         }
     };
     let acceptor = TlsAcceptor::from(Arc::new(cfg));
+    let open = Arc::new(peers::PeerConnections::default());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -58,8 +65,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         };
         let shared = shared.clone();
         let acceptor = acceptor.clone();
+        let open = open.clone();
         tokio::spawn(async move {
-            if let Err(reason) = connection(shared.clone(), acceptor, tcp, peer).await {
+            if let Err(reason) = connection(shared.clone(), acceptor, tcp, peer, open).await {
                 shared.metrics.refuse(Direction::inbound, reason);
             }
         });
@@ -71,6 +79,7 @@ async fn connection(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
+    open: Arc<peers::PeerConnections>,
 ) -> Result<(), &'static str> {
     let _ = tcp.set_nodelay(true);
     let limits = shared.cfg.limits.clone();
@@ -95,10 +104,18 @@ async fn connection(
         Ok(id) => Arc::new(Peer::new(&shared, id)),
         Err(_) => return Err("no_peer_identity"),
     };
+    // Dropped (the place given back) when this function returns.
+    let Some(_slot) = open.enter(&from.id, limits.max_connections_per_peer) else {
+        tracing::info!(%peer, source = %from.id, max = limits.max_connections_per_peer, "peer connection limit reached");
+        return Err("peer_connection_limit");
+    };
     let http1 = tls.get_ref().1.alpn_protocol() == Some(ALPN_HTTP1);
+    let first = peers::FirstRequest::default();
     let svc = {
         let shared = shared.clone();
+        let first = first.clone();
         service_fn(move |req| {
+            first.seen();
             let shared = shared.clone();
             let from = from.clone();
             // Boxed: the request future is large, and hyper/tokio move the
@@ -107,14 +124,23 @@ async fn connection(
         })
     };
     if http1 {
-        let result = hyper::server::conn::http1::Builder::new()
+        let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers)
             .serve_connection(TokioIo::new(tls), svc)
-            .with_upgrades()
-            .await;
+            .with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = &mut conn => r,
+            () = tokio::time::sleep(limits.first_request_timeout) => {
+                if !first.was_seen() {
+                    return Err("first_request_timeout");
+                }
+                conn.await
+            }
+        };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "inbound http/1.1 connection ended");
         }
@@ -132,7 +158,19 @@ async fn connection(
         .max_frame_size(crate::transport::MAX_FRAME)
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
         .keep_alive_timeout(std::time::Duration::from_secs(10));
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = &mut conn => r,
+        () = tokio::time::sleep(limits.first_request_timeout) => {
+            if !first.was_seen() {
+                tracing::debug!(%peer, "no HTTP/2 preface and request within the deadline");
+                return Err("first_request_timeout");
+            }
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "inbound connection ended");
     }
     Ok(())
@@ -143,11 +181,19 @@ async fn connection(
 async fn handle(
     shared: Arc<Shared>,
     peer: Arc<Peer>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     http1: bool,
 ) -> Response<Body> {
     let started = Instant::now();
     let source = &peer.id;
+    if probe::is_controller(source)
+        && req
+            .headers()
+            .get(probe::PROBE_HEADER)
+            .is_some_and(|v| v == "app")
+    {
+        return probe::probe_app(&shared).await;
+    }
     let upgrade = headers::upgrade_of(req.version(), req.headers());
     if http1 && upgrade.is_none() {
         shared.metrics.refuse(Direction::inbound, "upgrade_only");
@@ -182,7 +228,7 @@ async fn handle(
         .map(|s| s.authorization.as_slice())
         .unwrap_or(&[]);
     let is_connect = req.method() == Method::CONNECT;
-    let decision = authz::evaluate(
+    let authorized = authz::authorize(
         policies,
         &authz::Request {
             port,
@@ -193,8 +239,20 @@ async fn handle(
                 host: headers::host_of(req.uri(), req.headers()),
             }),
         },
-        EscapedSlashes::Reject,
     );
+    let (decision, canonical) = match authorized {
+        Ok(a) => (a.decision, a.path),
+        Err(e) => {
+            shared.metrics.refuse(Direction::inbound, "bad_path");
+            tracing::info!(source = %source, service = %service, path = %req.uri().path(), reason = e.reason(), "path refused");
+            let msg = format!("{service}: the request path cannot be canonicalized: {e}");
+            let resp = error(StatusCode::BAD_REQUEST, e.reason(), msg);
+            if let Some(proto) = &upgrade {
+                crate::upgrade::count(&shared, Direction::inbound, service, proto, &resp);
+            }
+            return resp;
+        }
+    };
     let local = &snapshot.local.cluster;
     if !decision.allowed {
         shared
@@ -216,6 +274,17 @@ async fn handle(
             crate::upgrade::count(&shared, Direction::inbound, service, proto, &resp);
         }
         return resp;
+    }
+    // The app receives exactly the path that was decided on.
+    if let Some(path) = canonical.filter(|p| p != req.uri().path()) {
+        let Some(uri) = with_path(req.uri(), &path) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_uri",
+                "request target is invalid",
+            );
+        };
+        *req.uri_mut() = uri;
     }
     if is_connect {
         // Boxed, like the other rare paths: the request future stays small.
@@ -241,6 +310,23 @@ async fn handle(
         Some(started.elapsed()),
     );
     resp
+}
+
+/// `uri` with its path replaced by `path` (scheme, authority and query
+/// kept).
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut b = Uri::builder();
+    if let Some(s) = uri.scheme() {
+        b = b.scheme(s.clone());
+    }
+    if let Some(a) = uri.authority() {
+        b = b.authority(a.clone());
+    }
+    b.path_and_query(pq).build().ok()
 }
 
 /// What a request names as its destination, `name.ns:port`, and the port:
@@ -287,7 +373,7 @@ async fn forward_to_app(
                 parts.uri = uri;
             }
             parts.version = http::Version::HTTP_2;
-            let req = Request::from_parts(parts, boxed(body));
+            let req = Request::from_parts(parts, boxed(headers::StripTrailers::new(body)));
             shared
                 .app_h2
                 .send(target, req)
@@ -307,7 +393,7 @@ async fn forward_to_app(
                     }
                 }
             }
-            let req = Request::from_parts(parts, boxed(body));
+            let req = Request::from_parts(parts, boxed(headers::StripTrailers::new(body)));
             shared
                 .app_http1
                 .send(target, req)

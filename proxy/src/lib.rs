@@ -41,4 +41,4 @@ pub mod upgrade;
 
 pub use config::ProxyConfig;
 pub use proxy::{Proxy, StartError};
-pub use strait_routing::{authz, balance, locality, outlier, retry, route};
+pub use strait_routing::{authz, balance, locality, outlier, path, retry, route};

@@ -1,12 +1,14 @@
-//! Starting a sidecar: identity, snapshot source, listeners. Returns a
-//! handle with the addresses actually bound.
+//! Starting a sidecar: identity, snapshot source (its controller's config
+//! push, or a file), listeners. Returns a handle with the addresses
+//! actually bound.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use strait_api::snapshot::{Snapshot, SnapshotError};
+use strait_agent::{Role, Subscription, Target};
+use strait_api::snapshot::{LocalPlace, Snapshot, SnapshotError};
 use strait_ca::identity::IdentityError;
 use strait_ca::{CertStore, SharedBundle};
 use tokio::net::TcpListener;
@@ -32,6 +34,8 @@ pub enum StartError {
     },
     #[error("snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
+    #[error("controller: {0}")]
+    Controller(String),
 }
 
 fn read(path: &Path) -> Result<String, StartError> {
@@ -54,6 +58,8 @@ pub struct Proxy {
     pub capture_outbound: Option<SocketAddr>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    /// The config-push subscription, when following a controller.
+    following: Option<Subscription>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -68,9 +74,30 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    /// Starts a sidecar with `snapshot` (or the config's snapshot file when
-    /// one is set).
-    pub async fn start(cfg: ProxyConfig, snapshot: Snapshot) -> Result<Self, StartError> {
+    /// Starts a sidecar as its config says: routing from its controller
+    /// (empty until the first snapshot arrives) or from its snapshot file.
+    pub async fn start(cfg: ProxyConfig) -> Result<Self, StartError> {
+        let cluster = match &cfg.controller {
+            Some(c) => c.cluster_or(None).map_err(StartError::Controller)?,
+            None => strait_api::ClusterName::new("local")
+                .map_err(|e| StartError::Controller(e.to_string()))?,
+        };
+        let empty = Snapshot {
+            version: 0,
+            local: LocalPlace {
+                cluster,
+                locality: Default::default(),
+            },
+            clusters: Vec::new(),
+            services: Vec::new(),
+            exports: None,
+        };
+        Self::start_with(cfg, empty).await
+    }
+
+    /// Starts a sidecar with `snapshot` as its first routing data (the
+    /// config's snapshot file wins when one is set).
+    pub async fn start_with(cfg: ProxyConfig, snapshot: Snapshot) -> Result<Self, StartError> {
         let mut tasks = Vec::new();
         let identity = load_identity(&cfg, &mut tasks).await?;
         let snapshot = match &cfg.snapshot_file {
@@ -120,6 +147,7 @@ impl Proxy {
         if let Some(path) = shared.cfg.snapshot_file.clone() {
             tasks.push(tokio::spawn(watch_snapshot(shared.clone(), path)));
         }
+        let following = follow_controller(&shared, addrs.0)?;
         tracing::info!(inbound = %addrs.0, outbound = %addrs.1, admin = %addrs.2, "sidecar started");
         Ok(Self {
             inbound: addrs.0,
@@ -128,7 +156,14 @@ impl Proxy {
             capture_outbound: capture_addr,
             shared,
             tasks,
+            following,
         })
+    }
+
+    /// Whether the config-push stream to the controller is up (`None`
+    /// without a controller).
+    pub fn following(&self) -> Option<bool> {
+        self.following.as_ref().map(|s| *s.connected().borrow())
     }
 
     /// Installs a new snapshot (refused if invalid: the current one stays).
@@ -188,6 +223,7 @@ impl Proxy {
 
     /// Stops every listener and background task.
     pub fn shutdown(mut self) {
+        self.following = None;
         for t in self.tasks.drain(..) {
             t.abort();
         }
@@ -200,6 +236,40 @@ impl Drop for Proxy {
             t.abort();
         }
     }
+}
+
+/// Subscribes to the controller the config names, as a proxy: every
+/// pushed snapshot is installed before it is ACKed (a refused one is
+/// NACKed with the reason and the current one stays).
+fn follow_controller(
+    shared: &Arc<Shared>,
+    inbound: SocketAddr,
+) -> Result<Option<Subscription>, StartError> {
+    let cfg = &shared.cfg;
+    let Some(c) = &cfg.controller else {
+        return Ok(None);
+    };
+    let target = Target {
+        address: c.address,
+        cluster: c.cluster_or(None).map_err(StartError::Controller)?,
+        trust_domain: cfg.trust_domain.clone(),
+        role: Role::Proxy,
+        node_id: match &cfg.local_service {
+            Some(s) => format!("{s} {inbound}"),
+            None => format!("sidecar {inbound}"),
+        },
+        locality: c.locality.clone(),
+    };
+    let weak = Arc::downgrade(shared);
+    let apply = move |snap: &Snapshot| match weak.upgrade() {
+        Some(shared) => shared.apply(snap.clone()).map_err(|e| e.to_string()),
+        None => Err("the sidecar stopped".to_owned()),
+    };
+    let (certs, bundle) = (
+        shared.identity.certs.clone(),
+        shared.identity.bundle.clone(),
+    );
+    Ok(Some(strait_agent::follow(&target, certs, bundle, apply)))
 }
 
 fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {

@@ -101,6 +101,49 @@ pub enum ConnectError {
     },
 }
 
+/// Whose fault a failed connect was: outlier detection counts only the
+/// endpoint's own failures, and a failure of the serving cluster's door
+/// moves the request to the next cluster at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blame {
+    /// The endpoint or its sidecar (refused, timed out, bad TLS, or the
+    /// gateway could not dial it).
+    Endpoint,
+    /// The serving cluster's gateway refused the tunnel for a reason that
+    /// is not the endpoint's: not in its table yet, not exported or linked
+    /// to this cluster, draining, at its stream limit. `reason` is the
+    /// gateway's `strait-error`.
+    GatewayRefused { status: u16, reason: String },
+    /// No gateway of the endpoint could be reached.
+    GatewayDown,
+}
+
+impl ConnectError {
+    /// Classifies a failed connect to an endpoint reached through
+    /// `gateways` (empty for a direct hop).
+    pub fn blame(&self, gateways: &[SocketAddr]) -> Blame {
+        match self {
+            Self::Refused { status, reason, .. } => match reason.as_str() {
+                // The gateway tried the endpoint and could not reach it.
+                "upstream_connect" | "no_healthy_endpoint" => Blame::Endpoint,
+                _ => Blame::GatewayRefused {
+                    status: *status,
+                    reason: reason.clone(),
+                },
+            },
+            Self::Timeout { addr }
+            | Self::Io { addr, .. }
+            | Self::Tls { addr, .. }
+            | Self::H2 { addr, .. }
+                if gateways.contains(addr) =>
+            {
+                Blame::GatewayDown
+            }
+            _ => Blame::Endpoint,
+        }
+    }
+}
+
 /// The local identity and trust, shared by listeners and the pool.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -169,6 +212,12 @@ impl PeerPool {
                 Ok((send, Hop::Gateway { gateway, target }))
             }
         }
+    }
+
+    /// Whether every gateway in `gateways` is down (see
+    /// [`GatewayPool::all_down`]); false for a direct endpoint.
+    pub fn gateways_down(&self, gateways: &[SocketAddr]) -> bool {
+        self.gateways.any_down() && self.gateways.all_down(gateways)
     }
 
     /// Forgets the connection (or tunnel) of `hop` after a failure.

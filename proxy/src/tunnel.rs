@@ -40,8 +40,9 @@ use crate::transport::{
 /// PING interval and timeout on gateway connections: a dead gateway is
 /// evicted within about their sum.
 const KEEPALIVE: Duration = Duration::from_secs(1);
-/// A gateway that failed is tried after its healthy replicas for this long.
-const DOWN_FOR: Duration = Duration::from_secs(5);
+/// How often a gateway that failed is probed (a TCP connect) until it
+/// answers again; meanwhile endpoints behind only down gateways are skipped.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 type OuterSlot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
 type InnerSlot = Arc<tokio::sync::Mutex<Option<Inner>>>;
@@ -66,7 +67,7 @@ pub struct GatewayPool {
     connect_timeout: Duration,
     outer: Mutex<HashMap<SocketAddr, OuterSlot>>,
     inner: Mutex<HashMap<InnerKey, InnerSlot>>,
-    down: Mutex<HashMap<SocketAddr, Instant>>,
+    down: Arc<Mutex<HashMap<SocketAddr, Instant>>>,
     outer_config: Mutex<Option<Arc<ClientConfig>>>,
 }
 
@@ -87,7 +88,7 @@ impl GatewayPool {
             connect_timeout,
             outer: Mutex::new(HashMap::new()),
             inner: Mutex::new(HashMap::new()),
-            down: Mutex::new(HashMap::new()),
+            down: Arc::default(),
             outer_config: Mutex::new(None),
         }
     }
@@ -153,7 +154,7 @@ impl GatewayPool {
                     // The gateway answered, or the destination sidecar (not the
                     // gateway) refused the protocol: the gateway is fine.
                     if !matches!(e, ConnectError::Refused { .. } | ConnectError::Alpn { .. }) {
-                        lock(&self.down).insert(gateway, Instant::now());
+                        self.mark_down(gateway);
                     }
                     last = Some(e);
                 }
@@ -162,17 +163,55 @@ impl GatewayPool {
         Err(last.unwrap_or(ConnectError::Timeout { addr: preferred }))
     }
 
-    /// `preferred` first, then the other replicas; gateways that failed
-    /// recently go last.
+    /// `preferred` first, then the other replicas; gateways that are down
+    /// go last.
     fn order(&self, replicas: &[SocketAddr], preferred: SocketAddr) -> Vec<SocketAddr> {
         let mut order = vec![preferred];
         order.extend(replicas.iter().copied().filter(|g| *g != preferred));
-        let now = Instant::now();
-        let mut down = lock(&self.down);
-        down.retain(|_, at| now.duration_since(*at) < DOWN_FOR);
+        let down = lock(&self.down);
         // Stable: healthy replicas keep their order, down ones move back.
         order.sort_by_key(|g| down.contains_key(g));
         order
+    }
+
+    /// Whether every one of `gateways` failed and has not answered a probe
+    /// since (false for an empty list).
+    pub fn all_down(&self, gateways: &[SocketAddr]) -> bool {
+        if gateways.is_empty() {
+            return false;
+        }
+        let down = lock(&self.down);
+        !down.is_empty() && gateways.iter().all(|g| down.contains_key(g))
+    }
+
+    /// Whether any gateway is down now (a cheap check before [`Self::all_down`]).
+    pub fn any_down(&self) -> bool {
+        !lock(&self.down).is_empty()
+    }
+
+    /// Remembers `gateway` as down and probes it until it takes a TCP
+    /// connection again (a restarted gateway is used within a probe
+    /// interval, not after a fixed timer).
+    fn mark_down(&self, gateway: SocketAddr) {
+        if lock(&self.down).insert(gateway, Instant::now()).is_some() {
+            return;
+        }
+        tracing::info!(%gateway, "gateway unreachable; probing it until it answers");
+        let (down, timeout) = (self.down.clone(), self.connect_timeout);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                if !lock(&down).contains_key(&gateway) {
+                    return;
+                }
+                let probe = tokio::time::timeout(timeout, TcpStream::connect(gateway)).await;
+                if matches!(probe, Ok(Ok(_))) {
+                    lock(&down).remove(&gateway);
+                    tracing::info!(%gateway, "gateway reachable again");
+                    return;
+                }
+            }
+        });
     }
 
     /// Forgets the tunnel to `target` through `gateway`, so the next

@@ -107,7 +107,7 @@ async fn handshake(
             String::new(),
         );
     }
-    let route = service.route_for(parts.uri.path());
+    let route = service.route_for(&crate::path::for_routing(parts.uri.path()));
     let deadline = tokio::time::Instant::now() + route.timeout;
     let timed_out = || {
         let msg = format!(
@@ -260,7 +260,7 @@ pub(crate) async fn inbound(
         }
     }
     headers::set_upgrade(&mut parts.headers, proto.clone());
-    let mut up = Request::from_parts(parts, boxed(body));
+    let mut up = Request::from_parts(parts, boxed(headers::StripTrailers::new(body)));
     *up.extensions_mut() = http::Extensions::new();
     // The caller's route timeout bounds the handshake too; this bound only
     // keeps a silent app from holding the request after the caller left.

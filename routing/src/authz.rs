@@ -7,22 +7,26 @@
 //! they do not deny. A rule matches when every condition it sets matches:
 //! source identity patterns, path prefixes, methods and hosts.
 //!
-//! Paths are compared only after [`normalize_path`], so `//admin`,
-//! `/%2Fadmin`, `/a/%2e%2e/admin` or `/x/..;/admin` cannot slip past a deny
-//! on `/admin`. For opaque TCP there is no request: a deny rule with HTTP
+//! Paths are compared in their canonical form ([`crate::path`]), which
+//! [`authorize`] computes under the port's [`PathPolicy`] and hands back for
+//! forwarding: `//admin`, `/a/%2e%2e/admin` or `/%61dmin` cannot slip past a
+//! deny on `/admin`, and the app receives exactly the path decided on. A
+//! policy with `path.case_insensitive` compares its rules' paths ignoring
+//! ASCII case. For opaque TCP there is no request: a deny rule with HTTP
 //! conditions then matches on its source alone (fail closed) and an allow
 //! rule with HTTP conditions never matches.
 
-use std::fmt::Write as _;
-
 use strait_api::SpiffeId;
-use strait_api::snapshot::{AuthorizationPolicy, AuthzRule, path_has_prefix};
+use strait_api::snapshot::{AuthorizationPolicy, AuthzRule, PathPolicy, path_has_prefix};
+
+use crate::path::{self, PathError};
 
 /// What is known about an HTTP request, as received.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpRequest<'a> {
     pub method: &'a str,
-    /// The request target's path (query and fragment are ignored).
+    /// The request target's path without query: as received for
+    /// [`authorize`], canonical for [`evaluate`].
     pub path: &'a str,
     /// The `Host` header or `:authority`.
     pub host: Option<&'a str>,
@@ -38,32 +42,6 @@ pub struct Request<'a> {
     pub http: Option<HttpRequest<'a>>,
 }
 
-/// What to do with `%2F`, `%5C` and raw `\` in a path.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum EscapedSlashes {
-    /// Refuse the request (the safe default).
-    #[default]
-    Reject,
-    /// Treat them as `/`.
-    Normalize,
-}
-
-/// Why a path could not be normalized.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PathError {
-    #[error("path is empty")]
-    Empty,
-    #[error("path {0:?} does not start with '/'")]
-    NotAbsolute(String),
-    #[error("path has a malformed percent-encoding at byte {0}")]
-    BadPercent(usize),
-    #[error("path has an escaped slash or a backslash")]
-    EscapedSlash,
-    #[error("path has a forbidden byte {0:#04x}")]
-    BadByte(u8),
-}
-
 /// Why a request was allowed or denied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
@@ -75,7 +53,6 @@ pub enum Reason {
     NoDenyMatch,
     /// Allow rules cover the port, and none matched.
     NoAllowMatch,
-    BadPath(PathError),
 }
 
 impl Reason {
@@ -87,7 +64,6 @@ impl Reason {
             Self::DenyRule => "deny_rule",
             Self::NoDenyMatch => "no_deny_match",
             Self::NoAllowMatch => "no_allow_match",
-            Self::BadPath(_) => "bad_path",
         }
     }
 }
@@ -110,25 +86,69 @@ impl Decision {
     }
 }
 
-/// Evaluates a service's policies for one request.
-pub fn evaluate(
+/// The path handling of `port`: that of the first policy covering it
+/// (policies covering one port agree, see
+/// [`strait_api::snapshot::validate_authorization`]), else the default.
+pub fn path_policy(policies: &[AuthorizationPolicy], port: u16) -> PathPolicy {
+    policies
+        .iter()
+        .find(|p| p.applies_to(port))
+        .map(|p| p.path)
+        .unwrap_or_default()
+}
+
+/// What [`authorize`] decided, and the path to forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorized {
+    pub decision: Decision,
+    /// The canonical path (no query); `None` for opaque TCP.
+    pub path: Option<String>,
+}
+
+/// Canonicalizes the request's path under the port's path policy (a path
+/// without a canonical form is refused, policy or not) and evaluates the
+/// policies on that canonical path.
+pub fn authorize(
     policies: &[AuthorizationPolicy],
     req: &Request<'_>,
-    slashes: EscapedSlashes,
-) -> Decision {
+) -> Result<Authorized, PathError> {
+    let path = match &req.http {
+        Some(h) => Some(path::canonicalize(h.path, path_policy(policies, req.port))?),
+        None => None,
+    };
+    let canonical = Request {
+        http: req.http.map(|h| HttpRequest {
+            path: path.as_deref().unwrap_or(h.path),
+            ..h
+        }),
+        ..*req
+    };
+    Ok(Authorized {
+        decision: evaluate(policies, &canonical),
+        path,
+    })
+}
+
+/// Evaluates a service's policies for one request whose path is already
+/// canonical ([`authorize`] makes it so).
+pub fn evaluate(policies: &[AuthorizationPolicy], req: &Request<'_>) -> Decision {
     let applicable: Vec<&AuthorizationPolicy> =
         policies.iter().filter(|p| p.applies_to(req.port)).collect();
     if applicable.is_empty() {
         return Decision::new(true, Reason::NoPolicy, None);
     }
-    let http = match req.http.map(|h| Normalized::new(h, slashes)).transpose() {
-        Ok(h) => h,
-        Err(e) => return Decision::new(false, Reason::BadPath(e), None),
+    let host = req.http.and_then(|h| h.host).map(normalize_host);
+    let matches = |p: &AuthorizationPolicy, rule: &AuthzRule, deny: bool| {
+        let http = req.http.map(|h| Normalized {
+            method: h.method,
+            path: h.path,
+            host: host.as_deref(),
+            case_insensitive: p.path.case_insensitive,
+        });
+        rule_matches(rule, req.source, http.as_ref(), deny)
     };
-    let matches =
-        |rule: &AuthzRule, deny: bool| rule_matches(rule, req.source, http.as_ref(), deny);
     for p in &applicable {
-        if p.deny.iter().any(|r| matches(r, true)) {
+        if p.deny.iter().any(|r| matches(p, r, true)) {
             return Decision::new(false, Reason::DenyRule, Some(p));
         }
     }
@@ -136,7 +156,7 @@ pub fn evaluate(
         return Decision::new(true, Reason::NoDenyMatch, None);
     }
     for p in &applicable {
-        if p.allow.iter().any(|r| matches(r, false)) {
+        if p.allow.iter().any(|r| matches(p, r, false)) {
             return Decision::new(true, Reason::AllowRule, Some(p));
         }
     }
@@ -146,18 +166,11 @@ pub fn evaluate(
 /// A request's attributes in the form rules are compared with.
 struct Normalized<'a> {
     method: &'a str,
-    path: String,
-    host: Option<String>,
-}
-
-impl<'a> Normalized<'a> {
-    fn new(h: HttpRequest<'a>, slashes: EscapedSlashes) -> Result<Self, PathError> {
-        Ok(Self {
-            method: h.method,
-            path: normalize_path(h.path, slashes)?,
-            host: h.host.map(normalize_host),
-        })
-    }
+    /// Canonical.
+    path: &'a str,
+    host: Option<&'a str>,
+    /// The deciding policy folds case for paths.
+    case_insensitive: bool,
 }
 
 /// `deny` makes missing information count as a match (fail closed).
@@ -175,14 +188,20 @@ fn rule_matches(
     let Some(h) = http else {
         return deny || !rule.has_http_conditions();
     };
-    let path = rule.paths.is_empty() || rule.paths.iter().any(|p| path_has_prefix(&h.path, p));
+    let path = rule.paths.is_empty() || {
+        let ci = h.case_insensitive;
+        let have = path::for_matching(h.path, ci);
+        rule.paths
+            .iter()
+            .any(|p| path_has_prefix(&have, &path::for_matching(p, ci)))
+    };
     let method = rule.methods.is_empty()
         || rule
             .methods
             .iter()
             .any(|m| m.eq_ignore_ascii_case(h.method));
     let host = rule.hosts.is_empty()
-        || match &h.host {
+        || match h.host {
             None => deny,
             Some(host) => rule.hosts.iter().any(|pattern| host_matches(pattern, host)),
         };
@@ -207,86 +226,6 @@ fn host_matches(pattern: &str, host: &str) -> bool {
         Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
         None => pattern == host,
     }
-}
-
-/// Canonical form of a request path for matching:
-/// 1. drop the query and fragment;
-/// 2. decode percent-encoded unreserved characters (`%61` -> `a`, `%2e` ->
-///    `.`), upper-case the hex of the others, refuse bad escapes and `%00`;
-/// 3. refuse (or turn into `/`) `%2F`, `%5C` and raw `\`;
-/// 4. refuse controls, spaces and non-ASCII bytes;
-/// 5. drop `;parameters` from each segment (`/x/..;/admin` is `/admin` to
-///    servlet containers);
-/// 6. merge slashes and resolve `.` and `..` (never above the root).
-pub fn normalize_path(raw: &str, slashes: EscapedSlashes) -> Result<String, PathError> {
-    let path = raw.split(['?', '#']).next().unwrap_or_default();
-    if path.is_empty() {
-        return Err(PathError::Empty);
-    }
-    let slash = || match slashes {
-        EscapedSlashes::Reject => Err(PathError::EscapedSlash),
-        EscapedSlashes::Normalize => Ok('/'),
-    };
-    let bytes = path.as_bytes();
-    let mut decoded = String::with_capacity(path.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'%' => {
-                let v = bytes
-                    .get(i + 1..i + 3)
-                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or(PathError::BadPercent(i))?;
-                match v {
-                    b'/' | b'\\' => decoded.push(slash()?),
-                    0 => return Err(PathError::BadByte(0)),
-                    v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => {
-                        decoded.push(char::from(v));
-                    }
-                    v => {
-                        let _ = write!(decoded, "%{v:02X}");
-                    }
-                }
-                i += 3;
-            }
-            b'\\' => {
-                decoded.push(slash()?);
-                i += 1;
-            }
-            0x21..=0x7e => {
-                decoded.push(char::from(b));
-                i += 1;
-            }
-            _ => return Err(PathError::BadByte(b)),
-        }
-    }
-    if !decoded.starts_with('/') {
-        return Err(PathError::NotAbsolute(path.chars().take(64).collect()));
-    }
-    let mut segments: Vec<&str> = Vec::new();
-    let mut trailing = false;
-    for seg in decoded.split('/').skip(1) {
-        let seg = seg.split(';').next().unwrap_or_default();
-        trailing = matches!(seg, "" | "." | "..");
-        match seg {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    let mut out = String::with_capacity(decoded.len());
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
-    }
-    if trailing || segments.is_empty() {
-        out.push('/');
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

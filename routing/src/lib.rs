@@ -23,5 +23,6 @@ pub mod authz;
 pub mod balance;
 pub mod locality;
 pub mod outlier;
+pub mod path;
 pub mod retry;
 pub mod route;

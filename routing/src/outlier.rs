@@ -23,6 +23,11 @@ pub enum Outcome {
     ServerError,
     /// Could not connect (refused, timed out, TLS or tunnel failure).
     ConnectFailure,
+    /// The endpoint was not reached for a reason that is not its fault:
+    /// the serving cluster's gateway refused the tunnel (not in its table
+    /// yet, not exported or linked to the caller, draining) or is down.
+    /// Counts neither for nor against the endpoint.
+    NotReached,
 }
 
 impl Outcome {
@@ -138,6 +143,9 @@ impl OutlierDetector {
         );
         let threshold = self.config.consecutive_failures;
         let host = self.hosts.get_mut(&address)?;
+        if outcome == Outcome::NotReached {
+            return None;
+        }
         if !outcome.is_failure() {
             host.consecutive = 0;
             return None;

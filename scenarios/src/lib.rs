@@ -12,7 +12,6 @@
 //! What it is not: a load tester, or a way to run a production mesh.
 
 pub mod demo;
-pub mod glue;
 pub mod mesh;
 pub mod relay;
 mod rotation;

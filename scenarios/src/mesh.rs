@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use strait_api::snapshot::{AuthorizationPolicy, Protocol, Snapshot};
+use strait_agent::{ControllerRef, Role, Target};
+use strait_api::snapshot::{AuthorizationPolicy, Protocol};
 use strait_api::{ClusterName, Locality, SpiffeId, TrustDomain};
-use strait_ca::tls::ExpectedServer;
 use strait_ca::trust::TrustReport;
 use strait_ca::{CaDir, CertStore, SharedBundle};
 use strait_federation::catalog::{
@@ -27,13 +27,13 @@ use strait_federation::controller::{
     Controller, ControllerConfig, Handle as ControllerHandle, TokenOptions,
 };
 use strait_federation::peering::FailMode;
-use strait_gateway::{ExportTable, ExportedEndpoint, ExportedService, Gateway, GatewayConfig};
+use strait_federation::snapshot::VipRange;
+use strait_gateway::{ExportTable, Gateway, GatewayConfig};
 use strait_proxy::Proxy;
 use strait_proxy::config::{AppPort, IdentitySource, Limits, Listeners, ProxyConfig};
 use strait_proxy::testing::{self, Behaviour, Echo};
 use tokio::task::JoinHandle;
 
-use crate::glue;
 use crate::relay::Relay;
 
 pub const TD: &str = "strait.local";
@@ -81,7 +81,6 @@ pub struct Replica {
     pub ip: Ipv4Addr,
     pub app: Option<Echo>,
     pub sidecar: Proxy,
-    _feed: JoinHandle<()>,
 }
 
 pub struct Workload {
@@ -98,7 +97,7 @@ pub struct Cluster {
     pub controller: Option<ControllerHandle>,
     pub relay: Relay,
     pub gateways: Vec<Option<strait_gateway::Handle>>,
-    pub dns: strait_dns::DnsServer,
+    pub dns: strait_dns::role::Handle,
     pub client: Proxy,
     pub workloads: Vec<Workload>,
     tasks: Vec<JoinHandle<()>>,
@@ -211,27 +210,23 @@ impl Mesh {
         let name = ClusterName::new(&spec.name)?;
         let net = self.spec.base_octet + index as u8;
         let vip_octet = self.spec.base_octet + 40 + index as u8;
-        let locality = glue::locality(&spec.region, &spec.zone);
+        let locality = locality(&spec.region, &spec.zone);
         if self.ca.intermediate(&name).is_err() {
             self.ca
                 .new_intermediate(&name, Duration::from_secs(30 * 86400))?;
         }
         let bundle = SharedBundle::new(self.ca.bundle()?);
-        // Gateways first: the controller advertises their addresses.
-        let mut gateways = Vec::new();
-        for i in 0..spec.gateways {
-            gateways.push(Some(self.start_gateway(&name, net, i).await?));
-        }
         let gw_addrs: Vec<SocketAddr> = (0..spec.gateways)
             .map(|i| sock(ip(net, 0, 10 + i as u8), 15443))
             .collect();
-        let ctl_id = strait_federation::controller::controller_identity(&self.td, &name);
+        let ctl_id = self.td.controller_id(&name);
         let (ctl_files, certs) = self.issue(&name, &ctl_id, "controller")?;
         let relay = Relay::start(sock(ip(net, 0, 1), 8612), sock(ip(net, 0, 1), 8610)).await?;
         let controller = self
             .start_controller(
                 &name,
                 net,
+                vip_octet,
                 &locality,
                 &gw_addrs,
                 certs.clone(),
@@ -239,42 +234,44 @@ impl Mesh {
                 relay.addr,
             )
             .await?;
-        let dns_view =
-            strait_dns::view::ViewHandle::new(strait_dns::view::DnsView::new(name.clone()))?;
+        let grpc = controller.grpc_addr();
+        // Gateways and DNS follow the controller's config push, as the
+        // `strait gateway` and `strait dns` processes do.
+        let mut gateways = Vec::new();
+        for i in 0..spec.gateways {
+            gateways.push(Some(self.start_gateway(&name, net, i, grpc).await?));
+        }
         let mut dns_cfg = strait_dns::DnsConfig::new(sock(ip(net, 0, 2), 8653));
         dns_cfg.meshed_clients = vec![];
+        let dns_target = Target {
+            address: grpc,
+            cluster: name.clone(),
+            trust_domain: self.td.clone(),
+            role: Role::Dns,
+            node_id: "dns".into(),
+            locality: None,
+        };
+        let following = strait_dns::role::Following {
+            target: dns_target,
+            certs: certs.clone(),
+            bundle: bundle.clone(),
+        };
         let dns =
-            strait_dns::run(dns_cfg, dns_view.clone(), strait_dns::DnsMetrics::default()).await?;
-        let mut tasks = vec![tokio::spawn(crate::rotation::reload_files(
+            strait_dns::role::start(dns_cfg, following, strait_dns::DnsMetrics::default()).await?;
+        let tasks = vec![tokio::spawn(crate::rotation::reload_files(
             ctl_files,
             self.td.clone(),
             ctl_id.clone(),
             certs.clone(),
             bundle.clone(),
         ))];
-        tasks.push(tokio::spawn(feed_dns(
-            controller.grpc_addr(),
-            certs.clone(),
-            bundle.clone(),
-            name.clone(),
-            self.td.clone(),
-            dns_view,
-            vip_octet,
-        )));
         // The cluster's client sidecar (where scenario traffic starts).
         let client_id = self.td.workload_id("default", "client")?;
         let (client_files, _) = self.issue(&name, &client_id, "client")?;
-        let client_cfg = proxy_config(&self.td, client_files, ip(net, 0, 3), vec![], None, true);
-        let client = Proxy::start(client_cfg, empty_snapshot(&name)?).await?;
-        let client_feed = feed(
-            &client,
-            controller.grpc_addr(),
-            &self.td,
-            &name,
-            &locality,
-            Some(vip_octet),
-        );
-        tasks.push(client_feed);
+        let mut client_cfg =
+            proxy_config(&self.td, client_files, ip(net, 0, 3), vec![], None, true);
+        client_cfg.controller = Some(controller_ref(grpc, &name, &locality));
+        let client = Proxy::start(client_cfg).await?;
         let mut cluster = Cluster {
             name: name.clone(),
             index,
@@ -304,6 +301,7 @@ impl Mesh {
         cluster: &ClusterName,
         net: u8,
         i: usize,
+        controller: SocketAddr,
     ) -> anyhow::Result<strait_gateway::Handle> {
         let gw_id = self
             .td
@@ -315,6 +313,11 @@ impl Mesh {
         cfg.identity = identity;
         cfg.listeners.public = sock(ip(net, 0, 10 + i as u8), 15443);
         cfg.listeners.admin = sock(ip(net, 0, 10 + i as u8), 15021);
+        cfg.controller = Some(ControllerRef {
+            address: controller,
+            cluster: None,
+            locality: None,
+        });
         Ok(Gateway::start(cfg, ExportTable::default()).await?)
     }
 
@@ -323,6 +326,7 @@ impl Mesh {
         &self,
         name: &ClusterName,
         net: u8,
+        vip_octet: u8,
         locality: &Locality,
         gateways: &[SocketAddr],
         certs: CertStore,
@@ -339,6 +343,7 @@ impl Mesh {
         cfg.sync.lease = self.spec.lease;
         cfg.sync.heartbeat = (self.spec.lease / 4).max(Duration::from_millis(200));
         cfg.rescan_interval = None;
+        cfg.vips = VipRange::new(vip_octet).map_err(|e| anyhow!(e))?;
         Ok(Controller::start(cfg).await?)
     }
 
@@ -360,7 +365,7 @@ impl Mesh {
                 target: Some(sock(wip, spec.port)),
                 permissive_listen: None,
             };
-            let cfg = proxy_config(
+            let mut cfg = proxy_config(
                 &self.td,
                 files,
                 wip,
@@ -368,21 +373,13 @@ impl Mesh {
                 Some(format!("{}.{}", spec.service, spec.namespace)),
                 false,
             );
-            let sidecar = Proxy::start(cfg, empty_snapshot(&cluster.name)?).await?;
             let ctl = cluster.controller()?.grpc_addr();
-            let feed = feed(
-                &sidecar,
-                ctl,
-                &self.td,
-                &cluster.name,
-                &cluster.locality,
-                None,
-            );
+            cfg.controller = Some(controller_ref(ctl, &cluster.name, &cluster.locality));
+            let sidecar = Proxy::start(cfg).await?;
             replicas.push(Replica {
                 ip: wip,
                 app: Some(app),
                 sidecar,
-                _feed: feed,
             });
         }
         Ok(Workload {
@@ -391,17 +388,16 @@ impl Mesh {
         })
     }
 
-    /// Registers every workload of `cluster` in its controller and pushes
-    /// the export table to its gateways.
+    /// Registers every workload of `cluster` in its controller (which
+    /// pushes the export table to its gateways).
     fn register_all(&self, cluster: &Cluster) -> anyhow::Result<()> {
         let ctl = cluster.controller()?;
-        let mut table = ExportTable::default();
         for w in &cluster.workloads {
             let s = &w.spec;
             let zone_loc = s
                 .zone
                 .as_ref()
-                .map(|z| glue::locality(&cluster.locality.region, z));
+                .map(|z| locality(&cluster.locality.region, z));
             let endpoints: Vec<EndpointSpec> = w
                 .replicas
                 .iter()
@@ -419,7 +415,7 @@ impl Mesh {
                     port: s.port,
                     protocol: s.protocol,
                 }],
-                endpoints: endpoints.clone(),
+                endpoints,
                 export: s.export.clone(),
                 // HTTP apps get an HTTP check, which also sees a hung
                 // (paused) app; others get a TCP connect check.
@@ -437,24 +433,6 @@ impl Mesh {
                     unhealthy_threshold: 2,
                 }),
             })?;
-            if s.export.is_exported() {
-                table.services.push(ExportedService {
-                    name: s.service.clone(),
-                    namespace: s.namespace.clone(),
-                    ports: vec![s.port],
-                    to: s.export.only_to(),
-                    endpoints: endpoints
-                        .iter()
-                        .map(|e| ExportedEndpoint {
-                            address: e.address,
-                            health: Default::default(),
-                        })
-                        .collect(),
-                });
-            }
-        }
-        for g in cluster.gateways.iter().flatten() {
-            g.apply(table.clone())?;
         }
         Ok(())
     }
@@ -569,13 +547,13 @@ impl Mesh {
     }
 
     pub async fn restart_gateway(&mut self, cluster: &str, replica: usize) -> anyhow::Result<()> {
-        let (name, net) = {
+        let (name, net, grpc) = {
             let c = self.cluster(cluster)?;
-            (c.name.clone(), c.net)
+            (c.name.clone(), c.net, c.controller_grpc())
         };
         let mut h = None;
         for _ in 0..50 {
-            match self.start_gateway(&name, net, replica).await {
+            match self.start_gateway(&name, net, replica, grpc).await {
                 Ok(g) => {
                     h = Some(g);
                     break;
@@ -585,8 +563,7 @@ impl Mesh {
         }
         let h = h.ok_or_else(|| anyhow!("gateway {replica} of {cluster} did not restart"))?;
         self.cluster_mut(cluster)?.gateways[replica] = Some(h);
-        let c = self.cluster(cluster)?;
-        self.register_all(c)
+        Ok(())
     }
 
     pub async fn kill_controller(&mut self, cluster: &str) -> anyhow::Result<()> {
@@ -597,11 +574,12 @@ impl Mesh {
     }
 
     pub async fn restart_controller(&mut self, cluster: &str) -> anyhow::Result<()> {
-        let (name, net, loc, certs, bundle, relay, ngw) = {
+        let (name, net, vip_octet, loc, certs, bundle, relay, ngw) = {
             let c = self.cluster(cluster)?;
             (
                 c.name.clone(),
                 c.net,
+                c.vip_octet,
                 c.locality.clone(),
                 c.certs.clone(),
                 c.bundle.clone(),
@@ -613,7 +591,7 @@ impl Mesh {
             .map(|i| sock(ip(net, 0, 10 + i as u8), 15443))
             .collect();
         let h = self
-            .start_controller(&name, net, &loc, &gws, certs, bundle, relay)
+            .start_controller(&name, net, vip_octet, &loc, &gws, certs, bundle, relay)
             .await?;
         self.cluster_mut(cluster)?.controller = Some(h);
         Ok(())
@@ -710,6 +688,12 @@ impl Cluster {
         self.client.outbound
     }
 
+    /// Where the cluster's controller serves gRPC (its planned address,
+    /// also while it is stopped).
+    pub fn controller_grpc(&self) -> SocketAddr {
+        sock(ip(self.net, 0, 1), 8610)
+    }
+
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.controller.as_ref().and_then(|c| c.admin_addr())
     }
@@ -719,10 +703,22 @@ impl Cluster {
     }
 }
 
-fn empty_snapshot(cluster: &ClusterName) -> anyhow::Result<Snapshot> {
-    Ok(Snapshot::from_yaml(&format!(
-        "version: 0\nlocal: {{ cluster: {cluster} }}\nservices: []\n"
-    ))?)
+/// A locality for a cluster's zone.
+fn locality(region: &str, zone: &str) -> Locality {
+    Locality::new(region, zone).unwrap_or_default()
+}
+
+/// `controller:` of a sidecar in cluster `cluster`.
+fn controller_ref(
+    address: SocketAddr,
+    cluster: &ClusterName,
+    locality: &Locality,
+) -> ControllerRef {
+    ControllerRef {
+        address,
+        cluster: Some(cluster.clone()),
+        locality: Some(locality.clone()),
+    }
 }
 
 fn proxy_config(
@@ -745,6 +741,7 @@ fn proxy_config(
         app,
         local_service,
         snapshot_file: None,
+        controller: None,
         limits: Limits {
             connect_timeout: Duration::from_millis(500),
             ..Limits::default()
@@ -782,91 +779,4 @@ async fn start_app(
         "app {name} at {addr}: {}",
         last.map(|e| e.to_string()).unwrap_or_default()
     ))
-}
-
-/// Feeds a sidecar the snapshots its controller pushes, over mTLS with the
-/// sidecar's own (live) certificate and bundle.
-fn feed(
-    proxy: &Proxy,
-    controller: SocketAddr,
-    td: &TrustDomain,
-    cluster: &ClusterName,
-    locality: &Locality,
-    vip_octet: Option<u8>,
-) -> JoinHandle<()> {
-    let expected = ExpectedServer::Id(strait_federation::controller::controller_identity(
-        td, cluster,
-    ));
-    let node = strait_api::proto::config::Node {
-        id: String::new(),
-        cluster: cluster.to_string(),
-        locality: locality.to_string(),
-    };
-    let (certs, bundle) = proxy.identity();
-    let sub = strait_federation::push_client::subscribe(
-        controller,
-        certs,
-        bundle,
-        expected,
-        node,
-        Default::default(),
-    );
-    let applier = proxy.applier();
-    tokio::spawn(async move {
-        let mut rx = sub.snapshots();
-        loop {
-            let next = rx.borrow_and_update().clone();
-            if let Some(s) = next {
-                let mut s = (*s).clone();
-                if let Some(o) = vip_octet {
-                    s = glue::shift_snapshot(s, o);
-                }
-                let _ = applier(s);
-            }
-            if rx.changed().await.is_err() {
-                break;
-            }
-        }
-        drop(sub);
-    })
-}
-
-/// Keeps a cluster's DNS view in step with its controller.
-async fn feed_dns(
-    controller: SocketAddr,
-    certs: CertStore,
-    bundle: SharedBundle,
-    cluster: ClusterName,
-    td: TrustDomain,
-    view: strait_dns::view::ViewHandle,
-    vip_octet: u8,
-) {
-    let expected = ExpectedServer::Id(strait_federation::controller::controller_identity(
-        &td, &cluster,
-    ));
-    let node = strait_api::proto::config::Node {
-        id: "dns".into(),
-        cluster: cluster.to_string(),
-        locality: String::new(),
-    };
-    let sub = strait_federation::push_client::subscribe(
-        controller,
-        certs,
-        bundle,
-        expected,
-        node,
-        Default::default(),
-    );
-    let mut rx = sub.snapshots();
-    loop {
-        let next = rx.borrow_and_update().clone();
-        if let Some(s) = next {
-            if let Err(e) = view.update(glue::dns_view(&s, vip_octet)) {
-                tracing::warn!(error = %e, "dns view refused");
-            }
-        }
-        if rx.changed().await.is_err() {
-            break;
-        }
-    }
 }

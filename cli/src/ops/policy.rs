@@ -17,7 +17,8 @@ use clap::Subcommand;
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
 use strait_api::snapshot::{
-    AuthorizationPolicy, AuthzRule, RetryOn, Route, SnapshotError, duration_str, validate_routes,
+    AuthorizationPolicy, AuthzRule, PathPolicy, RetryOn, Route, SnapshotError, duration_str,
+    validate_routes,
 };
 use strait_federation::catalog::policy::{AuthzFlags, parse_distribute};
 use strait_federation::catalog::{FieldError, PolicySpec, ServiceKey};
@@ -67,6 +68,10 @@ pub enum PolicyCommand {
     /// narrowed by --ports, --paths and --methods; it replaces the policy of
     /// that name and keeps the others. Patterns: an exact SPIFFE ID,
     /// spiffe://TD/ns/NS/*, spiffe://TD/* or '*' (any mesh identity).
+    /// Request paths are canonicalized before rules see them and forwarded
+    /// canonical; --escaped-slashes (reject|decode|keep), --path-parameters
+    /// (reject|keep) and --case-insensitive-paths set how, for the ports of
+    /// the flag-built policy (policies sharing a port must agree).
     /// --authz-file replaces every policy with a YAML list:
     ///
     ///   - name: callers
@@ -131,6 +136,16 @@ pub struct AuthzArgs {
     /// HTTP methods the flag-built rules match.
     #[arg(long, value_delimiter = ',', value_name = "METHOD")]
     methods: Vec<String>,
+    /// %2F, %5C and '\' in request paths: reject (400), decode (as '/')
+    /// or keep (encoded, as data of the segment).
+    #[arg(long, value_name = "MODE")]
+    escaped_slashes: Option<String>,
+    /// ';' in a request path segment: reject (400) or keep.
+    #[arg(long, value_name = "MODE")]
+    path_parameters: Option<String>,
+    /// Rule paths match ignoring ASCII case (the app gets the path as sent).
+    #[arg(long)]
+    case_insensitive_paths: bool,
     /// Name of the flag-built policy; replaces the policy of this name.
     #[arg(long, default_value = "cli", value_name = "NAME")]
     authz_name: String,
@@ -294,6 +309,7 @@ impl AuthzArgs {
             ports: self.ports.clone(),
             paths: self.paths.clone(),
             methods: self.methods.clone(),
+            path: self.path_policy()?,
         };
         if let Some(file) = &self.authz_file {
             return Ok(AuthzChange::Replace(read_authz_file(file)?));
@@ -301,16 +317,44 @@ impl AuthzArgs {
         if self.clear_authz {
             return Ok(AuthzChange::Replace(Vec::new()));
         }
+        let no_rules = flags.allow_from.is_empty() && flags.deny_from.is_empty();
+        // --ports also scopes path handling; --paths and --methods only rules.
+        let ports_unused = !flags.ports.is_empty() && flags.path.is_default();
+        if no_rules && (ports_unused || !flags.paths.is_empty() || !flags.methods.is_empty()) {
+            bail!(
+                "--ports, --paths and --methods narrow the rules of --allow-from or --deny-from; give at least one of those"
+            );
+        }
         if flags.is_empty() {
-            if !(flags.ports.is_empty() && flags.paths.is_empty() && flags.methods.is_empty()) {
-                bail!(
-                    "--ports, --paths and --methods narrow the rules of --allow-from or --deny-from; give at least one of those"
-                );
-            }
             return Ok(AuthzChange::Keep);
         }
         let policy = flags.to_policy().map_err(|e| flag_error(&e))?;
         Ok(AuthzChange::Upsert(policy))
+    }
+}
+
+impl AuthzArgs {
+    fn path_policy(&self) -> anyhow::Result<PathPolicy> {
+        fn mode<T: for<'de> Deserialize<'de>>(
+            flag: &str,
+            v: &str,
+            modes: &str,
+        ) -> anyhow::Result<T> {
+            T::deserialize(v.trim().into_deserializer()).map_err(|_: serde::de::value::Error| {
+                anyhow::anyhow!("{flag}: {v:?} is invalid: use {modes}")
+            })
+        }
+        let mut p = PathPolicy {
+            case_insensitive: self.case_insensitive_paths,
+            ..PathPolicy::default()
+        };
+        if let Some(v) = &self.escaped_slashes {
+            p.escaped_slashes = mode("--escaped-slashes", v, "reject, decode or keep")?;
+        }
+        if let Some(v) = &self.path_parameters {
+            p.parameters = mode("--path-parameters", v, "reject or keep")?;
+        }
+        Ok(p)
     }
 }
 
@@ -425,6 +469,12 @@ fn policy_text(p: &PolicySpec) -> String {
                 ports.join(",")
             }
         ));
+        if !a.path.is_default() {
+            out.push_str(&format!(
+                "    paths: escaped slashes {:?}, parameters {:?}, case-insensitive {}\n",
+                a.path.escaped_slashes, a.path.parameters, a.path.case_insensitive
+            ));
+        }
         for r in &a.deny {
             out.push_str(&rule_text("deny", r));
         }
@@ -613,6 +663,9 @@ mod tests {
             ports: Vec::new(),
             paths: paths.iter().map(|s| (*s).to_owned()).collect(),
             methods: vec!["get".into()],
+            escaped_slashes: None,
+            path_parameters: None,
+            case_insensitive_paths: false,
             authz_name: "cli".into(),
             authz_file: None,
             clear_authz: false,
@@ -634,5 +687,30 @@ mod tests {
         };
         assert_eq!(p.allow[0].methods, ["GET"], "methods are upper-cased");
         assert!(p.deny.is_empty());
+        assert!(p.path.is_default());
+        // Path handling alone builds a rule-less policy that sets it.
+        let mut a = args(&[], &[], &[]);
+        a.methods.clear();
+        a.escaped_slashes = Some("keep".into());
+        a.path_parameters = Some("keep".into());
+        a.case_insensitive_paths = true;
+        let AuthzChange::Upsert(p) = a.change().unwrap() else {
+            panic!("path flags build one policy");
+        };
+        assert!(p.allow.is_empty() && p.deny.is_empty());
+        assert_eq!(
+            p.path,
+            PathPolicy {
+                escaped_slashes: strait_api::snapshot::EscapedSlashes::Keep,
+                parameters: strait_api::snapshot::PathParameters::Keep,
+                case_insensitive: true,
+            }
+        );
+        a.escaped_slashes = Some("unescape".into());
+        let e = a.change().unwrap_err().to_string();
+        assert!(
+            e.starts_with("--escaped-slashes: \"unescape\" is invalid"),
+            "{e}"
+        );
     }
 }

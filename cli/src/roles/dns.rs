@@ -6,11 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use strait_ca::tls::ExpectedServer;
-use strait_federation::controller::controller_identity;
-
-use super::{IdentityFiles, VIP_OCTET};
+use strait_agent::{Role, Target};
 use strait_api::ClusterName;
+
+use super::IdentityFiles;
 
 /// Serve `clusterset.local` for one cluster until Ctrl-C.
 ///
@@ -70,10 +69,22 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
             certs.clone(),
             bundle.clone(),
         ));
-        let view = strait_dns::ViewHandle::new(strait_dns::DnsView::new(cluster.clone()))?;
-        let server = strait_dns::run(
+        let target = Target {
+            address: args.controller,
+            cluster: cluster.clone(),
+            trust_domain: td,
+            role: Role::Dns,
+            node_id: format!("dns {}", args.listen),
+            locality: None,
+        };
+        let following = strait_dns::role::Following {
+            target,
+            certs,
+            bundle,
+        };
+        let server = strait_dns::role::start(
             strait_dns::DnsConfig::new(args.listen),
-            view.clone(),
+            following,
             strait_dns::DnsMetrics::default(),
         )
         .await
@@ -84,39 +95,7 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
             server.tcp_addr(),
             args.controller
         );
-        let node = strait_api::proto::config::Node {
-            id: "dns".into(),
-            cluster: cluster.to_string(),
-            locality: String::new(),
-        };
-        let expected = ExpectedServer::Id(controller_identity(&td, &cluster));
-        let sub = strait_federation::push_client::subscribe(
-            args.controller,
-            certs,
-            bundle,
-            expected,
-            node,
-            Default::default(),
-        );
-        let mut rx = sub.snapshots();
-        let feed = async move {
-            loop {
-                let next = rx.borrow_and_update().clone();
-                if let Some(s) = next {
-                    if let Err(e) = view.update(strait_scenarios::glue::dns_view(&s, VIP_OCTET)) {
-                        tracing::warn!(error = %e, "dns view refused");
-                    }
-                }
-                if rx.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
-        tokio::select! {
-            () = crate::signal::wait_for_shutdown() => {}
-            () = feed => {}
-        }
-        drop(sub);
+        crate::signal::wait_for_shutdown().await;
         reload.abort();
         let _ = server.shutdown().await;
         eprintln!("stopped");

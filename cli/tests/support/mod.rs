@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod sidecars;
 pub mod traffic;
 
 use std::net::{SocketAddr, TcpStream};

@@ -222,11 +222,11 @@ fn locality_weights_spread_first_answers_and_fail_over_when_weighted_clusters_ar
     let mut view = fixture();
     view.services[0].weights = vec![
         LocalityWeight {
-            pattern: "us-east/*".to_owned(),
+            pattern: "us-east/*".parse().unwrap(),
             weight: 80,
         },
         LocalityWeight {
-            pattern: "us-west/*".to_owned(),
+            pattern: "us-west/*".parse().unwrap(),
             weight: 20,
         },
     ];

@@ -116,7 +116,7 @@ async fn a_service_exported_to_named_clusters_is_refused_to_the_others() {
     let pki = Pki::new(TD);
     let ep = echo("127.0.31.21").await;
     let mut table = exports("reviews", 9080, &[ep]);
-    table.services[0].to = vec!["east".to_owned()];
+    table.services[0].to = vec![strait_api::ClusterName::new("east").unwrap()];
     let gw = Gateway::start(pki.gateway("west", "127.0.31.30", Limits::default()), table)
         .await
         .unwrap();

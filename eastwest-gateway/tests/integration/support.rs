@@ -83,6 +83,7 @@ impl Pki {
                 admin: format!("{ip}:0").parse().unwrap(),
             },
             limits,
+            controller: None,
         }
     }
 

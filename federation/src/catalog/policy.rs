@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 use strait_api::ClusterName;
 use strait_api::snapshot::{
-    AuthorizationPolicy, AuthzRule, Distribute, LocalityPattern, PrincipalPattern, Route,
-    ServicePort, SnapshotError, TrafficPolicy, validate_authorization, validate_routes,
+    AuthorizationPolicy, AuthzRule, Distribute, LocalityPattern, PathPolicy, PrincipalPattern,
+    Route, ServicePort, SnapshotError, TrafficPolicy, validate_authorization, validate_routes,
 };
 
 use super::{FieldError, ServiceKey, check_label};
@@ -153,6 +153,7 @@ pub fn deny_all(name: &str) -> AuthorizationPolicy {
             ..AuthzRule::default()
         }],
         allow: Vec::new(),
+        path: PathPolicy::default(),
     }
 }
 
@@ -212,7 +213,8 @@ pub fn parse_distribute(s: &str) -> Result<Vec<Distribute>, FieldError> {
 }
 
 /// The command-line form of one authorization policy: callers to allow
-/// and to deny, each list narrowed to the same ports, paths and methods.
+/// and to deny, each list narrowed to the same ports, paths and methods,
+/// and how the ports' request paths are canonicalized and matched.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthzFlags {
     pub name: String,
@@ -221,12 +223,13 @@ pub struct AuthzFlags {
     pub ports: Vec<u16>,
     pub paths: Vec<String>,
     pub methods: Vec<String>,
+    pub path: PathPolicy,
 }
 
 impl AuthzFlags {
-    /// True when no rule is asked for.
+    /// True when neither a rule nor path handling is asked for.
     pub fn is_empty(&self) -> bool {
-        self.allow_from.is_empty() && self.deny_from.is_empty()
+        self.allow_from.is_empty() && self.deny_from.is_empty() && self.path.is_default()
     }
 
     /// One policy with a deny rule (`deny_from`) and an allow rule
@@ -257,6 +260,7 @@ impl AuthzFlags {
             ports: self.ports.clone(),
             deny: rule("deny", &self.deny_from)?,
             allow: rule("allow", &self.allow_from)?,
+            path: self.path,
         };
         let f = format!("authorization[{}]", self.name);
         validate_authorization(&f, std::slice::from_ref(&policy), None).map_err(field_error)?;

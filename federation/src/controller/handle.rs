@@ -12,7 +12,7 @@ use strait_ca::tls::ExpectedServer;
 use tokio::task::JoinHandle;
 
 use super::tasks::AbortOnDrop;
-use super::{Shared, Status, controller_identity};
+use super::{Shared, Status};
 use crate::catalog::store::DirectoryStore;
 use crate::catalog::{CatalogError, PolicySpec, Registration, ServiceKey};
 use crate::grpc::GrpcServer;
@@ -84,7 +84,7 @@ impl Handle {
 
     /// The identity this controller presents.
     pub fn identity(&self) -> SpiffeId {
-        controller_identity(&self.shared.td, &self.shared.cluster)
+        self.shared.td.controller_id(&self.shared.cluster)
     }
 
     /// The directory store, unless the catalog comes from elsewhere.
@@ -195,7 +195,7 @@ pub(crate) fn peering_token(shared: &Shared, opts: TokenOptions) -> Result<Strin
         bundle_pem: strait_ca::pem::encode_certs(bundle.roots()),
         controller: opts.controller.unwrap_or(shared.advertise),
         gateways: shared.gateways.clone(),
-        server_identity: controller_identity(&shared.td, &shared.cluster),
+        server_identity: shared.td.controller_id(&shared.cluster),
         secret,
         expires_unix,
     };

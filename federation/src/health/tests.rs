@@ -79,7 +79,7 @@ async fn http_checks_follow_the_status_code_with_thresholds() {
     assert_eq!(run_check(&hc, addr).await, Ok(()));
     let table = HealthTable::new();
     let (_tx, rx) = watch::channel(catalog_with(addr, hc));
-    let _checker = Checker::start(table.clone(), rx);
+    let _checker = Checker::start(table.clone(), rx, None);
     let svc = ServiceKey::new("default", "web");
     code.store(503, Ordering::SeqCst);
     wait_for(&table, &svc, addr, Health::Unhealthy).await;
@@ -97,7 +97,7 @@ async fn tcp_checks_fail_when_nothing_listens() {
     assert_eq!(run_check(&hc, addr).await, Ok(()));
     let table = HealthTable::new();
     let (_tx, rx) = watch::channel(catalog_with(addr, hc));
-    let _checker = Checker::start(table.clone(), rx);
+    let _checker = Checker::start(table.clone(), rx, None);
     let svc = ServiceKey::new("default", "web");
     drop(l);
     wait_for(&table, &svc, addr, Health::Unhealthy).await;

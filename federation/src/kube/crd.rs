@@ -130,6 +130,27 @@ pub struct AuthorizationSpec {
     pub deny: Vec<AuthzRuleSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<AuthzRuleSpec>,
+    /// How request paths on these ports are canonicalized and matched
+    /// (policies covering one port must agree; see docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathSpec>,
+}
+
+/// Path handling opt-ins of an authorization policy (the CRD form of
+/// [`strait_api::snapshot::PathPolicy`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PathSpec {
+    /// `%2F`, `%5C` and `\\`: `reject` (400, the default), `decode` (as
+    /// `/`) or `keep` (encoded, as data of the segment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escaped_slashes: Option<String>,
+    /// `;` in a segment: `reject` (400, the default) or `keep`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<String>,
+    /// Rule paths match ignoring ASCII case.
+    #[serde(default)]
+    pub case_insensitive: bool,
 }
 
 /// A rule matches when every non-empty condition matches.

@@ -34,15 +34,15 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
 use strait_api::snapshot::{
-    AuthorizationPolicy, AuthzRule, Distribute, LocalityPattern, PrincipalPattern, Protocol,
-    RetryOn, Route, ServicePort, duration_str,
+    AuthorizationPolicy, AuthzRule, Distribute, LocalityPattern, PathPolicy, PrincipalPattern,
+    Protocol, RetryOn, Route, ServicePort, duration_str,
 };
 use strait_api::{ClusterName, Locality, SpiffeId};
 
 use super::KubeSourceConfig;
 use super::crd::{
-    AuthorizationSpec, AuthzRuleSpec, GlobalService, HealthCheckSpec, RouteSpec, ServiceExport,
-    TrafficPolicy,
+    AuthorizationSpec, AuthzRuleSpec, GlobalService, HealthCheckSpec, PathSpec, RouteSpec,
+    ServiceExport, TrafficPolicy,
 };
 use crate::catalog::policy::deny_all;
 use crate::catalog::{
@@ -564,5 +564,27 @@ fn authorization_of(f: &str, a: &AuthorizationSpec) -> Result<AuthorizationPolic
         ports: a.ports.clone(),
         deny: rules("deny", &a.deny)?,
         allow: rules("allow", &a.allow)?,
+        path: path_of(f, a.path.as_ref())?,
     })
+}
+
+fn path_of(f: &str, p: Option<&PathSpec>) -> Result<PathPolicy, String> {
+    fn mode<T: serde::de::DeserializeOwned>(field: String, v: &str) -> Result<T, String> {
+        T::deserialize(v.into_deserializer())
+            .map_err(|e: serde::de::value::Error| format!("{field}: {v:?}: {e}"))
+    }
+    let Some(p) = p else {
+        return Ok(PathPolicy::default());
+    };
+    let mut out = PathPolicy {
+        case_insensitive: p.case_insensitive,
+        ..PathPolicy::default()
+    };
+    if let Some(v) = &p.escaped_slashes {
+        out.escaped_slashes = mode(format!("{f}.path.escapedSlashes"), v)?;
+    }
+    if let Some(v) = &p.parameters {
+        out.parameters = mode(format!("{f}.path.parameters"), v)?;
+    }
+    Ok(out)
 }

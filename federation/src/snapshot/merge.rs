@@ -82,7 +82,7 @@ pub fn merge_from(world: &World, prev: Option<(&World, &MergedView)>) -> MergedV
             }
         }
     }
-    assign_vips(&mut out.services);
+    assign_vips(world.vips, &mut out.services);
     out.conflicts.sort();
     out.conflicts.dedup();
     out
@@ -91,6 +91,7 @@ pub fn merge_from(world: &World, prev: Option<(&World, &MergedView)>) -> MergedV
 /// What every service depends on: when it differs, nothing is reused.
 fn same_frame(a: &World, b: &World) -> bool {
     a.cluster == b.cluster
+        && a.vips == b.vips
         && a.trust_domain == b.trust_domain
         && a.locality == b.locality
         && a.peers.keys().eq(b.peers.keys())

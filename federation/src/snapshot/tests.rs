@@ -63,6 +63,7 @@ fn world() -> World {
         catalog: Arc::new(catalog),
         health: BTreeMap::new(),
         peers: BTreeMap::from([(c("west"), Arc::new(west))]),
+        vips: VipRange::default(),
     }
 }
 
@@ -243,10 +244,9 @@ fn authorization_of_the_local_policy_is_carried_into_every_snapshot() {
             host: None,
         }),
     };
-    let esc = strait_routing::authz::EscapedSlashes::Reject;
-    let denied = strait_routing::authz::evaluate(&svc.authorization, &req(&guest, "/admin"), esc);
+    let denied = strait_routing::authz::evaluate(&svc.authorization, &req(&guest, "/admin"));
     assert!(!denied.allowed, "{denied:?}");
-    let allowed = strait_routing::authz::evaluate(&svc.authorization, &req(&guest, "/"), esc);
+    let allowed = strait_routing::authz::evaluate(&svc.authorization, &req(&guest, "/"));
     assert!(allowed.allowed, "{allowed:?}");
     // A service without a policy has none.
     let other = snap.service("default", "ratings").unwrap();

@@ -19,7 +19,6 @@ use tonic::{Code, Request, Response, Status};
 
 use super::export::{Delta, ExportLog};
 use super::{CHUNK, MAX_MESSAGE_BYTES};
-use crate::controller::controller_identity;
 use crate::peering::{Link, LinkStore, PeeringError, now_unix};
 
 /// Refuses with a `strait-reason` label, like the CA does.
@@ -228,7 +227,7 @@ impl Federation for FederationService {
                 format!("cannot link cluster {peer} with itself"),
             ));
         }
-        let expected = controller_identity(&self.inner.td, &peer);
+        let expected = self.inner.td.controller_id(&peer);
         if caller != expected {
             return Err(refuse(
                 Code::PermissionDenied,

@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use strait_agent::subscribe::{Options, Subscription};
 use strait_api::proto::config::Node;
 use strait_api::snapshot::{Health, Protocol, ServicePort, Snapshot};
 use strait_ca::tls::ExpectedServer;
 use strait_federation::catalog::{EndpointSpec, Export, Registration, ServiceKey};
 use strait_federation::controller::{Controller, ControllerConfig, Handle, TokenOptions};
 use strait_federation::peering::FailMode;
-use strait_federation::push_client::{self, Options, Subscription};
 use strait_federation::sync::SyncConfig;
 
 use crate::fixture::{Mesh, c};
@@ -94,7 +94,7 @@ impl TestCluster {
 
     /// A proxy of this cluster subscribed to its controller.
     pub fn proxy(&self, mesh: &Mesh, id: &str) -> Subscription {
-        push_client::subscribe(
+        strait_agent::subscribe::subscribe(
             self.addr(),
             mesh.certs(&self.name, "default", id),
             mesh.bundle(),
@@ -103,6 +103,7 @@ impl TestCluster {
                 id: id.into(),
                 cluster: self.name.clone(),
                 locality: region(&self.name),
+                ..Node::default()
             },
             Options {
                 max_backoff: Duration::from_millis(300),

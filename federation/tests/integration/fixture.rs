@@ -63,7 +63,7 @@ impl Mesh {
 
     /// The controller identity of a cluster.
     pub fn controller_id(cluster: &str) -> SpiffeId {
-        strait_federation::controller::controller_identity(&td(), &c(cluster))
+        td().controller_id(&c(cluster))
     }
 
     pub fn controller_certs(&self, cluster: &str) -> CertStore {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use strait_agent::subscribe::Options;
 use strait_api::proto::config::config_discovery_client::ConfigDiscoveryClient;
 use strait_api::proto::config::{Node, SnapshotRequest};
 use strait_api::snapshot::{Protocol, ServicePort};
@@ -13,7 +14,6 @@ use strait_federation::catalog::{EndpointSpec, Export, LocalCatalog, Registratio
 use strait_federation::health::HealthTable;
 use strait_federation::metrics::Metrics;
 use strait_federation::push::{Published, PushService};
-use strait_federation::push_client::{self, Options};
 use strait_federation::snapshot::{World, merge};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -50,6 +50,7 @@ fn world(version: u64, services: &[(&str, u16)]) -> Arc<Published> {
         catalog: Arc::new(catalog),
         health: BTreeMap::new(),
         peers: BTreeMap::new(),
+        vips: Default::default(),
     };
     let view = merge(&world);
     Arc::new(Published { world, view })
@@ -60,6 +61,7 @@ fn node(id: &str, cluster: &str) -> Node {
         id: id.into(),
         cluster: cluster.into(),
         locality: "us-east/b".into(),
+        ..Node::default()
     }
 }
 
@@ -111,8 +113,8 @@ impl Setup {
         self.server = Some(server);
     }
 
-    fn subscribe(&self, id: &str, options: Options) -> push_client::Subscription {
-        push_client::subscribe(
+    fn subscribe(&self, id: &str, options: Options) -> strait_agent::subscribe::Subscription {
+        strait_agent::subscribe::subscribe(
             self.addr,
             self.mesh.certs("east", "default", id),
             self.mesh.bundle(),
@@ -131,7 +133,7 @@ impl Setup {
     }
 }
 
-fn version(sub: &push_client::Subscription) -> u64 {
+fn version(sub: &strait_agent::subscribe::Subscription) -> u64 {
     sub.current().map_or(0, |s| s.version)
 }
 

@@ -3,8 +3,15 @@
 //! hostile paths, then mutated and random heads.
 
 use proptest::prelude::*;
+use strait_api::snapshot::{EscapedSlashes, PathPolicy};
 use strait_hardening::http1::{check, check_path, respond, respond_all};
-use strait_proxy::authz::{EscapedSlashes, normalize_path};
+use strait_proxy::path::canonicalize;
+
+const DECODE: PathPolicy = PathPolicy {
+    escaped_slashes: EscapedSlashes::Decode,
+    parameters: strait_api::snapshot::PathParameters::Reject,
+    case_insensitive: false,
+};
 
 use crate::support::{bytes_or_mutated, config};
 
@@ -13,6 +20,7 @@ const HEADS: &[&str] = &[
     "POST /api HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
     "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     "GET /a/%2e%2e/admin HTTP/1.1\r\nHost: WEB.default:80\r\nConnection: x-secret, keep-alive\r\nx-secret: 1\r\nx-forwarded-client-cert: URI=spiffe://evil/ns/a/sa/b\r\nstrait-dst: admin.ops:1\r\nTE: gzip\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\nx_forwarded_client_cert: URI=spiffe://evil/ns/a/sa/b\r\nX-SPIFFE_ID: x\r\nStrait_Dst: admin.ops:1\r\n\r\n",
     "CONNECT web.default:80 HTTP/1.1\r\nHost: web.default:80\r\n\r\n",
     "GET http://web.default/x HTTP/1.1\r\nHost: web.default\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
     "GET / HTTP/1.0\r\n\r\nGET / HTTP/1.1\r\nHost: b\r\n\r\n",
@@ -32,6 +40,8 @@ const DICT: &[&[u8]] = &[
     b"Transfer-Encoding: chunked\r\n",
     b"Transfer-Encoding: gzip, chunked\r\n",
     b"x-spiffe-id: spiffe://evil\r\n",
+    b"X_Forwarded_Client_Cert: URI=spiffe://evil\r\n",
+    b"strait_dst: admin.ops:1\r\n",
     b"Strait-Error: x\r\n",
     b"Connection: close\r\n",
     b"Expect: 100-continue\r\n",
@@ -156,12 +166,12 @@ fn deny_policy_bypass_paths_normalize_to_the_guarded_path() {
         "/%61dmin",
         "/a/../../admin",
     ] {
-        if let Ok(n) = normalize_path(p, EscapedSlashes::Normalize) {
+        if let Ok(n) = canonicalize(p, DECODE) {
             check_path(&n);
             assert_eq!(n, "/admin", "{p}");
         }
     }
-    assert!(normalize_path("/%2Fadmin", EscapedSlashes::Reject).is_err());
+    assert!(canonicalize("/%2Fadmin", PathPolicy::default()).is_err());
 }
 
 proptest! {
@@ -173,10 +183,10 @@ proptest! {
 
     #[test]
     fn any_path_normalizes_to_a_canonical_path(p in "[/a-z.;%25Ff2Ee\\\\?#]{0,24}") {
-        for mode in [EscapedSlashes::Reject, EscapedSlashes::Normalize] {
-            if let Ok(n) = normalize_path(&p, mode) {
+        for mode in [PathPolicy::default(), DECODE] {
+            if let Ok(n) = canonicalize(&p, mode) {
                 check_path(&n);
-                prop_assert_eq!(normalize_path(&n, mode), Ok(n.clone()));
+                prop_assert_eq!(canonicalize(&n, mode), Ok(n.clone()));
             }
         }
     }

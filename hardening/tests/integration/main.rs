@@ -8,6 +8,7 @@ mod dns;
 mod dst;
 mod http1;
 mod listeners;
+mod path;
 mod sniff;
 mod spiffe;
 mod support;

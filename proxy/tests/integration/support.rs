@@ -73,6 +73,7 @@ impl Mesh {
             app,
             local_service: local_service.map(str::to_owned),
             snapshot_file: None,
+            controller: None,
             limits: Limits::default(),
             access_log: false,
             capture: Default::default(),
@@ -95,7 +96,7 @@ impl Mesh {
             permissive_listen: None,
         }];
         let cfg = self.config(sa, app, Some(&format!("{sa}.default")), false);
-        Proxy::start(cfg, snap(snapshot)).await.unwrap()
+        Proxy::start_with(cfg, snap(snapshot)).await.unwrap()
     }
 
     /// A west east-west gateway exporting `name.default` on `port` with
@@ -118,6 +119,7 @@ impl Mesh {
                 admin: "127.0.0.1:0".parse().unwrap(),
             },
             limits: strait_gateway::Limits::default(),
+            controller: None,
         };
         let exports = strait_gateway::ExportTable {
             services: vec![strait_gateway::ExportedService {
@@ -140,7 +142,7 @@ impl Mesh {
     /// A client-side sidecar that binds the snapshot's VIPs.
     pub async fn client(&self, sa: &str, snapshot: &str) -> Proxy {
         let cfg = self.config(sa, vec![], None, true);
-        Proxy::start(cfg, snap(snapshot)).await.unwrap()
+        Proxy::start_with(cfg, snap(snapshot)).await.unwrap()
     }
 }
 

@@ -1,5 +1,5 @@
 use strait_api::SpiffeId;
-use strait_api::snapshot::{AuthorizationPolicy, AuthzRule};
+use strait_api::snapshot::{AuthorizationPolicy, AuthzRule, EscapedSlashes, PathPolicy};
 
 use super::*;
 
@@ -27,6 +27,7 @@ fn policy(
         ports: ports.to_vec(),
         deny,
         allow,
+        path: PathPolicy::default(),
     }
 }
 
@@ -56,115 +57,113 @@ fn http<'a>(source: Option<&'a SpiffeId>, method: &'a str, path: &'a str) -> Req
     }
 }
 
-#[test]
-fn normalizes_paths() {
-    let cases = [
-        ("/", "/"),
-        ("/a/b", "/a/b"),
-        ("/a/b/", "/a/b/"),
-        ("//admin", "/admin"),
-        ("/a///b", "/a/b"),
-        ("/./admin", "/admin"),
-        ("/a/../admin", "/admin"),
-        ("/a/b/..", "/a/"),
-        ("/../../admin", "/admin"),
-        ("/a/%2e%2e/admin", "/admin"),
-        ("/a/%2E%2E/admin", "/admin"),
-        ("/a/.%2e/admin", "/admin"),
-        ("/%61dmin", "/admin"),
-        ("/%7euser", "/~user"),
-        ("/a%20b", "/a%20b"),
-        ("/a%3cb", "/a%3Cb"),
-        ("/%252e%252e/admin", "/%252e%252e/admin"),
-        ("/admin?x=/y", "/admin"),
-        ("/admin#frag", "/admin"),
-        ("/x/..;/admin", "/admin"),
-        ("/admin;jsessionid=1/x", "/admin/x"),
-    ];
-    for (raw, want) in cases {
-        assert_eq!(
-            normalize_path(raw, EscapedSlashes::Reject).as_deref(),
-            Ok(want),
-            "{raw}"
-        );
-    }
-}
-
-#[test]
-fn rejects_or_normalizes_escaped_slashes() {
-    for (raw, normalized) in [
-        ("/%2Fadmin", "/admin"),
-        ("/%2fadmin", "/admin"),
-        ("/a%5C..%5Cadmin", "/admin"),
-        ("\\admin", "/admin"),
-        ("/a\\..\\admin", "/admin"),
-    ] {
-        assert_eq!(
-            normalize_path(raw, EscapedSlashes::Reject),
-            Err(PathError::EscapedSlash),
-            "{raw}"
-        );
-        assert_eq!(
-            normalize_path(raw, EscapedSlashes::Normalize).as_deref(),
-            Ok(normalized),
-            "{raw}"
-        );
-    }
-}
-
-#[test]
-fn refuses_malformed_paths() {
-    let cases = [
-        ("", PathError::Empty),
-        ("?a", PathError::Empty),
-        ("admin", PathError::NotAbsolute("admin".into())),
-        ("*", PathError::NotAbsolute("*".into())),
-        ("/a%2", PathError::BadPercent(2)),
-        ("/a%zz", PathError::BadPercent(2)),
-        ("/a%+1", PathError::BadPercent(2)),
-        ("/a%00", PathError::BadByte(0)),
-        ("/a b", PathError::BadByte(b' ')),
-        ("/a\tb", PathError::BadByte(b'\t')),
-        ("/é", PathError::BadByte(0xc3)),
-    ];
-    for (raw, want) in cases {
-        assert_eq!(
-            normalize_path(raw, EscapedSlashes::Normalize),
-            Err(want),
-            "{raw:?}"
-        );
-    }
-}
-
+/// Every form of a path that canonicalizes onto `/admin` is denied (or
+/// refused as ambiguous), whatever the escaped-slash opt-in.
 #[test]
 fn deny_on_admin_cannot_be_bypassed() {
-    let policies = admin_policies();
     let web = id(WEB);
-    for path in [
-        "/admin",
-        "/admin/",
-        "/admin/users",
-        "//admin",
-        "///admin//x",
-        "/%2Fadmin",
-        "/a/%2e%2e/admin",
-        "/a/../admin",
-        "/./admin",
-        "/%61dmin",
-        "/admin?debug=1",
-        "/x/..;/admin",
-        "/admin;x",
-        "\\admin",
+    for slashes in [
+        EscapedSlashes::Reject,
+        EscapedSlashes::Decode,
+        EscapedSlashes::Keep,
     ] {
-        for slashes in [EscapedSlashes::Reject, EscapedSlashes::Normalize] {
-            let d = evaluate(&policies, &http(Some(&web), "GET", path), slashes);
-            assert!(!d.allowed, "{path} {slashes:?} -> {d:?}");
-            assert!(
-                matches!(d.reason, Reason::DenyRule | Reason::BadPath(_)),
-                "{path}: {d:?}"
-            );
+        let mut policies = admin_policies();
+        policies[0].path.escaped_slashes = slashes;
+        for path in [
+            "/admin",
+            "/admin/",
+            "/admin/users",
+            "//admin",
+            "///admin//x",
+            "/%2Fadmin",
+            "/a/%2e%2e/admin",
+            "/a/../admin",
+            "/./admin",
+            "/%61dmin",
+            "/x/..;/admin",
+            "/admin;x",
+            "/admin%2f",
+            "\\admin",
+        ] {
+            let got = authorize(&policies, &http(Some(&web), "GET", path));
+            let denied = match &got {
+                Err(_) => true,
+                Ok(a) => !a.decision.allowed && a.decision.reason == Reason::DenyRule,
+            };
+            // `keep` makes `%2Fadmin` one segment: not `/admin`, to rules
+            // or to the app (which gets it encoded).
+            let kept = slashes == EscapedSlashes::Keep && path.to_ascii_uppercase().contains("%2F");
+            assert!(denied || kept, "{path} {slashes:?} -> {got:?}");
+            if let Ok(Authorized { path: Some(p), .. }) = &got {
+                assert!(!p.contains("//") && !p.contains("/../"), "{path} -> {p}");
+            }
         }
     }
+}
+
+#[test]
+fn authorize_hands_back_the_canonical_path_it_decided_on() {
+    let policies = admin_policies();
+    let web = id(WEB);
+    let a = authorize(&policies, &http(Some(&web), "GET", "/shop/./a/../%62//c")).unwrap();
+    assert!(a.decision.allowed);
+    assert_eq!(a.path.as_deref(), Some("/shop/b/c"));
+    // Without any policy the path is still canonicalized (and refused
+    // when it has no canonical form): the app never sees another form.
+    let a = authorize(&[], &http(None, "GET", "/x/../y")).unwrap();
+    assert_eq!(
+        (a.decision.reason, a.path.as_deref()),
+        (Reason::NoPolicy, Some("/y"))
+    );
+    assert_eq!(
+        authorize(&[], &http(None, "GET", "/a%2fb")),
+        Err(PathError::EscapedSlash(2))
+    );
+    // Opaque TCP has no path.
+    let tcp = Request {
+        port: 80,
+        source: Some(&web),
+        http: None,
+    };
+    assert_eq!(authorize(&policies, &tcp).unwrap().path, None);
+}
+
+#[test]
+fn case_insensitive_policies_fold_case_for_matching_only() {
+    let web = id(WEB);
+    for (ci, path, allowed, forwarded) in [
+        (false, "/ADMIN", true, "/ADMIN"),
+        (true, "/ADMIN", false, "/ADMIN"),
+        (true, "/Admin/x", false, "/Admin/x"),
+        (true, "/%41dmin", false, "/Admin"),
+        (true, "/administrator", true, "/administrator"),
+        (true, "/Shop", true, "/Shop"),
+    ] {
+        let mut policies = admin_policies();
+        policies[0].path.case_insensitive = ci;
+        // A rule written in upper case matches lower-case requests too.
+        if ci {
+            policies[0].deny[0].paths = vec!["/ADMIN".into()];
+        }
+        let a = authorize(&policies, &http(Some(&web), "GET", path)).unwrap();
+        assert_eq!(
+            (a.decision.allowed, a.path.as_deref()),
+            (allowed, Some(forwarded)),
+            "ci={ci} {path}"
+        );
+    }
+}
+
+#[test]
+fn the_first_policy_covering_a_port_sets_its_path_handling() {
+    let mut policies = admin_policies();
+    policies[0].ports = vec![81];
+    policies[0].path.escaped_slashes = EscapedSlashes::Decode;
+    assert_eq!(
+        path_policy(&policies, 81).escaped_slashes,
+        EscapedSlashes::Decode
+    );
+    assert_eq!(path_policy(&policies, 80), PathPolicy::default());
 }
 
 #[test]
@@ -184,10 +183,9 @@ fn evaluates_deny_then_allow_then_default() {
         (http(Some(&other), "GET", "/shop"), false, "no_allow_match"),
         (http(None, "GET", "/shop"), false, "no_allow_match"),
         (http(Some(&web), "GET", "/admin"), false, "deny_rule"),
-        (http(Some(&web), "GET", "/%zz"), false, "bad_path"),
     ];
     for (req, allowed, label) in cases {
-        let d = evaluate(&policies, &req, EscapedSlashes::Reject);
+        let d = evaluate(&policies, &req);
         assert_eq!((d.allowed, d.reason.label()), (allowed, label), "{req:?}");
     }
 }
@@ -200,7 +198,7 @@ fn no_policy_for_the_port_allows() {
         port: 9090,
         ..http(Some(&web), "GET", "/admin")
     };
-    let d = evaluate(&policies, &req, EscapedSlashes::Reject);
+    let d = evaluate(&policies, &req);
     assert_eq!(
         d,
         Decision {
@@ -209,13 +207,7 @@ fn no_policy_for_the_port_allows() {
             policy: None
         }
     );
-    // Even a malformed path: no policy, nothing to protect here.
-    let req = Request {
-        port: 9090,
-        ..http(None, "GET", "/%zz")
-    };
-    assert!(evaluate(&policies, &req, EscapedSlashes::Reject).allowed);
-    assert!(evaluate(&[], &http(None, "GET", "/"), EscapedSlashes::Reject).allowed);
+    assert!(evaluate(&[], &http(None, "GET", "/")).allowed);
 }
 
 #[test]
@@ -239,18 +231,10 @@ fn principal_patterns_select_sources() {
         (&other, "/private", false),
     ];
     for (src, path, want) in cases {
-        let d = evaluate(
-            &policies,
-            &http(Some(src), "GET", path),
-            EscapedSlashes::Reject,
-        );
+        let d = evaluate(&policies, &http(Some(src), "GET", path));
         assert_eq!(d.allowed, want, "{src} {path}: {d:?}");
     }
-    let d = evaluate(
-        &policies,
-        &http(Some(&web), "GET", "/"),
-        EscapedSlashes::Reject,
-    );
+    let d = evaluate(&policies, &http(Some(&web), "GET", "/"));
     assert_eq!(d.policy.as_deref(), Some("ns"));
 }
 
@@ -263,17 +247,9 @@ fn deny_only_policies_allow_what_they_do_not_deny() {
         vec![],
     )];
     let (web, guest) = (id(WEB), id(GUEST));
-    let d = evaluate(
-        &policies,
-        &http(Some(&web), "GET", "/"),
-        EscapedSlashes::Reject,
-    );
+    let d = evaluate(&policies, &http(Some(&web), "GET", "/"));
     assert_eq!((d.allowed, d.reason), (true, Reason::NoDenyMatch));
-    let d = evaluate(
-        &policies,
-        &http(Some(&guest), "GET", "/"),
-        EscapedSlashes::Reject,
-    );
+    let d = evaluate(&policies, &http(Some(&guest), "GET", "/"));
     assert_eq!(
         (d.allowed, d.reason, d.policy.as_deref()),
         (false, Reason::DenyRule, Some("block-guests"))
@@ -302,10 +278,10 @@ fn tcp_connections_fail_closed_on_http_only_rules() {
         http: None,
     };
     // The deny rule's path cannot be checked: it matches on source alone.
-    let d = evaluate(&policies, &tcp(Some(&guest)), EscapedSlashes::Reject);
+    let d = evaluate(&policies, &tcp(Some(&guest)));
     assert_eq!((d.allowed, d.reason.label()), (false, "deny_rule"));
     // The allow rule's path cannot be checked: it does not match.
-    let d = evaluate(&policies, &tcp(Some(&web)), EscapedSlashes::Reject);
+    let d = evaluate(&policies, &tcp(Some(&web)));
     assert_eq!((d.allowed, d.reason.label()), (false, "no_allow_match"));
 }
 
@@ -337,11 +313,7 @@ fn hosts_match_case_insensitively_without_port() {
                 host,
             }),
         };
-        assert_eq!(
-            evaluate(&policies, &req, EscapedSlashes::Reject).allowed,
-            want,
-            "{host:?}"
-        );
+        assert_eq!(evaluate(&policies, &req).allowed, want, "{host:?}");
     }
 }
 
@@ -366,7 +338,6 @@ fn reason_labels_are_stable() {
         (Reason::DenyRule, "deny_rule"),
         (Reason::NoDenyMatch, "no_deny_match"),
         (Reason::NoAllowMatch, "no_allow_match"),
-        (Reason::BadPath(PathError::Empty), "bad_path"),
     ];
     for (r, label) in cases {
         assert_eq!(r.label(), label);

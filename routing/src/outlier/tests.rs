@@ -182,3 +182,17 @@ fn a_single_endpoint_may_always_be_ejected() {
     assert_eq!(d.max_ejected(), 1);
     assert!(fail(&mut d, addr(1), 1, t).is_some());
 }
+
+#[test]
+fn a_gateway_refusal_neither_ejects_nor_resets_the_count() {
+    let t = Instant::now();
+    let mut d = detector(2, 3, 100);
+    for _ in 0..10 {
+        assert_eq!(d.record(addr(1), Outcome::NotReached, t), None);
+    }
+    assert!(!d.is_ejected(&addr(1), t));
+    // Two real failures, refusals between them, then a third: ejected.
+    assert_eq!(fail(&mut d, addr(1), 2, t), None);
+    assert_eq!(d.record(addr(1), Outcome::NotReached, t), None);
+    assert!(d.record(addr(1), Outcome::ConnectFailure, t).is_some());
+}

@@ -249,7 +249,13 @@ fn traffic_policy_authorization_maps_and_a_bad_one_fails_closed() {
                 "reviews",
                 json!({"authorization": [{"name": "no-guests", "ports": [9080],
                     "deny": [{"from": ["spiffe://strait.local/ns/guest/*"], "paths": ["/admin"]}],
-                    "allow": [{"from": ["*"], "methods": ["get"]}]}]}),
+                    "allow": [{"from": ["*"], "methods": ["get"]}],
+                    "path": {"escapedSlashes": "keep", "caseInsensitive": true}}]}),
+            ),
+            named(
+                "bad-path",
+                json!({"authorization": [{"name": "a",
+                    "path": {"parameters": "strip"}}]}),
             ),
             named(
                 "bad",
@@ -269,6 +275,20 @@ fn traffic_policy_authorization_maps_and_a_bad_one_fails_closed() {
     );
     // Lower-case methods are normalized, as the CLI does.
     assert_eq!(a.allow[0].methods, ["GET"]);
+    assert_eq!(
+        a.path,
+        strait_api::snapshot::PathPolicy {
+            escaped_slashes: strait_api::snapshot::EscapedSlashes::Keep,
+            parameters: strait_api::snapshot::PathParameters::Reject,
+            case_insensitive: true,
+        }
+    );
+    // An unknown path mode fails closed like any bad rule.
+    let bad_path = &built.catalog.policies[&key("bad-path")];
+    assert_eq!(
+        bad_path.authorization,
+        [crate::catalog::policy::deny_all("strait-invalid-policy")]
+    );
     // The bad one is reported and denies every caller instead of none.
     let bad = &built.catalog.policies[&key("bad")];
     assert_eq!(
@@ -276,12 +296,20 @@ fn traffic_policy_authorization_maps_and_a_bad_one_fails_closed() {
         [crate::catalog::policy::deny_all("strait-invalid-policy")]
     );
     assert!(bad.failover.is_empty());
-    assert_eq!(built.problems.len(), 1, "{:?}", built.problems);
-    let reason = &built.problems[0].reason;
+    assert_eq!(built.problems.len(), 2, "{:?}", built.problems);
+    let reasons: Vec<&str> = built.problems.iter().map(|p| p.reason.as_str()).collect();
     assert!(
-        reason.contains("authorization[0].deny[0].from[0]")
-            && reason.contains("denies every caller"),
-        "{reason}"
+        reasons
+            .iter()
+            .any(|r| r.contains("authorization[0].deny[0].from[0]")
+                && r.contains("denies every caller")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("authorization[0].path.parameters: \"strip\"")),
+        "{reasons:?}"
     );
 }
 

@@ -96,6 +96,7 @@ impl World {
                 .collect(),
             local_service: app.map(|_| format!("{sa}.default")),
             snapshot_file: None,
+            controller: None,
             limits: config::Limits::default(),
             access_log: false,
             capture: Default::default(),
@@ -108,7 +109,7 @@ impl World {
         } else {
             snapshot.to_owned()
         };
-        Proxy::start(cfg, snap(&snapshot)).await.unwrap()
+        Proxy::start_with(cfg, snap(&snapshot)).await.unwrap()
     }
 
     pub(super) fn gateway_config(&self, c: &str, ip: &str) -> GatewayConfig {
@@ -122,6 +123,7 @@ impl World {
                 admin: format!("{ip}:0").parse().unwrap(),
             },
             limits: Limits::default(),
+            controller: None,
         }
     }
 

@@ -1,14 +1,10 @@
-//! The proxy side of config push: subscribe to a controller and keep the
-//! last good snapshot.
-//!
-//! Self-contained on purpose (proxies and gateways take this file as is):
-//! it depends only on `strait-api`, `strait-ca`, tonic, tokio and rustls.
-//! [`subscribe`] connects over mTLS (the proxy's workload certificate, the
-//! controller's expected SPIFFE ID), sends the node, then for each snapshot
-//! runs the checks (`Snapshot::validate` plus the caller's `accept`), ACKs
-//! and publishes it, or NACKs it and keeps the previous one. When the
-//! controller is unreachable it retries with jittered exponential back-off
-//! and the receiver keeps the last good snapshot.
+//! One config-push stream to a controller, kept up: connect over mTLS
+//! (the role's certificate, the controller's expected SPIFFE ID), send the
+//! node, then for each snapshot run the checks (`Snapshot::validate` plus
+//! the caller's `accept`), ACK and publish it, or NACK it and keep the
+//! previous one. When the controller is unreachable it retries with
+//! jittered exponential back-off and the receiver keeps the last good
+//! snapshot.
 //!
 //! Versions must grow within one stream; the first snapshot of a new
 //! stream is taken even if its version is lower (a controller restored from
