@@ -1,7 +1,7 @@
 //! The controller, gateway and DNS server: ConfigMaps with the configs
 //! their `strait` roles parse, Deployments, Services, the gateway's
 //! PodDisruptionBudget and a NetworkPolicy that keeps the controller's
-//! admin port to the gateways.
+//! admin port closed to every pod.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,8 +13,7 @@ use k8s_openapi::api::core::v1::{
     Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -338,8 +337,9 @@ pub fn controller(o: &InstallOptions) -> Result<Vec<Manifest>, InstallError> {
     ])
 }
 
-/// gRPC (mTLS) from anywhere; the plain-HTTP admin port only from the
-/// gateways, which read `/status` from it.
+/// gRPC (mTLS) from anywhere (proxies, gateways and DNS follow the config
+/// push there; peers' controllers sync); no pod may reach the plain-HTTP
+/// admin port (operators use it through `kubectl exec`, on localhost).
 fn admin_policy(ns: &str) -> NetworkPolicy {
     let tcp = |p: u16| NetworkPolicyPort {
         port: Some(IntOrString::Int(i32::from(p))),
@@ -354,22 +354,10 @@ fn admin_policy(ns: &str) -> NetworkPolicy {
                 match_expressions: None,
             }),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![
-                NetworkPolicyIngressRule {
-                    ports: Some(vec![tcp(GRPC_PORT)]),
-                    from: None,
-                },
-                NetworkPolicyIngressRule {
-                    ports: Some(vec![tcp(ADMIN_PORT)]),
-                    from: Some(vec![NetworkPolicyPeer {
-                        pod_selector: Some(LabelSelector {
-                            match_labels: Some(selector(GATEWAY)),
-                            match_expressions: None,
-                        }),
-                        ..Default::default()
-                    }]),
-                },
-            ]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(vec![tcp(GRPC_PORT)]),
+                from: None,
+            }]),
             ..Default::default()
         }),
     }
@@ -400,7 +388,7 @@ pub fn gateway_args() -> Vec<String> {
         "--config",
         "/etc/strait/gateway/gateway.yaml",
         "--controller",
-        &format!("{CONTROLLER_HOST_VAR}:{ADMIN_PORT}"),
+        &format!("{CONTROLLER_HOST_VAR}:{GRPC_PORT}"),
     ]
     .map(str::to_owned)
     .to_vec()

@@ -42,17 +42,11 @@ pub struct CaMaterial {
 /// The SPIFFE IDs of the roles (the controller's is what its peers and
 /// sidecars expect; the others follow the same pattern).
 pub fn role_ids(td: &TrustDomain, cluster: &ClusterName) -> Vec<(&'static str, SpiffeId)> {
-    let id = |sa: String| {
-        td.workload_id("strait-system", &sa)
-            .unwrap_or_else(|_| td.id())
-    };
+    use strait_api::identity::Component;
     vec![
-        (
-            CONTROLLER_IDENTITY,
-            strait_federation::controller::controller_identity(td, cluster),
-        ),
-        (GATEWAY_IDENTITY, id(format!("gateway-{cluster}"))),
-        (DNS_IDENTITY, id(format!("dns-{cluster}"))),
+        (CONTROLLER_IDENTITY, td.controller_id(cluster)),
+        (GATEWAY_IDENTITY, td.gateway_id(cluster)),
+        (DNS_IDENTITY, td.component_id(Component::Dns, cluster)),
     ]
 }
 
