@@ -107,6 +107,13 @@ table inet lab {
 EOF
 }
 
+# Whether cluster c's gateway has logged an export table with a service
+# (and, as it follows its controller, a linked peer), colours stripped.
+exported() {
+  sed 's/\x1b\[[0-9;]*m//g' "$DIR/clusters/$1/gateway.log" 2>/dev/null |
+    grep -Eq "export table: [1-9]|export table.* applied .*services=[1-9][0-9]* linked=[1-9]"
+}
+
 up() {
   need
   [ -x "$STRAIT" ] || die "no strait binary at $STRAIT (cargo build -p strait-cli, or set STRAIT_BIN)"
@@ -205,18 +212,17 @@ EOF
   # order among remote clusters is not west-first).
   in_ns "$P-router" "$S" policy set echo -n demo --failover west,central --cluster east \
     --demo-dir "$DIR" >/dev/null
-  # A gateway lets peers in to an exported service once it has read its
-  # controller's export table (a poll every 2 s); a request before that is
-  # refused (unknown_endpoint) and ejects a healthy endpoint for 30 s.
+  # A gateway lets peers in to an exported service once its controller's
+  # export table has reached it; wait for that (its log says so), at most
+  # 6 s per cluster, before anyone sends a request.
   say "waiting for the gateways' export tables"
   local i
   for c in west central; do
     for i in $(seq 60); do
-      grep -q "export table: [1-9]" "$DIR/clusters/$c/gateway.log" 2>/dev/null && break
+      exported "$c" && break
       sleep 0.1
     done
-    grep -q "export table: [1-9]" "$DIR/clusters/$c/gateway.log" 2>/dev/null ||
-      echo "lab: the gateway of $c has not said it has an export table after 6 s; going on" >&2
+    exported "$c" || echo "lab: the gateway of $c has not logged an export table after 6 s; going on" >&2
   done
   say "up. Try (docs/lab.md):"
   echo "  ip netns exec $P-east-client curl -s --resolve echo.demo.svc.clusterset.local:8080:\$(ip netns exec $P-east-client dig +short -p 8653 @$(net east).10 echo.demo.svc.clusterset.local) http://echo.demo.svc.clusterset.local:8080/"

@@ -117,6 +117,27 @@ fn lab_east_reaches_west_through_capture_and_gateways_and_fails_over() {
             r.body
         );
     }
+    // What Strait DNS tells the pod for the global name (printed, not
+    // asserted: `strait cluster up` gives DNS no meshed client networks,
+    // so a pod gets the unmeshed answer, a gateway host; docs/lab.md).
+    if run("dig", &["-v"]).status.success() {
+        let answer = lab.exec(
+            "east-client",
+            &[
+                "dig",
+                "+short",
+                "+time=2",
+                "-p",
+                "8653",
+                "@10.24.1.10",
+                GLOBAL,
+            ],
+        );
+        eprintln!(
+            "Strait DNS of east answers east's pod: {GLOBAL} -> {:?}",
+            text(&answer).trim()
+        );
+    }
     let captured = text(&lab.exec(
         "east-client",
         &["nft", "list", "chain", "inet", "strait", "outbound"],

@@ -218,6 +218,7 @@ impl Lab {
             .unwrap_or("")
             .to_owned();
         Reply {
+            exit: out.status.code().unwrap_or(-1),
             status,
             served_by,
             body,
@@ -298,6 +299,8 @@ impl Drop for Lab {
 }
 
 pub struct Reply {
+    /// curl's exit code (0, or e.g. 18: the body ended early).
+    pub exit: i32,
     pub status: u16,
     pub served_by: String,
     pub body: String,

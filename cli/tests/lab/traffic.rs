@@ -58,8 +58,9 @@ impl Run {
             .iter()
             .map(|s| {
                 format!(
-                    "{} at +{:.2}s took {:.2}s: {:?}",
+                    "{} (curl exit {}) at +{:.2}s took {:.2}s: {:?}",
                     s.reply.status,
+                    s.reply.exit,
                     s.at.as_secs_f64() - self.fault_at.as_secs_f64(),
                     s.reply.took.as_secs_f64(),
                     s.reply.body.chars().take(200).collect::<String>()
