@@ -16,6 +16,16 @@
 //! runs on drop (also on panic); no namespace, link or process of the lab
 //! is left, checked at the end. Skips, saying why, without root or a tool.
 
+/// Like `eprintln!`, but straight to the process's stderr, past the test
+/// harness's capture: the skip message and the fault counts show in a
+/// plain `cargo test` run (CI's log), not only with `--nocapture`.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 #[path = "lab/harness.rs"]
 mod harness;
 mod support;
@@ -87,7 +97,7 @@ fn leftovers(prefix: &str, dir: &Path) -> Vec<String> {
 #[test]
 fn lab_east_reaches_west_through_capture_and_gateways_and_fails_over() {
     if let Some(why) = harness::missing() {
-        eprintln!("SKIP lab_east_reaches_west_through_capture_and_gateways_and_fails_over: {why}");
+        say!("SKIP lab_east_reaches_west_through_capture_and_gateways_and_fails_over: {why}");
         return;
     }
     let started = Instant::now();
@@ -133,7 +143,7 @@ fn lab_east_reaches_west_through_capture_and_gateways_and_fails_over() {
                 GLOBAL,
             ],
         );
-        eprintln!(
+        say!(
             "Strait DNS of east answers east's pod: {GLOBAL} -> {:?}",
             text(&answer).trim()
         );
@@ -178,7 +188,7 @@ fn lab_east_reaches_west_through_capture_and_gateways_and_fails_over() {
     );
     assert!(lab.router_count("anything else between subnets") > dropped);
     only_gateways_crossed(&lab);
-    eprintln!("flows that crossed the router: {flows:?}");
+    say!("flows that crossed the router: {flows:?}");
 
     // Bound on failed requests per fault: IN_FLIGHT. A fault that sends
     // nothing back (a link down, a partition's drops) kills the tunnel to
@@ -203,7 +213,7 @@ fn lab_east_reaches_west_through_capture_and_gateways_and_fails_over() {
     assert!(run.failed().len() <= IN_FLIGHT);
     lab.must_sh(&["pod-start", "west", "echo"]);
     let back = lab.wait_served_by(&vip, "west", Duration::from_secs(60));
-    eprintln!(
+    say!(
         "west's pod started: served by west again after {:.1} s",
         back.as_secs_f64()
     );
@@ -221,7 +231,7 @@ fn lab_east_reaches_west_through_capture_and_gateways_and_fails_over() {
     assert!(run.failed().len() <= IN_FLIGHT);
     lab.must_sh(&["gateway-up", "west"]);
     let back = lab.wait_served_by(&vip, "west", Duration::from_secs(60));
-    eprintln!(
+    say!(
         "west's gateway host link up: served by west again after {:.1} s",
         back.as_secs_f64()
     );
@@ -257,7 +267,7 @@ fn lab_east_reaches_west_through_capture_and_gateways_and_fails_over() {
     assert_eq!(west["fail_mode"], "fail-static");
     assert_eq!(west["sync"]["up"], false, "{west}");
     assert_eq!(west["sync"]["services"], 1, "{west}");
-    eprintln!("partition: east's link to west {}", west["sync"]);
+    say!("partition: east's link to west {}", west["sync"]);
     // Heal: east goes back to west with no failed request.
     let run = under_traffic(
         &lab,
@@ -271,11 +281,11 @@ fn lab_east_reaches_west_through_capture_and_gateways_and_fails_over() {
     assert_eq!(run.failed().len(), 0);
 
     let flows = only_gateways_crossed(&lab);
-    eprintln!("flows that crossed the router by the end: {}", flows.len());
+    say!("flows that crossed the router by the end: {}", flows.len());
     drop(lab);
     let left = leftovers(&prefix, &dir);
     assert!(left.is_empty(), "the lab left {left:?}");
-    eprintln!(
+    say!(
         "lab test done in {:.1} s, nothing left",
         started.elapsed().as_secs_f64()
     );

@@ -67,7 +67,7 @@ impl Lab {
         let started = Instant::now();
         let out = lab.sh(&["up"]);
         assert!(out.status.success(), "lab.sh up failed:\n{}", text(&out));
-        eprintln!("lab up in {:.1} s", started.elapsed().as_secs_f64());
+        say!("lab up in {:.1} s", started.elapsed().as_secs_f64());
         lab
     }
 
@@ -288,12 +288,12 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let out = self.sh(&["down"]);
         if !out.status.success() {
-            eprintln!("lab.sh down failed: {}", text(&out));
+            say!("lab.sh down failed: {}", text(&out));
         }
         if std::thread::panicking()
             && let Some(dir) = self.dir.take()
         {
-            eprintln!("lab logs kept in {}", dir.keep().display());
+            say!("lab logs kept in {}", dir.keep().display());
         }
     }
 }

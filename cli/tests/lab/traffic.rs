@@ -67,7 +67,7 @@ impl Run {
                 )
             })
             .collect();
-        eprintln!(
+        say!(
             "{what}: {} requests ({WORKERS} loops, one every {INTERVAL:?}), {} failed {failed:?}; \
              served before {before:?}, after {after:?} (\"\" = no answer); first answer from {to} \
              {:.2} s after the fault; east's sidecar has ejected {} endpoint(s) so far",
