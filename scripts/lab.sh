@@ -225,7 +225,8 @@ EOF
     exported "$c" || echo "lab: the gateway of $c has not logged an export table after 6 s; going on" >&2
   done
   say "up. Try (docs/lab.md):"
-  echo "  ip netns exec $P-east-client curl -s --resolve echo.demo.svc.clusterset.local:8080:\$(ip netns exec $P-east-client dig +short -p 8653 @$(net east).10 echo.demo.svc.clusterset.local) http://echo.demo.svc.clusterset.local:8080/"
+  echo "  scripts/lab.sh try                                   # echo.demo.svc.cluster.local"
+  echo "  scripts/lab.sh try echo.demo.svc.clusterset.local    # the global name"
 }
 
 status() {
