@@ -260,9 +260,13 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             attempts: 2,
+            // A reset after the request left is retried only for
+            // idempotent methods (see `retry::decide`): a gateway or
+            // sidecar that died mid-request then costs no failed GET.
             retry_on: vec![
                 RetryOn::ConnectFailure,
                 RetryOn::RefusedStream,
+                RetryOn::Reset,
                 RetryOn::GatewayError,
             ],
             budget: RetryBudgetConfig::default(),

@@ -176,6 +176,31 @@ async fn up(args: UpArgs) -> anyhow::Result<UpReport> {
             .filter(|(_, (_, ours))| !ours)
             .map(|(p, _)| p.role.as_str())
             .collect();
+        // Only some components stopped: start those, leave the others
+        // (and their connections) alone.
+        if let (Some(info), false) = (l.read_info()?, gone.len() == live.len()) {
+            progress(&format!(
+                "cluster {name}: starting the stopped {} (the others keep running)",
+                gone.join(", ")
+            ));
+            let gone: Vec<String> = gone.iter().map(|g| (*g).to_owned()).collect();
+            let running = Pids {
+                processes: pids
+                    .processes
+                    .iter()
+                    .zip(&live)
+                    .filter(|(_, (_, ours))| *ours)
+                    .map(|(p, _)| p.clone())
+                    .collect(),
+            };
+            let processes = start(&l, &info, Some(&gone), running).await?;
+            return Ok(UpReport {
+                next: next_steps(&dir, &info)?,
+                cluster: info,
+                already_running: false,
+                processes,
+            });
+        }
         progress(&format!(
             "cluster {name} was partly running ({} exited); stopping the rest and starting again",
             gone.join(", ")
@@ -193,7 +218,7 @@ async fn up(args: UpArgs) -> anyhow::Result<UpReport> {
         ..info
     };
     l.write_info(&info)?;
-    let started = start(&l, &info).await?;
+    let started = start(&l, &info, None, Pids::default()).await?;
     Ok(UpReport {
         next: next_steps(&dir, &info)?,
         cluster: info,
@@ -361,9 +386,15 @@ async fn listening(addr: SocketAddr) -> bool {
         .is_ok()
 }
 
-/// Starts controller, gateway and DNS in that order, each once the one
-/// before listens; on failure stops what was started.
-async fn start(l: &Layout, info: &ClusterInfo) -> anyhow::Result<Vec<RoleProc>> {
+/// Starts controller, gateway and DNS in that order (or only the roles in
+/// `only`), each once the one before listens, recording them beside the
+/// `running` ones; on failure stops what was started.
+async fn start(
+    l: &Layout,
+    info: &ClusterInfo,
+    only: Option<&[String]>,
+    running: Pids,
+) -> anyhow::Result<Vec<RoleProc>> {
     let (ctl_yaml, gw_yaml) = write_configs(l, info)?;
     let dns_certs = l.certs("dns");
     let s = |x: &Path| x.display().to_string();
@@ -395,8 +426,12 @@ async fn start(l: &Layout, info: &ClusterInfo) -> anyhow::Result<Vec<RoleProc>> 
             ],
         ),
     ];
-    let mut pids = Pids::default();
+    let mut pids = running;
+    let already = pids.processes.len();
     for (role, role_args) in roles {
+        if only.is_some_and(|o| !o.iter().any(|r| r == role)) {
+            continue;
+        }
         let log = l.home().join(format!("{role}.log"));
         let mut args = vec!["--log".to_owned(), "info".to_owned()];
         args.extend(role_args);
@@ -428,9 +463,15 @@ async fn start(l: &Layout, info: &ClusterInfo) -> anyhow::Result<Vec<RoleProc>> 
         }
         .await;
         if let Err(e) = started {
-            let live = liveness(l, &pids);
+            let ours = Pids {
+                processes: pids.processes.split_off(already),
+            };
+            let live = liveness(l, &ours);
+            l.write_pids(&pids)?;
             procs::stop_all(&live, procs::GRACE).await;
-            let _ = std::fs::remove_file(l.pid_file());
+            if pids.processes.is_empty() {
+                let _ = std::fs::remove_file(l.pid_file());
+            }
             return Err(e.context(format!(
                 "cluster {} did not start; stopped what had started",
                 info.name

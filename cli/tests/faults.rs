@@ -136,7 +136,7 @@ fn kill_9_of_each_component_loses_nothing_and_traffic_recovers() {
     std::fs::write(
         d.join("gw.yaml"),
         format!(
-            "cluster: west\ntrust_domain: strait.local\ncontroller: {west_admin}\n{}\
+            "cluster: west\ntrust_domain: strait.local\ncontroller: {{ address: \"127.151.2.1:8610\" }}\n{}\
              listeners: {{ public: \"127.151.2.10:15443\", admin: \"127.151.2.10:15021\" }}\n",
             identity_files("gw")
         ),

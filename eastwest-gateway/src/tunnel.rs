@@ -58,6 +58,20 @@ pub(crate) async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let cluster = peer.cluster.as_str();
+    // A client's question on its connection: still serving, or draining?
+    // (HTTP/2 gives it no other sign of a GOAWAY while its tunnels stay
+    // open, and it must stop opening new ones here.)
+    if req.method() == Method::OPTIONS {
+        return if shared.is_draining() {
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "gateway is draining".into(),
+            )
+        } else {
+            Response::new(Full::new(Bytes::new()))
+        };
+    }
     if req.method() != Method::CONNECT {
         shared.metrics.tunnel(cluster, "unknown", "not_connect");
         return refuse(

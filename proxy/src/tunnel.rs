@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,20 +45,40 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// answers again; meanwhile endpoints behind only down gateways are skipped.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 
-type OuterSlot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
+/// How often a gateway connection asks the gateway whether it is
+/// draining (an `OPTIONS` stream; HTTP/2 gives a client no other sign of a
+/// GOAWAY while its tunnels stay open).
+const DRAIN_CHECK: Duration = Duration::from_millis(250);
+
+type OuterSlot = Arc<tokio::sync::Mutex<Option<Outer>>>;
 type InnerSlot = Arc<tokio::sync::Mutex<Option<Inner>>>;
 type InnerKey = (SocketAddr, SocketAddr, SpiffeId);
+type InnerMap = Arc<Mutex<HashMap<InnerKey, InnerSlot>>>;
+
+/// One outer connection to a gateway, and whether the gateway said it is
+/// draining (then no new tunnel or request uses it; open ones finish).
+#[derive(Clone)]
+struct Outer {
+    send: SendRequest<Body>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Outer {
+    fn is_usable(&self) -> bool {
+        !self.send.is_closed() && !self.draining.load(Ordering::Acquire)
+    }
+}
 
 /// An inner session and the outer connection it rides on.
 #[derive(Clone)]
 struct Inner {
     send: Sender,
-    outer: SendRequest<Body>,
+    outer: Outer,
 }
 
 impl Inner {
     fn is_live(&self) -> bool {
-        !self.send.is_closed() && !self.outer.is_closed()
+        !self.send.is_closed() && self.outer.is_usable()
     }
 }
 
@@ -66,7 +87,7 @@ pub struct GatewayPool {
     identity: Identity,
     connect_timeout: Duration,
     outer: Mutex<HashMap<SocketAddr, OuterSlot>>,
-    inner: Mutex<HashMap<InnerKey, InnerSlot>>,
+    inner: InnerMap,
     down: Arc<Mutex<HashMap<SocketAddr, Instant>>>,
     outer_config: Mutex<Option<Arc<ClientConfig>>>,
 }
@@ -87,7 +108,7 @@ impl GatewayPool {
             identity,
             connect_timeout,
             outer: Mutex::new(HashMap::new()),
-            inner: Mutex::new(HashMap::new()),
+            inner: Arc::default(),
             down: Arc::default(),
             outer_config: Mutex::new(None),
         }
@@ -240,14 +261,14 @@ impl GatewayPool {
         let outer = self.outer(gateway).await?;
         let inner = tokio::time::timeout(
             self.connect_timeout,
-            self.open_tunnel(outer.clone(), gateway, target, inner_config),
+            self.open_tunnel(outer.send.clone(), gateway, target, inner_config),
         )
         .await
         .map_err(|_| ConnectError::Timeout { addr: target })?;
         let send = match inner {
             Ok(s) => s,
             Err(e) => {
-                if outer.is_closed() {
+                if !outer.is_usable() {
                     lock(&self.outer).remove(&gateway);
                 }
                 return Err(e);
@@ -270,7 +291,7 @@ impl GatewayPool {
         let outer = self.outer(gateway).await?;
         let opened = tokio::time::timeout(
             self.connect_timeout,
-            open_inner_tls(outer.clone(), gateway, target, inner_config),
+            open_inner_tls(outer.send.clone(), gateway, target, inner_config),
         )
         .await
         .map_err(|_| ConnectError::Timeout { addr: target })
@@ -281,7 +302,7 @@ impl GatewayPool {
                 Ok(Box::new(tls))
             }
             Err(e) => {
-                if outer.is_closed() {
+                if !outer.is_usable() {
                     lock(&self.outer).remove(&gateway);
                 }
                 Err(e)
@@ -303,20 +324,25 @@ impl GatewayPool {
     }
 
     /// The pooled outer connection to `gateway`, connecting if needed.
-    async fn outer(&self, gateway: SocketAddr) -> Result<SendRequest<Body>, ConnectError> {
+    async fn outer(&self, gateway: SocketAddr) -> Result<Outer, ConnectError> {
         let slot = lock(&self.outer).entry(gateway).or_default().clone();
         let mut guard = slot.lock().await;
-        if let Some(send) = guard.as_ref() {
-            if !send.is_closed() {
-                return Ok(send.clone());
+        if let Some(outer) = guard.as_ref() {
+            if outer.is_usable() {
+                return Ok(outer.clone());
             }
         }
         *guard = None;
         let send = tokio::time::timeout(self.connect_timeout, self.connect_outer(gateway))
             .await
             .map_err(|_| ConnectError::Timeout { addr: gateway })??;
-        *guard = Some(send.clone());
-        Ok(send)
+        let outer = Outer {
+            send,
+            draining: Arc::default(),
+        };
+        watch_drain(outer.clone(), gateway, self.inner.clone());
+        *guard = Some(outer.clone());
+        Ok(outer)
     }
 
     fn outer_config(&self) -> Result<Arc<ClientConfig>, ConnectError> {
@@ -375,6 +401,50 @@ impl GatewayPool {
         tracing::debug!(%gateway, "gateway connection open");
         Ok(send)
     }
+}
+
+/// Asks the gateway every [`DRAIN_CHECK`] whether it drains (`OPTIONS`:
+/// 200, or 503 `draining`; a refused stream after its GOAWAY says the
+/// same). Once it does, the connection takes no new tunnel, and its tunnels
+/// leave the pool: requests in flight on them finish, new ones go
+/// elsewhere, and the tunnels close when their last request is done, so
+/// the gateway can exit long before its drain deadline.
+fn watch_drain(outer: Outer, gateway: SocketAddr, inner: InnerMap) {
+    tokio::spawn(async move {
+        let mut send = outer.send.clone();
+        loop {
+            tokio::time::sleep(DRAIN_CHECK).await;
+            if send.is_closed() {
+                break;
+            }
+            let req = Request::builder()
+                .method(Method::OPTIONS)
+                .uri(format!("http://{gateway}/"))
+                .body(empty());
+            let Ok(req) = req else { break };
+            let draining = match send.ready().await {
+                Err(_) => true,
+                Ok(()) => match send.send_request(req).await {
+                    Ok(resp) => resp.status() == StatusCode::SERVICE_UNAVAILABLE,
+                    Err(_) => true,
+                },
+            };
+            if draining {
+                tracing::info!(%gateway, "gateway is draining; new tunnels go elsewhere");
+                break;
+            }
+        }
+        // Draining or gone: nothing new on this connection, and its
+        // tunnels leave the pool, so each closes after its last request.
+        outer.draining.store(true, Ordering::Release);
+        lock(&inner).retain(|(g, _, _), slot| {
+            *g != gateway
+                || slot.try_lock().is_ok_and(|s| {
+                    s.as_ref()
+                        .is_some_and(|i| !Arc::ptr_eq(&i.outer.draining, &outer.draining))
+                })
+        });
+    });
 }
 
 /// `CONNECT target` on the gateway connection, then the inner mTLS session
