@@ -193,9 +193,10 @@ fn lab_east_reaches_west_through_capture_and_gateways_and_fails_over() {
     // Bound on failed requests per fault: IN_FLIGHT. A fault that sends
     // nothing back (a link down, a partition's drops) kills the tunnel to
     // west's gateway under the requests in flight on it, at most one per
-    // loop; those are reset and not retried (they may have reached the
-    // app). A request after the fault finds no tunnel; its connect fails
-    // (2 s timeout), which is retried on central: slow, not failed.
+    // loop; a request that is not idempotent may have reached the app and
+    // cannot be retried (GETs are, since main retries idempotent resets:
+    // 0 failed). A request after the fault finds no tunnel; its connect
+    // fails (2 s timeout), which is retried on central: slow, not failed.
 
     // West's app pod stops (app and sidecar): its port refuses at once,
     // the sidecar retries on central; west's controller's health check
