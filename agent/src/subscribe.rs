@@ -14,17 +14,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
+use strait_api::backoff::Backoff;
 use strait_api::proto::config::config_discovery_client::ConfigDiscoveryClient;
 use strait_api::proto::config::{Node, SnapshotRequest};
 use strait_api::snapshot::Snapshot;
 use strait_ca::tls::{self, ExpectedServer};
 use strait_ca::{CertStore, SharedBundle};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsConnector;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
@@ -101,7 +98,7 @@ pub fn subscribe(
     let (snap_tx, snapshots) = watch::channel(None);
     let (up_tx, connected) = watch::channel(false);
     let task = tokio::spawn(async move {
-        let mut backoff = options.min_backoff;
+        let mut backoff = Backoff::new(options.min_backoff, options.max_backoff);
         loop {
             let got_any = run_once(
                 addr, &certs, &bundle, &expected, &node, &options, &snap_tx, &up_tx,
@@ -109,15 +106,13 @@ pub fn subscribe(
             .await;
             up_tx.send_replace(false);
             match got_any {
-                Ok(true) => backoff = options.min_backoff,
+                Ok(true) => backoff.reset(),
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(controller = %addr, error = %e, "config stream failed; keeping the last snapshot")
                 }
             }
-            let jitter = rand::random::<f64>() * 0.5 + 0.75;
-            tokio::time::sleep(backoff.mul_f64(jitter)).await;
-            backoff = (backoff * 2).min(options.max_backoff);
+            tokio::time::sleep(backoff.next_delay(rand::random())).await;
         }
     });
     Subscription {
@@ -141,18 +136,7 @@ async fn run_once(
 ) -> Result<bool, String> {
     let cfg =
         tls::client_config(certs, bundle, expected.clone(), &[b"h2"]).map_err(|e| e.to_string())?;
-    let connector = TlsConnector::from(Arc::new(cfg));
-    let connect = tower::service_fn(move |_uri: http::Uri| {
-        let connector = connector.clone();
-        async move {
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from("controller.strait.invalid")
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
+    let connect = strait_ca::dial::connector(addr, cfg, "controller.strait.invalid");
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(5))

@@ -9,7 +9,7 @@
 pub fn parse_service_authority(s: &str) -> Option<(&str, &str, u16)> {
     let (svc, port) = s.rsplit_once(':')?;
     let (name, ns) = svc.split_once('.')?;
-    if !is_label(name) || !is_label(ns) {
+    if !crate::label::is_dns_label(name) || !crate::label::is_dns_label(ns) {
         return None;
     }
     if port.is_empty()
@@ -21,15 +21,6 @@ pub fn parse_service_authority(s: &str) -> Option<(&str, &str, u16)> {
     }
     let port: u16 = port.parse().ok()?;
     Some((name, ns, port))
-}
-
-fn is_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 #[cfg(test)]

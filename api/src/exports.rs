@@ -73,9 +73,7 @@ impl ExportTable {
         for (index, s) in self.services.iter().enumerate() {
             let bad = |reason: String| ExportError::Invalid { index, reason };
             for (what, v) in [("name", &s.name), ("namespace", &s.namespace)] {
-                let ok = !v.is_empty()
-                    && v.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                let ok = crate::label::is_dns_label(v);
                 if !ok {
                     return Err(bad(format!(
                         "{what} {v:?} must be lowercase letters, digits or '-'"

@@ -6,9 +6,11 @@
 //! `strait-ca`.
 
 pub mod authority;
+pub mod backoff;
 pub mod cluster;
 pub mod exports;
 pub mod identity;
+pub mod label;
 pub mod snapshot;
 pub mod yaml;
 

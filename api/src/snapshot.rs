@@ -706,13 +706,7 @@ fn dup(field: String, what: &'static str, value: impl fmt::Display) -> SnapshotE
 }
 
 fn check_label(field: &str, v: &str) -> Result<(), SnapshotError> {
-    let ok = !v.is_empty()
-        && v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && v.as_bytes()[0].is_ascii_lowercase()
-        && !v.ends_with('-');
-    if ok {
+    if crate::label::is_service_label(v) {
         Ok(())
     } else {
         Err(SnapshotError::invalid(
@@ -1058,6 +1052,8 @@ pub mod duration_str {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// The one duration grammar of configs and command lines: a whole
+    /// number with `ms`, `s`, `m`, `h` or `d` (`250ms`, `15s`, `24h`, `7d`).
     pub fn parse(s: &str) -> Option<Duration> {
         let split = s.find(|c: char| !c.is_ascii_digit())?;
         let (n, unit) = s.split_at(split);
@@ -1067,6 +1063,7 @@ pub mod duration_str {
             "s" => n.checked_mul(1_000)?,
             "m" => n.checked_mul(60_000)?,
             "h" => n.checked_mul(3_600_000)?,
+            "d" => n.checked_mul(86_400_000)?,
             _ => return None,
         };
         Some(Duration::from_millis(ms))
@@ -1089,7 +1086,7 @@ pub mod duration_str {
         let s = String::deserialize(d)?;
         parse(&s).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "invalid duration {s:?}: use a number with ms, s, m or h, e.g. 250ms or 15s"
+                "invalid duration {s:?}: use a number with ms, s, m, h or d, e.g. 250ms or 15s"
             ))
         })
     }

@@ -61,15 +61,13 @@ pub fn parse(argv: &[String]) -> anyhow::Result<Args> {
     })
 }
 
+/// A bare number is seconds; otherwise the grammar of every Strait config.
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().with_context(|| format!("bad duration {s:?}"))?;
-    Ok(match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        _ => bail!("bad duration unit in {s:?}"),
-    })
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    strait_api::snapshot::duration_str::parse(s)
+        .with_context(|| format!("bad duration {s:?}: use e.g. 500ms, 10s or 1m"))
 }
 
 struct ConnResult {

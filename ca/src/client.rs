@@ -1,15 +1,11 @@
 //! The client of the CA's signing service.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use strait_api::proto::ca::SignRequest;
 use strait_api::proto::ca::certificate_authority_client::CertificateAuthorityClient;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::tls::{self, CertStore, ExpectedServer};
@@ -79,20 +75,7 @@ impl CaClient {
         let expected =
             ExpectedServer::Id(crate::server::server_identity(bundle.get().trust_domain()));
         let cfg = tls::client_config(identity, bundle, expected, &[b"h2"])?;
-        let connector = TlsConnector::from(Arc::new(cfg));
-        let connect = tower::service_fn(move |_uri: http::Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = TcpStream::connect(addr).await?;
-                tcp.set_nodelay(true)?;
-                // The name is not checked (identity is the SPIFFE ID) but
-                // rustls needs one for SNI.
-                let name = ServerName::try_from("ca.strait.invalid")
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        });
+        let connect = crate::dial::connector(addr, cfg, "ca.strait.invalid");
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|source| ClientError::Connect { addr, source })?
             .connect_timeout(Duration::from_secs(5))

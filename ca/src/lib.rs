@@ -22,6 +22,7 @@ pub mod authority;
 pub mod client;
 pub mod csr;
 mod der;
+pub mod dial;
 mod error;
 pub mod identity;
 pub mod manager;

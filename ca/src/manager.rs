@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use strait_api::backoff::Backoff;
 
 use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -187,18 +188,18 @@ impl CertManager {
                 let left = end.duration_since(SystemTime::now()).unwrap_or_default();
                 tokio::time::sleep(left.mul_f64(self.policy.at_fraction)).await;
             }
-            let mut backoff = self.policy.retry_min;
+            let mut backoff = Backoff::new(self.policy.retry_min, self.policy.retry_max);
             not_after = loop {
                 match self.renew_once().await {
                     Ok(t) => break Some(t),
                     Err(e) => {
-                        tracing::warn!(identity = %self.id, error = %e, retry_in = ?backoff, "certificate renewal failed; keeping the current certificate");
+                        let retry_in = backoff.next_delay(rand::random());
+                        tracing::warn!(identity = %self.id, error = %e, ?retry_in, "certificate renewal failed; keeping the current certificate");
                         self.status.send_modify(|s| {
                             s.failures += 1;
                             s.last_error = Some(e.to_string());
                         });
-                        tokio::time::sleep(jitter(backoff)).await;
-                        backoff = (backoff * 2).min(self.policy.retry_max);
+                        tokio::time::sleep(retry_in).await;
                     }
                 }
             };
@@ -240,9 +241,4 @@ pub async fn bootstrap(
         }
     }
     Err(last)
-}
-
-/// A random duration in [d/2, d].
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }

@@ -27,27 +27,20 @@ pub fn emit<T: Serialize>(
     Ok(())
 }
 
-/// Parses `90s`, `30m`, `24h`, `7d` (or a bare number of seconds).
+/// Parses a duration flag with the grammar of every config file
+/// (`strait_api::snapshot::duration_str`: `500ms`, `90s`, `30m`, `24h`,
+/// `7d`); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; use e.g. 90s, 30m, 24h or 7d"))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {s:?}; use s, m, h or d"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(|| format!("duration {s:?} is too large"))
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let n: u64 = s
+            .parse()
+            .map_err(|_| format!("duration {s:?} is too large"))?;
+        return Ok(std::time::Duration::from_secs(n));
+    }
+    strait_api::snapshot::duration_str::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a duration; use a number with ms, s, m, h or d, e.g. 500ms, 90s, 30m, 24h or 7d")
+    })
 }
 
 /// `2026-11-26T11:00:00Z (in 23h 59m)`.
@@ -73,10 +66,11 @@ mod tests {
         assert_eq!(parse_duration("24h").unwrap().as_secs(), 86400);
         assert_eq!(parse_duration("7d").unwrap().as_secs(), 604800);
         assert!(parse_duration("h").unwrap_err().contains("not a duration"));
+        assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
         assert!(
             parse_duration("5w")
                 .unwrap_err()
-                .contains("unknown duration unit")
+                .contains("ms, s, m, h or d")
         );
         assert!(parse_duration("99999999999999999999d").is_err());
     }

@@ -44,6 +44,7 @@ pub use dns::{DnsArgs, run_dns};
 ///     files: { chain: ./ctl/chain.pem, key: ./ctl/key.pem, bundle: ./ctl/bundle.pem }
 ///   dns: { listen: 127.0.0.1:8653 }  # optional: serve clusterset.local for this cluster
 ///   vips: 127.77.0.0/16              # optional: the loopback /16 of service VIPs
+///   default_health_check: true       # ask the sidecar of endpoints without health_check:
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct ControllerArgs {
@@ -80,6 +81,14 @@ struct ControllerFile {
     /// whose sidecars share one host each need their own.
     #[serde(default)]
     vips: Option<VipRange>,
+    /// Check endpoints registered without `health_check:` by asking their
+    /// sidecar each second (on by default).
+    #[serde(default = "yes")]
+    default_health_check: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_listen() -> SocketAddr {
@@ -201,6 +210,7 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
     if let Some(v) = f.vips {
         config.vips = v;
     }
+    config.default_health_check = f.default_health_check;
     Ok(Loaded {
         config,
         dns: f.dns.map(|d| d.listen),

@@ -46,25 +46,6 @@ fn running(pid: u64) -> bool {
         .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
 }
 
-fn pids(dir: &Path, cluster: &str) -> Vec<(String, u64)> {
-    let path = dir.join("clusters").join(cluster).join("pids.json");
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["role"].as_str().unwrap().to_owned(),
-                p["pid"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// Runs `cluster down` for its clusters on drop and kills whatever is
 /// still recorded, so no test leaves processes behind.
 struct Mesh {
@@ -103,7 +84,7 @@ impl Mesh {
 impl Drop for Mesh {
     fn drop(&mut self) {
         for c in &self.clusters {
-            let left = pids(&self.dir, c);
+            let left = cluster_pids(&self.dir, c);
             let _ = strait(Path::new("/"), &["cluster", "down", c, "--dir", self.dir()]);
             for (_, pid) in left {
                 if running(pid) {
@@ -140,8 +121,8 @@ fn cluster_up_link_check_then_down_reports_the_missing_peer_and_leaves_no_proces
         "the next steps name the other cluster: {out}"
     );
     let d = mesh.dir().to_owned();
-    let east_pids = pids(&mesh.dir, "east");
-    let west_pids = pids(&mesh.dir, "west");
+    let east_pids = cluster_pids(&mesh.dir, "east");
+    let west_pids = cluster_pids(&mesh.dir, "west");
     let roles: Vec<&str> = west_pids.iter().map(|(r, _)| r.as_str()).collect();
     assert_eq!(roles, ["controller", "gateway", "dns"]);
     assert!(west_pids.iter().all(|(_, p)| running(*p)));
@@ -149,7 +130,7 @@ fn cluster_up_link_check_then_down_reports_the_missing_peer_and_leaves_no_proces
     // `up` on a running cluster changes nothing.
     let out = ok(Path::new("/"), &["cluster", "up", "east", "--dir", &d]);
     assert!(out.contains("cluster east is already running"), "{out}");
-    assert_eq!(pids(&mesh.dir, "east"), east_pids);
+    assert_eq!(cluster_pids(&mesh.dir, "east"), east_pids);
 
     // The operator verbs find `cluster up` clusters by name in the directory.
     let out = ok(
@@ -374,7 +355,7 @@ fn diagnose_passes_a_healthy_path_and_names_catalog_then_gateway_failures() {
     });
 
     // south's gateway stops; everything before it still works, so the gateway is named.
-    let (_, gw) = pids(&mesh.dir, "south")
+    let (_, gw) = cluster_pids(&mesh.dir, "south")
         .into_iter()
         .find(|(r, _)| r == "gateway")
         .unwrap();

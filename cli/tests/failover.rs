@@ -21,7 +21,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::BufReader;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::traffic::get_echo;
 use support::*;
 
 const APP: &str = r#"
@@ -80,7 +81,7 @@ struct Clusters {
 impl Drop for Clusters {
     fn drop(&mut self) {
         for c in &self.names {
-            let pids = gateway_and_others(&self.dir, c);
+            let pids = cluster_pids(&self.dir, c);
             let d = self.dir.display().to_string();
             let _ = strait(Path::new("/"), &["cluster", "down", c, "--dir", &d]);
             for (_, pid) in pids {
@@ -92,31 +93,11 @@ impl Drop for Clusters {
     }
 }
 
-/// (role, pid) of a cluster's processes, from `cluster up`'s record.
-fn gateway_and_others(dir: &Path, cluster: &str) -> Vec<(String, u32)> {
-    let path = dir.join("clusters").join(cluster).join("pids.json");
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["role"].as_str().unwrap().to_owned(),
-                p["pid"].as_u64().unwrap() as u32,
-            )
-        })
-        .collect()
-}
-
 fn gateway_pid(dir: &Path, cluster: &str) -> u32 {
-    gateway_and_others(dir, cluster)
+    cluster_pids(dir, cluster)
         .into_iter()
         .find(|(r, _)| r == "gateway")
-        .map(|(_, p)| p)
+        .map(|(_, p)| p as u32)
         .expect("a gateway pid")
 }
 
@@ -134,47 +115,21 @@ struct Load {
     stop: Arc<AtomicBool>,
 }
 
+/// One request; which cluster answered, or `None` (the failure printed).
 fn request(conn: &mut Option<BufReader<TcpStream>>, proxy: SocketAddr) -> Option<String> {
-    let mut attempt = || -> std::io::Result<Option<String>> {
-        if conn.is_none() {
-            let s = TcpStream::connect_timeout(&proxy, Duration::from_secs(1))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            *conn = Some(BufReader::new(s));
+    let got = match get_echo(conn, proxy) {
+        Ok((status, body)) if status.starts_with("HTTP/1.1 200") => {
+            Some(String::from_utf8_lossy(&body).into_owned())
         }
-        let r = conn.as_mut().expect("just set");
-        r.get_mut().write_all(
-            b"GET http://echo.demo.svc.clusterset.local:8080/ HTTP/1.1\r\nhost: echo.demo.svc.clusterset.local:8080\r\n\r\n",
-        )?;
-        let (mut status, mut len, mut line) = (String::new(), 0usize, String::new());
-        r.read_line(&mut status)?;
-        loop {
-            line.clear();
-            if r.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
+        Ok((status, body)) => {
+            eprintln!("failed: {status} {}", String::from_utf8_lossy(&body).trim());
+            None
         }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body)?;
-        if !status.starts_with("HTTP/1.1 200") {
-            eprintln!(
-                "failed: {} {}",
-                status.trim(),
-                String::from_utf8_lossy(&body).trim()
-            );
-            return Ok(None);
+        Err(e) => {
+            eprintln!("failed: {e}");
+            None
         }
-        Ok(Some(String::from_utf8_lossy(&body).into_owned()))
     };
-    let got = attempt().unwrap_or_else(|e| {
-        eprintln!("failed: {e}");
-        None
-    });
     if got.is_none() {
         *conn = None;
     }

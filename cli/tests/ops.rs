@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -404,45 +404,59 @@ fn gateway_learns_its_export_table_from_the_controller() {
         "spiffe://strait.local/ns/strait-system/sa/gateway-north",
         "gw",
     );
-    let yaml = format!(
-        "cluster: north\ntrust_domain: strait.local\ncontroller: {}\n\
-         identity: {{ files: {{ chain: gw/chain.pem, key: gw/key.pem, bundle: gw/bundle.pem }} }}\n\
-         listeners: {{ public: \"127.150.3.10:15443\", admin: \"127.150.3.10:15021\" }}\n",
-        north.admin
-    );
+    // The gateway follows the controller's config push (its gRPC port),
+    // as the cluster's gateway identity.
+    let yaml = "cluster: north\ntrust_domain: strait.local\n\
+         controller: { address: \"127.150.3.1:8610\" }\n\
+         identity: { files: { chain: gw/chain.pem, key: gw/key.pem, bundle: gw/bundle.pem } }\n\
+         listeners: { public: \"127.150.3.10:15443\", admin: \"127.150.3.10:15021\" }\n";
     std::fs::write(d.join("gw.yaml"), yaml).unwrap();
-    ok(d, &["gateway", "--config", "gw.yaml", "--check"]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strait"))
-        .args(["gateway", "--config", "gw.yaml"])
-        .current_dir(d)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _gw = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !seen
-        .iter()
-        .any(|l: &String| l.contains("export table: 1 service(s)"))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => seen.push(l),
-            Err(_) => panic!("no export table applied; gateway said: {seen:#?}"),
-        }
-    }
+    let check = ok(d, &["gateway", "--config", "gw.yaml", "--check"]);
     assert!(
-        seen[0].contains("public (mTLS) 127.150.3.10:15443"),
-        "{seen:#?}"
+        check.contains("exports from controller 127.150.3.1:8610"),
+        "{check}"
     );
+    // The old form (the controller's admin address) is refused, saying why.
+    std::fs::write(
+        d.join("old.yaml"),
+        yaml.replace("{ address: \"127.150.3.1:8610\" }", &north.admin),
+    )
+    .unwrap();
+    let err = fails(d, &["gateway", "--config", "old.yaml", "--check"]);
+    assert!(err.contains("controller: is now { address:"), "{err}");
+    let _gw = spawn(d, &["gateway", "--config", "gw.yaml"], "gw.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let exports = admin_get("127.150.3.10:15021", "/exports");
+        if exports.contains("\"name\":\"api\"") && exports.contains("127.150.3.5:15006") {
+            // No link yet: no cluster is admitted.
+            assert!(exports.contains("\"linked\":[]"), "{exports}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no export table from the controller; /exports says {exports}; log:\n{}",
+            std::fs::read_to_string(d.join("gw.log")).unwrap_or_default()
+        );
+        pause(100);
+    }
+}
+
+/// The body of `GET path` on an admin port (empty when it does not answer).
+fn admin_get(addr: &str, path: &str) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
 
 #[test]

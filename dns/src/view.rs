@@ -131,17 +131,8 @@ fn weight_of(weights: &[LocalityWeight], locality: &Locality) -> Option<u32> {
         .map(|w| w.weight)
 }
 
-fn is_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 fn label(field: impl Into<String>, value: &str) -> Result<(), ViewError> {
-    if is_label(value) {
+    if strait_api::label::is_dns_label(value) {
         Ok(())
     } else {
         Err(ViewError::Label {

@@ -56,6 +56,18 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             shared.metrics.encode(),
         ),
         "/live" => text(StatusCode::OK, "text/plain", "live\n".into()),
+        "/exports" => {
+            let index = shared.exports();
+            let mut linked: Option<Vec<&String>> = index.linked().map(|l| l.iter().collect());
+            if let Some(l) = linked.as_mut() {
+                l.sort();
+            }
+            let body = serde_json::json!({
+                "linked": linked,
+                "services": index.table().services,
+            });
+            text(StatusCode::OK, "application/json", body.to_string())
+        }
         "/trust" => text(
             StatusCode::OK,
             "application/json",
@@ -77,7 +89,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /metrics, /ready, /live or /trust\n".into(),
+            "try /metrics, /ready, /live, /trust or /exports\n".into(),
         ),
     }
 }

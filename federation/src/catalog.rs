@@ -386,17 +386,14 @@ impl HealthCheck {
 
 /// Checks a DNS label (service names, namespaces).
 pub(crate) fn check_label(field: &str, v: &str) -> Result<(), FieldError> {
-    let ok = !v.is_empty()
-        && v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && v.as_bytes()[0].is_ascii_lowercase()
-        && !v.ends_with('-');
-    if ok {
+    if strait_api::label::is_service_label(v) {
         Ok(())
     } else {
-        let why = "must be a dns label: lower-case letters, digits and '-', starting with a letter";
-        Err(FieldError::new(field, v, why))
+        Err(FieldError::new(
+            field,
+            v,
+            strait_api::label::SERVICE_LABEL_RULE,
+        ))
     }
 }
 

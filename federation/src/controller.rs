@@ -114,6 +114,12 @@ pub struct ControllerConfig {
     pub rescan_interval: Option<Duration>,
     /// Where service VIPs are drawn from.
     pub vips: VipRange,
+    /// Check endpoints whose registration names no `health_check:` by
+    /// asking their sidecar ([`crate::catalog::HealthCheck::default_sidecar`]).
+    /// On in `strait controller` (`default_health_check:`, default true);
+    /// off here, so a library user (a test with made-up endpoint
+    /// addresses) never dials endpoints it did not choose to check.
+    pub default_health_check: bool,
 }
 
 impl ControllerConfig {
@@ -138,6 +144,7 @@ impl ControllerConfig {
             source: Source::Directory,
             rescan_interval: Some(Duration::from_secs(5)),
             vips: VipRange::default(),
+            default_health_check: false,
         }
     }
 }
@@ -321,7 +328,8 @@ impl Controller {
             bundle: config.bundle.clone(),
             td: shared.td.clone(),
         };
-        let checker = Checker::start(health, source.watch(), Some(probe));
+        let probe = config.default_health_check.then_some(probe);
+        let checker = Checker::start(health, source.watch(), probe);
         let mut background: Vec<JoinHandle<()>> = vec![
             tokio::spawn(tasks::rebuild_loop(shared.clone(), version_base())),
             tokio::spawn(tasks::importers(shared.clone())),

@@ -14,13 +14,12 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::ServerName;
 use strait_api::SpiffeId;
 use strait_ca::tls::{self, ClientAuth, ExpectedServer, TlsError};
 use strait_ca::{CertStore, SharedBundle};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 use tonic::service::Routes;
 use tonic::transport::{Channel, Endpoint};
 
@@ -142,19 +141,7 @@ pub fn channel(
     expected: ExpectedServer,
 ) -> Result<Channel, TlsError> {
     let cfg = tls::client_config(certs, bundle, expected, &[b"h2"])?;
-    let connector = TlsConnector::from(Arc::new(cfg));
-    let connect = tower::service_fn(move |_uri: http::Uri| {
-        let connector = connector.clone();
-        async move {
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            // The name is not checked (identity is the SPIFFE ID); SNI needs one.
-            let name = ServerName::try_from("controller.strait.invalid")
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
+    let connect = strait_ca::dial::connector(addr, cfg, "controller.strait.invalid");
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| TlsError::Key(format!("bad address {addr}: {e}")))?
         .connect_timeout(Duration::from_secs(5))

@@ -65,7 +65,7 @@ pub struct InstallOptions {
 
 impl InstallOptions {
     fn check(&self) -> Result<(), InstallError> {
-        if !is_dns_label(&self.namespace) {
+        if !strait_api::label::is_dns_label(&self.namespace) {
             return Err(InstallError::Invalid {
                 field: "namespace",
                 reason: format!(
@@ -112,15 +112,6 @@ impl InstallOptions {
         }
         Ok(())
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// One object of the install.

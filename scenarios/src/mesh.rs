@@ -344,6 +344,7 @@ impl Mesh {
         cfg.sync.heartbeat = (self.spec.lease / 4).max(Duration::from_millis(200));
         cfg.rescan_interval = None;
         cfg.vips = VipRange::new(vip_octet).map_err(|e| anyhow!(e))?;
+        cfg.default_health_check = true;
         Ok(Controller::start(cfg).await?)
     }
 

@@ -135,3 +135,24 @@ pub fn identity_files(dir: &str) -> String {
         "identity: {{ files: {{ chain: {dir}/chain.pem, key: {dir}/key.pem, bundle: {dir}/bundle.pem }} }}\n"
     )
 }
+
+/// (role, pid) of a cluster's processes, from `strait cluster up`'s record
+/// (`<dir>/clusters/<cluster>/pids.json`); empty when there is none.
+pub fn cluster_pids(dir: &Path, cluster: &str) -> Vec<(String, u64)> {
+    let path = dir.join("clusters").join(cluster).join("pids.json");
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["role"].as_str().unwrap().to_owned(),
+                p["pid"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}

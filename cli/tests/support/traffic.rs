@@ -40,37 +40,45 @@ pub fn app(addr: &str) {
     });
 }
 
-/// One request through east's client sidecar (explicit proxy port).
+/// One `GET` of `echo.demo` through a client sidecar's explicit proxy port
+/// on a kept-alive connection (opened when `conn` is empty): the status
+/// line and the body. On an error the caller drops the connection.
+pub fn get_echo(
+    conn: &mut Option<BufReader<TcpStream>>,
+    proxy: SocketAddr,
+) -> std::io::Result<(String, Vec<u8>)> {
+    if conn.is_none() {
+        let s = TcpStream::connect_timeout(&proxy, Duration::from_secs(1))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        *conn = Some(BufReader::new(s));
+    }
+    let r = conn.as_mut().expect("just set");
+    r.get_mut().write_all(
+        b"GET http://echo.demo.svc.clusterset.local:8080/ HTTP/1.1\r\nhost: echo.demo.svc.clusterset.local:8080\r\n\r\n",
+    )?;
+    let (mut status, mut len, mut line) = (String::new(), 0usize, String::new());
+    r.read_line(&mut status)?;
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok((status.trim_end().to_owned(), body))
+}
+
+/// One request through east's client sidecar: answered `200 west`?
 fn request(conn: &mut Option<BufReader<TcpStream>>, proxy: SocketAddr) -> bool {
-    let mut attempt = || -> std::io::Result<bool> {
-        if conn.is_none() {
-            let s = TcpStream::connect_timeout(&proxy, Duration::from_secs(1))?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            *conn = Some(BufReader::new(s));
-        }
-        let r = conn.as_mut().expect("just set");
-        r.get_mut().write_all(
-            b"GET http://echo.demo.svc.clusterset.local:8080/ HTTP/1.1\r\nhost: echo.demo.svc.clusterset.local:8080\r\n\r\n",
-        )?;
-        let (mut status, mut len, mut line) = (String::new(), 0usize, String::new());
-        r.read_line(&mut status)?;
-        loop {
-            line.clear();
-            if r.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body)?;
-        Ok(status.starts_with("HTTP/1.1 200") && body == b"west")
-    };
-    let ok = attempt().unwrap_or(false);
+    let ok = get_echo(conn, proxy)
+        .is_ok_and(|(status, body)| status.starts_with("HTTP/1.1 200") && body == b"west");
     if !ok {
         *conn = None;
     }

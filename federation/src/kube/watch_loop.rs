@@ -25,32 +25,24 @@ use super::{Backoff, KubeSourceConfig, Published};
 
 /// A doubling backoff for [`WatchStreamExt::backoff`].
 #[derive(Debug)]
-struct Doubling {
-    cfg: Backoff,
-    next: Duration,
-}
+struct Doubling(strait_api::backoff::Backoff);
 
 impl Doubling {
     fn new(cfg: Backoff) -> Self {
-        Self {
-            cfg,
-            next: cfg.initial,
-        }
+        Self(strait_api::backoff::Backoff::new(cfg.initial, cfg.max))
     }
 }
 
 impl Iterator for Doubling {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
-        let d = self.next.min(self.cfg.max);
-        self.next = d.saturating_mul(2).min(self.cfg.max);
-        Some(d)
+        Some(self.0.next_delay(rand::random()))
     }
 }
 
 impl KubeBackoff for Doubling {
     fn reset(&mut self) {
-        self.next = self.cfg.initial;
+        self.0.reset();
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use strait_api::backoff::Backoff;
 
 use serde::{Deserialize, Serialize};
 use strait_api::proto::federation::federation_client::FederationClient;
@@ -356,26 +357,24 @@ pub async fn run_importer(
     imports: Imports,
     cfg: SyncConfig,
 ) {
-    let mut backoff = cfg.min_backoff;
+    let mut backoff = Backoff::new(cfg.min_backoff, cfg.max_backoff);
     loop {
         let res = stream_once(&link, &local, &certs, &bundle, &imports, &cfg).await;
         let peer = &link.peer;
         match res {
             Ok(()) => {
                 imports.set_down(peer, None);
-                backoff = cfg.min_backoff;
+                backoff.reset();
             }
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "catalog sync failed");
                 if e.is_limit() {
-                    backoff = cfg.max_backoff;
+                    backoff.to_max();
                 }
                 imports.set_down(peer, Some(e.to_string()));
             }
         }
-        let jitter = rand::random::<f64>() * 0.5 + 0.75;
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(cfg.max_backoff);
+        tokio::time::sleep(backoff.next_delay(rand::random())).await;
     }
 }
 
