@@ -107,11 +107,14 @@ table inet lab {
 EOF
 }
 
-# Whether cluster c's gateway has logged an export table with a service
-# (and, as it follows its controller, a linked peer), colours stripped.
+# Whether cluster c's gateway admits peers to a service: its admin
+# /exports lists a service and east among its linked clusters.
 exported() {
-  sed 's/\x1b\[[0-9;]*m//g' "$DIR/clusters/$1/gateway.log" 2>/dev/null |
-    grep -Eq "export table: [1-9]|export table.* applied .*services=[1-9][0-9]* linked=[1-9]"
+  in_ns "$P-router" curl -s --max-time 1 "http://$(net "$1").10:15021/exports" 2>/dev/null |
+    python3 -c '
+import json, sys
+e = json.load(sys.stdin)
+sys.exit(0 if e.get("services") and "east" in (e.get("linked") or []) else 1)' 2>/dev/null
 }
 
 up() {
@@ -213,8 +216,8 @@ EOF
   in_ns "$P-router" "$S" policy set echo -n demo --failover west,central --cluster east \
     --demo-dir "$DIR" >/dev/null
   # A gateway lets peers in to an exported service once its controller's
-  # export table has reached it; wait for that (its log says so), at most
-  # 6 s per cluster, before anyone sends a request.
+  # export table (and the list of linked clusters) has reached it; wait for
+  # that, at most 6 s per cluster, before anyone sends a request.
   say "waiting for the gateways' export tables"
   local i
   for c in west central; do
@@ -222,7 +225,7 @@ EOF
       exported "$c" && break
       sleep 0.1
     done
-    exported "$c" || echo "lab: the gateway of $c has not logged an export table after 6 s; going on" >&2
+    exported "$c" || echo "lab: the gateway of $c does not admit east to a service after 6 s (its /exports); going on" >&2
   done
   say "up. Try (docs/lab.md):"
   echo "  scripts/lab.sh try                                   # echo.demo.svc.cluster.local"
