@@ -22,6 +22,25 @@ if ((${#missing[@]})); then
     exit 1
   fi
 fi
+# Root-only tests (transparent capture in network namespaces) also need
+# nftables, iproute2, python3 (a test app) and setpriv; as root install
+# them, otherwise those tests print SKIP and pass.
+declare -A ROOT_PKG=([nft]=nftables [ip]=iproute2 [python3]=python3 [setpriv]=util-linux)
+root_missing=()
+for tool in "${!ROOT_PKG[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || root_missing+=("${ROOT_PKG[$tool]}")
+done
+if ((${#root_missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing ${root_missing[*]} (root-only capture tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${root_missing[@]}" >/dev/null
+  else
+    echo "note: ${root_missing[*]} missing and not root: the capture tests in network namespaces will be skipped"
+  fi
+elif [ "$(id -u)" != 0 ]; then
+  echo "note: not root: the capture tests in network namespaces will be skipped"
+fi
 # Kubernetes manifests are validated against the official schemas
 # (kubernetes-validate, pinned) and the CRDs' own (jsonschema) by
 # cli/tests/kube.rs. Installed as root; without them those tests skip with

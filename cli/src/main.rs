@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod ca;
+mod capture;
 mod check;
 mod cluster;
 mod diagnose;

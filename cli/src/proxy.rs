@@ -18,6 +18,7 @@ use strait_proxy::{Proxy, ProxyConfig};
 ///
 ///   strait proxy --config sidecar.yaml
 ///   strait proxy --config sidecar.yaml --check     # validate and exit
+///   strait proxy capture install --netns pod1 --proxy-uid 1337   # see `capture --help`
 ///
 /// sidecar.yaml:
 ///   trust_domain: strait.local
@@ -26,12 +27,20 @@ use strait_proxy::{Proxy, ProxyConfig};
 ///   local_service: web.default
 ///   app: [{ port: 8080, protocol: http1, target: 127.0.0.1:8080 }]
 ///   controller: { address: 127.0.0.1:8610, cluster: east, locality: us-east/us-east-1a }
+///   # with `strait proxy capture install`: where redirected connections arrive
+///   capture: { outbound: 127.0.0.1:15002, unknown: passthrough }
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct ProxyArgs {
+    #[command(subcommand)]
+    command: Option<crate::capture::ProxyCommand>,
     /// Sidecar config (YAML).
-    #[arg(long, short)]
-    config: PathBuf,
+    #[arg(long, short, required = true)]
+    config: Option<PathBuf>,
     /// Validate the config and snapshot, print a summary and exit.
     #[arg(long)]
     check: bool,
@@ -42,7 +51,11 @@ pub struct ProxyArgs {
 }
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let cfg = ProxyConfig::load(&args.config).with_context(|| args.config.display().to_string())?;
+    if let Some(cmd) = args.command {
+        return crate::capture::run(cmd);
+    }
+    let path = args.config.context("--config is required")?;
+    let cfg = ProxyConfig::load(&path).with_context(|| path.display().to_string())?;
     let source = match (&cfg.controller, &cfg.snapshot_file) {
         (Some(c), _) => format!(
             "controller {} (cluster {})",
@@ -81,6 +94,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             "strait sidecar: inbound (mTLS) {}, outbound proxy {}, admin http://{}/metrics, routing from {source}; Ctrl-C to stop",
             proxy.inbound, proxy.outbound, proxy.admin
         );
+        if let Some(c) = proxy.capture_outbound {
+            eprintln!("strait sidecar: transparent capture on {c}");
+        }
         crate::runtime::release_freed_memory();
         crate::signal::wait_for_shutdown().await;
         proxy.shutdown();

@@ -196,6 +196,10 @@ pub struct ProxyConfig {
     /// One structured log line per request (target `strait::access`).
     #[serde(default)]
     pub access_log: bool,
+    /// Transparent capture: where redirected connections arrive, and what
+    /// to do with unknown destinations ([`crate::capture`]).
+    #[serde(default)]
+    pub capture: crate::capture::CaptureConfig,
 }
 
 impl ProxyConfig {

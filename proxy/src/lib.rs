@@ -9,6 +9,8 @@
 //!   serving cluster's east-west gateway ([`transport`], [`tunnel`]);
 //! - inbound ([`inbound`]): verifies the caller's SPIFFE ID, authorizes the
 //!   request, replaces identity headers and forwards to the app ([`app`]);
+//! - capture ([`capture`]): connections nftables redirected to the sidecar
+//!   find their original destination and join the VIP path;
 //! - [`admin`]: `/metrics`, `/ready`, `/live`, `/config`, `/trust`.
 //!
 //! The decisions themselves (`locality`, `balance`, `outlier`, `retry`,
@@ -17,6 +19,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod capture;
 pub mod config;
 mod copy;
 pub mod forward;

@@ -1,5 +1,7 @@
 //! App -> mesh listeners: the explicit HTTP proxy port, and one listener per
-//! service VIP:port of the snapshot (rebound as the snapshot changes).
+//! service VIP:port of the snapshot (rebound as the snapshot changes);
+//! connections captured for a service ([`crate::capture`]) join the VIP
+//! path.
 //! Each connection is sniffed: HTTP/1.1 and HTTP/2 get per-request routing
 //! ([`crate::forward`]); anything else is opaque TCP, balanced per
 //! connection and carried in an HTTP/2 `CONNECT` stream over mTLS. An
@@ -57,6 +59,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, target: Target)
         let shared = shared.clone();
         tokio::spawn(connection(shared, tcp, target));
     }
+}
+
+/// A connection for the service at `vip:port` that did not arrive on its
+/// VIP listener (transparent capture, [`crate::capture`]): the VIP path.
+pub(crate) async fn serve_vip(shared: Arc<Shared>, tcp: TcpStream, vip: IpAddr, port: u16) {
+    connection(shared, tcp, Target::Vip(vip, port)).await;
 }
 
 async fn connection(shared: Arc<Shared>, tcp: TcpStream, target: Target) {

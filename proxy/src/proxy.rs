@@ -54,6 +54,8 @@ pub struct Proxy {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    /// The transparent capture listener, when the config asks for one.
+    pub capture_outbound: Option<SocketAddr>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
     /// The config-push subscription, when following a controller.
@@ -66,6 +68,7 @@ impl std::fmt::Debug for Proxy {
             .field("inbound", &self.inbound)
             .field("outbound", &self.outbound)
             .field("admin", &self.admin)
+            .field("capture_outbound", &self.capture_outbound)
             .finish_non_exhaustive()
     }
 }
@@ -115,6 +118,14 @@ impl Proxy {
         let inbound = bind(cfg.listeners.inbound).await?;
         let outbound = bind(cfg.listeners.outbound).await?;
         let admin = bind(cfg.listeners.admin).await?;
+        let capture = match cfg.capture.outbound {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let capture_addr = capture
+            .as_ref()
+            .zip(cfg.capture.outbound)
+            .map(|(l, a)| local(l, a));
         let addrs = (
             local(&inbound, cfg.listeners.inbound),
             local(&outbound, cfg.listeners.outbound),
@@ -127,6 +138,9 @@ impl Proxy {
             outbound,
         )));
         tasks.push(tokio::spawn(crate::admin::serve(shared.clone(), admin)));
+        if let Some(l) = capture {
+            tasks.push(tokio::spawn(crate::capture::serve(shared.clone(), l)));
+        }
         if shared.cfg.listeners.bind_vips {
             tasks.push(tokio::spawn(crate::outbound::manage_vips(shared.clone())));
         }
@@ -139,6 +153,7 @@ impl Proxy {
             inbound: addrs.0,
             outbound: addrs.1,
             admin: addrs.2,
+            capture_outbound: capture_addr,
             shared,
             tasks,
             following,

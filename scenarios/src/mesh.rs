@@ -748,6 +748,7 @@ fn proxy_config(
             ..Limits::default()
         },
         access_log: false,
+        capture: Default::default(),
     }
 }
 

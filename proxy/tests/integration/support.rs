@@ -76,6 +76,7 @@ impl Mesh {
             controller: None,
             limits: Limits::default(),
             access_log: false,
+            capture: Default::default(),
         }
     }
 

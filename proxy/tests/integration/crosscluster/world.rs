@@ -99,6 +99,7 @@ impl World {
             controller: None,
             limits: config::Limits::default(),
             access_log: false,
+            capture: Default::default(),
         };
         let snapshot = if snapshot.is_empty() {
             format!(
