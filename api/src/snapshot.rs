@@ -939,7 +939,8 @@ fn validate_traffic(
     Ok(())
 }
 
-fn validate_outlier(f: &str, o: &OutlierDetection) -> Result<(), SnapshotError> {
+/// Ranges of an outlier-detection setting (a snapshot's, or a policy's).
+pub fn validate_outlier(f: &str, o: &OutlierDetection) -> Result<(), SnapshotError> {
     if o.max_ejection_percent > 100 {
         let why = "must be between 0 and 100";
         let field = format!("{f}.max_ejection_percent");

@@ -97,7 +97,7 @@ fn bad_input_gets_a_clear_error_and_exit_code() {
         ),
         (
             &["ca", "init", "--out", "ca", "--ttl", "5w"],
-            "use a number with ms, s, m, h or d",
+            "is not a duration; use a number with ms, s, m, h or d",
         ),
     ];
     for (args, want) in cases {

@@ -17,7 +17,8 @@
 //! is on central within 1 s of the fault and back on west within 3 s of the
 //! repair; a drain loses no request. Every figure is printed.
 //!
-//! Addresses: 127.171.1.x (east), 127.171.2.x (west), 127.171.3.x (central).
+//! It runs twice: with no `health_check:` (127.171.1-3.x: east, west,
+//! central) and with an HTTP check on the app (127.172.1-3.x).
 
 mod support;
 
@@ -217,10 +218,16 @@ fn healthy_in(status: &serde_json::Value, cluster: &str) -> bool {
     })
 }
 
-fn east_status(dir: &Path) -> serde_json::Value {
+fn east_status(dir: &Path, net: &str) -> serde_json::Value {
     let out = strait(
         dir,
-        &["-o", "json", "status", "--controller", "127.171.1.1:8611"],
+        &[
+            "-o",
+            "json",
+            "status",
+            "--controller",
+            &format!("{net}.1.1:8611"),
+        ],
     );
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
         .map_or(serde_json::Value::Null, |v| v[0].clone())
@@ -246,6 +253,22 @@ fn sidecar_yaml(home: &Path, ip: &str, cluster: &str, region: &str, app: bool) -
 
 #[test]
 fn failover_and_failback_hold_on_real_processes_without_a_health_check() {
+    run("127.171", None);
+}
+
+#[test]
+fn failover_and_failback_hold_on_real_processes_with_an_http_health_check() {
+    run(
+        "127.172",
+        Some(
+            "health_check: { kind: http, path: /, port: 18080, interval: 1s, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 2 }",
+        ),
+    );
+}
+
+/// The whole test on `<net>.{1,2,3}.x`, the apps registered with
+/// `health_check` (or none: the default check).
+fn run(net: &str, health_check: Option<&str>) {
     if Command::new("python3").arg("--version").output().is_err() {
         eprintln!("SKIPPED: python3 is not installed (the app of this test)");
         return;
@@ -258,10 +281,11 @@ fn failover_and_failback_hold_on_real_processes_without_a_health_check() {
         names: Vec::new(),
     };
     for (c, ip, region) in [
-        ("east", "127.171.1.1", "us-east"),
-        ("west", "127.171.2.1", "us-west"),
-        ("central", "127.171.3.1", "eu-central"),
+        ("east", format!("{net}.1.1"), "us-east"),
+        ("west", format!("{net}.2.1"), "us-west"),
+        ("central", format!("{net}.3.1"), "eu-central"),
     ] {
+        let ip = ip.as_str();
         clusters.names.push(c);
         let zone = format!("{region}-1a");
         ok(
@@ -280,10 +304,11 @@ fn failover_and_failback_hold_on_real_processes_without_a_health_check() {
     let mut procs = Vec::new();
     let mut apps = Vec::new();
     for (c, ip, region) in [
-        ("west", "127.171.2.5", "us-west"),
-        ("central", "127.171.3.5", "eu-central"),
-        ("east", "127.171.1.5", "us-east"),
+        ("west", format!("{net}.2.5"), "us-west"),
+        ("central", format!("{net}.3.5"), "eu-central"),
+        ("east", format!("{net}.1.5"), "us-east"),
     ] {
+        let ip = ip.as_str();
         let app = c != "east";
         let home = dir.join("pods").join(c);
         let sa = if app { "echo" } else { "client" };
@@ -316,7 +341,8 @@ fn failover_and_failback_hold_on_real_processes_without_a_health_check() {
                 home.join("service.yaml"),
                 format!(
                     "name: echo\nnamespace: demo\nports: [{{ port: 8080, protocol: http1 }}]\n\
-                     endpoints: [{{ address: \"{ip}:15006\" }}]\nexport: all\n"
+                     endpoints: [{{ address: \"{ip}:15006\" }}]\nexport: all\n{}\n",
+                    health_check.unwrap_or_default()
                 ),
             )
             .unwrap();
@@ -362,7 +388,7 @@ fn failover_and_failback_hold_on_real_processes_without_a_health_check() {
     // The only wait: east's status shows the service healthy in both.
     let started = Instant::now();
     loop {
-        let s = east_status(&dir);
+        let s = east_status(&dir, net);
         if healthy_in(&s, "west") && healthy_in(&s, "central") {
             break;
         }
@@ -373,7 +399,7 @@ fn failover_and_failback_hold_on_real_processes_without_a_health_check() {
         pause(100);
     }
     eprintln!("status healthy after {:?}", started.elapsed());
-    let load = Load::start("127.171.1.5:15001".parse().unwrap());
+    let load = Load::start(format!("{net}.1.5:15001").parse().unwrap());
     let t0 = Instant::now();
     let on_west = load.settled_on(t0, "west", Duration::from_secs(5));
     let (f, n) = failed(&load, t0, Instant::now());
@@ -386,7 +412,7 @@ fn failover_and_failback_hold_on_real_processes_without_a_health_check() {
     let to_central = load.settled_on(t, "central", Duration::from_secs(1));
     pause(3000);
     let back = Instant::now();
-    apps.insert(0, App::start(&dir, "west", "127.171.2.5"));
+    apps.insert(0, App::start(&dir, "west", &format!("{net}.2.5")));
     let to_west = load.settled_on(back, "west", Duration::from_secs(3));
     pause(1000);
     let (f, n) = failed(&load, t, Instant::now());

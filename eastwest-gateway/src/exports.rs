@@ -381,4 +381,50 @@ services:
                 .unwrap_err();
         assert!(e.to_string().contains("unknown field `vip`"), "{e}");
     }
+
+    #[test]
+    fn only_linked_clusters_are_admitted_and_open_tunnels_follow_the_table() {
+        let c = |s: &str| ClusterName::new(s).unwrap();
+        let t: ExportTable = serde_yaml_ng::from_str(
+            r#"
+services:
+  - { name: reviews, namespace: shop, ports: [9080], to: [west],
+      endpoints: [{ address: "127.0.20.1:15006" }] }
+  - { name: ratings, ports: [80], endpoints: [{ address: "127.0.20.3:15006" }] }
+"#,
+        )
+        .unwrap();
+        // Without links (a fixed table) every cluster may call.
+        let open = Index::from(t.clone());
+        assert!(
+            open.admit("north", "ratings.default:80", OWN, |_| 0)
+                .is_ok()
+        );
+        let linked = [c("west"), c("central")];
+        let idx = Index::from(t).with_linked(&linked);
+        let cases = [
+            ("west", "reviews.shop:9080", Ok("reviews.shop")),
+            ("west", "127.0.20.1:15006", Ok("reviews.shop")),
+            ("central", "ratings.default:80", Ok("ratings.default")),
+            ("central", "reviews.shop:9080", Err("not_exported_to")),
+            ("north", "ratings.default:80", Err("not_linked")),
+            // An unlinked caller learns nothing: not_linked, not not_exported.
+            ("north", "details.shop:9080", Err("not_linked")),
+            ("west", "details.shop:9080", Err("not_exported")),
+        ];
+        for (from, authority, want) in cases {
+            let got = idx
+                .admit(from, authority, OWN, |_| 0)
+                .map(|d| d.service)
+                .map_err(|r| r.reason());
+            assert_eq!(got, want.map(str::to_owned), "{from} -> {authority}");
+        }
+        assert!(idx.still_admits("west", "reviews.shop"));
+        assert!(!idx.still_admits("central", "reviews.shop"));
+        assert!(!idx.still_admits("north", "ratings.default"));
+        assert!(!idx.still_admits("west", "gone.default"));
+        let unlinked = Index::from(idx.table().clone()).with_linked(&[c("central")]);
+        assert!(!unlinked.still_admits("west", "reviews.shop"));
+        assert!(unlinked.still_admits("central", "ratings.default"));
+    }
 }

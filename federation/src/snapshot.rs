@@ -222,7 +222,9 @@ pub fn snapshot_for(world: &World, view: &MergedView, place: &LocalPlace) -> Sna
                 endpoints: m.endpoints.clone(),
                 routes: policy.map(|p| p.routes.clone()).unwrap_or_default(),
                 traffic: policy.map(|p| p.to_traffic(&known)).unwrap_or_default(),
-                outlier_detection: Default::default(),
+                outlier_detection: policy
+                    .and_then(|p| p.outlier_detection.clone())
+                    .unwrap_or_default(),
                 authorization: m.authorization.clone(),
             }
         })

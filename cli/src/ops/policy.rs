@@ -100,6 +100,8 @@ pub enum PolicyCommand {
         #[arg(long)]
         overprovisioning_factor: Option<f64>,
         #[command(flatten)]
+        ejection: EjectionArgs,
+        #[command(flatten)]
         authz: Box<AuthzArgs>,
         #[command(flatten)]
         route: RouteArgs,
@@ -116,6 +118,42 @@ pub enum PolicyCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
+}
+
+/// Passive ejection (outlier detection) of the service's endpoints by this
+/// cluster's callers; unset flags keep the current (or default) value.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EjectionArgs {
+    /// Consecutive failures (5xx, connect failures) before an endpoint is
+    /// ejected [default: 5; 0 disables ejection].
+    #[arg(long, value_name = "N")]
+    eject_after: Option<u32>,
+    /// How long a first ejection lasts; each next one doubles [default:
+    /// 30s]. An ejection also ends when the endpoint's check passes again.
+    #[arg(long, value_name = "DURATION", value_parser = crate::output::parse_duration)]
+    eject_for: Option<std::time::Duration>,
+    /// The longest an ejection lasts [default: 300s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::output::parse_duration)]
+    eject_max: Option<std::time::Duration>,
+}
+
+impl EjectionArgs {
+    /// Applies the flags given to `p`'s outlier detection.
+    fn apply(&self, p: &mut PolicySpec) {
+        if self.eject_after.is_none() && self.eject_for.is_none() && self.eject_max.is_none() {
+            return;
+        }
+        let o = p.outlier_detection.get_or_insert_with(Default::default);
+        if let Some(n) = self.eject_after {
+            o.consecutive_failures = n;
+        }
+        if let Some(d) = self.eject_for {
+            o.base_ejection_time = d;
+        }
+        if let Some(d) = self.eject_max {
+            o.max_ejection_time = d;
+        }
+    }
 }
 
 /// The authorization flags of `policy set`.
@@ -428,6 +466,15 @@ fn policy_text(p: &PolicySpec) -> String {
         "  overprovisioning factor {}\n",
         p.overprovisioning_factor
     ));
+    if let Some(o) = &p.outlier_detection {
+        out.push_str(&format!(
+            "  ejection    after {} failures, for {} (doubling to {}), at most {}% of endpoints\n",
+            o.consecutive_failures,
+            strait_api::snapshot::duration_str::format(o.base_ejection_time),
+            strait_api::snapshot::duration_str::format(o.max_ejection_time),
+            o.max_ejection_percent
+        ));
+    }
     if p.routes.is_empty() {
         out.push_str("  routes (none: 15s timeout, default retries)\n");
     }
@@ -492,6 +539,7 @@ pub fn policy(cmd: PolicyCommand, format: Format) -> anyhow::Result<()> {
             failover,
             distribute,
             overprovisioning_factor,
+            ejection,
             authz,
             route,
             conn,
@@ -528,6 +576,7 @@ pub fn policy(cmd: PolicyCommand, format: Format) -> anyhow::Result<()> {
                 change,
             );
             apply_routes(&mut p, &routes);
+            ejection.apply(&mut p);
             p.validate().map_err(|e| {
                 anyhow::anyhow!("policy {key}: {}: {:?}: {}", e.field, e.value, e.reason)
             })?;
@@ -712,5 +761,29 @@ mod tests {
             e.starts_with("--escaped-slashes: \"unescape\" is invalid"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn ejection_flags_set_only_what_they_name() {
+        use std::time::Duration;
+        let mut p = PolicySpec::new(&ServiceKey::new("default", "web"));
+        EjectionArgs::default().apply(&mut p);
+        assert_eq!(p.outlier_detection, None);
+        let args = EjectionArgs {
+            eject_after: Some(2),
+            eject_for: Some(Duration::from_secs(3)),
+            eject_max: None,
+        };
+        args.apply(&mut p);
+        let o = p.outlier_detection.clone().unwrap();
+        assert_eq!(
+            (
+                o.consecutive_failures,
+                o.base_ejection_time,
+                o.max_ejection_time
+            ),
+            (2, Duration::from_secs(3), Duration::from_secs(300))
+        );
+        assert!(policy_text(&p).contains("after 2 failures, for 3s"));
     }
 }

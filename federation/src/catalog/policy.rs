@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 use strait_api::ClusterName;
 use strait_api::snapshot::{
-    AuthorizationPolicy, AuthzRule, Distribute, LocalityPattern, PathPolicy, PrincipalPattern,
-    Route, ServicePort, SnapshotError, TrafficPolicy, validate_authorization, validate_routes,
+    AuthorizationPolicy, AuthzRule, Distribute, LocalityPattern, OutlierDetection, PathPolicy,
+    PrincipalPattern, Route, ServicePort, SnapshotError, TrafficPolicy, validate_authorization,
+    validate_outlier, validate_routes,
 };
 
 use super::{FieldError, ServiceKey, check_label};
@@ -41,6 +42,13 @@ pub struct PolicySpec {
     /// calling sidecars of this cluster, for local and imported services.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Passive ejection of this service's endpoints by this cluster's
+    /// callers: consecutive failures before an ejection and how long it
+    /// lasts (base, doubling up to max), and the share that may be out at
+    /// once. Left out: 5 failures, 30 s, 300 s, 100%. An ejection also
+    /// ends as soon as the endpoint's health check passes again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 fn default_namespace() -> String {
@@ -60,6 +68,7 @@ impl PolicySpec {
             overprovisioning_factor: default_factor(),
             authorization: Vec::new(),
             routes: Vec::new(),
+            outlier_detection: None,
         }
     }
 
@@ -108,6 +117,9 @@ impl PolicySpec {
             }
         }
         validate_routes("routes", &self.routes).map_err(field_error)?;
+        if let Some(o) = &self.outlier_detection {
+            validate_outlier("outlier_detection", o).map_err(field_error)?;
+        }
         validate_authorization("authorization", &self.authorization, None).map_err(field_error)
     }
 

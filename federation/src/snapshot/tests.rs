@@ -480,3 +480,91 @@ fn an_update_from_one_peer_rebuilds_only_the_services_it_touches() {
         .count();
     assert_eq!(rebuilt, 1);
 }
+
+#[test]
+fn the_gateway_snapshot_carries_the_export_table_and_the_links_only() {
+    let mut w = world();
+    let key = ServiceKey::new("default", "reviews");
+    w.health.insert(
+        (key.clone(), "10.0.0.1:15006".parse().unwrap()),
+        Health::Unhealthy,
+    );
+    let mut cat = (*w.catalog).clone();
+    let mut hidden = cat.services[&key].clone();
+    hidden.name = "hidden".into();
+    hidden.export = Export::None;
+    hidden.endpoints[0].address = "10.0.0.2:15006".parse().unwrap();
+    cat.services.insert(hidden.key(), hidden);
+    let only_west = cat.services.get_mut(&key).unwrap();
+    only_west.export = Export::To(vec![c("west")]);
+    w.catalog = Arc::new(cat);
+    let snap = gateway_snapshot(&w, &place());
+    snap.validate().unwrap();
+    assert!(snap.services.is_empty(), "a gateway gets no services");
+    assert_eq!(snap.clusters, vec![c("west")]);
+    let table = snap.exports.unwrap();
+    assert_eq!(table.services.len(), 1, "{table:?}");
+    let s = &table.services[0];
+    assert_eq!(
+        (s.name.as_str(), s.ports.as_slice()),
+        ("reviews", &[80][..])
+    );
+    assert_eq!(s.to, vec![c("west")]);
+    assert_eq!(s.endpoints[0].health, Health::Unhealthy);
+    // Proxies never see the export table.
+    assert_eq!(build(&w, &place()).0.exports, None);
+}
+
+#[test]
+fn a_policy_sets_the_outlier_detection_of_its_service() {
+    let mut w = world();
+    let key = ServiceKey::new("default", "reviews");
+    let mut policy = PolicySpec::new(&key);
+    let od = strait_api::snapshot::OutlierDetection {
+        consecutive_failures: 2,
+        base_ejection_time: std::time::Duration::from_secs(3),
+        max_ejection_time: std::time::Duration::from_secs(20),
+        max_ejection_percent: 50,
+    };
+    policy.outlier_detection = Some(od.clone());
+    policy.validate().unwrap();
+    let mut cat = (*w.catalog).clone();
+    cat.policies.insert(key, policy.clone());
+    w.catalog = Arc::new(cat);
+    let (snap, _) = build(&w, &place());
+    assert_eq!(
+        snap.service("default", "reviews")
+            .unwrap()
+            .outlier_detection,
+        od
+    );
+    // Out of range: refused, naming the field.
+    policy.outlier_detection = Some(strait_api::snapshot::OutlierDetection {
+        max_ejection_percent: 101,
+        ..od
+    });
+    let e = policy.validate().unwrap_err();
+    assert_eq!(e.field, "outlier_detection.max_ejection_percent", "{e:?}");
+}
+
+#[test]
+fn vip_ranges_parse_only_loopback_slash_16s() {
+    assert_eq!(
+        "127.78.0.0/16".parse::<VipRange>().unwrap().to_string(),
+        "127.78.0.0/16"
+    );
+    for bad in [
+        "127.0.0.0/16",
+        "10.1.0.0/16",
+        "127.78.0.0/24",
+        "127.78.1.0/16",
+        "x",
+    ] {
+        assert!(bad.parse::<VipRange>().is_err(), "{bad}");
+    }
+    let mut w = world();
+    w.vips = "127.78.0.0/16".parse().unwrap();
+    let (snap, _) = build(&w, &place());
+    let vip = snap.service("default", "reviews").unwrap().vip.to_string();
+    assert!(vip.starts_with("127.78."), "{vip}");
+}
