@@ -225,6 +225,15 @@ impl Handle {
         self.shared.exports().table().clone()
     }
 
+    /// Whether a caller of `cluster` is admitted (linked now, or any
+    /// cluster with a fixed table).
+    pub fn admits_cluster(&self, cluster: &str) -> bool {
+        self.shared
+            .exports()
+            .linked()
+            .is_none_or(|l| l.contains(cluster))
+    }
+
     /// Prometheus text of this gateway's metrics.
     pub fn metrics(&self) -> String {
         self.shared.metrics.encode()

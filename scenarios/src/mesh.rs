@@ -169,7 +169,43 @@ impl Mesh {
         for (cluster, p) in &policies {
             mesh.cluster(cluster)?.controller()?.set_policy(p.clone())?;
         }
+        mesh.wait_for_gateways().await?;
         Ok(mesh)
+    }
+
+    /// Waits until every gateway admits what its controller exports: each
+    /// exported workload in its table and each linked peer admitted (what
+    /// an operator sees in a gateway's `/exports` before sending traffic),
+    /// so a scenario's first requests do not race the config push.
+    async fn wait_for_gateways(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for (a, b) in &self.spec.links {
+            for (exporter, caller) in [(b, a), (a, b)] {
+                let c = self.cluster(exporter)?;
+                let wanted: Vec<&str> = c
+                    .workloads
+                    .iter()
+                    .filter(|w| w.spec.export.is_exported())
+                    .map(|w| w.spec.service.as_str())
+                    .collect();
+                for g in c.gateways.iter().flatten() {
+                    loop {
+                        let table = g.exports();
+                        let has = |s: &&str| table.services.iter().any(|e| e.name == *s);
+                        if wanted.iter().all(has) && g.admits_cluster(caller) {
+                            break;
+                        }
+                        if tokio::time::Instant::now() > deadline {
+                            return Err(anyhow!(
+                                "the gateway of {exporter} did not admit {caller} to {wanted:?} within 10 s"
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn cluster(&self, name: &str) -> anyhow::Result<&Cluster> {
