@@ -125,6 +125,23 @@ pub fn follow(
     )
 }
 
+/// [`follow`] on behalf of `owner`, held weakly: the subscription never
+/// keeps its role alive, and once the role is gone every snapshot is
+/// refused.
+pub fn follow_owner<T: Send + Sync + 'static>(
+    target: &Target,
+    certs: CertStore,
+    bundle: SharedBundle,
+    owner: &Arc<T>,
+    apply: impl Fn(&T, &Snapshot) -> Result<(), String> + Send + Sync + 'static,
+) -> Subscription {
+    let weak = Arc::downgrade(owner);
+    follow(target, certs, bundle, move |snap| match weak.upgrade() {
+        Some(owner) => apply(&owner, snap),
+        None => Err("the role stopped".to_owned()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -144,11 +144,7 @@ impl Index {
         own: &[SocketAddr],
         pick: impl FnOnce(usize) -> usize,
     ) -> Result<Decision, Refusal> {
-        if self
-            .linked
-            .as_ref()
-            .is_some_and(|l| !l.contains(source_cluster))
-        {
+        if !self.admits(source_cluster) {
             return Err(Refusal::NotLinked(source_cluster.to_owned()));
         }
         let d = self.decide(authority, own, pick)?;
@@ -160,35 +156,35 @@ impl Index {
     /// (`name.namespace`) would still be admitted: the caller is linked and
     /// the service is still exported to it.
     pub fn still_admits(&self, source_cluster: &str, service: &str) -> bool {
-        let linked = self
-            .linked
-            .as_ref()
-            .is_none_or(|l| l.contains(source_cluster));
-        let exported = service
-            .split_once('.')
-            .and_then(|(n, ns)| self.by_name.get(&(n.to_owned(), ns.to_owned())))
-            .map(|i| &self.table.services[*i])
-            .is_some_and(|s| s.to.is_empty() || s.to.iter().any(|c| c.as_str() == source_cluster));
-        linked && exported
+        self.admits(source_cluster)
+            && self
+                .service(service)
+                .is_some_and(|s| exported_to(s, source_cluster))
+    }
+
+    /// Whether callers of `cluster` may open tunnels at all: linked now,
+    /// or any cluster with a fixed table.
+    pub fn admits(&self, cluster: &str) -> bool {
+        self.linked.as_ref().is_none_or(|l| l.contains(cluster))
     }
 
     /// Refuses `source_cluster` when the decided service is exported only
     /// to other clusters (`strait export --to`).
     pub fn check_source(&self, d: &Decision, source_cluster: &str) -> Result<(), Refusal> {
-        let svc = d
-            .service
-            .split_once('.')
-            .and_then(|(n, ns)| self.by_name.get(&(n.to_owned(), ns.to_owned())))
-            .map(|i| &self.table.services[*i]);
-        match svc {
-            Some(s) if !s.to.is_empty() && !s.to.iter().any(|c| c.as_str() == source_cluster) => {
-                Err(Refusal::NotExportedTo {
-                    service: d.service.clone(),
-                    cluster: source_cluster.to_owned(),
-                })
-            }
+        match self.service(&d.service) {
+            Some(s) if !exported_to(s, source_cluster) => Err(Refusal::NotExportedTo {
+                service: d.service.clone(),
+                cluster: source_cluster.to_owned(),
+            }),
             _ => Ok(()),
         }
+    }
+
+    /// The exported service `name.namespace`.
+    fn service(&self, key: &str) -> Option<&ExportedService> {
+        let (n, ns) = key.split_once('.')?;
+        let i = self.by_name.get(&(n.to_owned(), ns.to_owned()))?;
+        self.table.services.get(*i)
     }
 
     /// Decides a `CONNECT` to `authority`. `own` are the gateway's own
@@ -237,6 +233,12 @@ impl Index {
         let target = healthy[pick(healthy.len()).min(healthy.len() - 1)];
         Ok(Decision { target, service })
     }
+}
+
+/// Whether `s` is exported to `cluster` (an empty `to` is every linked
+/// cluster).
+fn exported_to(s: &ExportedService, cluster: &str) -> bool {
+    s.to.is_empty() || s.to.iter().any(|c| c.as_str() == cluster)
 }
 
 /// `own` may be a wildcard bind (0.0.0.0:15443): then any address on the

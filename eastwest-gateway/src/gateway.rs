@@ -135,30 +135,24 @@ fn follow_controller(
         node_id: format!("gateway {listener}"),
         locality: c.locality.clone(),
     };
-    let weak = Arc::downgrade(shared);
-    let apply = move |snap: &Snapshot| match weak.upgrade() {
-        Some(shared) => apply_snapshot(&shared, snap),
-        None => Err("the gateway stopped".to_owned()),
-    };
-    Ok(Some(strait_agent::follow(
+    let (certs, bundle) = (shared.certs.clone(), shared.bundle.clone());
+    Ok(Some(strait_agent::follow_owner(
         &target,
-        shared.certs.clone(),
-        shared.bundle.clone(),
-        apply,
+        certs,
+        bundle,
+        shared,
+        apply_snapshot,
     )))
 }
 
-/// The admission index a controller's snapshot for this gateway asks for.
-pub(crate) fn index_of(snap: &Snapshot) -> Result<Index, String> {
+/// Installs the admission index a controller's snapshot for this gateway
+/// asks for (`strait_agent::follow` has validated the snapshot, export
+/// table included).
+fn apply_snapshot(shared: &Shared, snap: &Snapshot) -> Result<(), String> {
     let table = snap.exports.clone().ok_or_else(|| {
         "the snapshot carries no export table (the controller did not take this subscriber for its gateway)".to_owned()
     })?;
-    table.validate().map_err(|e| e.to_string())?;
-    Ok(Index::from(table).with_linked(&snap.clusters))
-}
-
-fn apply_snapshot(shared: &Shared, snap: &Snapshot) -> Result<(), String> {
-    let index = index_of(snap)?;
+    let index = Index::from(table).with_linked(&snap.clusters);
     let (services, linked) = (index.table().services.len(), snap.clusters.len());
     shared.set_exports(index);
     tracing::info!(
@@ -228,10 +222,7 @@ impl Handle {
     /// Whether a caller of `cluster` is admitted (linked now, or any
     /// cluster with a fixed table).
     pub fn admits_cluster(&self, cluster: &str) -> bool {
-        self.shared
-            .exports()
-            .linked()
-            .is_none_or(|l| l.contains(cluster))
+        self.shared.exports().admits(cluster)
     }
 
     /// Prometheus text of this gateway's metrics.

@@ -56,31 +56,30 @@ pub async fn forward(
     // Endpoints behind gateways that are down are not tried at all.
     let mut tried: Vec<usize> = behind_down_gateways(&shared, service);
     let mut retries = 0u32;
-    // The last serving cluster whose door failed, and how.
-    let mut door: Option<(&strait_api::ClusterName, Blame)> = None;
-    let mut closed: Vec<&strait_api::ClusterName> = Vec::new();
+    // The serving clusters whose door failed, and how (the last one is
+    // what the caller is told when nothing else can serve).
+    let mut doors: Vec<(&strait_api::ClusterName, Blame)> = Vec::new();
     let (resp, dest_cluster) = loop {
-        let picked = match svc.pick(&snapshot, service, &tried, Kind::Request) {
-            Ok(p) => p,
-            Err(e) => {
-                let resp = match &door {
-                    Some((cluster, blame)) => door_error(&svc_name, cluster, blame),
-                    None => error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no_endpoints",
-                        e.to_string(),
-                    ),
-                };
-                break (resp, door.as_ref().map(|(c, _)| *c));
-            }
-        };
+        let picked = svc.pick(&snapshot, service, &tried, Kind::Request);
         // With every endpoint tried the plan may fall back to ones already
-        // refused at their cluster's door: that answer stands.
-        if let Some((cluster, blame)) = &door {
-            if closed.contains(&&picked.endpoint.cluster) {
+        // refused at their cluster's door: the last door's answer stands.
+        let closed = picked
+            .as_ref()
+            .is_ok_and(|p| doors.iter().any(|(c, _)| **c == p.endpoint.cluster));
+        let picked = match (picked, doors.last()) {
+            (Ok(p), _) if !closed => p,
+            (_, Some((cluster, blame))) => {
                 break (door_error(&svc_name, cluster, blame), Some(*cluster));
             }
-        }
+            // `closed` needs a door, so without one the pick failed.
+            (other, None) => {
+                let why = other.err().map(|e| e.to_string()).unwrap_or_default();
+                break (
+                    error(StatusCode::SERVICE_UNAVAILABLE, "no_endpoints", why),
+                    None,
+                );
+            }
+        };
         tried.push(picked.index);
         let try_started = Instant::now();
         let result = tokio::time::timeout_at(
@@ -142,8 +141,7 @@ pub async fn forward(
                         .filter(|(_, e)| e.cluster == *cluster)
                         .map(|(i, _)| i),
                 );
-                door = Some((cluster, blame));
-                closed.push(cluster);
+                doors.push((cluster, blame));
                 continue;
             }
             Ok(Err(TryError::Failed(failure))) => {
@@ -224,8 +222,12 @@ enum TryError {
     Door(Blame),
 }
 
-/// Indices of `service`'s endpoints whose gateways are all down now.
+/// Indices of `service`'s endpoints whose gateways are all down now (no
+/// walk over the endpoints while no gateway is down).
 fn behind_down_gateways(shared: &Shared, service: &Service) -> Vec<usize> {
+    if !shared.pool.any_gateway_down() {
+        return Vec::new();
+    }
     service
         .endpoints
         .iter()

@@ -260,16 +260,14 @@ fn follow_controller(
         },
         locality: c.locality.clone(),
     };
-    let weak = Arc::downgrade(shared);
-    let apply = move |snap: &Snapshot| match weak.upgrade() {
-        Some(shared) => shared.apply(snap.clone()).map_err(|e| e.to_string()),
-        None => Err("the sidecar stopped".to_owned()),
-    };
     let (certs, bundle) = (
         shared.identity.certs.clone(),
         shared.identity.bundle.clone(),
     );
-    Ok(Some(strait_agent::follow(&target, certs, bundle, apply)))
+    let apply = |s: &Shared, snap: &Snapshot| s.apply(snap.clone()).map_err(|e| e.to_string());
+    Ok(Some(strait_agent::follow_owner(
+        &target, certs, bundle, shared, apply,
+    )))
 }
 
 fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {

@@ -214,10 +214,15 @@ impl PeerPool {
         }
     }
 
+    /// Whether any gateway is down now.
+    pub fn any_gateway_down(&self) -> bool {
+        self.gateways.any_down()
+    }
+
     /// Whether every gateway in `gateways` is down (see
     /// [`GatewayPool::all_down`]); false for a direct endpoint.
     pub fn gateways_down(&self, gateways: &[SocketAddr]) -> bool {
-        self.gateways.any_down() && self.gateways.all_down(gateways)
+        self.gateways.all_down(gateways)
     }
 
     /// Forgets the connection (or tunnel) of `hop` after a failure.

@@ -202,10 +202,11 @@ impl GatewayPool {
             return false;
         }
         let down = lock(&self.down);
-        !down.is_empty() && gateways.iter().all(|g| down.contains_key(g))
+        gateways.iter().all(|g| down.contains_key(g))
     }
 
-    /// Whether any gateway is down now (a cheap check before [`Self::all_down`]).
+    /// Whether any gateway is down now (one lock, before walking endpoints
+    /// with [`Self::all_down`]).
     pub fn any_down(&self) -> bool {
         !lock(&self.down).is_empty()
     }
