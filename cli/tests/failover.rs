@@ -10,7 +10,9 @@
 //! (a) west's app dies, then comes back;
 //! (b) west's gateway is killed with `kill -9`, then `cluster up west`
 //!     starts it again (and only it);
-//! (c) west's gateway gets SIGTERM (drain), then `cluster up west`.
+//! (c) west's gateway gets SIGTERM (drain), then `cluster up west`;
+//! (d) a workload of a never-linked cluster (its certificate signed under
+//!     the same root) tunnels at west's endpoint: refused, `not_linked`.
 //!
 //! Bounds (issue 18): at most 1% of the requests of a phase fail (a phase:
 //! the fault, 3 s, the repair, fail-back, 1 s; some 500 requests), traffic
@@ -493,6 +495,85 @@ fn run(net: &str, health_check: Option<&str>) {
         "(c) gateway SIGTERM: on central after {to_central:?}, gateway exited after {drained:?}; restarted: back on west after {to_west:?}; {f} of {n} requests failed"
     );
     assert_eq!(f, 0, "(c) {f} of {n} requests failed during a drain");
+
+    // (d) An outsider: a workload of cluster "rogue", whose intermediate
+    // the same root signed (so its certificate verifies everywhere) but
+    // which no cluster ever linked, aims a sidecar at west's endpoint
+    // through west's gateway. The gateway refuses it (not_linked) and the
+    // caller is told why, while east's traffic goes on.
+    let t = Instant::now();
+    let ca_dir = dir.join("ca").display().to_string();
+    ok(
+        &dir,
+        &[
+            "ca",
+            "intermediate",
+            "--ca-dir",
+            &ca_dir,
+            "--cluster",
+            "rogue",
+        ],
+    );
+    let home = dir.join("pods").join("rogue");
+    let out = home.display().to_string();
+    ok(
+        &dir,
+        &[
+            "ca",
+            "issue",
+            "--ca-dir",
+            &ca_dir,
+            "--cluster",
+            "rogue",
+            "--spiffe-id",
+            "spiffe://strait.local/ns/demo/sa/client",
+            "--out",
+            &out,
+        ],
+    );
+    let snapshot = format!(
+        "version: 1\nlocal: {{ cluster: rogue }}\nclusters: [west]\nservices:\n\
+         \x20 - name: echo\n    namespace: demo\n    vip: 127.99.0.5\n\
+         \x20   ports: [{{ port: 8080, protocol: http1 }}]\n\
+         \x20   endpoints: [{{ address: \"{net}.2.5:15006\", cluster: west, \
+         identity: spiffe://strait.local/ns/demo/sa/echo, gateways: [\"{net}.2.1:15443\"] }}]\n"
+    );
+    std::fs::write(home.join("snapshot.yaml"), snapshot).unwrap();
+    let ip = format!("{net}.4.5");
+    std::fs::write(
+        home.join("sidecar.yaml"),
+        format!(
+            "trust_domain: strait.local\n\
+             identity: {{ files: {{ chain: {h}/chain.pem, key: {h}/key.pem, bundle: {h}/bundle.pem }} }}\n\
+             listeners: {{ inbound: \"{ip}:15006\", outbound: \"{ip}:15001\", admin: \"{ip}:15000\", bind_vips: false }}\n\
+             snapshot_file: {h}/snapshot.yaml\n",
+            h = home.display()
+        ),
+    )
+    .unwrap();
+    let config = home.join("sidecar.yaml").display().to_string();
+    let _rogue = spawn(&dir, &["proxy", "--config", &config], "rogue-sidecar.log");
+    wait_for(format!("{ip}:15001").parse().unwrap());
+    for _ in 0..5 {
+        let (status, body) = get_echo(&mut None, format!("{ip}:15001").parse().unwrap())
+            .expect("the rogue sidecar answers");
+        let body = String::from_utf8_lossy(&body);
+        assert!(status.starts_with("HTTP/1.1 503"), "(d) {status}: {body}");
+        assert!(body.contains("not_linked"), "(d) {status}: {body}");
+    }
+    pause(1000);
+    let (f, n) = failed(&load, t, Instant::now());
+    assert!(
+        n >= 20,
+        "(d) only {n} of east's requests were sent meanwhile"
+    );
+    eprintln!(
+        "(d) a never-linked cluster's workload was refused (not_linked) 5 times; east: {f} of {n} requests failed"
+    );
+    assert_eq!(
+        f, 0,
+        "(d) east's traffic failed while an outsider was refused"
+    );
     drop(load);
     drop(procs);
     drop(apps);
