@@ -24,15 +24,11 @@
 
 mod support;
 
-use std::io::BufReader;
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::traffic::get_echo;
+use support::traffic::{Load, get_echo};
 use support::*;
 
 const APP: &str = r#"
@@ -107,101 +103,6 @@ fn gateway_pid(dir: &Path, cluster: &str) -> u32 {
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
-}
-
-/// One answer: which cluster served it, or `None` for a failure.
-type Sample = (Instant, Option<String>);
-
-/// A request every 10 ms through east's client sidecar (explicit proxy).
-struct Load {
-    samples: Arc<Mutex<Vec<Sample>>>,
-    stop: Arc<AtomicBool>,
-}
-
-/// One request; which cluster answered, or `None` (the failure printed).
-fn request(conn: &mut Option<BufReader<TcpStream>>, proxy: SocketAddr) -> Option<String> {
-    let got = match get_echo(conn, proxy) {
-        Ok((status, body)) if status.starts_with("HTTP/1.1 200") => {
-            Some(String::from_utf8_lossy(&body).into_owned())
-        }
-        Ok((status, body)) => {
-            eprintln!("failed: {status} {}", String::from_utf8_lossy(&body).trim());
-            None
-        }
-        Err(e) => {
-            eprintln!("failed: {e}");
-            None
-        }
-    };
-    if got.is_none() {
-        *conn = None;
-    }
-    got
-}
-
-impl Load {
-    fn start(proxy: SocketAddr) -> Self {
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (samples.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut conn = None;
-            while !st.load(Ordering::Relaxed) {
-                let got = request(&mut conn, proxy);
-                s.lock().unwrap().push((Instant::now(), got));
-                pause(10);
-            }
-        });
-        Self { samples, stop }
-    }
-
-    fn between(&self, from: Instant, to: Instant) -> Vec<Sample> {
-        let v = self.samples.lock().unwrap();
-        v.iter()
-            .filter(|(at, _)| *at >= from && *at <= to)
-            .cloned()
-            .collect()
-    }
-
-    /// How long after `t` traffic settled on `cluster`: the time of the
-    /// first answer from it after which every answer until now came from
-    /// it too.
-    fn settled_on(&self, t: Instant, cluster: &str, limit: Duration) -> Duration {
-        let deadline = Instant::now() + limit + Duration::from_secs(5);
-        loop {
-            pause(200);
-            let s = self.between(t, Instant::now());
-            let last_other = s.iter().rposition(|(_, c)| c.as_deref() != Some(cluster));
-            let first_after = match last_other {
-                Some(i) => s.get(i + 1),
-                None => s.first(),
-            };
-            // Settled: at least 20 answers in a row from `cluster`.
-            if let Some((at, _)) = first_after {
-                let tail = s.len() - last_other.map_or(0, |i| i + 1);
-                if tail >= 20 {
-                    return *at - t;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "traffic did not settle on {cluster}; last answers: {:?}",
-                s.iter().rev().take(10).map(|(_, c)| c).collect::<Vec<_>>()
-            );
-        }
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Failed requests among those sent in `[from, to]`, and how many were sent.
-fn failed(load: &Load, from: Instant, to: Instant) -> (usize, usize) {
-    let s = load.between(from, to);
-    (s.iter().filter(|(_, c)| c.is_none()).count(), s.len())
 }
 
 fn healthy_in(status: &serde_json::Value, cluster: &str) -> bool {
@@ -401,10 +302,10 @@ fn run(net: &str, health_check: Option<&str>) {
         pause(100);
     }
     eprintln!("status healthy after {:?}", started.elapsed());
-    let load = Load::start(format!("{net}.1.5:15001").parse().unwrap());
+    let load = Load::every(format!("{net}.1.5:15001").parse().unwrap(), 10);
     let t0 = Instant::now();
     let on_west = load.settled_on(t0, "west", Duration::from_secs(5));
-    let (f, n) = failed(&load, t0, Instant::now());
+    let (f, n) = load.failed(t0, Instant::now());
     eprintln!("start: on west after {on_west:?}; {f} of {n} requests failed");
     assert_eq!(f, 0, "requests failed right after status said healthy");
 
@@ -417,7 +318,7 @@ fn run(net: &str, health_check: Option<&str>) {
     apps.insert(0, App::start(&dir, "west", &format!("{net}.2.5")));
     let to_west = load.settled_on(back, "west", Duration::from_secs(3));
     pause(1000);
-    let (f, n) = failed(&load, t, Instant::now());
+    let (f, n) = load.failed(t, Instant::now());
     eprintln!(
         "(a) app killed: on central after {to_central:?}; app restarted: back on west after {to_west:?}; {f} of {n} requests failed"
     );
@@ -444,7 +345,7 @@ fn run(net: &str, health_check: Option<&str>) {
     let back = Instant::now();
     let to_west = load.settled_on(back, "west", Duration::from_secs(3));
     pause(1000);
-    let (f, n) = failed(&load, t, Instant::now());
+    let (f, n) = load.failed(t, Instant::now());
     eprintln!(
         "(b) gateway kill -9: on central after {to_central:?}; `cluster up west` restarted it: back on west after {to_west:?}; {f} of {n} requests failed\n{up}"
     );
@@ -490,7 +391,7 @@ fn run(net: &str, health_check: Option<&str>) {
     let back = Instant::now();
     let to_west = load.settled_on(back, "west", Duration::from_secs(3));
     pause(1000);
-    let (f, n) = failed(&load, t, Instant::now());
+    let (f, n) = load.failed(t, Instant::now());
     eprintln!(
         "(c) gateway SIGTERM: on central after {to_central:?}, gateway exited after {drained:?}; restarted: back on west after {to_west:?}; {f} of {n} requests failed"
     );
@@ -562,7 +463,7 @@ fn run(net: &str, health_check: Option<&str>) {
         assert!(body.contains("not_linked"), "(d) {status}: {body}");
     }
     pause(1000);
-    let (f, n) = failed(&load, t, Instant::now());
+    let (f, n) = load.failed(t, Instant::now());
     assert!(
         n >= 20,
         "(d) only {n} of east's requests were sent meanwhile"

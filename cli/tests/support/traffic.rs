@@ -75,41 +75,107 @@ pub fn get_echo(
     Ok((status.trim_end().to_owned(), body))
 }
 
-/// One request through east's client sidecar: answered `200 west`?
-fn request(conn: &mut Option<BufReader<TcpStream>>, proxy: SocketAddr) -> bool {
-    let ok = get_echo(conn, proxy)
-        .is_ok_and(|(status, body)| status.starts_with("HTTP/1.1 200") && body == b"west");
-    if !ok {
+/// One request through a client sidecar: which cluster answered (the
+/// app's body), or `None` for a failure, which is printed.
+pub fn answer(conn: &mut Option<BufReader<TcpStream>>, proxy: SocketAddr) -> Option<String> {
+    let got = match get_echo(conn, proxy) {
+        Ok((status, body)) if status.starts_with("HTTP/1.1 200") => {
+            Some(String::from_utf8_lossy(&body).into_owned())
+        }
+        Ok((status, body)) => {
+            eprintln!("failed: {status} {}", String::from_utf8_lossy(&body).trim());
+            None
+        }
+        Err(e) => {
+            eprintln!("failed: {e}");
+            None
+        }
+    };
+    if got.is_none() {
         *conn = None;
     }
-    ok
+    got
 }
 
-/// Sends a request every 20 ms and records (when, ok).
+/// One answer: when, and which cluster served it (`None`: failed).
+pub type Sample = (Instant, Option<String>);
+
+/// Sends requests at a steady pace and records who answered.
 pub struct Load {
-    samples: Arc<Mutex<Vec<(Instant, bool)>>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Load {
+    /// A request every 20 ms through `proxy`.
     pub fn start(proxy: SocketAddr) -> Self {
+        Self::every(proxy, 20)
+    }
+
+    /// A request every `ms` milliseconds through `proxy`.
+    pub fn every(proxy: SocketAddr, ms: u64) -> Self {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (samples.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut conn = None;
             while !st.load(Ordering::Relaxed) {
-                let ok = request(&mut conn, proxy);
-                s.lock().unwrap().push((Instant::now(), ok));
-                pause(20);
+                let got = answer(&mut conn, proxy);
+                s.lock().unwrap().push((Instant::now(), got));
+                pause(ms);
             }
         });
         Self { samples, stop }
     }
 
-    pub fn since(&self, t: Instant) -> Vec<(Instant, bool)> {
+    /// Requests sent in `[from, to]`.
+    pub fn between(&self, from: Instant, to: Instant) -> Vec<Sample> {
         let v = self.samples.lock().unwrap();
-        v.iter().filter(|(at, _)| *at >= t).copied().collect()
+        v.iter()
+            .filter(|(at, _)| *at >= from && *at <= to)
+            .cloned()
+            .collect()
+    }
+
+    /// Failed requests among those sent in `[from, to]`, and how many were sent.
+    pub fn failed(&self, from: Instant, to: Instant) -> (usize, usize) {
+        let s = self.between(from, to);
+        (s.iter().filter(|(_, c)| c.is_none()).count(), s.len())
+    }
+
+    /// Since `t`: (when, answered `200 west`).
+    pub fn since(&self, t: Instant) -> Vec<(Instant, bool)> {
+        self.between(t, Instant::now())
+            .into_iter()
+            .map(|(at, c)| (at, c.as_deref() == Some("west")))
+            .collect()
+    }
+
+    /// How long after `t` traffic settled on `cluster`: the time of the
+    /// first answer from it after which every answer until now came from
+    /// it too (at least 20 in a row).
+    pub fn settled_on(&self, t: Instant, cluster: &str, limit: Duration) -> Duration {
+        let deadline = Instant::now() + limit + Duration::from_secs(5);
+        loop {
+            pause(200);
+            let s = self.between(t, Instant::now());
+            let last_other = s.iter().rposition(|(_, c)| c.as_deref() != Some(cluster));
+            let first_after = match last_other {
+                Some(i) => s.get(i + 1),
+                None => s.first(),
+            };
+            if let Some((at, _)) = first_after {
+                let tail = s.len() - last_other.map_or(0, |i| i + 1);
+                if tail >= 20 {
+                    return *at - t;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "traffic did not settle on {cluster}; last answers: {:?}",
+                s.iter().rev().take(10).map(|(_, c)| c).collect::<Vec<_>>()
+            );
+        }
     }
 
     /// Waits until a request sent after `t` succeeds; returns how long
