@@ -16,7 +16,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
     ServerConfig, SignatureScheme,
 };
-use strait_api::SpiffeId;
+use strait_api::{ClusterName, SpiffeId};
 
 use crate::verify::{SharedBundle, Usage, VerifyError};
 
@@ -331,4 +331,18 @@ pub fn peer_identity(peer_certs: Option<&[CertificateDer<'_>]>) -> Result<Spiffe
         .and_then(|c| c.first())
         .ok_or(VerifyError::NoCertificate)?;
     crate::verify::spiffe_id_of(leaf)
+}
+
+/// The cluster a verified peer belongs to: the organizational unit of its
+/// leaf's issuer (Strait intermediates carry their cluster's name there,
+/// see [`crate::authority::Authority::new_intermediate`]). The chain was
+/// verified in the handshake, so the issuer name is the verified
+/// intermediate's subject. `None` when there is no leaf, or its issuer
+/// names no valid cluster (a leaf signed by the root itself).
+pub fn peer_cluster(peer_certs: Option<&[CertificateDer<'_>]>) -> Option<ClusterName> {
+    use x509_parser::prelude::FromDer;
+    let leaf = peer_certs.and_then(|c| c.first())?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf).ok()?;
+    let ou = cert.issuer().iter_organizational_unit().next()?;
+    ClusterName::new(ou.as_str().ok()?).ok()
 }

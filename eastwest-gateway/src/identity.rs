@@ -10,7 +10,6 @@ use rustls::pki_types::CertificateDer;
 use strait_ca::identity::IdentityError;
 use strait_ca::{CertStore, SharedBundle};
 use tokio::task::JoinHandle;
-use x509_parser::prelude::FromDer;
 
 use crate::config::GatewayConfig;
 use crate::gateway::StartError;
@@ -36,21 +35,9 @@ pub async fn load(
     Ok((certs, bundle))
 }
 
-/// The cluster a verified peer belongs to: the organizational unit of its
-/// leaf's issuer (Strait intermediates carry the cluster name there). The
-/// chain was verified in the handshake, so the issuer name is the verified
-/// intermediate's subject.
+/// The cluster a verified peer belongs to ([`strait_ca::tls::peer_cluster`]),
+/// or [`UNKNOWN_CLUSTER`] when its chain names none.
 pub fn source_cluster(peer: Option<&[CertificateDer<'_>]>) -> String {
-    let Some(leaf) = peer.and_then(|c| c.first()) else {
-        return UNKNOWN_CLUSTER.to_owned();
-    };
-    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(leaf) else {
-        return UNKNOWN_CLUSTER.to_owned();
-    };
-    cert.issuer()
-        .iter_organizational_unit()
-        .next()
-        .and_then(|ou| ou.as_str().ok())
-        .filter(|s| strait_api::ClusterName::new(s).is_ok())
-        .map_or_else(|| UNKNOWN_CLUSTER.to_owned(), str::to_owned)
+    strait_ca::tls::peer_cluster(peer)
+        .map_or_else(|| UNKNOWN_CLUSTER.to_owned(), |c| c.as_str().to_owned())
 }

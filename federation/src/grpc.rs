@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use strait_api::SpiffeId;
+use strait_api::{ClusterName, SpiffeId};
 use strait_ca::tls::{self, ClientAuth, ExpectedServer, TlsError};
 use strait_ca::{CertStore, SharedBundle};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,16 +26,63 @@ use tonic::transport::{Channel, Endpoint};
 /// How long a peer may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The SPIFFE ID the caller presented (verified during the handshake).
+/// Who called, as the handshake proved it: the SPIFFE ID of the caller's
+/// certificate and the cluster whose intermediate signed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerIdentity(pub SpiffeId);
+pub struct PeerIdentity {
+    pub id: SpiffeId,
+    /// `None` when the issuer names no cluster ([`tls::peer_cluster`]).
+    pub cluster: Option<ClusterName>,
+}
 
 /// The verified caller of a request.
-pub fn peer_identity<T>(req: &tonic::Request<T>) -> Result<SpiffeId, tonic::Status> {
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<PeerIdentity, tonic::Status> {
     req.extensions()
         .get::<PeerIdentity>()
-        .map(|p| p.0.clone())
+        .cloned()
         .ok_or_else(|| tonic::Status::unauthenticated("no verified client certificate"))
+}
+
+/// The verified caller's SPIFFE ID.
+pub fn peer_identity<T>(req: &tonic::Request<T>) -> Result<SpiffeId, tonic::Status> {
+    caller(req).map(|p| p.id)
+}
+
+/// A refusal with a machine-readable `strait-reason` label beside the
+/// message (clients and tests match on the label, people read the message).
+pub fn refuse(code: tonic::Code, reason: &'static str, message: String) -> tonic::Status {
+    let mut status = tonic::Status::new(code, message);
+    status.metadata_mut().insert(
+        "strait-reason",
+        tonic::metadata::MetadataValue::from_static(reason),
+    );
+    status
+}
+
+/// Refuses a caller whose certificate was not signed by `cluster`'s
+/// intermediate: every workload of the mesh verifies under the shared
+/// root, so verification alone says nothing about which cluster's
+/// controller it may talk to.
+pub fn require_cluster(
+    peer: &PeerIdentity,
+    cluster: &ClusterName,
+    what: &str,
+) -> Result<(), tonic::Status> {
+    match &peer.cluster {
+        Some(c) if c == cluster => Ok(()),
+        other => Err(refuse(
+            tonic::Code::PermissionDenied,
+            "other_cluster",
+            format!(
+                "{} holds a certificate of {}; only workloads and components of cluster {cluster} may {what}",
+                peer.id,
+                other.as_ref().map_or_else(
+                    || "no cluster (its issuer names none)".to_owned(),
+                    |c| format!("cluster {c}")
+                ),
+            ),
+        )),
+    }
 }
 
 /// A running gRPC server; dropping it stops the server and every connection.
@@ -111,14 +158,18 @@ async fn connection(acceptor: TlsAcceptor, tcp: TcpStream, from: SocketAddr, rou
             return;
         }
     };
-    let id = match tls::peer_identity(tls.get_ref().1.peer_certificates()) {
+    let certs = tls.get_ref().1.peer_certificates();
+    let id = match tls::peer_identity(certs) {
         Ok(id) => id,
         Err(e) => {
             tracing::debug!(%from, error = %e, "grpc peer has no usable identity");
             return;
         }
     };
-    let peer = PeerIdentity(id);
+    let peer = PeerIdentity {
+        id,
+        cluster: tls::peer_cluster(certs),
+    };
     let svc = tower::ServiceExt::map_request(routes, move |mut req: http::Request<_>| {
         req.extensions_mut().insert(peer.clone());
         req

@@ -3,9 +3,12 @@
 //!
 //! An endpoint is unhealthy when its active check has failed
 //! `unhealthy_threshold` times in a row (and not yet passed
-//! `healthy_threshold` times since), or when a proxy reported it down and
-//! the report has not expired. Endpoints start healthy: a new endpoint
-//! serves until its check proves otherwise.
+//! `healthy_threshold` times since), or when at least `quorum` distinct
+//! workloads reported it down and their reports have not expired: one
+//! reporter can never flip an endpoint alone. Who may report at all, and
+//! how often, is decided before a report reaches the table
+//! ([`report`]). Endpoints start healthy: a new endpoint serves until its
+//! check proves otherwise.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +26,7 @@ use crate::catalog::{CheckKind, HealthCheck, LocalCatalog, ServiceKey};
 
 mod check;
 mod probe;
+pub mod report;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +37,9 @@ pub use probe::SidecarProbe;
 pub const DEFAULT_PASSIVE_HOLD: Duration = Duration::from_secs(30);
 /// The longest a passive report may hold.
 pub const MAX_PASSIVE_HOLD: Duration = Duration::from_secs(600);
+/// Distinct reporters whose "down" must agree before an endpoint turns
+/// unhealthy by reports alone.
+pub const DEFAULT_REPORT_QUORUM: usize = 2;
 
 type EndpointKey = (ServiceKey, SocketAddr);
 
@@ -47,8 +54,29 @@ struct Active {
 #[derive(Debug, Default)]
 struct State {
     active: HashMap<EndpointKey, Active>,
-    /// Endpoints reported down, until when.
-    passive: HashMap<EndpointKey, Instant>,
+    /// Endpoints reported down: by whom, until when.
+    passive: HashMap<EndpointKey, HashMap<SpiffeId, Instant>>,
+}
+
+impl State {
+    /// Until when `key` stays down by reports: the moment fewer than
+    /// `quorum` unexpired reports remain; `None` when it is not down now.
+    fn reported_down_until(
+        &self,
+        key: &EndpointKey,
+        quorum: usize,
+        now: Instant,
+    ) -> Option<Instant> {
+        let mut until: Vec<Instant> = self
+            .passive
+            .get(key)?
+            .values()
+            .copied()
+            .filter(|u| *u > now)
+            .collect();
+        until.sort_unstable_by(|a, b| b.cmp(a));
+        until.get(quorum.max(1) - 1).copied()
+    }
 }
 
 /// What status shows about one endpoint's health.
@@ -67,6 +95,7 @@ pub struct HealthDetail {
 #[derive(Debug, Clone)]
 pub struct HealthTable {
     state: Arc<Mutex<State>>,
+    quorum: usize,
     /// Bumped on every change of any endpoint's merged health.
     changed: Arc<watch::Sender<u64>>,
 }
@@ -79,7 +108,14 @@ impl Default for HealthTable {
 
 impl HealthTable {
     pub fn new() -> Self {
+        Self::with_quorum(DEFAULT_REPORT_QUORUM)
+    }
+
+    /// A table where `quorum` distinct reporters turn an endpoint down
+    /// (at least 1).
+    pub fn with_quorum(quorum: usize) -> Self {
         Self {
+            quorum: quorum.max(1),
             state: Arc::default(),
             changed: Arc::new(watch::channel(0).0),
         }
@@ -108,7 +144,7 @@ impl HealthTable {
         let active = g.active.get(&key);
         let active_down = active.is_some_and(|a| !a.healthy);
         let now = Instant::now();
-        let passive = g.passive.get(&key).filter(|until| **until > now);
+        let passive = g.reported_down_until(&key, self.quorum, now);
         HealthDetail {
             health: if active_down || passive.is_some() {
                 Health::Unhealthy
@@ -122,21 +158,37 @@ impl HealthTable {
         }
     }
 
-    /// A proxy's passive report. `healthy = false` marks the endpoint down
-    /// for `hold`; `healthy = true` clears an earlier report.
-    pub fn report(&self, svc: &ServiceKey, addr: SocketAddr, healthy: bool, hold: Duration) {
+    /// A passive report by `reporter`. `healthy = false` counts its vote
+    /// "down" for `hold`; `healthy = true` withdraws its own earlier vote
+    /// (never another reporter's).
+    pub fn report(
+        &self,
+        svc: &ServiceKey,
+        addr: SocketAddr,
+        reporter: &SpiffeId,
+        healthy: bool,
+        hold: Duration,
+    ) {
         let key = (svc.clone(), addr);
         let before = self.health(svc, addr);
         {
             let mut g = self.lock();
             if healthy {
-                g.passive.remove(&key);
+                if let Some(votes) = g.passive.get_mut(&key) {
+                    votes.remove(reporter);
+                    if votes.is_empty() {
+                        g.passive.remove(&key);
+                    }
+                }
             } else {
                 let hold = hold.min(MAX_PASSIVE_HOLD);
-                g.passive.insert(key, Instant::now() + hold);
+                g.passive
+                    .entry(key)
+                    .or_default()
+                    .insert(reporter.clone(), Instant::now() + hold);
             }
         }
-        tracing::info!(service = %svc, endpoint = %addr, healthy, "passive health report");
+        tracing::info!(service = %svc, endpoint = %addr, %reporter, healthy, "passive health report");
         if self.health(svc, addr) != before {
             self.bump();
         }
@@ -149,9 +201,12 @@ impl HealthTable {
         let now = Instant::now();
         let expired = {
             let mut g = self.lock();
-            let before = g.passive.len();
-            g.passive.retain(|_, until| *until > now);
-            before != g.passive.len()
+            let before: usize = g.passive.values().map(HashMap::len).sum();
+            g.passive.retain(|_, votes| {
+                votes.retain(|_, until| *until > now);
+                !votes.is_empty()
+            });
+            before != g.passive.values().map(HashMap::len).sum::<usize>()
         };
         if expired {
             self.bump();

@@ -33,6 +33,15 @@ pub struct Metrics {
     pub config_pushes: Family<ResultLabels, Counter>,
     /// Connected config-push clients.
     pub config_clients: Gauge,
+    /// Subscriptions refused, by reason (`other_cluster`, ...).
+    pub config_refusals: Family<ReasonLabels, Counter>,
+    /// Passive health reports, by result (`accepted` or the refusal).
+    pub health_reports: Family<ResultLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 impl Metrics {
@@ -68,6 +77,22 @@ impl Metrics {
             "Proxies and gateways connected for config push",
             self.config_clients.clone(),
         );
+        r.register(
+            "config_refusals",
+            "Config-push subscriptions refused, by reason (other_cluster: the caller's certificate is of another cluster)",
+            self.config_refusals.clone(),
+        );
+        r.register(
+            "health_reports",
+            "Passive endpoint health reports, by result (accepted, other_cluster, not_a_workload, unknown_endpoint, may_not_call, rate_limited)",
+            self.health_reports.clone(),
+        );
+    }
+
+    pub fn health_report(&self, result: &'static str) {
+        self.health_reports
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     pub fn push(&self, result: &'static str) {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use strait_api::proto::config::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
@@ -26,11 +26,11 @@ use strait_api::snapshot::LocalPlace;
 use strait_api::{ClusterName, Locality};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::catalog::ServiceKey;
-use crate::health::{DEFAULT_PASSIVE_HOLD, HealthTable};
-use crate::metrics::Metrics;
+use crate::health::{DEFAULT_PASSIVE_HOLD, HealthTable, report};
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::snapshot::{MergedView, World, gateway_snapshot, snapshot_for};
 
 /// How long a proxy has to send its node after opening a stream.
@@ -75,6 +75,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     clients: Mutex<BTreeMap<u64, ProxyStatus>>,
     next_id: AtomicU64,
+    /// Health reports per reporter.
+    reports: report::RateLimiter,
 }
 
 /// The config push service; cheap to clone.
@@ -102,6 +104,7 @@ impl PushService {
                 metrics,
                 clients: Mutex::default(),
                 next_id: AtomicU64::new(1),
+                reports: report::RateLimiter::default(),
             }),
         }
     }
@@ -228,7 +231,18 @@ impl ConfigDiscovery for PushService {
         &self,
         request: Request<Streaming<SnapshotRequest>>,
     ) -> Result<Response<Self::StreamSnapshotsStream>, Status> {
-        let identity = crate::grpc::peer_identity(&request)?;
+        let caller = crate::grpc::caller(&request)?;
+        crate::grpc::require_cluster(&caller, &self.inner.cluster, "subscribe to this controller")
+            .inspect_err(|_| {
+                self.inner
+                    .metrics
+                    .config_refusals
+                    .get_or_create(&ReasonLabels {
+                        reason: "other_cluster",
+                    })
+                    .inc();
+            })?;
+        let identity = caller.id;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message())
             .await
@@ -299,33 +313,64 @@ impl ConfigDiscovery for PushService {
         &self,
         request: Request<EndpointHealthReport>,
     ) -> Result<Response<EndpointHealthAck>, Status> {
-        let who = crate::grpc::peer_identity(&request)?;
+        let caller = crate::grpc::caller(&request)?;
+        let inner = &self.inner;
+        crate::grpc::require_cluster(
+            &caller,
+            &inner.cluster,
+            "report endpoint health to this controller",
+        )
+        .inspect_err(|_| inner.metrics.health_report("other_cluster"))?;
+        let who = caller.id;
         let r = request.into_inner();
         let addr: SocketAddr = r.address.parse().map_err(|_| {
             Status::invalid_argument(format!("address {:?} is not ip:port", r.address))
         })?;
         let key = ServiceKey::new(&r.namespace, &r.service);
-        let known = self
-            .inner
-            .world
-            .borrow()
-            .world
-            .catalog
-            .services
-            .get(&key)
-            .is_some_and(|reg| reg.endpoints.iter().any(|e| e.address == addr));
-        if !known {
-            return Err(Status::not_found(format!(
-                "{addr} is not an endpoint of service {key} in cluster {}; report endpoints of this cluster to its own controller",
-                self.inner.cluster
-            )));
-        }
+        let refused = |e: report::Refusal| {
+            inner.metrics.health_report(e.label());
+            let code = match e {
+                report::Refusal::RateLimited(_) => Code::ResourceExhausted,
+                _ => Code::PermissionDenied,
+            };
+            crate::grpc::refuse(code, e.label(), e.to_string())
+        };
+        report::may_observe(&who, &key.to_string(), &[]).map_err(refused)?;
+        let authorization = {
+            let published = inner.world.borrow();
+            let known = published
+                .world
+                .catalog
+                .services
+                .get(&key)
+                .is_some_and(|reg| reg.endpoints.iter().any(|e| e.address == addr));
+            if !known {
+                inner.metrics.health_report("unknown_endpoint");
+                return Err(crate::grpc::refuse(
+                    Code::NotFound,
+                    "unknown_endpoint",
+                    format!(
+                        "{addr} is not an endpoint of service {key} in cluster {}; report endpoints of this cluster to its own controller",
+                        inner.cluster
+                    ),
+                ));
+            }
+            published
+                .view
+                .services
+                .get(&key)
+                .map(|m| m.authorization.clone())
+                .unwrap_or_default()
+        };
+        report::may_observe(&who, &key.to_string(), &authorization).map_err(refused)?;
+        inner.reports.admit(&who, Instant::now()).map_err(refused)?;
         let hold = match r.hold_seconds {
             0 => DEFAULT_PASSIVE_HOLD,
             s => Duration::from_secs(u64::from(s)),
         };
         tracing::debug!(reporter = %who, service = %key, endpoint = %addr, healthy = r.healthy, "health report");
-        self.inner.health.report(&key, addr, r.healthy, hold);
+        inner.metrics.health_report("accepted");
+        inner.health.report(&key, addr, &who, r.healthy, hold);
         Ok(Response::new(EndpointHealthAck {}))
     }
 }

@@ -117,15 +117,20 @@ impl Handle {
         self.store()?.remove_policy(key)
     }
 
-    /// A passive health report (what proxies send over gRPC).
+    /// A passive health report by `reporter`, taken as it is (what the
+    /// gRPC service records once it has checked the reporter; see
+    /// [`crate::health::report`]).
     pub fn report_endpoint(
         &self,
         key: &ServiceKey,
         addr: SocketAddr,
+        reporter: &strait_api::SpiffeId,
         healthy: bool,
         hold: Duration,
     ) {
-        self.shared.health.report(key, addr, healthy, hold);
+        self.shared
+            .health
+            .report(key, addr, reporter, healthy, hold);
     }
 
     /// A one-time peering token for another cluster to `establish` with.

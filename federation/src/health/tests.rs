@@ -105,13 +105,18 @@ async fn tcp_checks_fail_when_nothing_listens() {
     assert!(err.contains("cannot connect"), "{err}");
 }
 
+fn reporter(sa: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://strait.local/ns/shop/sa/{sa}")).unwrap()
+}
+
 #[tokio::test]
 async fn passive_reports_mark_down_until_they_expire_or_clear() {
-    let table = HealthTable::new();
+    let table = HealthTable::with_quorum(1);
     let mut changes = table.subscribe();
     let svc = ServiceKey::new("default", "web");
     let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
-    table.report(&svc, addr, false, Duration::from_millis(100));
+    let a = reporter("a");
+    table.report(&svc, addr, &a, false, Duration::from_millis(100));
     assert_eq!(table.health(&svc, addr), Health::Unhealthy);
     assert!(changes.has_changed().unwrap());
     changes.borrow_and_update();
@@ -121,9 +126,40 @@ async fn passive_reports_mark_down_until_they_expire_or_clear() {
     assert!(!changes.has_changed().unwrap());
     table.sweep();
     assert!(changes.has_changed().unwrap());
-    table.report(&svc, addr, false, Duration::from_secs(60));
-    table.report(&svc, addr, true, Duration::ZERO);
+    table.report(&svc, addr, &a, false, Duration::from_secs(60));
+    table.report(&svc, addr, &a, true, Duration::ZERO);
     assert_eq!(table.health(&svc, addr), Health::Healthy);
+}
+
+#[test]
+fn one_reporter_never_flips_an_endpoint_alone() {
+    let table = HealthTable::new();
+    let svc = ServiceKey::new("default", "web");
+    let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    let (a, b, c) = (reporter("a"), reporter("b"), reporter("c"));
+    // The same reporter, however often, is one vote.
+    for _ in 0..5 {
+        table.report(&svc, addr, &a, false, Duration::from_secs(60));
+    }
+    assert_eq!(table.health(&svc, addr), Health::Healthy);
+    // A second reporter makes the quorum; it holds as long as the
+    // second-longest vote.
+    table.report(&svc, addr, &b, false, Duration::from_secs(20));
+    let d = table.detail(&svc, addr);
+    assert_eq!(d.health, Health::Unhealthy);
+    let left = d.reported_down_for_secs.unwrap();
+    assert!((15..=20).contains(&left), "{left}");
+    // A reporter withdraws only its own vote: c saying "healthy" changes
+    // nothing; b withdrawing ends the quorum.
+    table.report(&svc, addr, &c, true, Duration::ZERO);
+    assert_eq!(table.health(&svc, addr), Health::Unhealthy);
+    table.report(&svc, addr, &b, true, Duration::ZERO);
+    assert_eq!(table.health(&svc, addr), Health::Healthy);
+    // Votes for one endpoint never count for another.
+    let other: SocketAddr = "10.0.0.2:80".parse().unwrap();
+    table.report(&svc, other, &c, false, Duration::from_secs(60));
+    assert_eq!(table.health(&svc, addr), Health::Healthy);
+    assert_eq!(table.health(&svc, other), Health::Healthy);
 }
 
 #[tokio::test]
@@ -134,7 +170,8 @@ async fn a_passive_report_overrides_a_passing_active_check() {
     let table = HealthTable::new();
     let svc = ServiceKey::new("default", "web");
     table.record(&svc, addr, &hc, Ok(()));
-    table.report(&svc, addr, false, Duration::from_secs(60));
+    table.report(&svc, addr, &reporter("a"), false, Duration::from_secs(60));
+    table.report(&svc, addr, &reporter("b"), false, Duration::from_secs(60));
     let d = table.detail(&svc, addr);
     assert_eq!(d.health, Health::Unhealthy);
     assert!(d.reported_down_for_secs.unwrap() > 50);

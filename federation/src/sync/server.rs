@@ -21,15 +21,7 @@ use super::export::{Delta, ExportLog};
 use super::{CHUNK, MAX_MESSAGE_BYTES};
 use crate::peering::{Link, LinkStore, PeeringError, now_unix};
 
-/// Refuses with a `strait-reason` label, like the CA does.
-fn refuse(code: Code, reason: &'static str, message: String) -> Status {
-    let mut status = Status::new(code, message);
-    status.metadata_mut().insert(
-        "strait-reason",
-        tonic::metadata::MetadataValue::from_static(reason),
-    );
-    status
-}
+use crate::grpc::refuse;
 
 #[derive(Debug)]
 struct Inner {

@@ -152,25 +152,58 @@ async fn active_and_passive_health_reach_proxies_peers_and_status() {
     })
     .await;
 
-    // A proxy reports west's endpoint down over gRPC: west marks it unhealthy.
-    let chan = strait_federation::grpc::channel(
-        west.addr(),
-        &mesh.certs("west", "default", "w"),
-        &mesh.bundle(),
-        ExpectedServer::Id(Mesh::controller_id("west")),
-    )
-    .unwrap();
-    let report = EndpointHealthReport {
-        namespace: "default".into(),
-        service: "reviews".into(),
-        address: "10.2.0.1:15006".into(),
-        healthy: false,
-        hold_seconds: 30,
-    };
-    ConfigDiscoveryClient::new(chan)
-        .report_endpoint_health(report)
-        .await
+    // Proxies report west's endpoint down over gRPC. A workload of another
+    // cluster (a certificate under the same root) is refused; one of west's
+    // own workloads alone changes nothing; a second one makes the quorum.
+    let report = |cluster: &str, sa: &str| {
+        let chan = strait_federation::grpc::channel(
+            west.addr(),
+            &mesh.certs(cluster, "default", sa),
+            &mesh.bundle(),
+            ExpectedServer::Id(Mesh::controller_id("west")),
+        )
         .unwrap();
+        async move {
+            let report = EndpointHealthReport {
+                namespace: "default".into(),
+                service: "reviews".into(),
+                address: "10.2.0.1:15006".into(),
+                healthy: false,
+                hold_seconds: 30,
+            };
+            ConfigDiscoveryClient::new(chan)
+                .report_endpoint_health(report)
+                .await
+        }
+    };
+    let reason = |r: Result<_, tonic::Status>| {
+        let e = r.unwrap_err();
+        let label = e
+            .metadata()
+            .get("strait-reason")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (e.code(), label, e.message().to_owned())
+    };
+    let (code, label, msg) = reason(report("east", "w").await);
+    assert_eq!(
+        (code, label.as_str()),
+        (tonic::Code::PermissionDenied, "other_cluster"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("cluster east") && msg.contains("cluster west"),
+        "{msg}"
+    );
+    report("west", "w").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        endpoints(&pe.current(), "reviews").contains(&("west".into(), Health::Healthy)),
+        "one reporter flipped the endpoint"
+    );
+    report("west", "w2").await.unwrap();
     eventually(2.0, "passive report reaches east", || {
         endpoints(&pe.current(), "reviews").contains(&("west".into(), Health::Unhealthy))
     })
@@ -210,5 +243,69 @@ async fn policies_reach_proxies_with_failover_and_weights_together() {
             .any(|c| c.reason.contains("central, which is not linked")),
         "{:?}",
         st.conflicts
+    );
+}
+
+/// Every workload of the mesh holds a certificate under the same root: a
+/// workload of east that claims to be a proxy of west (its node says
+/// cluster west) is refused by west's controller, whatever its role, while
+/// west's own workload is served.
+#[tokio::test]
+async fn a_workload_of_another_cluster_cannot_subscribe() {
+    use strait_api::proto::config::{Node, SnapshotRequest};
+    use tokio_stream::StreamExt;
+    let mesh = Mesh::new(&["east", "west"]);
+    let east = TestCluster::start(&mesh, "east", 1).await;
+    let west = TestCluster::start(&mesh, "west", 2).await;
+    east.link_to(&west).await;
+    west.serve("reviews", 2, 1, Export::All);
+    let subscribe = |cluster: &str, role: &str| {
+        let chan = strait_federation::grpc::channel(
+            west.addr(),
+            &mesh.certs(cluster, "default", "spy"),
+            &mesh.bundle(),
+            ExpectedServer::Id(Mesh::controller_id("west")),
+        )
+        .unwrap();
+        let first = SnapshotRequest {
+            node: Some(Node {
+                id: "spy".into(),
+                cluster: "west".into(),
+                role: role.into(),
+                ..Node::default()
+            }),
+            ..SnapshotRequest::default()
+        };
+        async move {
+            ConfigDiscoveryClient::new(chan)
+                .stream_snapshots(tokio_stream::iter(vec![first]).chain(tokio_stream::pending()))
+                .await
+        }
+    };
+    for role in ["proxy", "dns", ""] {
+        let e = subscribe("east", role).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert_eq!(
+            e.metadata().get("strait-reason").unwrap().to_str().unwrap(),
+            "other_cluster"
+        );
+        assert!(
+            e.message().contains("certificate of cluster east")
+                && e.message().contains("cluster west may subscribe"),
+            "{}",
+            e.message()
+        );
+    }
+    let mut ok = subscribe("west", "proxy").await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), ok.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!first.snapshot_json.is_empty());
+    let (_, metrics) = get(west.h().admin_addr().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("strait_config_refusals_total{reason=\"other_cluster\"} 3"),
+        "{metrics}"
     );
 }
