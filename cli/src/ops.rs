@@ -1,5 +1,5 @@
 //! Operator verbs on a running controller: `export`, `unexport`,
-//! `policy set|show`, `peering token|establish`, `link`, `unlink`,
+//! `policy set|show`, `peering token|establish|revoke|set`, `link`, `unlink`,
 //! `service register`.
 //!
 //! They call the controller's admin API (`/v1/...` on its admin port,
@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -20,20 +19,22 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use strait_api::ClusterName;
 use strait_federation::catalog::Registration;
+use strait_federation::controller::Unlinked;
 use strait_federation::controller::admin_api::{
-    ADMIN_TOKEN_FILE, ApiError, EstablishBody, ExportRequest, ExportState, ServiceRef, TokenAnswer,
-    TokenRequest, UnlinkRequest,
+    ADMIN_TOKEN_FILE, ApiError, ExportRequest, ExportState, ServiceRef, UnlinkRequest,
 };
-use strait_federation::peering::{FailMode, Link};
+use strait_federation::peering::FailMode;
 
-use crate::output::{Format, emit, parse_duration};
+use crate::output::{Format, emit};
 
 mod client;
 mod link;
+mod peering;
 mod policy;
 
 pub use client::{Controller, get_json};
 pub use link::{LinkArgs, run as link_clusters};
+pub use peering::{PeeringCommand, link_line, peering};
 pub use policy::{PolicyCommand, policy};
 
 /// How to reach one controller.
@@ -107,34 +108,9 @@ pub struct UnexportArgs {
     conn: ConnArgs,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum PeeringCommand {
-    /// Print a one-time peering token of this cluster (give it to the other side).
-    ///
-    ///   strait peering token --cluster west --ttl 15m
-    #[command(verbatim_doc_comment)]
-    Token {
-        /// How long the token can be used (once).
-        #[arg(long, default_value = "15m", value_parser = parse_duration)]
-        ttl: Duration,
-        #[command(flatten)]
-        conn: ConnArgs,
-    },
-    /// Link this cluster with the one that issued TOKEN.
-    ///
-    ///   strait peering establish "$TOKEN" --cluster east
-    #[command(verbatim_doc_comment)]
-    Establish {
-        token: String,
-        /// What happens to the peer's endpoints when its lease ends.
-        #[arg(long, default_value = "fail-static", value_parser = parse_fail_mode)]
-        fail_mode: FailMode,
-        #[command(flatten)]
-        conn: ConnArgs,
-    },
-}
-
-/// Remove the link to a peer: its sync is refused and its services dropped.
+/// Remove the link to a peer, on both sides: its sync is refused and its
+/// services dropped here, and its controller is told to remove its side
+/// (so its gateways stop admitting this cluster's workloads).
 ///
 ///   strait unlink --peer west --cluster east
 #[derive(Debug, Args)]
@@ -237,46 +213,18 @@ pub fn unexport(args: UnexportArgs, format: Format) -> anyhow::Result<()> {
     emit(format, &state, export_line)
 }
 
-fn link_line(l: &Link) -> String {
-    format!(
-        "linked with {} (controller {}, identity {}, {} gateway(s), {:?})\n",
-        l.peer,
-        l.controller,
-        l.peer_identity,
-        l.gateways.len(),
-        l.fail_mode
-    )
-}
-
-pub fn peering(cmd: PeeringCommand, format: Format) -> anyhow::Result<()> {
-    match cmd {
-        PeeringCommand::Token { ttl, conn } => {
-            let ctl = conn.resolve()?;
-            let req = TokenRequest {
-                ttl_secs: ttl.as_secs(),
-            };
-            let t: TokenAnswer = block_on(ctl.post("/v1/peering/token", &req))?;
-            emit(format, &t, |t| t.token.clone() + "\n")
-        }
-        PeeringCommand::Establish {
-            token,
-            fail_mode,
-            conn,
-        } => {
-            let ctl = conn.resolve()?;
-            let req = EstablishBody { token, fail_mode };
-            let link: Link = block_on(ctl.post("/v1/peering/establish", &req))?;
-            emit(format, &link, link_line)
-        }
-    }
-}
-
 pub fn unlink(args: UnlinkArgs, format: Format) -> anyhow::Result<()> {
     let peer = ClusterName::new(&args.peer)
         .with_context(|| format!("--peer: bad cluster name {:?}", args.peer))?;
     let ctl = args.conn.resolve()?;
-    let link: Link = block_on(ctl.post("/v1/unlink", &UnlinkRequest { peer }))?;
-    emit(format, &link, |l| format!("unlinked {}\n", l.peer))
+    let u: Unlinked = block_on(ctl.post("/v1/unlink", &UnlinkRequest { peer }))?;
+    emit(format, &u, |u| match &u.peer_error {
+        None => format!("unlinked {} (it removed its side too)\n", u.link.peer),
+        Some(e) => format!(
+            "unlinked {p} on this side; {p} could not be told ({e}): run `strait unlink` for this cluster there too, until then its gateways still admit this cluster\n",
+            p = u.link.peer
+        ),
+    })
 }
 
 pub fn service(cmd: ServiceCommand, format: Format) -> anyhow::Result<()> {

@@ -76,9 +76,10 @@ fn render(s: &Status) -> String {
     }
     for l in &s.links {
         out.push_str(&format!(
-            "  link -> {:<10} {:<11} {}\n",
+            "  link -> {:<10} {:<11} lease {:<5} {}\n",
             l.peer,
             format!("{:?}", l.fail_mode),
+            format!("{}s", l.lease_secs),
             sync_line(l.sync.as_ref().and_then(|x| serde_json::to_value(x).ok()))
         ));
     }

@@ -332,9 +332,43 @@ fn operator_links_exports_sets_policy_and_unlinks_two_controllers() {
     });
 
     let out = run_ok(d, with(&["unlink", "--peer", "west"], &east.conn()));
-    assert_eq!(out.trim(), "unlinked west");
-    let s = status(d, &east);
-    assert_eq!(s["links"].as_array().map(Vec::len), Some(0), "{s:#}");
+    assert_eq!(out.trim(), "unlinked west (it removed its side too)");
+    // An unlink on one side ends the link on both.
+    for side in [&east, &west] {
+        let s = status(d, side);
+        assert_eq!(s["links"].as_array().map(Vec::len), Some(0), "{s:#}");
+    }
+
+    // A token never used can be revoked: establishing with it is refused.
+    let token = run_ok(d, with(&["peering", "token", "--ttl", "5m"], &west.conn()));
+    let revoke = |side: &Cluster, what: &str| with(&["peering", "revoke", what], &side.conn());
+    let out = run_ok(d, revoke(&west, token.trim()));
+    assert_eq!(out.trim(), "revoked 1 token(s); 0 unused token(s) left");
+    let err = fails(
+        d,
+        &with(&["peering", "establish", token.trim()], &east.conn())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        err.contains("peering secret is unknown, expired or already used"),
+        "{err}"
+    );
+    let out = run_ok(d, revoke(&west, token.trim()));
+    assert!(out.starts_with("nothing to revoke"), "{out}");
+    let err = fails(
+        d,
+        &revoke(&east, token.trim())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(err.contains("issued by cluster west, not east"), "{err}");
+    run_ok(d, with(&["peering", "token"], &west.conn()));
+    run_ok(d, with(&["peering", "token"], &west.conn()));
+    let out = run_ok(d, revoke(&west, "--all"));
+    assert_eq!(out.trim(), "revoked 2 token(s); 0 unused token(s) left");
 
     // Peering by hand: token on one side, establish on the other.
     let token = run_ok(d, with(&["peering", "token", "--ttl", "5m"], &west.conn()));
@@ -343,6 +377,29 @@ fn operator_links_exports_sets_policy_and_unlinks_two_controllers() {
         with(&["peering", "establish", token.trim()], &east.conn()),
     );
     assert!(out.contains("linked with west"), "{out}");
+    assert!(out.contains("default lease"), "{out}");
+    // The lease of west's data is set per link, and shown in status.
+    let out = run_ok(
+        d,
+        with(
+            &["peering", "set", "--peer", "west", "--lease", "45s"],
+            &east.conn(),
+        ),
+    );
+    assert!(out.contains("lease 45s"), "{out}");
+    let s = status(d, &east);
+    assert_eq!(s["links"][0]["lease_secs"], 45, "{s:#}");
+    let err = fails(
+        d,
+        &with(
+            &["peering", "set", "--peer", "west", "--lease", "0s"],
+            &east.conn(),
+        )
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+    assert!(err.contains("between 1s and 24h"), "{err}");
     let err = fails(
         d,
         &with(&["peering", "establish", token.trim()], &east.conn())

@@ -41,7 +41,7 @@ mod handle;
 mod status;
 mod tasks;
 
-pub use handle::{Handle, TokenOptions};
+pub use handle::{Handle, TokenOptions, Unlinked};
 pub use status::{ClusterEndpoints, EndpointStatus, LinkStatus, ServiceStatus, Serving, Status};
 
 /// Default gRPC port of a controller (proxies and peers).

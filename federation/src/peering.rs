@@ -61,6 +61,10 @@ pub enum PeeringError {
     Refused { peer: ClusterName, message: String },
     #[error("cluster {0} is not linked")]
     NotLinked(ClusterName),
+    #[error(
+        "a lease of {0}s is out of range: it must be between 1s and 24h (and longer than three of the peer's heartbeats, 15s by default)"
+    )]
+    BadLease(u64),
     #[error("peering secret is unknown, expired or already used; ask for a new token")]
     BadSecret,
     #[error("cannot read {path}: {reason}")]
@@ -92,7 +96,31 @@ pub struct Link {
     pub gateways: Vec<SocketAddr>,
     #[serde(default)]
     pub fail_mode: FailMode,
+    /// How long this peer's imported data stays fresh without a message
+    /// (heartbeats renew it); `None`: the controller's `sync.lease`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<u64>,
     pub established_unix: u64,
+}
+
+/// The shortest and longest lease a link may set.
+pub const LEASE_RANGE_SECS: (u64, u64) = (1, 86_400);
+
+impl Link {
+    /// This link's lease, or `default` when it sets none.
+    pub fn lease(&self, default: Duration) -> Duration {
+        self.lease_secs.map_or(default, Duration::from_secs)
+    }
+}
+
+/// Checks a lease a link is to be given.
+pub fn check_lease(secs: u64) -> Result<(), PeeringError> {
+    let (lo, hi) = LEASE_RANGE_SECS;
+    if (lo..=hi).contains(&secs) {
+        Ok(())
+    } else {
+        Err(PeeringError::BadLease(secs))
+    }
 }
 
 /// The token `strait peering token` prints.
@@ -281,11 +309,55 @@ impl LinkStore {
     }
 
     pub fn set_fail_mode(&self, peer: &ClusterName, mode: FailMode) -> Result<(), PeeringError> {
+        self.update(peer, |l| l.fail_mode = mode).map(drop)
+    }
+
+    /// Changes the stored link to `peer` with `f` and returns it.
+    pub fn update(
+        &self,
+        peer: &ClusterName,
+        f: impl FnOnce(&mut Link),
+    ) -> Result<Link, PeeringError> {
         let mut link = self
             .get(peer)
             .ok_or_else(|| PeeringError::NotLinked(peer.clone()))?;
-        link.fail_mode = mode;
-        self.insert(link)
+        f(&mut link);
+        if let Some(secs) = link.lease_secs {
+            check_lease(secs)?;
+        }
+        self.insert(link.clone())?;
+        Ok(link)
+    }
+
+    /// Revokes an unused token's secret: a peer presenting it is refused
+    /// from now on. False when it was never issued here, already used,
+    /// expired or revoked.
+    pub fn revoke_secret(&self, secret: &str) -> Result<bool, PeeringError> {
+        let _g = self.write_lock();
+        let mut s = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_unix();
+        let found = s.pending.remove(&hash(secret)).is_some_and(|exp| exp > now);
+        s.pending.retain(|_, exp| *exp > now);
+        self.save_secrets(&s)?;
+        Ok(found)
+    }
+
+    /// Revokes every unused token; returns how many were still valid.
+    pub fn revoke_all_secrets(&self) -> Result<usize, PeeringError> {
+        let _g = self.write_lock();
+        let mut s = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_unix();
+        let valid = s.pending.values().filter(|exp| **exp > now).count();
+        s.pending.clear();
+        self.save_secrets(&s)?;
+        Ok(valid)
+    }
+
+    /// How many issued tokens are still unused and unexpired.
+    pub fn pending_secrets(&self) -> usize {
+        let now = now_unix();
+        let s = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        s.pending.values().filter(|exp| **exp > now).count()
     }
 
     fn save_secrets(&self, s: &Secrets) -> Result<(), PeeringError> {

@@ -48,6 +48,7 @@ pub fn link() -> Link {
         )),
         controller: ([127, 0, 0, 1], 15010).into(),
         gateways: vec![([127, 0, 0, 1], 15443).into()],
+        lease_secs: None,
         fail_mode: FailMode::FailStatic,
         established_unix: 0,
     }

@@ -49,6 +49,11 @@ pub struct LinkArgs {
     /// What --from does with --to's endpoints when its lease ends.
     #[arg(long, default_value = "fail-static", value_parser = parse_fail_mode)]
     fail_mode: FailMode,
+    /// How long --from keeps --to's data fresh without a message (default:
+    /// its controller's sync lease, 30s). Change it later with `strait
+    /// peering set`.
+    #[arg(long, value_parser = crate::output::parse_duration)]
+    lease: Option<std::time::Duration>,
 }
 
 impl LinkArgs {
@@ -99,6 +104,7 @@ pub fn run(args: LinkArgs, format: Format) -> anyhow::Result<()> {
         let body = EstablishBody {
             token: t.token,
             fail_mode: args.fail_mode,
+            lease_secs: args.lease.map(|l| l.as_secs()),
         };
         from.post("/v1/peering/establish", &body)
             .await

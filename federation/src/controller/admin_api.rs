@@ -21,7 +21,9 @@
 //! | GET | `/v1/policy?namespace=&name=` | | the policy |
 //! | POST | `/v1/peering/token` | `{ttl_secs}` | `{token}` |
 //! | POST | `/v1/peering/establish` | `{token, fail_mode}` | `Link` |
-//! | POST | `/v1/unlink` | `{peer}` | `Link` |
+//! | POST | `/v1/peering/revoke` | `{token}` or `{all: true}` | `{revoked, pending}` |
+//! | POST | `/v1/link/settings` | `{peer, fail_mode?, lease_secs?}` | `Link` |
+//! | POST | `/v1/unlink` | `{peer}` | `{link, peer_error}` (this side, then the peer's) |
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,7 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use strait_api::ClusterName;
 
-use super::handle::{TokenOptions, establish, peering_token};
+use super::handle::{TokenOptions, establish, peering_token, revoke_token, unlink_both};
 use super::{ControllerError, Shared};
 use crate::catalog::{CatalogError, Export, PolicySpec, Registration, ServiceKey};
 use crate::peering::{FailMode, PeeringError};
@@ -101,6 +103,39 @@ pub struct EstablishBody {
     pub token: String,
     #[serde(default)]
     pub fail_mode: FailMode,
+    /// This side's lease for the peer's data; absent: `sync.lease`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<u64>,
+}
+
+/// `POST /v1/peering/revoke`: one token, or every unused one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// The answer of `POST /v1/peering/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeAnswer {
+    /// Tokens that were still usable and no longer are.
+    pub revoked: usize,
+    /// Unused, unexpired tokens left.
+    pub pending: usize,
+}
+
+/// `POST /v1/link/settings`: what to change of an existing link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSettings {
+    pub peer: ClusterName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_mode: Option<FailMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<u64>,
 }
 
 /// `POST /v1/unlink`.
@@ -297,6 +332,8 @@ pub(crate) async fn handle(
         "/v1/policy" => set_policy(&shared, req).await,
         "/v1/peering/token" => token_call(&shared, req).await,
         "/v1/peering/establish" => establish_call(&shared, req).await,
+        "/v1/peering/revoke" => revoke_call(&shared, req).await,
+        "/v1/link/settings" => link_settings(&shared, req).await,
         "/v1/unlink" => unlink(&shared, req).await,
         _ => Err(Failure::new(
             StatusCode::NOT_FOUND,
@@ -393,19 +430,62 @@ async fn token_call(shared: &Shared, req: Request<Incoming>) -> Result<Reply, Fa
 
 async fn establish_call(shared: &Shared, req: Request<Incoming>) -> Result<Reply, Failure> {
     let r: EstablishBody = body(req).await?;
-    let link = establish(shared, r.token.trim(), r.fail_mode)
+    let lease = r.lease_secs.map(Duration::from_secs);
+    let link = establish(shared, r.token.trim(), r.fail_mode, lease)
         .await
+        .map_err(|e| peering_error(&e))?;
+    Ok(json(StatusCode::OK, &link))
+}
+
+async fn revoke_call(shared: &Shared, req: Request<Incoming>) -> Result<Reply, Failure> {
+    let r: RevokeRequest = body(req).await?;
+    let revoked = match (r.token, r.all) {
+        (Some(t), false) => {
+            usize::from(revoke_token(shared, t.trim()).map_err(|e| peering_error(&e))?)
+        }
+        (None, true) => shared
+            .links
+            .revoke_all_secrets()
+            .map_err(|e| peering_error(&e))?,
+        _ => {
+            return Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                "give either a token or all: true",
+            ));
+        }
+    };
+    let pending = shared.links.pending_secrets();
+    Ok(json(StatusCode::OK, &RevokeAnswer { revoked, pending }))
+}
+
+async fn link_settings(shared: &Shared, req: Request<Incoming>) -> Result<Reply, Failure> {
+    let r: LinkSettings = body(req).await?;
+    if r.fail_mode.is_none() && r.lease_secs.is_none() {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "nothing to change: give fail_mode or lease_secs",
+        ));
+    }
+    let link = shared
+        .links
+        .update(&r.peer, |l| {
+            if let Some(m) = r.fail_mode {
+                l.fail_mode = m;
+            }
+            if r.lease_secs.is_some() {
+                l.lease_secs = r.lease_secs;
+            }
+        })
         .map_err(|e| peering_error(&e))?;
     Ok(json(StatusCode::OK, &link))
 }
 
 async fn unlink(shared: &Shared, req: Request<Incoming>) -> Result<Reply, Failure> {
     let r: UnlinkRequest = body(req).await?;
-    let link = shared
-        .links
-        .remove(&r.peer)
+    let unlinked = unlink_both(shared, &r.peer)
+        .await
         .map_err(|e| peering_error(&e))?;
-    Ok(json(StatusCode::OK, &link))
+    Ok(json(StatusCode::OK, &unlinked))
 }
 
 /// Where the admin token of a state directory is.

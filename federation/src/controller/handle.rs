@@ -141,13 +141,36 @@ impl Handle {
     /// Links with the cluster that issued `token`: checks it, calls that
     /// controller once over mTLS, and stores the link on both sides.
     pub async fn establish(&self, token: &str, fail_mode: FailMode) -> Result<Link, PeeringError> {
-        establish(&self.shared, token, fail_mode).await
+        establish(&self.shared, token, fail_mode, None).await
     }
 
-    /// Removes the link: the peer's sync calls are refused from now on and
-    /// its imported services are dropped.
+    /// [`Self::establish`] with this side's lease for the peer's data.
+    pub async fn establish_with(
+        &self,
+        token: &str,
+        fail_mode: FailMode,
+        lease: Option<Duration>,
+    ) -> Result<Link, PeeringError> {
+        establish(&self.shared, token, fail_mode, lease).await
+    }
+
+    /// Revokes an unused peering token (see [`LinkStore::revoke_secret`]).
+    ///
+    /// [`LinkStore::revoke_secret`]: crate::peering::LinkStore::revoke_secret
+    pub fn revoke_token(&self, token: &str) -> Result<bool, PeeringError> {
+        revoke_token(&self.shared, token)
+    }
+
+    /// Removes the link on this side only: the peer's sync calls are
+    /// refused from now on and its imported services are dropped.
     pub fn unlink(&self, peer: &ClusterName) -> Result<Link, PeeringError> {
         self.shared.links.remove(peer)
+    }
+
+    /// Removes the link here, then tells the peer to remove its side
+    /// ([`unlink_both`]).
+    pub async fn unlink_both(&self, peer: &ClusterName) -> Result<Unlinked, PeeringError> {
+        unlink_both(&self.shared, peer).await
     }
 
     pub fn set_fail_mode(&self, peer: &ClusterName, mode: FailMode) -> Result<(), PeeringError> {
@@ -214,7 +237,12 @@ pub(crate) async fn establish(
     shared: &Shared,
     token: &str,
     fail_mode: FailMode,
+    lease: Option<Duration>,
 ) -> Result<Link, PeeringError> {
+    let lease_secs = lease.map(|l| l.as_secs());
+    if let Some(secs) = lease_secs {
+        crate::peering::check_lease(secs)?;
+    }
     let t = PeeringToken::decode(token)?;
     t.check(&shared.cluster, &shared.bundle.get())?;
     let peer = t.cluster.clone();
@@ -257,9 +285,70 @@ pub(crate) async fn establish(
         controller: t.controller,
         gateways: t.gateways,
         fail_mode,
+        lease_secs,
         established_unix: now_unix(),
     };
     shared.links.insert(link.clone())?;
     tracing::info!(%peer, "link established");
     Ok(link)
+}
+
+/// Revokes the secret of a token this controller issued; a token of
+/// another cluster is refused (it was never ours to revoke).
+pub(crate) fn revoke_token(shared: &Shared, token: &str) -> Result<bool, PeeringError> {
+    let t = PeeringToken::decode(token)?;
+    if t.cluster != shared.cluster {
+        return Err(PeeringError::BadToken(format!(
+            "this token was issued by cluster {}, not {}: revoke it there",
+            t.cluster, shared.cluster
+        )));
+    }
+    shared.links.revoke_secret(&t.secret)
+}
+
+/// What `unlink` did: the link removed here, and whether the peer removed
+/// its side too.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Unlinked {
+    pub link: Link,
+    /// `None`: the peer removed its link as well. `Some`: why it could not
+    /// be told (its gateways then admit this cluster until an operator
+    /// unlinks there too).
+    pub peer_error: Option<String>,
+}
+
+/// Removes the link to `peer` here (at once: its sync is refused from now
+/// on), then calls the peer's controller so it removes its side: an unlink
+/// on either side ends the link on both, and the peer's gateways stop
+/// admitting this cluster.
+pub(crate) async fn unlink_both(
+    shared: &Shared,
+    peer: &ClusterName,
+) -> Result<Unlinked, PeeringError> {
+    let link = shared.links.remove(peer)?;
+    let peer_error = notify_unlink(shared, &link).await.err();
+    if let Some(e) = &peer_error {
+        tracing::warn!(%peer, error = %e, "unlinked here, but the peer could not be told; unlink there too");
+    }
+    Ok(Unlinked { link, peer_error })
+}
+
+async fn notify_unlink(shared: &Shared, link: &Link) -> Result<(), String> {
+    let expected = ExpectedServer::Id(link.peer_identity.clone());
+    let channel = crate::grpc::channel(link.controller, &shared.certs, &shared.bundle, expected)
+        .map_err(|e| e.to_string())?;
+    let req = strait_api::proto::federation::UnlinkRequest {
+        cluster: shared.cluster.to_string(),
+    };
+    let mut client = FederationClient::new(channel);
+    match tokio::time::timeout(Duration::from_secs(5), client.unlink(req)).await {
+        Err(_) => Err(format!("{} did not answer within 5s", link.controller)),
+        Ok(Err(s)) if s.code() == tonic::Code::PermissionDenied => {
+            // It holds no link to us any more: nothing left to remove.
+            tracing::debug!(peer = %link.peer, message = s.message(), "peer had no link left");
+            Ok(())
+        }
+        Ok(Err(s)) => Err(format!("{}: {}", link.controller, s.message())),
+        Ok(Ok(_)) => Ok(()),
+    }
 }

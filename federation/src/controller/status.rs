@@ -34,6 +34,10 @@ pub struct LinkStatus {
     pub controller: SocketAddr,
     pub gateways: Vec<SocketAddr>,
     pub fail_mode: FailMode,
+    /// The lease of the peer's data, in seconds (this link's, or the
+    /// controller's default).
+    #[serde(default)]
+    pub lease_secs: u64,
     /// Sync state; `None` before the first attempt.
     pub sync: Option<PeerSyncStatus>,
 }
@@ -130,6 +134,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
             controller: l.controller,
             gateways: l.gateways.clone(),
             fail_mode: l.fail_mode,
+            lease_secs: l.lease(shared.sync.lease).as_secs(),
             sync: sync.get(&l.peer).cloned(),
         })
         .collect();

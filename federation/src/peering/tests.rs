@@ -114,6 +114,7 @@ fn links_persist_and_removal_is_durable() {
         controller: "127.0.0.1:9000".parse().unwrap(),
         gateways: vec![],
         fail_mode: FailMode::FailStatic,
+        lease_secs: None,
         established_unix: now_unix(),
     };
     store.insert(link.clone()).unwrap();
@@ -124,6 +125,21 @@ fn links_persist_and_removal_is_durable() {
     let store = LinkStore::open(dir.path()).unwrap();
     let got = store.get(&c("west")).unwrap();
     assert_eq!(got.fail_mode, FailMode::FailClosed);
+    assert_eq!(got.lease(Duration::from_secs(30)), Duration::from_secs(30));
+    // A per-link lease persists; one out of range is refused and changes nothing.
+    let got = store
+        .update(&c("west"), |l| l.lease_secs = Some(45))
+        .unwrap();
+    assert_eq!(got.lease(Duration::from_secs(30)), Duration::from_secs(45));
+    for bad in [0, 86_401] {
+        let e = store
+            .update(&c("west"), |l| l.lease_secs = Some(bad))
+            .unwrap_err();
+        assert!(e.to_string().contains("between 1s and 24h"), "{e}");
+    }
+    drop(store);
+    let store = LinkStore::open(dir.path()).unwrap();
+    assert_eq!(store.get(&c("west")).unwrap().lease_secs, Some(45));
     assert_eq!(got.peer_identity, link.peer_identity);
     store.remove(&c("west")).unwrap();
     assert!(matches!(
@@ -132,4 +148,34 @@ fn links_persist_and_removal_is_durable() {
     ));
     drop(store);
     assert!(LinkStore::open(dir.path()).unwrap().links().is_empty());
+}
+
+#[test]
+fn unused_secrets_can_be_revoked_one_or_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LinkStore::open(dir.path()).unwrap();
+    let (a, b, x) = (new_secret(), new_secret(), new_secret());
+    store.add_secret(&a, Duration::from_secs(60)).unwrap();
+    store.add_secret(&b, Duration::from_secs(60)).unwrap();
+    store.add_secret(&x, Duration::from_secs(60)).unwrap();
+    assert_eq!(store.pending_secrets(), 3);
+    assert!(store.revoke_secret(&a).unwrap());
+    assert!(!store.revoke_secret(&a).unwrap(), "revoked twice");
+    assert!(matches!(
+        store.consume_secret(&a),
+        Err(PeeringError::BadSecret)
+    ));
+    // A used secret is nothing to revoke.
+    store.consume_secret(&x).unwrap();
+    assert!(!store.revoke_secret(&x).unwrap());
+    // Revocation is durable.
+    drop(store);
+    let store = LinkStore::open(dir.path()).unwrap();
+    assert_eq!(store.pending_secrets(), 1);
+    assert_eq!(store.revoke_all_secrets().unwrap(), 1);
+    assert!(matches!(
+        store.consume_secret(&b),
+        Err(PeeringError::BadSecret)
+    ));
+    assert_eq!(store.pending_secrets(), 0);
 }

@@ -316,6 +316,7 @@ impl Imports {
                         .set(age.as_secs_f64());
                 }
                 metrics.peer_up.get_or_create(&labels).set(i64::from(s.up));
+                let lease = links.get(peer).map_or(lease, |l| l.lease(lease));
                 let expired = age.is_none_or(|a| a > lease);
                 if !expired || (s.view.services.is_empty() && !s.view.stale) {
                     continue;
@@ -407,7 +408,7 @@ async fn stream_once(
         .map_err(|s| status_error(peer, &s))?
         .into_inner();
     let mut pending = Pending::default();
-    let deadline = cfg.lease.max(cfg.heartbeat * 3);
+    let deadline = link.lease(cfg.lease).max(cfg.heartbeat * 3);
     loop {
         let msg = tokio::time::timeout(deadline, stream.message())
             .await

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strait_api::proto::federation::federation_server::{Federation, FederationServer};
-use strait_api::proto::federation::{EstablishRequest, EstablishResponse, SyncRequest, SyncUpdate};
+use strait_api::proto::federation::{
+    EstablishRequest, EstablishResponse, SyncRequest, SyncUpdate, UnlinkRequest, UnlinkResponse,
+};
 use strait_api::{ClusterName, TrustDomain};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -258,18 +260,17 @@ impl Federation for FederationService {
                 }
                 other => refuse(Code::Internal, "store", other.to_string()),
             })?;
-        let fail_mode = self
-            .inner
-            .links
-            .get(&peer)
-            .map(|l| l.fail_mode)
-            .unwrap_or_default();
+        // A relink keeps the settings this side chose for the peer.
+        let old = self.inner.links.get(&peer);
+        let fail_mode = old.as_ref().map(|l| l.fail_mode).unwrap_or_default();
+        let lease_secs = old.and_then(|l| l.lease_secs);
         let link = Link {
             peer: peer.clone(),
             peer_identity: caller,
             controller,
             gateways,
             fail_mode,
+            lease_secs,
             established_unix: now_unix(),
         };
         self.inner
@@ -280,6 +281,21 @@ impl Federation for FederationService {
         Ok(Response::new(EstablishResponse {
             cluster: self.inner.cluster.to_string(),
         }))
+    }
+
+    async fn unlink(
+        &self,
+        request: Request<UnlinkRequest>,
+    ) -> Result<Response<UnlinkResponse>, Status> {
+        let caller = crate::grpc::peer_identity(&request)?;
+        let r = request.into_inner();
+        let link = self.authorize(&r.cluster, &caller)?;
+        self.inner
+            .links
+            .remove(&link.peer)
+            .map_err(|e| refuse(Code::Internal, "store", e.to_string()))?;
+        tracing::info!(peer = %link.peer, "link removed by the peer");
+        Ok(Response::new(UnlinkResponse {}))
     }
 
     async fn sync(

@@ -187,6 +187,13 @@ impl Federation for Liar {
         }))
     }
 
+    async fn unlink(
+        &self,
+        _: Request<strait_api::proto::federation::UnlinkRequest>,
+    ) -> Result<Response<strait_api::proto::federation::UnlinkResponse>, Status> {
+        Err(Status::unimplemented("a liar never unlinks"))
+    }
+
     async fn sync(&self, _: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
         let svc = |name: &str, cluster: &str| ExportedService {
             namespace: "default".into(),
