@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod clusters;
 pub mod sidecars;
 pub mod traffic;
 

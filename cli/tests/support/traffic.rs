@@ -78,20 +78,27 @@ pub fn get_echo(
 /// One request through a client sidecar: which cluster answered (the
 /// app's body), or `None` for a failure, which is printed.
 pub fn answer(conn: &mut Option<BufReader<TcpStream>>, proxy: SocketAddr) -> Option<String> {
+    outcome(conn, proxy).ok()
+}
+
+/// One request through a client sidecar: the app's body, or the failure
+/// (status line and body, or the I/O error), which is printed.
+pub fn outcome(
+    conn: &mut Option<BufReader<TcpStream>>,
+    proxy: SocketAddr,
+) -> Result<String, String> {
     let got = match get_echo(conn, proxy) {
         Ok((status, body)) if status.starts_with("HTTP/1.1 200") => {
-            Some(String::from_utf8_lossy(&body).into_owned())
+            Ok(String::from_utf8_lossy(&body).into_owned())
         }
-        Ok((status, body)) => {
-            eprintln!("failed: {status} {}", String::from_utf8_lossy(&body).trim());
-            None
-        }
-        Err(e) => {
-            eprintln!("failed: {e}");
-            None
-        }
+        Ok((status, body)) => Err(format!(
+            "{status} {}",
+            String::from_utf8_lossy(&body).trim()
+        )),
+        Err(e) => Err(e.to_string()),
     };
-    if got.is_none() {
+    if let Err(e) = &got {
+        eprintln!("failed: {e}");
         *conn = None;
     }
     got
@@ -101,8 +108,11 @@ pub fn answer(conn: &mut Option<BufReader<TcpStream>>, proxy: SocketAddr) -> Opt
 pub type Sample = (Instant, Option<String>);
 
 /// Sends requests at a steady pace and records who answered.
+/// One answer or why it failed, and when.
+pub type Outcome = (Instant, Result<String, String>);
+
 pub struct Load {
-    samples: Arc<Mutex<Vec<Sample>>>,
+    samples: Arc<Mutex<Vec<Outcome>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -120,7 +130,7 @@ impl Load {
         std::thread::spawn(move || {
             let mut conn = None;
             while !st.load(Ordering::Relaxed) {
-                let got = answer(&mut conn, proxy);
+                let got = outcome(&mut conn, proxy);
                 s.lock().unwrap().push((Instant::now(), got));
                 pause(ms);
             }
@@ -130,6 +140,14 @@ impl Load {
 
     /// Requests sent in `[from, to]`.
     pub fn between(&self, from: Instant, to: Instant) -> Vec<Sample> {
+        self.outcomes(from, to)
+            .into_iter()
+            .map(|(at, r)| (at, r.ok()))
+            .collect()
+    }
+
+    /// Requests sent in `[from, to]`: the answer, or why it failed.
+    pub fn outcomes(&self, from: Instant, to: Instant) -> Vec<Outcome> {
         let v = self.samples.lock().unwrap();
         v.iter()
             .filter(|(at, _)| *at >= from && *at <= to)
