@@ -12,6 +12,7 @@ pub mod exports;
 pub mod identity;
 pub mod label;
 pub mod meshdir;
+pub mod places;
 pub mod snapshot;
 pub mod yaml;
 

@@ -72,6 +72,17 @@ impl Default for Listeners {
 pub struct Limits {
     /// Concurrent tunnels one source cluster may hold open.
     pub max_streams_per_cluster: usize,
+    /// Concurrent tunnels one peer identity may hold open.
+    pub max_streams_per_peer: usize,
+    /// Open mTLS connections of one peer identity; past it, new ones are
+    /// closed after the handshake.
+    pub max_connections_per_peer: usize,
+    /// Open mTLS connections of all the peers of one source cluster.
+    pub max_connections_per_cluster: usize,
+    /// Time a connection has, after its handshake, to send the HTTP/2
+    /// preface and its first request; then it is closed.
+    #[serde(with = "strait_api::snapshot::duration_str")]
+    pub first_request_timeout: Duration,
     /// Concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
     /// A tunnel with no bytes either way for this long is closed.
@@ -92,6 +103,10 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_streams_per_cluster: 10_000,
+            max_streams_per_peer: 2048,
+            max_connections_per_peer: 1024,
+            max_connections_per_cluster: 4096,
+            first_request_timeout: Duration::from_secs(10),
             max_concurrent_streams: 1024,
             idle_timeout: Duration::from_secs(3600),
             handshake_timeout: Duration::from_secs(10),
@@ -138,21 +153,30 @@ impl GatewayConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        if l.max_streams_per_cluster == 0 {
-            return Err(invalid(
-                "limits.max_streams_per_cluster",
-                "must be at least 1",
-            ));
-        }
-        if l.max_concurrent_streams == 0 {
-            return Err(invalid(
+        for (field, v) in [
+            ("limits.max_streams_per_cluster", l.max_streams_per_cluster),
+            ("limits.max_streams_per_peer", l.max_streams_per_peer),
+            (
+                "limits.max_connections_per_peer",
+                l.max_connections_per_peer,
+            ),
+            (
+                "limits.max_connections_per_cluster",
+                l.max_connections_per_cluster,
+            ),
+            (
                 "limits.max_concurrent_streams",
-                "must be at least 1",
-            ));
+                l.max_concurrent_streams as usize,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
         }
         for (field, d) in [
             ("limits.idle_timeout", l.idle_timeout),
             ("limits.handshake_timeout", l.handshake_timeout),
+            ("limits.first_request_timeout", l.first_request_timeout),
             ("limits.connect_timeout", l.connect_timeout),
         ] {
             if d.is_zero() {

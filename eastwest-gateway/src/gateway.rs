@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use strait_agent::{Role, Subscription, Target};
+use strait_api::places::FirstRequest;
 use strait_api::snapshot::Snapshot;
 use strait_ca::pipe;
 use strait_ca::{CertStore, SharedBundle};
@@ -347,10 +348,21 @@ async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, 
         addr,
     });
     tracing::debug!(peer = %peer.id, cluster = %peer.cluster, %addr, "gateway connection");
+    // Held (the places given back when this function returns).
+    let _places = match shared.connect(&peer) {
+        Ok(p) => p,
+        Err(limit) => {
+            tracing::info!(peer = %peer.id, cluster = %peer.cluster, %addr, limit, "connection limit reached");
+            shared.metrics.refuse_connection(limit);
+            return;
+        }
+    };
     shared.metrics.connections_active.inc();
+    let first = FirstRequest::default();
     let svc = hyper::service::service_fn({
-        let (shared, peer) = (shared.clone(), peer.clone());
+        let (shared, peer, first) = (shared.clone(), peer.clone(), first.clone());
         move |req| {
+            first.seen();
             let (shared, peer) = (shared.clone(), peer.clone());
             async move { Ok::<_, std::convert::Infallible>(tunnel::handle(shared, peer, req).await) }
         }
@@ -369,8 +381,20 @@ async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, 
         .keep_alive_timeout(std::time::Duration::from_secs(10));
     let conn = builder.serve_connection(TokioIo::new(tls), svc);
     tokio::pin!(conn);
+    let first_deadline = async {
+        tokio::time::sleep(limits.first_request_timeout).await;
+        if first.was_seen() {
+            std::future::pending::<()>().await;
+        }
+    };
     let result = tokio::select! {
         r = conn.as_mut() => r,
+        () = first_deadline => {
+            tracing::debug!(peer = %peer.id, %addr, "no HTTP/2 preface and request within the deadline");
+            shared.metrics.refuse_connection("first_request_timeout");
+            shared.metrics.connections_active.dec();
+            return;
+        }
         () = until_draining(shared.draining.subscribe()) => {
             // GOAWAY: no new streams; open tunnels run to their end.
             conn.as_mut().graceful_shutdown();

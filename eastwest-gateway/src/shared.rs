@@ -1,11 +1,14 @@
 //! What every connection and tunnel of one gateway shares: config,
 //! identity, metrics, the admission index (exports and linked peers), the
-//! per-source-cluster stream slots and the drain signal.
+//! connection and tunnel places per peer identity and per source cluster,
+//! and the drain signal.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
+
+use strait_api::SpiffeId;
+use strait_api::places::{Place, Places};
 
 use strait_ca::{CertStore, SharedBundle};
 use tokio::sync::watch;
@@ -13,7 +16,7 @@ use tokio::sync::watch;
 use crate::config::GatewayConfig;
 use crate::exports::Index;
 use crate::metrics::Metrics;
-use crate::tunnel::Tap;
+use crate::tunnel::{Peer, Tap};
 
 /// What every connection of one gateway shares.
 pub(crate) struct Shared {
@@ -26,7 +29,10 @@ pub(crate) struct Shared {
     exports: RwLock<Arc<Index>>,
     /// Bumped on every new index: open tunnels re-check their admission.
     pub generation: watch::Sender<u64>,
-    streams: Mutex<HashMap<String, usize>>,
+    peer_streams: Arc<Places<SpiffeId>>,
+    cluster_streams: Arc<Places<String>>,
+    peer_connections: Arc<Places<SpiffeId>>,
+    cluster_connections: Arc<Places<String>>,
     pub active: AtomicUsize,
     pub draining: watch::Sender<bool>,
     pub tap: Option<Tap>,
@@ -49,7 +55,10 @@ impl Shared {
             own,
             exports: RwLock::new(Arc::new(index)),
             generation: watch::channel(0).0,
-            streams: Mutex::new(HashMap::new()),
+            peer_streams: Arc::default(),
+            cluster_streams: Arc::default(),
+            peer_connections: Arc::default(),
+            cluster_connections: Arc::default(),
             active: AtomicUsize::new(0),
             draining: watch::channel(false).0,
             tap,
@@ -74,39 +83,40 @@ impl Shared {
         *self.draining.borrow()
     }
 
-    /// Takes a stream slot for `cluster`, or `None` at its limit.
-    pub fn acquire(self: &Arc<Self>, cluster: &str) -> Option<StreamPermit> {
-        let mut m = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(cluster.to_owned()).or_default();
-        if *n >= self.cfg.limits.max_streams_per_cluster {
-            return None;
-        }
-        *n += 1;
-        Some(StreamPermit {
-            shared: self.clone(),
-            cluster: cluster.to_owned(),
-        })
+    /// Takes a tunnel place for `peer` and for its source cluster, or
+    /// names the limit that is full.
+    pub fn acquire(&self, peer: &Peer) -> Result<Permit, &'static str> {
+        let l = &self.cfg.limits;
+        let p = self
+            .peer_streams
+            .enter(&peer.id, l.max_streams_per_peer)
+            .ok_or("peer_stream_limit")?;
+        let c = self
+            .cluster_streams
+            .enter(&peer.cluster, l.max_streams_per_cluster)
+            .ok_or("stream_limit")?;
+        Ok(Permit { _peer: p, _cluster: c })
+    }
+
+    /// Takes a connection place for `peer` and for its source cluster, or
+    /// names the limit that is full.
+    pub fn connect(&self, peer: &Peer) -> Result<Permit, &'static str> {
+        let l = &self.cfg.limits;
+        let p = self
+            .peer_connections
+            .enter(&peer.id, l.max_connections_per_peer)
+            .ok_or("peer_connection_limit")?;
+        let c = self
+            .cluster_connections
+            .enter(&peer.cluster, l.max_connections_per_cluster)
+            .ok_or("cluster_connection_limit")?;
+        Ok(Permit { _peer: p, _cluster: c })
     }
 }
 
-/// A per-source-cluster stream slot, released on drop.
-pub(crate) struct StreamPermit {
-    shared: Arc<Shared>,
-    cluster: String,
-}
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        let mut m = self
-            .shared
-            .streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.cluster) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.cluster);
-            }
-        }
-    }
+/// A tunnel's or a connection's places (its peer's and its source
+/// cluster's), given back on drop.
+pub(crate) struct Permit {
+    _peer: Place<SpiffeId>,
+    _cluster: Place<String>,
 }

@@ -110,14 +110,22 @@ pub(crate) async fn handle(
         }
     };
     let service = decision.service;
-    let Some(permit) = shared.acquire(cluster) else {
-        shared.metrics.tunnel(cluster, &service, "stream_limit");
-        tracing::info!(source_cluster = cluster, %service, "per-cluster stream limit reached");
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            "stream_limit",
-            format!("cluster {cluster} has too many open tunnels"),
-        );
+    let permit = match shared.acquire(&peer) {
+        Ok(p) => p,
+        Err(limit) => {
+            shared.metrics.tunnel(cluster, &service, limit);
+            tracing::info!(peer = %peer.id, source_cluster = cluster, %service, limit, "tunnel limit reached");
+            let whose = if limit == "stream_limit" {
+                format!("cluster {cluster}")
+            } else {
+                peer.id.to_string()
+            };
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                limit,
+                format!("{whose} has too many open tunnels"),
+            );
+        }
     };
     let target = decision.target;
     let dial = tokio::time::timeout(

@@ -148,6 +148,11 @@ pub struct Limits {
     /// connection per endpoint, so raise it above the replica count of the
     /// largest calling service.
     pub max_connections_per_peer: usize,
+    /// Open mTLS connections on the inbound port from all the peers of one
+    /// source cluster (the cluster whose intermediate signed them); past
+    /// it, new ones are closed after the handshake
+    /// (`strait_refused_total{reason="cluster_connection_limit"}`).
+    pub max_connections_per_cluster: usize,
 }
 
 impl Default for Limits {
@@ -163,6 +168,7 @@ impl Default for Limits {
             max_pending_requests: 10_000,
             first_request_timeout: Duration::from_secs(10),
             max_connections_per_peer: 1024,
+            max_connections_per_cluster: 4096,
         }
     }
 }
@@ -271,11 +277,19 @@ impl ProxyConfig {
                 "sniff_timeout, header_read_timeout and first_request_timeout must be positive",
             ));
         }
-        if l.max_connections_per_peer == 0 {
-            return Err(invalid(
+        for (field, v) in [
+            (
                 "limits.max_connections_per_peer",
-                "must be at least 1",
-            ));
+                l.max_connections_per_peer,
+            ),
+            (
+                "limits.max_connections_per_cluster",
+                l.max_connections_per_cluster,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
         }
         Ok(())
     }

@@ -7,11 +7,12 @@
 //! Peers speak HTTP/2 (ALPN `h2`, pooled); a connection that negotiated
 //! ALPN `http/1.1` carries one HTTP/1.1 upgrade request
 //! ([`crate::upgrade`]) and nothing else. Each peer identity may hold
-//! `limits.max_connections_per_peer` connections, and each connection must
-//! bring its first request within `limits.first_request_timeout`
-//! ([`peers`]).
+//! `limits.max_connections_per_peer` connections, each source cluster (the
+//! cluster whose intermediate signed the peer's certificate)
+//! `limits.max_connections_per_cluster`, and each connection must bring its
+//! first request within `limits.first_request_timeout`
+//! ([`strait_api::places`]).
 
-mod peers;
 mod probe;
 
 use std::convert::Infallible;
@@ -25,6 +26,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
+use strait_api::places::{FirstRequest, Places};
 use strait_api::snapshot::Protocol;
 use strait_api::{ClusterName, SpiffeId};
 use strait_ca::pipe;
@@ -37,6 +39,14 @@ use crate::metrics::{Direction, Metrics, ReasonLabels, TcpLabels};
 use crate::sniff::{self, Detected};
 use crate::state::Shared;
 use crate::transport::{ALPN_H2, ALPN_HTTP1, Body, boxed};
+
+/// Open connections per peer identity and per source cluster (`None`:
+/// a certificate whose issuer names no cluster).
+#[derive(Debug, Default)]
+struct Open {
+    peers: Arc<Places<SpiffeId>>,
+    clusters: Arc<Places<Option<ClusterName>>>,
+}
 
 /// Accepts mesh connections until the task is dropped.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
@@ -53,7 +63,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         }
     };
     let acceptor = TlsAcceptor::from(Arc::new(cfg));
-    let open = Arc::new(peers::PeerConnections::default());
+    let open = Arc::new(Open::default());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -79,7 +89,7 @@ async fn connection(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-    open: Arc<peers::PeerConnections>,
+    open: Arc<Open>,
 ) -> Result<(), &'static str> {
     let _ = tcp.set_nodelay(true);
     let limits = shared.cfg.limits.clone();
@@ -100,17 +110,26 @@ async fn connection(
         }
         Err(_) => return Err("tls_handshake_timeout"),
     };
-    let from = match strait_ca::tls::peer_identity(tls.get_ref().1.peer_certificates()) {
+    let certs = tls.get_ref().1.peer_certificates();
+    let from = match strait_ca::tls::peer_identity(certs) {
         Ok(id) => Arc::new(Peer::new(&shared, id)),
         Err(_) => return Err("no_peer_identity"),
     };
-    // Dropped (the place given back) when this function returns.
-    let Some(_slot) = open.enter(&from.id, limits.max_connections_per_peer) else {
+    // Dropped (the places given back) when this function returns.
+    let Some(_slot) = open.peers.enter(&from.id, limits.max_connections_per_peer) else {
         tracing::info!(%peer, source = %from.id, max = limits.max_connections_per_peer, "peer connection limit reached");
         return Err("peer_connection_limit");
     };
+    let cluster = strait_ca::tls::peer_cluster(certs);
+    let Some(_cluster_slot) = open
+        .clusters
+        .enter(&cluster, limits.max_connections_per_cluster)
+    else {
+        tracing::info!(%peer, source = %from.id, cluster = ?cluster, max = limits.max_connections_per_cluster, "source cluster connection limit reached");
+        return Err("cluster_connection_limit");
+    };
     let http1 = tls.get_ref().1.alpn_protocol() == Some(ALPN_HTTP1);
-    let first = peers::FirstRequest::default();
+    let first = FirstRequest::default();
     let svc = {
         let shared = shared.clone();
         let first = first.clone();
