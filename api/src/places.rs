@@ -6,15 +6,18 @@
 //! A place is taken when the key is known (after the mTLS handshake) and
 //! given back when its [`Place`] is dropped; keys with no open place are
 //! forgotten, so the map is as small as the set of peers connected now.
+//! Every place of a key also shares one count of that key's open streams
+//! ([`Place::stream`]): a request takes a [`Stream`] with two atomic
+//! operations and no lookup.
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Open places per key.
+/// Open places per key, and the key's shared stream count.
 #[derive(Debug)]
-pub struct Places<K: Hash + Eq + Clone>(Mutex<HashMap<K, usize>>);
+pub struct Places<K: Hash + Eq + Clone>(Mutex<HashMap<K, (usize, Arc<AtomicUsize>)>>);
 
 impl<K: Hash + Eq + Clone> Default for Places<K> {
     fn default() -> Self {
@@ -27,17 +30,41 @@ impl<K: Hash + Eq + Clone> Default for Places<K> {
 pub struct Place<K: Hash + Eq + Clone> {
     all: Arc<Places<K>>,
     key: K,
+    streams: Arc<AtomicUsize>,
+}
+
+/// One open stream of a key; given back when dropped.
+#[derive(Debug)]
+pub struct Stream(Arc<AtomicUsize>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<K: Hash + Eq + Clone> Place<K> {
+    /// One more open stream of this place's key, or `None` when the key
+    /// holds `max` (over all its places).
+    pub fn stream(&self, max: usize) -> Option<Stream> {
+        let before = self.streams.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
+            self.streams.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Stream(self.streams.clone()))
+    }
 }
 
 impl<K: Hash + Eq + Clone> Places<K> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<K, usize>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, (usize, Arc<AtomicUsize>)>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A place for one more of `key`, or `None` when it holds `max`.
     pub fn enter(self: &Arc<Self>, key: &K, max: usize) -> Option<Place<K>> {
         let mut open = self.lock();
-        let n = open.entry(key.clone()).or_insert(0);
+        let (n, streams) = open.entry(key.clone()).or_default();
         if *n >= max {
             if *n == 0 {
                 open.remove(key);
@@ -45,15 +72,17 @@ impl<K: Hash + Eq + Clone> Places<K> {
             return None;
         }
         *n += 1;
+        let streams = streams.clone();
         Some(Place {
             all: self.clone(),
             key: key.clone(),
+            streams,
         })
     }
 
     /// Places `key` holds now.
     pub fn open(&self, key: &K) -> usize {
-        self.lock().get(key).copied().unwrap_or(0)
+        self.lock().get(key).map_or(0, |(n, _)| *n)
     }
 
     /// Keys holding at least one place.
@@ -65,7 +94,7 @@ impl<K: Hash + Eq + Clone> Places<K> {
 impl<K: Hash + Eq + Clone> Drop for Place<K> {
     fn drop(&mut self) {
         let mut open = self.all.lock();
-        if let Some(n) = open.get_mut(&self.key) {
+        if let Some((n, _)) = open.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 open.remove(&self.key);
@@ -107,5 +136,23 @@ mod tests {
         assert_eq!(all.open(&a), 0);
         assert_eq!(all.keys(), 0, "no entry is left behind");
         assert!(all.enter(&a, 3).is_some());
+    }
+
+    #[test]
+    fn streams_are_counted_over_all_places_of_a_key() {
+        let all = Arc::new(Places::default());
+        let (a, b) = ("flood".to_owned(), "web".to_owned());
+        let (p1, p2) = (all.enter(&a, 9).unwrap(), all.enter(&a, 9).unwrap());
+        let q = all.enter(&b, 9).unwrap();
+        let s1 = p1.stream(2).unwrap();
+        let s2 = p2.stream(2).unwrap();
+        assert!(p1.stream(2).is_none(), "the key holds 2 over both places");
+        assert!(p2.stream(2).is_none());
+        assert!(q.stream(2).is_some(), "other keys are unaffected");
+        drop(s1);
+        let s3 = p2.stream(2).expect("a stream given back is usable");
+        drop((s2, s3));
+        assert!(p1.stream(0).is_none(), "max 0 admits none");
+        assert!(p1.stream(1).is_some());
     }
 }

@@ -95,7 +95,10 @@ impl Shared {
             .cluster_streams
             .enter(&peer.cluster, l.max_streams_per_cluster)
             .ok_or("stream_limit")?;
-        Ok(Permit { _peer: p, _cluster: c })
+        Ok(Permit {
+            _peer: p,
+            _cluster: c,
+        })
     }
 
     /// Takes a connection place for `peer` and for its source cluster, or
@@ -110,7 +113,10 @@ impl Shared {
             .cluster_connections
             .enter(&peer.cluster, l.max_connections_per_cluster)
             .ok_or("cluster_connection_limit")?;
-        Ok(Permit { _peer: p, _cluster: c })
+        Ok(Permit {
+            _peer: p,
+            _cluster: c,
+        })
     }
 }
 

@@ -153,6 +153,13 @@ pub struct Limits {
     /// it, new ones are closed after the handshake
     /// (`strait_refused_total{reason="cluster_connection_limit"}`).
     pub max_connections_per_cluster: usize,
+    /// Requests (HTTP/2 streams, tunnels) open at once on the inbound port
+    /// from one peer identity, over all its connections; past it, 503
+    /// `peer_stream_limit`.
+    pub max_streams_per_peer: usize,
+    /// The same for all the peers of one source cluster (503
+    /// `cluster_stream_limit`).
+    pub max_streams_per_cluster: usize,
 }
 
 impl Default for Limits {
@@ -169,6 +176,8 @@ impl Default for Limits {
             first_request_timeout: Duration::from_secs(10),
             max_connections_per_peer: 1024,
             max_connections_per_cluster: 4096,
+            max_streams_per_peer: 8192,
+            max_streams_per_cluster: 32_768,
         }
     }
 }
@@ -286,6 +295,8 @@ impl ProxyConfig {
                 "limits.max_connections_per_cluster",
                 l.max_connections_per_cluster,
             ),
+            ("limits.max_streams_per_peer", l.max_streams_per_peer),
+            ("limits.max_streams_per_cluster", l.max_streams_per_cluster),
         ] {
             if v == 0 {
                 return Err(invalid(field, "must be at least 1"));

@@ -26,7 +26,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use strait_api::places::{FirstRequest, Places};
+use strait_api::places::{FirstRequest, Place, Places, Stream};
 use strait_api::snapshot::Protocol;
 use strait_api::{ClusterName, SpiffeId};
 use strait_ca::pipe;
@@ -38,7 +38,7 @@ use crate::headers::{self, error};
 use crate::metrics::{Direction, Metrics, ReasonLabels, TcpLabels};
 use crate::sniff::{self, Detected};
 use crate::state::Shared;
-use crate::transport::{ALPN_H2, ALPN_HTTP1, Body, boxed};
+use crate::transport::{ALPN_H2, ALPN_HTTP1, Body, Held, boxed};
 
 /// Open connections per peer identity and per source cluster (`None`:
 /// a certificate whose issuer names no cluster).
@@ -115,13 +115,14 @@ async fn connection(
         Ok(id) => Arc::new(Peer::new(&shared, id)),
         Err(_) => return Err("no_peer_identity"),
     };
-    // Dropped (the places given back) when this function returns.
-    let Some(_slot) = open.peers.enter(&from.id, limits.max_connections_per_peer) else {
+    // Dropped (the places given back) when the connection and its last
+    // stream end.
+    let Some(slot) = open.peers.enter(&from.id, limits.max_connections_per_peer) else {
         tracing::info!(%peer, source = %from.id, max = limits.max_connections_per_peer, "peer connection limit reached");
         return Err("peer_connection_limit");
     };
     let cluster = strait_ca::tls::peer_cluster(certs);
-    let Some(_cluster_slot) = open
+    let Some(cluster_slot) = open
         .clusters
         .enter(&cluster, limits.max_connections_per_cluster)
     else {
@@ -130,6 +131,7 @@ async fn connection(
     };
     let http1 = tls.get_ref().1.alpn_protocol() == Some(ALPN_HTTP1);
     let first = FirstRequest::default();
+    let places = Arc::new((slot, cluster_slot));
     let svc = {
         let shared = shared.clone();
         let first = first.clone();
@@ -137,9 +139,21 @@ async fn connection(
             first.seen();
             let shared = shared.clone();
             let from = from.clone();
+            let streams = streams_of(&shared, &places);
             // Boxed: the request future is large, and hyper/tokio move the
             // per-stream future several times (spawn, completion).
-            async move { Ok::<_, Infallible>(Box::pin(handle(shared, from, req, http1)).await) }
+            async move {
+                let streams = match streams {
+                    Ok(s) => OpenStreams(Arc::new(s)),
+                    Err(refused) => return Ok::<_, Infallible>(refused),
+                };
+                // A tunnel outlives its (empty) response body: it takes
+                // its own hold from the request.
+                let mut req = req;
+                req.extensions_mut().insert(streams.clone());
+                let res = Box::pin(handle(shared, from, req, http1)).await;
+                Ok(res.map(|b| boxed(Held::new(b, streams))))
+            }
         })
     };
     if http1 {
@@ -193,6 +207,38 @@ async fn connection(
         tracing::debug!(%peer, error = %e, "inbound connection ended");
     }
     Ok(())
+}
+
+/// One request's streams (of its peer, of its source cluster), held by
+/// its response body and by a tunnel's task until both end.
+#[derive(Debug, Clone)]
+struct OpenStreams(#[allow(dead_code)] Arc<(Stream, Stream)>);
+
+/// The places of one connection: its peer identity's and its source
+/// cluster's.
+type ConnPlaces = (Place<SpiffeId>, Place<Option<ClusterName>>);
+
+/// Takes a stream of the connection's peer and of its source cluster for
+/// one request (held until its response body ends), or the refusal.
+fn streams_of(shared: &Shared, places: &ConnPlaces) -> Result<(Stream, Stream), Response<Body>> {
+    let l = &shared.cfg.limits;
+    let refuse = |reason: &'static str, whose: String| {
+        shared.metrics.refuse(Direction::inbound, reason);
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            reason,
+            format!("{whose} has too many requests open at this workload"),
+        )
+    };
+    let peer = places
+        .0
+        .stream(l.max_streams_per_peer)
+        .ok_or_else(|| refuse("peer_stream_limit", "this caller".to_owned()))?;
+    let cluster = places
+        .1
+        .stream(l.max_streams_per_cluster)
+        .ok_or_else(|| refuse("cluster_stream_limit", "the caller's cluster".to_owned()))?;
+    Ok((peer, cluster))
 }
 
 /// One request from a peer; `http1` when it came on an ALPN `http/1.1`
@@ -581,7 +627,9 @@ async fn tunnel_to_app(
         destination_service: service,
     };
     shared.metrics.tcp_connections.get_or_create(&labels).inc();
+    let held = req.extensions().get::<OpenStreams>().cloned();
     tokio::spawn(async move {
+        let _held = held;
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
             Err(e) => {

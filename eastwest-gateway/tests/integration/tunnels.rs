@@ -212,6 +212,44 @@ async fn each_source_cluster_has_its_own_stream_limit() {
 }
 
 #[tokio::test]
+async fn each_peer_identity_has_its_own_stream_limit() {
+    let pki = Pki::new(TD);
+    let ep = echo("127.0.30.8").await;
+    let limits = Limits {
+        max_streams_per_peer: 1,
+        ..Limits::default()
+    };
+    let gw = Gateway::start(
+        pki.gateway("west", "127.0.30.16", limits),
+        exports("web", 80, &[ep]),
+    )
+    .await
+    .unwrap();
+    let mut a1 = h2(gw.listener, pki.client("east", Some("a")))
+        .await
+        .unwrap();
+    let mut a2 = h2(gw.listener, pki.client("east", Some("a")))
+        .await
+        .unwrap();
+    let mut b = h2(gw.listener, pki.client("east", Some("b")))
+        .await
+        .unwrap();
+    let t = ep.to_string();
+    let _s1 = connect(&mut a1, &t).await.unwrap().stream.unwrap();
+    // Per identity across connections; another identity of the same
+    // cluster is unaffected.
+    let second = connect(&mut a2, &t).await.unwrap();
+    assert_eq!(
+        (second.status, second.reason.as_str()),
+        (429, "peer_stream_limit")
+    );
+    assert_eq!(connect(&mut b, &t).await.unwrap().status, 200);
+    let m = gw.metrics();
+    let limited = r#"strait_gateway_tunnels_total{source_cluster="east",destination_service="web.default",result="peer_stream_limit"}"#;
+    assert!(metric(&m, limited) >= 1.0, "{m}");
+}
+
+#[tokio::test]
 async fn shutdown_drains_open_tunnels_and_refuses_new_connections() {
     let pki = Pki::new(TD);
     let ep = echo("127.0.30.6").await;

@@ -4,6 +4,7 @@
 
 mod badinput;
 mod crosscluster;
+mod limits;
 mod protocols;
 mod resilience;
 mod support;
