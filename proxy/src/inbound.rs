@@ -145,7 +145,7 @@ async fn connection(
             async move {
                 let streams = match streams {
                     Ok(s) => OpenStreams(Arc::new(s)),
-                    Err(refused) => return Ok::<_, Infallible>(refused),
+                    Err(refused) => return Ok::<_, Infallible>(*refused),
                 };
                 // A tunnel outlives its (empty) response body: it takes
                 // its own hold from the request.
@@ -220,24 +220,27 @@ type ConnPlaces = (Place<SpiffeId>, Place<Option<ClusterName>>);
 
 /// Takes a stream of the connection's peer and of its source cluster for
 /// one request (held until its response body ends), or the refusal.
-fn streams_of(shared: &Shared, places: &ConnPlaces) -> Result<(Stream, Stream), Response<Body>> {
+fn streams_of(
+    shared: &Shared,
+    places: &ConnPlaces,
+) -> Result<(Stream, Stream), Box<Response<Body>>> {
     let l = &shared.cfg.limits;
-    let refuse = |reason: &'static str, whose: String| {
+    let refuse = |reason: &'static str, whose: &str| {
         shared.metrics.refuse(Direction::inbound, reason);
-        error(
+        Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
             reason,
             format!("{whose} has too many requests open at this workload"),
-        )
+        ))
     };
     let peer = places
         .0
         .stream(l.max_streams_per_peer)
-        .ok_or_else(|| refuse("peer_stream_limit", "this caller".to_owned()))?;
+        .ok_or_else(|| refuse("peer_stream_limit", "this caller"))?;
     let cluster = places
         .1
         .stream(l.max_streams_per_cluster)
-        .ok_or_else(|| refuse("cluster_stream_limit", "the caller's cluster".to_owned()))?;
+        .ok_or_else(|| refuse("cluster_stream_limit", "the caller's cluster"))?;
     Ok((peer, cluster))
 }
 
