@@ -69,8 +69,19 @@ struct Cli {
     #[arg(long, global = true, env = "STRAIT_LOG")]
     log: Option<String>,
 
+    /// Log lines as text (coloured only on a terminal) or as JSON objects,
+    /// one per line, for log collectors.
+    #[arg(long, global = true, env = "STRAIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,13 +134,22 @@ fn main() -> ExitCode {
         "warn"
     };
     let filter = cli.log.as_deref().unwrap_or(default_log);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        // Colour only for a person at a terminal: log files, pipes and
+        // journald get plain text (and NO_COLOR is honoured).
+        LogFormat::Text => logs
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .init(),
+    }
     let result = match cli.command {
         Command::Ca(cmd) => ca::run(cmd, cli.output),
         Command::Proxy(args) => proxy::run(args),

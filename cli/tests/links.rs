@@ -150,7 +150,11 @@ fn links_and_exports_gate_every_door_while_linked_traffic_goes_on() {
     )
     .unwrap();
     let spy_cfg = spy_cfg.display().to_string();
-    let spy = spawn(&dir, &["proxy", "--config", &spy_cfg], "spy.log");
+    let spy = spawn(
+        &dir,
+        &["--log-format", "json", "proxy", "--config", &spy_cfg],
+        "spy.log",
+    );
     let log = || std::fs::read_to_string(dir.join("spy.log")).unwrap_or_default();
     let waited = Instant::now();
     while !log().contains("other_cluster") && !log().contains("certificate of cluster east") {
@@ -162,12 +166,26 @@ fn links_and_exports_gate_every_door_while_linked_traffic_goes_on() {
         pause(100);
     }
     drop(spy);
+    // The log is JSON lines (`--log-format json`); the refusal is a field.
     let line = log()
         .lines()
         .find(|l| l.contains("certificate of cluster east"))
-        .map(str::to_owned);
-    eprintln!("(a) east's workload subscribing to west: {line:?}");
-    assert!(line.is_some_and(|l| l.contains("only workloads and components of cluster west")));
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+        .expect("the refusal is logged");
+    eprintln!("(a) east's workload subscribing to west: {line}");
+    assert_eq!(line["level"], "WARN", "{line}");
+    let error = line["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("only workloads and components of cluster west"),
+        "{line}"
+    );
+    // Logs written to files carry no colour codes.
+    let controller_log =
+        std::fs::read_to_string(dir.join("clusters/west/controller.log")).unwrap_or_default();
+    assert!(
+        !controller_log.is_empty() && !controller_log.contains('\x1b'),
+        "{controller_log}"
+    );
     let report = |pod: &Path| report_down(pod, &format!("{}:15006", west.ip));
     let refusal = report(&home).unwrap_err();
     eprintln!("(a) east's workload reporting west's endpoint down: {refusal}");
