@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use strait_api::proto::config::Node;
+use strait_api::proto::config::config_discovery_client::ConfigDiscoveryClient;
+use strait_api::proto::config::{Node, Registration};
 use strait_api::snapshot::Snapshot;
 use strait_api::{ClusterName, Locality, TrustDomain};
 use strait_ca::tls::ExpectedServer;
@@ -77,6 +78,9 @@ pub struct Target {
     /// A name for the controller's status and logs.
     pub node_id: String,
     pub locality: Option<Locality>,
+    /// A sidecar's own workload, registered while it follows
+    /// (`Node.registration`).
+    pub registration: Option<Registration>,
 }
 
 impl Target {
@@ -91,6 +95,7 @@ impl Target {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
             role: self.role.as_str().to_owned(),
+            registration: self.registration.clone(),
         }
     }
 
@@ -123,6 +128,28 @@ pub fn follow(
         target.node(),
         options,
     )
+}
+
+/// Tells the controller that the workload `target` registered is leaving:
+/// its endpoint is removed at once, not when the registration lease ends.
+/// Called on a clean shutdown; when it fails, the lease removes it.
+pub async fn deregister(
+    target: &Target,
+    certs: &CertStore,
+    bundle: &SharedBundle,
+) -> Result<(), String> {
+    let Some(reg) = &target.registration else {
+        return Ok(());
+    };
+    let channel =
+        crate::subscribe::connect(target.address, certs, bundle, &target.expected()).await?;
+    let mut client = ConfigDiscoveryClient::new(channel);
+    let call = client.deregister(reg.clone());
+    match tokio::time::timeout(std::time::Duration::from_secs(3), call).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(s)) => Err(s.message().to_owned()),
+        Err(_) => Err("the controller did not answer within 3s".to_owned()),
+    }
 }
 
 /// [`follow`] on behalf of `owner`, held weakly: the subscription never
@@ -179,6 +206,7 @@ mod tests {
             role: Role::Gateway,
             node_id: "gateway-0".into(),
             locality: Some("us-east/a".parse().unwrap()),
+            registration: None,
         };
         let n = t.node();
         assert_eq!(

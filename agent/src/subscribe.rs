@@ -122,6 +122,27 @@ pub fn subscribe(
     }
 }
 
+/// An mTLS gRPC channel to the controller at `addr`, presenting `certs`
+/// and expecting `expected`.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    certs: &CertStore,
+    bundle: &SharedBundle,
+    expected: &ExpectedServer,
+) -> Result<tonic::transport::Channel, String> {
+    let cfg =
+        tls::client_config(certs, bundle, expected.clone(), &[b"h2"]).map_err(|e| e.to_string())?;
+    let connect = strait_ca::dial::connector(addr, cfg, "controller.strait.invalid");
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .connect_with_connector(connect)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))
+}
+
 /// One stream's life. `Ok(true)` when at least one snapshot came in.
 #[allow(clippy::too_many_arguments)]
 async fn run_once(
@@ -134,17 +155,7 @@ async fn run_once(
     snap_tx: &watch::Sender<Option<Arc<Snapshot>>>,
     up_tx: &watch::Sender<bool>,
 ) -> Result<bool, String> {
-    let cfg =
-        tls::client_config(certs, bundle, expected.clone(), &[b"h2"]).map_err(|e| e.to_string())?;
-    let connect = strait_ca::dial::connector(addr, cfg, "controller.strait.invalid");
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_with_connector(connect)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+    let channel = connect(addr, certs, bundle, expected).await?;
     let mut client = ConfigDiscoveryClient::new(channel);
     let (tx, rx) = mpsc::channel(8);
     let held = snap_tx.borrow().as_ref().map_or(0, |s| s.version);

@@ -18,7 +18,7 @@ use strait_ca::CaDir;
 use crate::output::{Format, emit};
 
 pub mod layout;
-mod procs;
+pub(crate) mod procs;
 
 use layout::{ClusterInfo, Layout, Pids, RoleProc};
 use procs::Ended;
@@ -580,6 +580,14 @@ async fn down(args: &DownArgs) -> anyhow::Result<DownReport> {
             processes: Vec::new(),
         });
     };
+    // The cluster's sidecars first (they deregister from the controller).
+    let sidecars = crate::sidecar::stop_all_of(&args.dir, &args.name).await?;
+    if sidecars > 0 {
+        progress(&format!(
+            "stopped {sidecars} sidecar(s) of cluster {}",
+            args.name
+        ));
+    }
     // Stop DNS and the gateway before the controller they depend on.
     let mut list = pids.processes.clone();
     list.reverse();

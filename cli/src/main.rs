@@ -21,6 +21,7 @@ mod probe;
 mod proxy;
 mod roles;
 mod runtime;
+mod sidecar;
 mod signal;
 mod status;
 
@@ -111,9 +112,13 @@ enum Command {
     Peering(ops::PeeringCommand),
     Link(ops::LinkArgs),
     Unlink(ops::UnlinkArgs),
-    /// The local catalog: register services.
+    /// The local catalog: register and deregister services.
     #[command(subcommand)]
     Service(ops::ServiceCommand),
+    /// Workloads in `cluster up` clusters: add a sidecar (certificate,
+    /// config, registration) with one command; list; remove.
+    #[command(subcommand)]
+    Sidecar(sidecar::SidecarCommand),
     /// Start or stop one cluster (controller, gateway, DNS) on this host.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -166,6 +171,7 @@ fn main() -> ExitCode {
         Command::Link(args) => ops::link_clusters(args, cli.output),
         Command::Unlink(args) => ops::unlink(args, cli.output),
         Command::Service(cmd) => ops::service(cmd, cli.output),
+        Command::Sidecar(cmd) => sidecar::run(cmd, cli.output),
         Command::Cluster(cmd) => cluster::run(cmd, cli.output),
         Command::Check(args) => check::run(args, cli.output),
         Command::Diagnose(args) => diagnose::run(args, cli.output),

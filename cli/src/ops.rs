@@ -143,6 +143,26 @@ pub enum ServiceCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Remove a service's registration file (its endpoints leave every
+    /// cluster's view; sidecars that registered themselves keep theirs
+    /// while they run: stop them with `strait sidecar rm`).
+    ///
+    ///   strait service deregister reviews -n default --cluster east
+    #[command(verbatim_doc_comment)]
+    Deregister {
+        #[command(flatten)]
+        svc: ServiceArg,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+/// Checks an export list: `none`, `all` or `a,b,c` (cluster names).
+pub fn parse_export_list(s: &str) -> anyhow::Result<()> {
+    match s.trim() {
+        "" | "none" | "all" => Ok(()),
+        list => clusters("--export", list).map(drop),
+    }
 }
 
 pub fn parse_fail_mode(s: &str) -> Result<FailMode, String> {
@@ -238,6 +258,20 @@ pub fn service(cmd: ServiceCommand, format: Format) -> anyhow::Result<()> {
                     "registered {} ({} endpoint(s))\n",
                     v["service"].as_str().unwrap_or("?"),
                     reg.endpoints.len()
+                )
+            })
+        }
+        ServiceCommand::Deregister { svc, conn } => {
+            let ctl = conn.resolve()?;
+            let req = ServiceRef {
+                namespace: svc.namespace,
+                name: svc.service,
+            };
+            let v: serde_json::Value = block_on(ctl.post("/v1/deregister", &req))?;
+            emit(format, &v, |v| {
+                format!(
+                    "deregistered {}\n",
+                    v["service"].as_str().unwrap_or_default()
                 )
             })
         }

@@ -99,6 +99,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
         crate::runtime::release_freed_memory();
         crate::signal::wait_for_shutdown().await;
+        // A registered workload leaves at once (callers stop choosing it);
+        // when the controller cannot be told, its lease removes it.
+        if let Err(e) = proxy.leave().await {
+            tracing::warn!(error = %e, "could not deregister this workload; it expires with its registration lease");
+        }
         proxy.shutdown();
         anyhow::Ok(())
     })

@@ -265,6 +265,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 role: Role::Dns,
                 node_id: "dns (in the controller)".into(),
                 locality: None,
+                registration: None,
             };
             let following = strait_dns::role::Following {
                 target,

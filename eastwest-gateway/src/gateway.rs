@@ -135,6 +135,7 @@ fn follow_controller(
         role: Role::Gateway,
         node_id: format!("gateway {listener}"),
         locality: c.locality.clone(),
+        registration: None,
     };
     let (certs, bundle) = (shared.certs.clone(), shared.bundle.clone());
     Ok(Some(strait_agent::follow_owner(

@@ -32,7 +32,7 @@ use rustls::pki_types::pem::PemObject;
 use strait_api::snapshot::{Protocol, ServicePort};
 use strait_api::{ClusterName, TrustDomain};
 use strait_ca::{CaDir, CertStore, SharedBundle};
-use strait_federation::catalog::{CatalogSource, EndpointSpec, Export, LocalCatalog, Registration};
+use strait_federation::catalog::{EndpointSpec, Export, FixedCatalog, LocalCatalog, Registration};
 use strait_federation::controller::admin_api::token_path;
 use strait_federation::controller::{Controller, ControllerConfig, Source};
 use tokio::sync::watch;
@@ -107,15 +107,6 @@ fn main() {
 
 // ---------------------------------------------------------------- child
 
-#[derive(Debug)]
-struct Fixed(watch::Sender<Arc<LocalCatalog>>);
-
-impl CatalogSource for Fixed {
-    fn watch(&self) -> watch::Receiver<Arc<LocalCatalog>> {
-        self.0.subscribe()
-    }
-}
-
 /// Cluster `i`'s catalog: every service exported to every peer.
 fn catalog(i: usize, k: &Knobs) -> Res<LocalCatalog> {
     let mut cat = LocalCatalog::default();
@@ -158,8 +149,7 @@ fn child(index: &str) -> Res<()> {
     let key = PrivateKeyDer::from_pem_file(&files.key)?;
     let certs = CertStore::from_parts(chain, key)?;
     let bundle = SharedBundle::new(ca.bundle()?);
-    let (tx, _) = watch::channel(Arc::new(LocalCatalog::default()));
-    let source = Arc::new(Fixed(tx));
+    let source = Arc::new(FixedCatalog::new(LocalCatalog::default()));
     let mut config = ControllerConfig::new(name.clone(), state, certs, bundle);
     config.listen = "127.0.0.1:0".parse()?;
     config.admin_listen = Some("127.0.0.1:0".parse()?);
@@ -187,7 +177,7 @@ fn child(index: &str) -> Res<()> {
         // End of input (the parent is gone) stops the controller.
         while let Some(cmd) = lines.recv().await {
             if cmd.trim() == "publish" {
-                source.0.send_replace(Arc::new(catalog(i, &knobs)?));
+                source.set(catalog(i, &knobs)?);
                 say("PUBLISHED")?;
             }
         }

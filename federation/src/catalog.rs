@@ -20,6 +20,7 @@ use strait_api::snapshot::{MAX_ENDPOINT_WEIGHT, ServicePort, duration_str};
 use strait_api::{ClusterName, Locality, SpiffeId, TrustDomain};
 use tokio::sync::watch;
 
+pub mod live;
 pub mod policy;
 pub mod store;
 #[cfg(test)]
@@ -497,4 +498,26 @@ pub struct LocalCatalog {
 pub trait CatalogSource: Send + Sync + fmt::Debug + 'static {
     /// The current catalog; changes are announced on the receiver.
     fn watch(&self) -> watch::Receiver<Arc<LocalCatalog>>;
+}
+
+/// A catalog set in code (benchmarks, tests, embedders): what
+/// [`FixedCatalog::set`] last set.
+#[derive(Debug)]
+pub struct FixedCatalog(watch::Sender<Arc<LocalCatalog>>);
+
+impl FixedCatalog {
+    pub fn new(catalog: LocalCatalog) -> Self {
+        Self(watch::channel(Arc::new(catalog)).0)
+    }
+
+    /// Replaces the catalog; watchers see the change.
+    pub fn set(&self, catalog: LocalCatalog) {
+        self.0.send_replace(Arc::new(catalog));
+    }
+}
+
+impl CatalogSource for FixedCatalog {
+    fn watch(&self) -> watch::Receiver<Arc<LocalCatalog>> {
+        self.0.subscribe()
+    }
 }

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::Routes;
 
+use crate::catalog::live::LiveCatalog;
 use crate::catalog::store::DirectoryStore;
 use crate::catalog::{CatalogError, CatalogSource, LocalCatalog};
 use crate::grpc::GrpcServer;
@@ -120,6 +121,10 @@ pub struct ControllerConfig {
     /// off here, so a library user (a test with made-up endpoint
     /// addresses) never dials endpoints it did not choose to check.
     pub default_health_check: bool,
+    /// How long a self-registered sidecar's endpoint outlives its
+    /// config-push stream when it left without deregistering
+    /// ([`crate::catalog::live`]).
+    pub registration_lease: Duration,
 }
 
 impl ControllerConfig {
@@ -145,6 +150,7 @@ impl ControllerConfig {
             rescan_interval: Some(Duration::from_secs(5)),
             vips: VipRange::default(),
             default_health_check: false,
+            registration_lease: crate::catalog::live::DEFAULT_LEASE,
         }
     }
 }
@@ -245,6 +251,9 @@ impl Controller {
                 }
                 Source::Custom(s) => (None, s.clone()),
             };
+        // Sidecars that register themselves are layered over the source.
+        let (live, live_task) = LiveCatalog::start(source, config.registration_lease);
+        let source: Arc<dyn CatalogSource> = live.clone();
         let links = Arc::new(LinkStore::open(&config.state_dir)?);
         let listener =
             TcpListener::bind(config.listen)
@@ -289,6 +298,7 @@ impl Controller {
             warm_rx,
             health.clone(),
             metrics.clone(),
+            live.clone(),
         );
         let shared = Arc::new(Shared {
             cluster: config.cluster.clone(),
@@ -331,6 +341,7 @@ impl Controller {
         let probe = config.default_health_check.then_some(probe);
         let checker = Checker::start(health, source.watch(), probe);
         let mut background: Vec<JoinHandle<()>> = vec![
+            live_task,
             tokio::spawn(tasks::rebuild_loop(shared.clone(), version_base())),
             tokio::spawn(tasks::importers(shared.clone())),
             tokio::spawn(tasks::leases(shared.clone())),

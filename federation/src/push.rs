@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use strait_api::proto::config::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use strait_api::proto::config::{
-    EndpointHealthAck, EndpointHealthReport, SnapshotRequest, SnapshotResponse,
+    DeregisterAck, EndpointHealthAck, EndpointHealthReport, Registration, SnapshotRequest,
+    SnapshotResponse,
 };
 use strait_api::snapshot::LocalPlace;
 use strait_api::{ClusterName, Locality};
@@ -29,6 +30,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::catalog::ServiceKey;
+use crate::catalog::live::{LiveCatalog, admit};
 use crate::health::{DEFAULT_PASSIVE_HOLD, HealthTable, report};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::snapshot::{MergedView, World, gateway_snapshot, snapshot_for};
@@ -75,6 +77,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     clients: Mutex<BTreeMap<u64, ProxyStatus>>,
     next_id: AtomicU64,
+    /// Sidecars' own registrations, held by their sessions.
+    live: Arc<LiveCatalog>,
     /// Health reports per reporter.
     reports: report::RateLimiter,
 }
@@ -93,6 +97,7 @@ impl PushService {
         warm: watch::Receiver<bool>,
         health: HealthTable,
         metrics: Arc<Metrics>,
+        live: Arc<LiveCatalog>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -104,6 +109,7 @@ impl PushService {
                 metrics,
                 clients: Mutex::default(),
                 next_id: AtomicU64::new(1),
+                live,
                 reports: report::RateLimiter::default(),
             }),
         }
@@ -220,6 +226,9 @@ async fn session(
         }
     }
     inner.lock().remove(&id);
+    // A registration outlives its stream by the lease, unless the sidecar
+    // deregistered (it then is gone already).
+    inner.live.session_ended(id);
     inner.metrics.config_clients.dec();
 }
 
@@ -286,11 +295,31 @@ impl ConfigDiscovery for PushService {
                 ))
             })?
         };
+        let registration = match (&node.registration, role) {
+            (None, _) => None,
+            (Some(reg), Role::Proxy) => {
+                let td = self.inner.world.borrow().world.trust_domain.clone();
+                let located = (!node.locality.is_empty()).then(|| locality.clone());
+                let live =
+                    admit(reg, &identity, &td, &self.inner.cluster, located).map_err(|e| {
+                        crate::grpc::refuse(Code::PermissionDenied, e.label(), e.to_string())
+                    })?;
+                Some(live)
+            }
+            (Some(_), Role::Gateway) => {
+                return Err(Status::invalid_argument(
+                    "a gateway does not register a workload (node.registration is for sidecars)",
+                ));
+            }
+        };
         let place = LocalPlace {
             cluster: self.inner.cluster.clone(),
             locality,
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(live) = registration {
+            self.inner.live.register(id, &identity, live);
+        }
         self.inner.lock().insert(
             id,
             ProxyStatus {
@@ -307,6 +336,27 @@ impl ConfigDiscovery for PushService {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(session(self.inner.clone(), id, place, role, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<Registration>,
+    ) -> Result<Response<DeregisterAck>, Status> {
+        let caller = crate::grpc::caller(&request)?;
+        crate::grpc::require_cluster(&caller, &self.inner.cluster, "deregister a workload here")?;
+        let r = request.into_inner();
+        let address: SocketAddr = r.address.parse().map_err(|_| {
+            Status::invalid_argument(format!("address {:?} is not ip:port", r.address))
+        })?;
+        let key = ServiceKey::new(&r.namespace, &r.name);
+        if self.inner.live.deregister(&caller.id, &key, address) {
+            Ok(Response::new(DeregisterAck {}))
+        } else {
+            Err(Status::not_found(format!(
+                "{caller} registered no endpoint {address} of {key} here",
+                caller = caller.id
+            )))
+        }
     }
 
     async fn report_endpoint_health(

@@ -215,6 +215,40 @@ pub struct ProxyConfig {
     /// to do with unknown destinations ([`crate::capture`]).
     #[serde(default)]
     pub capture: crate::capture::CaptureConfig,
+    /// This workload's service: the sidecar registers its inbound address
+    /// as an endpoint with its controller while it runs (needs
+    /// `controller:`; the ports are the `app:` ports).
+    #[serde(default)]
+    pub service: Option<ServiceSection>,
+}
+
+/// `service:` of a sidecar that registers its own workload. Only the
+/// service's own identity (`ns/<namespace>/sa/<name>`) may register it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// `none` (default), `all`, or `west,central`: which linked clusters
+    /// may call it.
+    #[serde(default)]
+    pub export: String,
+    /// The address peers dial (default: the inbound listener's, which must
+    /// then be a concrete address).
+    #[serde(default)]
+    pub address: Option<SocketAddr>,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+impl ServiceSection {
+    /// `name.namespace`, the form of `local_service`.
+    pub fn local_service(&self) -> String {
+        format!("{}.{}", self.name, self.namespace)
+    }
 }
 
 impl ProxyConfig {
@@ -251,6 +285,50 @@ impl ProxyConfig {
                 return Err(invalid(
                     "local_service",
                     format!("{s:?} is not of the form name.namespace"),
+                ));
+            }
+        }
+        if let Some(s) = &self.service {
+            if self.controller.is_none() {
+                return Err(invalid(
+                    "service",
+                    "registers the workload with its controller: set controller: too",
+                ));
+            }
+            if self.app.is_empty() {
+                return Err(invalid(
+                    "service",
+                    "has no ports: list the app's ports under app:",
+                ));
+            }
+            if !strait_api::label::is_service_label(&s.name)
+                || !strait_api::label::is_service_label(&s.namespace)
+            {
+                return Err(invalid(
+                    "service",
+                    format!(
+                        "name {:?} and namespace {:?} must be DNS labels",
+                        s.name, s.namespace
+                    ),
+                ));
+            }
+            if let Some(own) = &self.local_service {
+                if *own != s.local_service() {
+                    return Err(invalid(
+                        "local_service",
+                        format!(
+                            "{own:?} differs from service: {} (leave local_service out)",
+                            s.local_service()
+                        ),
+                    ));
+                }
+            }
+            if s.address
+                .is_some_and(|a| a.ip().is_unspecified() || a.port() == 0)
+            {
+                return Err(invalid(
+                    "service.address",
+                    "must be a concrete ip:port that peers can dial",
                 ));
             }
         }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use strait_agent::{Role, Subscription, Target};
-use strait_api::snapshot::{LocalPlace, Snapshot, SnapshotError};
+use strait_api::proto::config::{RegisteredPort, Registration};
+use strait_api::snapshot::{LocalPlace, Protocol, Snapshot, SnapshotError};
 use strait_ca::identity::IdentityError;
 use strait_ca::{CertStore, SharedBundle};
 use tokio::net::TcpListener;
@@ -60,6 +61,9 @@ pub struct Proxy {
     tasks: Vec<JoinHandle<()>>,
     /// The config-push subscription, when following a controller.
     following: Option<Subscription>,
+    /// The controller and registration, when the sidecar registered its
+    /// workload (`service:`), to deregister on a clean shutdown.
+    registered: Option<Target>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -97,7 +101,10 @@ impl Proxy {
 
     /// Starts a sidecar with `snapshot` as its first routing data (the
     /// config's snapshot file wins when one is set).
-    pub async fn start_with(cfg: ProxyConfig, snapshot: Snapshot) -> Result<Self, StartError> {
+    pub async fn start_with(mut cfg: ProxyConfig, snapshot: Snapshot) -> Result<Self, StartError> {
+        if let Some(s) = &cfg.service {
+            cfg.local_service.get_or_insert_with(|| s.local_service());
+        }
         let mut tasks = Vec::new();
         let identity = load_identity(&cfg, &mut tasks).await?;
         let snapshot = match &cfg.snapshot_file {
@@ -147,7 +154,9 @@ impl Proxy {
         if let Some(path) = shared.cfg.snapshot_file.clone() {
             tasks.push(tokio::spawn(watch_snapshot(shared.clone(), path)));
         }
-        let following = follow_controller(&shared, addrs.0)?;
+        let target = controller_target(&shared.cfg, addrs.0)?;
+        let following = target.as_ref().map(|t| follow_controller(&shared, t));
+        let registered = target.filter(|t| t.registration.is_some());
         tracing::info!(inbound = %addrs.0, outbound = %addrs.1, admin = %addrs.2, "sidecar started");
         Ok(Self {
             inbound: addrs.0,
@@ -157,6 +166,7 @@ impl Proxy {
             shared,
             tasks,
             following,
+            registered,
         })
     }
 
@@ -221,6 +231,24 @@ impl Proxy {
         self.shared.router.reason(svc).map(|r| r.to_string())
     }
 
+    /// Deregisters the workload this sidecar registered (`service:`), so
+    /// callers stop choosing it at once rather than at the lease's end.
+    /// Call it before [`Self::shutdown`] on a clean stop; without
+    /// `service:` it does nothing.
+    pub async fn leave(&self) -> Result<(), String> {
+        match &self.registered {
+            Some(t) => {
+                strait_agent::deregister(
+                    t,
+                    &self.shared.identity.certs,
+                    &self.shared.identity.bundle,
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Stops every listener and background task.
     pub fn shutdown(mut self) {
         self.following = None;
@@ -238,18 +266,39 @@ impl Drop for Proxy {
     }
 }
 
-/// Subscribes to the controller the config names, as a proxy: every
-/// pushed snapshot is installed before it is ACKed (a refused one is
-/// NACKed with the reason and the current one stays).
-fn follow_controller(
-    shared: &Arc<Shared>,
-    inbound: SocketAddr,
-) -> Result<Option<Subscription>, StartError> {
-    let cfg = &shared.cfg;
+/// The controller this sidecar follows, as a proxy, with its workload's
+/// registration when the config has `service:` (its address: the
+/// configured one, or the inbound listener's).
+fn controller_target(cfg: &ProxyConfig, inbound: SocketAddr) -> Result<Option<Target>, StartError> {
     let Some(c) = &cfg.controller else {
         return Ok(None);
     };
-    let target = Target {
+    let registration = match &cfg.service {
+        None => None,
+        Some(s) => {
+            let address = s.address.unwrap_or(inbound);
+            if address.ip().is_unspecified() {
+                return Err(StartError::Controller(format!(
+                    "service: the inbound listener is {inbound}, which peers cannot dial; set service.address to the address they reach this sidecar on"
+                )));
+            }
+            Some(Registration {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                ports: cfg
+                    .app
+                    .iter()
+                    .map(|p| RegisteredPort {
+                        port: u32::from(p.port),
+                        protocol: protocol_name(p.protocol).to_owned(),
+                    })
+                    .collect(),
+                address: address.to_string(),
+                export: s.export.clone(),
+            })
+        }
+    };
+    Ok(Some(Target {
         address: c.address,
         cluster: c.cluster_or(None).map_err(StartError::Controller)?,
         trust_domain: cfg.trust_domain.clone(),
@@ -259,15 +308,29 @@ fn follow_controller(
             None => format!("sidecar {inbound}"),
         },
         locality: c.locality.clone(),
-    };
+        registration,
+    }))
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http1 => "http1",
+        Protocol::Http2 => "http2",
+        Protocol::Grpc => "grpc",
+        Protocol::Tcp => "tcp",
+    }
+}
+
+/// Subscribes to `target`, as a proxy: every pushed snapshot is installed
+/// before it is ACKed (a refused one is NACKed with the reason and the
+/// current one stays).
+fn follow_controller(shared: &Arc<Shared>, target: &Target) -> Subscription {
     let (certs, bundle) = (
         shared.identity.certs.clone(),
         shared.identity.bundle.clone(),
     );
     let apply = |s: &Shared, snap: &Snapshot| s.apply(snap.clone()).map_err(|e| e.to_string());
-    Ok(Some(strait_agent::follow_owner(
-        &target, certs, bundle, shared, apply,
-    )))
+    strait_agent::follow_owner(target, certs, bundle, shared, apply)
 }
 
 fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {

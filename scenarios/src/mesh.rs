@@ -291,6 +291,7 @@ impl Mesh {
             role: Role::Dns,
             node_id: "dns".into(),
             locality: None,
+            registration: None,
         };
         let following = strait_dns::role::Following {
             target: dns_target,

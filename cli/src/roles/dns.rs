@@ -76,6 +76,7 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
             role: Role::Dns,
             node_id: format!("dns {}", args.listen),
             locality: None,
+            registration: None,
         };
         let following = strait_dns::role::Following {
             target,

@@ -86,6 +86,13 @@ impl Setup {
             watch::channel(true).1,
             HealthTable::new(),
             metrics.clone(),
+            strait_federation::catalog::live::LiveCatalog::start(
+                Arc::new(strait_federation::catalog::FixedCatalog::new(
+                    Default::default(),
+                )),
+                std::time::Duration::from_secs(1),
+            )
+            .0,
         );
         let mut me = Self {
             mesh,

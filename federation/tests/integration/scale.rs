@@ -5,21 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use strait_api::snapshot::{Protocol, ServicePort};
-use strait_federation::catalog::{CatalogSource, EndpointSpec, Export, LocalCatalog, Registration};
+use strait_federation::catalog::{EndpointSpec, Export, FixedCatalog, LocalCatalog, Registration};
 use strait_federation::controller::Source;
-use tokio::sync::watch;
 
 use crate::cluster::TestCluster;
 use crate::fixture::{Mesh, eventually};
-
-#[derive(Debug)]
-struct Fixed(watch::Sender<Arc<LocalCatalog>>);
-
-impl CatalogSource for Fixed {
-    fn watch(&self) -> watch::Receiver<Arc<LocalCatalog>> {
-        self.0.subscribe()
-    }
-}
 
 fn catalog(services: u16, endpoints: u8) -> LocalCatalog {
     let mut cat = LocalCatalog::default();
@@ -56,8 +46,7 @@ async fn a_thousand_services_from_a_custom_source_sync_in_chunks() {
     let east = TestCluster::start(&mesh, "east", 1).await;
     let mut west = TestCluster::start(&mesh, "west", 2).await;
     west.stop().await;
-    let (tx, _) = watch::channel(Arc::new(LocalCatalog::default()));
-    let source = Arc::new(Fixed(tx));
+    let source = Arc::new(FixedCatalog::new(LocalCatalog::default()));
     west.config.source = Source::Custom(source.clone());
     west.restart().await;
     assert!(
@@ -66,7 +55,7 @@ async fn a_thousand_services_from_a_custom_source_sync_in_chunks() {
     );
     east.link_to(&west).await;
     let started = Instant::now();
-    source.0.send_replace(Arc::new(catalog(1000, 10)));
+    source.set(catalog(1000, 10));
     eventually(10.0, "all imported", || {
         east.h().snapshot(None).services.len() == 1000
     })
@@ -85,7 +74,7 @@ async fn a_thousand_services_from_a_custom_source_sync_in_chunks() {
     assert!(sync.full_resyncs + sync.delta_updates >= 1);
     eprintln!("1000 services x 10 endpoints converged in {took:?}");
     // One more service is a small delta.
-    source.0.send_replace(Arc::new(catalog(1001, 10)));
+    source.set(catalog(1001, 10));
     eventually(5.0, "delta", || {
         east.h().snapshot(None).services.len() == 1001
     })

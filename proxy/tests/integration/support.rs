@@ -77,6 +77,7 @@ impl Mesh {
             limits: Limits::default(),
             access_log: false,
             capture: Default::default(),
+            service: None,
         }
     }
 

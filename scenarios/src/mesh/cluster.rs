@@ -121,6 +121,7 @@ pub(super) fn proxy_config(
         },
         access_log: false,
         capture: Default::default(),
+        service: None,
     }
 }
 

@@ -100,6 +100,7 @@ impl World {
             limits: config::Limits::default(),
             access_log: false,
             capture: Default::default(),
+            service: None,
         };
         let snapshot = if snapshot.is_empty() {
             format!(
