@@ -45,6 +45,7 @@ pub use dns::{DnsArgs, run_dns};
 ///   dns: { listen: 127.0.0.1:8653 }  # optional: serve clusterset.local for this cluster
 ///   vips: 127.77.0.0/16              # optional: the loopback /16 of service VIPs
 ///   default_health_check: true       # ask the sidecar of endpoints without health_check:
+///   registration_lease: 15s          # a self-registered sidecar's endpoint outlives its stream this long
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct ControllerArgs {
@@ -85,6 +86,10 @@ struct ControllerFile {
     /// sidecar each second (on by default).
     #[serde(default = "yes")]
     default_health_check: bool,
+    /// How long a self-registered sidecar's endpoint stays after its
+    /// config stream ended without a deregistration (crash, kill -9).
+    #[serde(default, with = "strait_api::snapshot::duration_str::option")]
+    registration_lease: Option<std::time::Duration>,
 }
 
 fn yes() -> bool {
@@ -211,6 +216,9 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
         config.vips = v;
     }
     config.default_health_check = f.default_health_check;
+    if let Some(l) = f.registration_lease {
+        config.registration_lease = l;
+    }
     Ok(Loaded {
         config,
         dns: f.dns.map(|d| d.listen),

@@ -35,7 +35,6 @@ use strait_ca::{CaDir, CertStore, SharedBundle};
 use strait_federation::catalog::{EndpointSpec, Export, FixedCatalog, LocalCatalog, Registration};
 use strait_federation::controller::admin_api::token_path;
 use strait_federation::controller::{Controller, ControllerConfig, Source};
-use tokio::sync::watch;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 

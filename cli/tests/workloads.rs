@@ -1,0 +1,224 @@
+//! Your own workloads, the way docs/getting-started.md adds them: three
+//! `strait cluster up` clusters (127.176.{1,2,3}.x: east, west, central),
+//! linked; the `echo` app (a real Python HTTP server) in west and in
+//! central and a client in east, each added with one `strait sidecar add`
+//! (no hand-written YAML, no `ca issue`): the sidecars register their apps
+//! with their controllers. Then a request every 20 ms from east:
+//!
+//! (a) it is served by west; west's app dies: central serves; it comes
+//!     back: west serves again;
+//! (b) west's sidecar is killed with `kill -9`: central serves, and west's
+//!     endpoint leaves the catalog when its registration lease ends (15 s);
+//!     `sidecar add` again brings west back;
+//! (c) central's sidecar is removed with `sidecar rm` (SIGTERM): its
+//!     endpoint leaves the catalog at once.
+//!
+//! Failed requests are printed and bounded by the requests in flight at
+//! each fault (at most 2).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::clusters::{App, Clusters, have_python};
+use support::traffic::Load;
+use support::*;
+
+const NET: &str = "127.176";
+
+fn endpoints_of(s: &serde_json::Value, cluster: &str) -> Vec<String> {
+    s["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x["name"] == "echo")
+        .flat_map(|x| x["clusters"].as_array().into_iter().flatten())
+        .filter(|c| c["cluster"] == cluster)
+        .flat_map(|c| c["endpoints"].as_array().into_iter().flatten())
+        .filter_map(|e| e["address"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Waits until `pred` holds for `cluster`'s status; how long it took.
+fn until(
+    clusters: &Clusters,
+    cluster: &str,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Duration {
+    let t = Instant::now();
+    loop {
+        let s = clusters.status(cluster);
+        if pred(&s) {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}: {s:#}");
+        pause(100);
+    }
+}
+
+#[test]
+fn workloads_join_with_one_command_register_themselves_and_leave_cleanly() {
+    if !have_python() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mesh");
+    let d = dir.display().to_string();
+    let clusters = Clusters::up(
+        &dir,
+        NET,
+        &[
+            ("east", "us-east"),
+            ("west", "us-west"),
+            ("central", "eu-central"),
+        ],
+    );
+    for to in ["west", "central"] {
+        clusters.link("east", to);
+    }
+    let add = |name: &str, cluster: &str, app: Option<&str>| -> serde_json::Value {
+        let mut args = vec![
+            "-o",
+            "json",
+            "sidecar",
+            "add",
+            name,
+            "-n",
+            "demo",
+            "--cluster",
+            cluster,
+            "--dir",
+            &d,
+        ];
+        if let Some(a) = app {
+            args.extend(["--app", a, "--port", "8080/http1", "--export", "all"]);
+        }
+        let out = ok(&dir, &args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let west_app_addr = format!("{NET}.2.5:18080");
+    let mut west_app = Some(App::start(&dir, "west", &format!("{NET}.2.5")));
+    let _central_app = App::start(&dir, "central", &format!("{NET}.3.5"));
+    let west = add("echo", "west", Some(&west_app_addr));
+    let central = add("echo", "central", Some(&format!("{NET}.3.5:18080")));
+    let client = add("client", "east", None);
+    assert_eq!(west["identity"], "spiffe://strait.local/ns/demo/sa/echo");
+    assert_eq!(client["app"], serde_json::Value::Null);
+    // The sidecars' own registrations are all the catalog knows.
+    let west_ep = west["inbound"].as_str().unwrap().to_owned();
+    let central_ep = central["inbound"].as_str().unwrap().to_owned();
+    let ls = ok(&dir, &["sidecar", "ls", "--dir", &d]);
+    assert_eq!(ls.matches("running").count(), 3, "{ls}");
+    clusters.op(
+        "east",
+        &[
+            "policy",
+            "set",
+            "echo",
+            "-n",
+            "demo",
+            "--failover",
+            "west,central",
+        ],
+    );
+    clusters.wait_healthy("east", &["west", "central"]);
+    let proxy = client["outbound"].as_str().unwrap().parse().unwrap();
+    let load = Load::every(proxy, 20);
+    let t0 = Instant::now();
+    let on_west = load.settled_on(t0, "west", Duration::from_secs(5));
+    eprintln!("start: served by west after {on_west:?}");
+
+    // (a) West's app dies and comes back.
+    let t = Instant::now();
+    drop(west_app.take());
+    let to_central = load.settled_on(t, "central", Duration::from_secs(2));
+    let back = Instant::now();
+    west_app = Some(App::start(&dir, "west", &format!("{NET}.2.5")));
+    let to_west = load.settled_on(back, "west", Duration::from_secs(5));
+    let (f, n) = load.failed(t, Instant::now());
+    eprintln!(
+        "(a) app died: central after {to_central:?}; back on west after {to_west:?}; {f} of {n} failed"
+    );
+    assert!(f <= 2, "(a) {f} of {n} requests failed");
+
+    // (b) West's sidecar is killed: no goodbye, so its lease removes it.
+    let t = Instant::now();
+    let pid = west["pid"].as_u64().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    let to_central = load.settled_on(t, "central", Duration::from_secs(3));
+    let gone = until(
+        &clusters,
+        "west",
+        "west's endpoint expires",
+        Duration::from_secs(25),
+        |s| !endpoints_of(s, "west").contains(&west_ep),
+    );
+    let (f, n) = load.failed(t, Instant::now());
+    eprintln!(
+        "(b) sidecar kill -9: central after {to_central:?}; endpoint removed after {gone:?} (lease 15 s); {f} of {n} failed"
+    );
+    assert!(
+        gone >= Duration::from_secs(10),
+        "(b) removed before its lease ended: {gone:?}"
+    );
+    assert!(f <= 2, "(b) {f} of {n} requests failed");
+    let again = add("echo", "west", Some(&west_app_addr));
+    let back = Instant::now();
+    let to_west = load.settled_on(back, "west", Duration::from_secs(5));
+    eprintln!("(b) `sidecar add` again: back on west after {to_west:?}");
+    assert_ne!(again["pid"], west["pid"]);
+
+    // (c) Central's sidecar leaves with SIGTERM: removed at once.
+    let t = Instant::now();
+    let out = ok(
+        &dir,
+        &[
+            "sidecar",
+            "rm",
+            "echo",
+            "-n",
+            "demo",
+            "--cluster",
+            "central",
+            "--dir",
+            &d,
+        ],
+    );
+    assert!(out.contains("removed"), "{out}");
+    let gone = until(
+        &clusters,
+        "central",
+        "central's endpoint leaves",
+        Duration::from_secs(3),
+        |s| !endpoints_of(s, "central").contains(&central_ep),
+    );
+    eprintln!(
+        "(c) sidecar rm: endpoint removed {gone:?} after the command returned ({:?} in all)",
+        t.elapsed()
+    );
+    let (f, n) = load.failed(t, Instant::now());
+    assert_eq!(f, 0, "(c) {f} of {n} requests failed (traffic was on west)");
+    let ls = ok(
+        &dir,
+        &["sidecar", "ls", "--cluster", "central", "--dir", &d],
+    );
+    assert!(ls.contains("no sidecars"), "{ls}");
+    drop(load);
+    drop(west_app);
+    drop(clusters);
+    // `cluster down` stopped the remaining sidecars too.
+    for s in [&again, &client] {
+        let pid = s["pid"].as_u64().unwrap();
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|st| st.contains(") Z ")),
+            "sidecar pid {pid} outlived cluster down"
+        );
+    }
+}
