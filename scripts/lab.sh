@@ -205,16 +205,16 @@ EOF
     for pod in ${PODS[$c]}; do
       [ "$pod" = client ] && continue
       in_ns "$P-router" "$S" service register -f "$DIR/pods/$c-$pod/service.yaml" \
-        --cluster "$c" --demo-dir "$DIR" >/dev/null
+        --cluster "$c" --dir "$DIR" >/dev/null
     done
   done
   for pair in east:west east:central west:central central:west; do
-    in_ns "$P-router" "$S" link --from "${pair%%:*}" --to "${pair##*:}" --demo-dir "$DIR" >/dev/null
+    in_ns "$P-router" "$S" link --from "${pair%%:*}" --to "${pair##*:}" --dir "$DIR" >/dev/null
   done
   # East's callers go to west first, then central (without a policy, the
   # order among remote clusters is not west-first).
   in_ns "$P-router" "$S" policy set echo -n demo --failover west,central --cluster east \
-    --demo-dir "$DIR" >/dev/null
+    --dir "$DIR" >/dev/null
   # A gateway lets peers in to an exported service once its controller's
   # export table (and the list of linked clusters) has reached it; wait for
   # that, at most 6 s per cluster, before anyone sends a request.

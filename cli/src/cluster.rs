@@ -43,7 +43,7 @@ pub enum ClusterCommand {
     ///
     ///   strait cluster up east --region us-east --zone us-east-1a
     ///   strait cluster up west --region us-west --zone us-west-1a
-    ///   strait link --from east --to west --demo-dir strait-mesh
+    ///   strait link --from east --to west --dir strait-mesh
     ///   strait check --dir strait-mesh
     ///   strait cluster up central --dir /tmp/mesh --ip 127.0.0.9
     #[command(verbatim_doc_comment)]
@@ -62,7 +62,7 @@ pub struct UpArgs {
     /// The cluster name (lowercase letters, digits, '-').
     name: String,
     /// The mesh directory: CA, certificates, state, configs, logs, pids.
-    #[arg(long, default_value = DEFAULT_DIR)]
+    #[arg(long, env = "STRAIT_DIR", default_value = DEFAULT_DIR)]
     dir: PathBuf,
     /// The address every component of this cluster listens on
     /// [default: the first of 127.0.0.1, 127.0.0.2, ... no other cluster of --dir uses].
@@ -84,7 +84,7 @@ pub struct DownArgs {
     /// The cluster name.
     name: String,
     /// The mesh directory given to `strait cluster up`.
-    #[arg(long, default_value = DEFAULT_DIR)]
+    #[arg(long, env = "STRAIT_DIR", default_value = DEFAULT_DIR)]
     dir: PathBuf,
 }
 
@@ -495,13 +495,10 @@ fn next_steps(dir: &Path, info: &ClusterInfo) -> anyhow::Result<Vec<String>> {
         ));
     }
     for o in &others {
-        out.push(format!(
-            "strait link --from {n} --to {} --demo-dir {d}",
-            o.name
-        ));
+        out.push(format!("strait link --from {n} --to {} --dir {d}", o.name));
     }
     out.push(format!(
-        "strait service register -f svc.yaml --cluster {n} --demo-dir {d}"
+        "strait service register -f svc.yaml --cluster {n} --dir {d}"
     ));
     out.push(format!("strait check --dir {d} --cluster {n}"));
     out.push(format!("strait status --controller {}", info.admin));

@@ -47,7 +47,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 ///   strait cluster up east
 ///   strait cluster up west
-///   strait link --from east --to west --demo-dir strait-mesh
+///   strait link --from east --to west --dir strait-mesh
 ///   strait check
 ///   strait diagnose echo -n demo --from east
 ///

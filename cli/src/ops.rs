@@ -7,8 +7,8 @@
 //! admin token the controller writes to `<state_dir>/admin-token`: no
 //! Kubernetes or API-server credentials are involved. A controller is found
 //! by `--controller ADDR --state-dir DIR` (or `STRAIT_CONTROLLER` /
-//! `STRAIT_STATE_DIR`), or by `--cluster NAME` in a running `strait demo`
-//! (`--demo-dir`, default `strait-demo`).
+//! `STRAIT_STATE_DIR`), or by `--cluster NAME` in a mesh directory made by
+//! `strait cluster up` or `strait demo` (`--dir` or `STRAIT_DIR`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,18 +46,17 @@ pub struct ConnArgs {
     /// The controller's state directory (its `admin-token` authorizes changes).
     #[arg(long, env = "STRAIT_STATE_DIR", conflicts_with = "cluster")]
     pub state_dir: Option<PathBuf>,
-    /// A cluster of a running `strait demo` (instead of --controller).
+    /// A cluster of the mesh directory (instead of --controller).
     #[arg(long)]
     pub cluster: Option<String>,
-    /// The demo directory for --cluster.
-    #[arg(long, default_value = "strait-demo")]
-    pub demo_dir: PathBuf,
+    #[command(flatten)]
+    pub dir: crate::meshdir::DirFlag,
 }
 
 impl ConnArgs {
     pub fn resolve(&self) -> anyhow::Result<Controller> {
         if let Some(name) = &self.cluster {
-            return Controller::from_demo(&self.demo_dir, name);
+            return Controller::from_demo(&self.dir.resolve(), name);
         }
         let Some(admin) = self.controller else {
             bail!(

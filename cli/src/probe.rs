@@ -91,7 +91,7 @@ impl Finding {
 pub struct TargetArgs {
     /// A directory made by `strait demo` or `strait cluster up`
     /// [default: ./strait-demo, then ./strait-mesh].
-    #[arg(long)]
+    #[arg(long, env = "STRAIT_DIR")]
     pub dir: Option<PathBuf>,
     /// The controller's admin address (instead of a directory).
     #[arg(long, env = "STRAIT_CONTROLLER")]

@@ -2,7 +2,6 @@
 //! now, from the controllers' admin `/status`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -21,9 +20,8 @@ use crate::output::{Format, emit};
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct StatusArgs {
-    /// A demo directory (its `demo.json` lists the controllers).
-    #[arg(long, default_value = "strait-demo")]
-    dir: PathBuf,
+    #[command(flatten)]
+    dir: crate::meshdir::DirFlag,
     /// Controller admin addresses (instead of a demo directory).
     #[arg(long = "controller")]
     controllers: Vec<SocketAddr>,
@@ -33,7 +31,13 @@ fn controllers(args: &StatusArgs) -> anyhow::Result<Vec<SocketAddr>> {
     if !args.controllers.is_empty() {
         return Ok(args.controllers.clone());
     }
-    let state = crate::meshdir::read_state(&args.dir, "--controller ADDR")?;
+    let dir = args.dir.resolve();
+    // A `cluster up` directory lists its clusters; a demo's has demo.json.
+    let up = crate::cluster::layout::clusters(&dir)?;
+    if !up.is_empty() {
+        return Ok(up.iter().map(|c| c.admin).collect());
+    }
+    let state = crate::meshdir::read_state(&dir, "--controller ADDR")?;
     Ok(state.clusters.iter().filter_map(|c| c.admin).collect())
 }
 

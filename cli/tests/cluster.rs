@@ -115,7 +115,7 @@ fn cluster_up_link_check_then_down_reports_the_missing_peer_and_leaves_no_proces
     let out = mesh.up("west", "127.152.2.1", "us-west");
     assert!(
         out.contains(&format!(
-            "strait link --from west --to east --demo-dir {}",
+            "strait link --from west --to east --dir {}",
             mesh.dir()
         )),
         "the next steps name the other cluster: {out}"
@@ -135,7 +135,7 @@ fn cluster_up_link_check_then_down_reports_the_missing_peer_and_leaves_no_proces
     // The operator verbs find `cluster up` clusters by name in the directory.
     let out = ok(
         Path::new("/"),
-        &["link", "--from", "east", "--to", "west", "--demo-dir", &d],
+        &["link", "--from", "east", "--to", "west", "--dir", &d],
     );
     assert!(out.contains("linked with west"), "{out}");
 
@@ -273,13 +273,13 @@ fn diagnose_passes_a_healthy_path_and_names_catalog_then_gateway_failures() {
             r,
             "--cluster",
             "south",
-            "--demo-dir",
+            "--dir",
             &d,
         ],
     );
     ok(
         Path::new("/"),
-        &["link", "--from", "north", "--to", "south", "--demo-dir", &d],
+        &["link", "--from", "north", "--to", "south", "--dir", &d],
     );
 
     let diag = |svc: &str| {

@@ -592,7 +592,7 @@ fn bad_input_is_refused_with_the_offending_part_named() {
     std::fs::write(d.join("demo.json"), r#"{"pid":1,"clusters":[{"name":"east","admin":"127.150.9.9:8611","dns":"127.0.0.1:1","outbound_proxy":"127.0.0.1:2","gateways":[]}]}"#).unwrap();
     let err = fails(
         d,
-        &["link", "--from", "east", "--to", "north", "--demo-dir", "."],
+        &["link", "--from", "east", "--to", "north", "--dir", "."],
     );
     assert!(err.contains("no cluster \"north\" in the demo"), "{err}");
     std::fs::write(d.join("c.yaml"), "cluster: east\ntrust_domain: strait.local\nstate_dir: s\nidentity: { files: { chain: a, key: b, bundle: c } }\nport: 1\n").unwrap();

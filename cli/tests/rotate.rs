@@ -144,13 +144,13 @@ fn ca_rotate_replaces_the_root_of_a_live_mesh_without_a_failed_request() {
             &reg,
             "--cluster",
             "west",
-            "--demo-dir",
+            "--dir",
             &d,
         ],
     );
     ok(
         root,
-        &["link", "--from", "east", "--to", "west", "--demo-dir", &d],
+        &["link", "--from", "east", "--to", "west", "--dir", &d],
     );
     app("127.153.2.5:18080");
     std::fs::write(

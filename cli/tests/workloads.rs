@@ -123,6 +123,37 @@ fn workloads_join_with_one_command_register_themselves_and_leave_cleanly() {
             "west,central",
         ],
     );
+    // One flag for the mesh directory: STRAIT_DIR serves every verb, and
+    // the old --demo-dir still works, with a note.
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(["-o", "json", "status"])
+        .env("STRAIT_DIR", &d)
+        .output()
+        .unwrap();
+    let all: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+    assert_eq!(
+        all.as_array().map(Vec::len),
+        Some(3),
+        "STRAIT_DIR status: {all}"
+    );
+    let show = [
+        "policy",
+        "show",
+        "echo",
+        "-n",
+        "demo",
+        "--cluster",
+        "east",
+        "--demo-dir",
+        &d,
+    ];
+    let old = strait(&dir, &show);
+    assert!(old.status.success(), "{old:?}");
+    let note = String::from_utf8_lossy(&old.stderr);
+    assert!(
+        note.contains("--demo-dir is deprecated; use --dir"),
+        "{note}"
+    );
     clusters.wait_healthy("east", &["west", "central"]);
     let proxy = client["outbound"].as_str().unwrap().parse().unwrap();
     let load = Load::every(proxy, 20);

@@ -22,7 +22,7 @@ use crate::output::{Format, emit};
 /// mTLS with their own identities. In a running demo the names are enough:
 ///
 ///   strait link --from east --to west
-///   strait link --from east --to west --demo-dir /tmp/strait-demo
+///   strait link --from east --to west --dir /tmp/strait-demo
 ///   strait link --from east --to west \
 ///       --from-controller 127.0.0.1:8611 --from-state-dir ./state/east \
 ///       --to-controller 10.0.0.9:8611 --to-state-dir ./state/west
@@ -43,9 +43,9 @@ pub struct LinkArgs {
     to_controller: Option<SocketAddr>,
     #[arg(long)]
     to_state_dir: Option<PathBuf>,
-    /// A running demo's directory (used for a side without --*-controller).
-    #[arg(long, default_value = "strait-demo")]
-    demo_dir: PathBuf,
+    /// The mesh directory (for a side without --*-controller).
+    #[command(flatten)]
+    dir: crate::meshdir::DirFlag,
     /// What --from does with --to's endpoints when its lease ends.
     #[arg(long, default_value = "fail-static", value_parser = parse_fail_mode)]
     fail_mode: FailMode,
@@ -70,7 +70,7 @@ impl LinkArgs {
                 admin,
                 token_file: state.map(|d| d.join(ADMIN_TOKEN_FILE)),
             }),
-            None => Controller::from_demo(&self.demo_dir, name).with_context(|| {
+            None => Controller::from_demo(&self.dir.resolve(), name).with_context(|| {
                 format!("--{flag} {name} (or pass --{flag}-controller ADDR --{flag}-state-dir DIR)")
             }),
         }

@@ -108,17 +108,17 @@ impl Clusters {
         let d = self.dir.display().to_string();
         ok(
             &self.dir,
-            &["link", "--from", from, "--to", to, "--demo-dir", &d],
+            &["link", "--from", from, "--to", to, "--dir", &d],
         );
     }
 
-    /// Runs `strait ARGS --cluster CLUSTER --demo-dir DIR`.
+    /// Runs `strait ARGS --cluster CLUSTER --dir DIR`.
     pub fn op(&self, cluster: &str, args: &[&str]) -> String {
         let d = self.dir.display().to_string();
         let all: Vec<&str> = args
             .iter()
             .copied()
-            .chain(["--cluster", cluster, "--demo-dir", &d])
+            .chain(["--cluster", cluster, "--dir", &d])
             .collect();
         ok(&self.dir, &all)
     }

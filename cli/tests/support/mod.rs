@@ -43,6 +43,7 @@ pub fn strait(dir: &Path, args: &[&str]) -> Output {
         .env_remove("STRAIT_CONTROLLER")
         .env_remove("STRAIT_STATE_DIR")
         .env_remove("STRAIT_LOG")
+        .env_remove("STRAIT_DIR")
         .output()
         .expect("run strait")
 }
@@ -79,6 +80,7 @@ pub fn spawn(dir: &Path, args: &[&str], log: &str) -> Proc {
         .env_remove("STRAIT_CA_DIR")
         .env_remove("STRAIT_CONTROLLER")
         .env_remove("STRAIT_STATE_DIR")
+        .env_remove("STRAIT_DIR")
         .stdout(Stdio::null())
         .stderr(err)
         .spawn()
