@@ -43,6 +43,7 @@ pub use dns::{DnsArgs, run_dns};
 ///   identity:                        # spiffe://<td>/ns/strait-system/sa/controller-east
 ///     files: { chain: ./ctl/chain.pem, key: ./ctl/key.pem, bundle: ./ctl/bundle.pem }
 ///   dns: { listen: 127.0.0.1:8653 }  # optional: serve clusterset.local for this cluster
+///                                    # (also meshed_clients: [CIDR], egress: IP, as `strait dns`)
 ///   vips: 127.77.0.0/16              # optional: the loopback /16 of service VIPs
 ///   default_health_check: true       # ask the sidecar of endpoints without health_check:
 ///   registration_lease: 15s          # a self-registered sidecar's endpoint outlives its stream this long
@@ -122,6 +123,12 @@ pub struct IdentityFiles {
 #[serde(deny_unknown_fields)]
 struct DnsFile {
     listen: SocketAddr,
+    /// Networks of clients behind a sidecar (they get VIPs).
+    #[serde(default)]
+    meshed_clients: Vec<strait_dns::IpNet>,
+    /// The cluster's egress for clients without a sidecar.
+    #[serde(default)]
+    egress: Option<std::net::IpAddr>,
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
@@ -148,7 +155,7 @@ impl IdentityFiles {
 /// A validated controller config plus the optional DNS listener.
 struct Loaded {
     config: ControllerConfig,
-    dns: Option<SocketAddr>,
+    dns: Option<strait_dns::DnsConfig>,
     /// Watched while it runs: a new certificate or bundle is swapped in.
     files: strait_ca::reload::IdentityFiles,
 }
@@ -221,7 +228,12 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
     }
     Ok(Loaded {
         config,
-        dns: f.dns.map(|d| d.listen),
+        dns: f.dns.map(|d| {
+            let mut c = strait_dns::DnsConfig::new(d.listen);
+            c.meshed_clients = d.meshed_clients;
+            c.answer.egress = d.egress;
+            c
+        }),
         files,
     })
 }
@@ -239,7 +251,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             c.admin_listen
                 .map_or_else(|| "off".into(), |a| a.to_string()),
             c.gateways.len(),
-            loaded.dns.map(|d| format!(", dns {d}")).unwrap_or_default()
+            loaded.dns.map(|d| format!(", dns {}", d.listen)).unwrap_or_default()
         );
         return Ok(());
     }
@@ -263,7 +275,8 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             state_dir.join(ADMIN_TOKEN_FILE).display()
         );
         let mut dns = None;
-        if let Some(listen) = loaded.dns {
+        if let Some(dns_config) = loaded.dns {
+            let listen = dns_config.listen;
             // The controller's own DNS follows it like `strait dns` does:
             // over its config push, with the controller's certificate.
             let target = Target {
@@ -281,7 +294,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 bundle: dns_bundle,
             };
             let server = strait_dns::role::start(
-                strait_dns::DnsConfig::new(listen),
+                dns_config,
                 following,
                 strait_dns::DnsMetrics::default(),
             )

@@ -51,11 +51,19 @@ pub enum ClientKind {
 pub struct AnswerConfig {
     /// TTL of every record and of negative answers, in seconds.
     pub ttl: u32,
+    /// The local egress (`strait proxy` with `egress:`): clients without a
+    /// sidecar reach services served by other clusters through it, over
+    /// plain TCP/HTTP on the service's ports. `None`: they get the serving
+    /// cluster's gateway addresses, which speak only mTLS `CONNECT`.
+    pub egress: Option<IpAddr>,
 }
 
 impl Default for AnswerConfig {
     fn default() -> Self {
-        Self { ttl: DEFAULT_TTL }
+        Self {
+            ttl: DEFAULT_TTL,
+            egress: None,
+        }
     }
 }
 
@@ -147,7 +155,7 @@ pub fn answer(view: &IndexedView, q: &Question<'_>, cfg: &AnswerConfig) -> Answe
             }
         }
         [name, ns, s] if is(s, "svc") => match service(name, ns) {
-            Some(svc) => Answer::records(view, service_records(svc, q, cfg.ttl), cfg),
+            Some(svc) => Answer::records(view, service_records(svc, q, cfg), cfg),
             None => nx(),
         },
         [first, name, ns, s] if is(s, "svc") => {
@@ -168,7 +176,7 @@ pub fn answer(view: &IndexedView, q: &Question<'_>, cfg: &AnswerConfig) -> Answe
                 .iter()
                 .position(|c| is(first, c.cluster.as_str()));
             match cluster {
-                Some(i) => Answer::records(view, cluster_records(svc, i, q, cfg.ttl), cfg),
+                Some(i) => Answer::records(view, cluster_records(svc, i, q, cfg), cfg),
                 None => nx(),
             }
         }
@@ -184,7 +192,7 @@ pub fn answer(view: &IndexedView, q: &Question<'_>, cfg: &AnswerConfig) -> Answe
             });
             match found {
                 Some(p) if matches!(q.qtype, RecordType::SRV | RecordType::ANY) => {
-                    let records = srv_records(svc, q, cfg.ttl, Some(p.port));
+                    let records = srv_records(svc, q, cfg, Some(p.port));
                     Answer::records(view, records, cfg)
                 }
                 Some(_) => nodata(),
@@ -245,19 +253,23 @@ fn address_record(owner: &Name, ttl: u32, ip: IpAddr) -> Record {
 }
 
 /// Records for `<svc>.<ns>.svc.<zone>`.
-fn service_records(svc: &IndexedService, q: &Question<'_>, ttl: u32) -> Vec<Record> {
+fn service_records(svc: &IndexedService, q: &Question<'_>, cfg: &AnswerConfig) -> Vec<Record> {
+    let ttl = cfg.ttl;
     let vip = match q.client {
         ClientKind::Meshed => svc.service.vip,
         ClientKind::Unmeshed => None,
     };
     match (q.qtype, vip) {
-        (RecordType::SRV, _) => srv_records(svc, q, ttl, None),
+        (RecordType::SRV, _) => srv_records(svc, q, cfg, None),
         (_, Some(vip)) if wants(q.qtype, vip) => vec![address_record(q.name, ttl, vip)],
         (_, Some(_)) => Vec::new(),
         (RecordType::A | RecordType::AAAA | RecordType::ANY, None) => {
             let clusters = primary_clusters(svc, q.pick);
-            let addrs = clusters.iter().flat_map(|i| reach(svc, *i));
-            address_records(addrs, q, ttl)
+            let addrs: Vec<SocketAddr> = clusters
+                .iter()
+                .flat_map(|i| reach(svc, *i, cfg.egress))
+                .collect();
+            address_records(addrs.iter(), q, ttl)
         }
         _ => Vec::new(),
     }
@@ -265,13 +277,19 @@ fn service_records(svc: &IndexedService, q: &Question<'_>, ttl: u32) -> Vec<Reco
 
 /// Records for `<cluster>.<svc>.<ns>.svc.<zone>`: that cluster only, for
 /// every client kind, nothing when it has no healthy endpoint.
-fn cluster_records(svc: &IndexedService, i: usize, q: &Question<'_>, ttl: u32) -> Vec<Record> {
+fn cluster_records(
+    svc: &IndexedService,
+    i: usize,
+    q: &Question<'_>,
+    cfg: &AnswerConfig,
+) -> Vec<Record> {
+    let ttl = cfg.ttl;
     if !healthy(svc, i) {
         return Vec::new();
     }
     match q.qtype {
-        RecordType::SRV => srv_for_cluster(svc, i, 0, 1, q.name, ttl, &mut Vec::new()),
-        _ => address_records(reach(svc, i).iter(), q, ttl),
+        RecordType::SRV => srv_for_cluster(svc, i, 0, 1, q.name, cfg, &mut Vec::new()),
+        _ => address_records(reach(svc, i, cfg.egress).iter(), q, ttl),
     }
 }
 
@@ -300,16 +318,23 @@ fn healthy(svc: &IndexedService, i: usize) -> bool {
 }
 
 /// How a client in the local cluster reaches cluster `i`: local endpoints
-/// directly, remote ones through their gateways when they have any.
-fn reach(svc: &IndexedService, i: usize) -> &[SocketAddr] {
+/// directly; remote ones through the local egress on the service's ports
+/// when the server names one (plain TCP/HTTP, carried over mTLS by the
+/// egress), else through their gateways when they have any.
+fn reach(svc: &IndexedService, i: usize, egress: Option<IpAddr>) -> Vec<SocketAddr> {
     let Some(c) = svc.service.clusters.get(i) else {
-        return &[];
+        return Vec::new();
     };
     let local = svc.local.get(i).copied().unwrap_or(false);
-    if local || c.gateways.is_empty() {
-        &c.endpoints
-    } else {
-        &c.gateways
+    match egress {
+        Some(ip) if !local => svc
+            .service
+            .ports
+            .iter()
+            .map(|p| SocketAddr::new(ip, p.port))
+            .collect(),
+        _ if local || c.gateways.is_empty() => c.endpoints.clone(),
+        _ => c.gateways.clone(),
     }
 }
 
@@ -348,9 +373,10 @@ pub(crate) fn primary_clusters(svc: &IndexedService, pick: u16) -> Vec<usize> {
 fn srv_records(
     svc: &IndexedService,
     q: &Question<'_>,
-    ttl: u32,
+    cfg: &AnswerConfig,
     only_port: Option<u16>,
 ) -> Vec<Record> {
+    let ttl = cfg.ttl;
     if q.client == ClientKind::Meshed && svc.service.vip.is_some() {
         return svc
             .service
@@ -372,7 +398,7 @@ fn srv_records(
             .as_ref()
             .and_then(|w| w.get(*i).copied())
             .map_or(1, |w| u16::try_from(w).unwrap_or(u16::MAX));
-        out.extend(srv_for_cluster(svc, *i, 0, weight, q.name, ttl, &mut seen));
+        out.extend(srv_for_cluster(svc, *i, 0, weight, q.name, cfg, &mut seen));
     }
     let rest = svc
         .preference
@@ -380,7 +406,7 @@ fn srv_records(
         .filter(|i| healthy(svc, **i) && !primary.contains(i));
     for (priority, i) in (1u16..).zip(rest) {
         out.extend(srv_for_cluster(
-            svc, *i, priority, 1, q.name, ttl, &mut seen,
+            svc, *i, priority, 1, q.name, cfg, &mut seen,
         ));
     }
     out
@@ -394,14 +420,15 @@ fn srv_for_cluster(
     priority: u16,
     weight: u16,
     owner: &Name,
-    ttl: u32,
+    cfg: &AnswerConfig,
     seen: &mut Vec<(usize, u16)>,
 ) -> Vec<Record> {
+    let ttl = cfg.ttl;
     let Some(target) = svc.cluster_fqdns.get(i) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for port in reach(svc, i).iter().map(SocketAddr::port) {
+    for port in reach(svc, i, cfg.egress).iter().map(SocketAddr::port) {
         if !seen.contains(&(i, port)) {
             seen.push((i, port));
             let srv = SRV::new(priority, weight, port, target.clone());

@@ -35,6 +35,18 @@ pub struct DnsArgs {
     /// UDP and TCP listen address.
     #[arg(long, default_value = "127.0.0.1:8653")]
     listen: SocketAddr,
+    /// Source networks of clients that run behind a Strait sidecar
+    /// (comma-separated CIDRs): they get the service VIP, where their
+    /// sidecar listens. Everyone else gets addresses that work without a
+    /// sidecar.
+    #[arg(long, value_delimiter = ',')]
+    meshed_clients: Vec<strait_dns::IpNet>,
+    /// The cluster's egress (a `strait proxy` with `egress:`): clients
+    /// without a sidecar reach services served by other clusters through
+    /// it, over plain TCP/HTTP. Without it they get the serving cluster's
+    /// gateway, which only sidecars can use.
+    #[arg(long)]
+    egress: Option<std::net::IpAddr>,
     #[arg(long)]
     chain: PathBuf,
     #[arg(long)]
@@ -83,8 +95,11 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
             certs,
             bundle,
         };
+        let mut config = strait_dns::DnsConfig::new(args.listen);
+        config.meshed_clients = args.meshed_clients;
+        config.answer.egress = args.egress;
         let server = strait_dns::role::start(
-            strait_dns::DnsConfig::new(args.listen),
+            config,
             following,
             strait_dns::DnsMetrics::default(),
         )

@@ -449,7 +449,14 @@ fn apex_soa_carries_the_view_version_and_the_configured_ttl() {
         client: ClientKind::Unmeshed,
         pick: 0,
     };
-    let a = answer(&indexed, &q, &AnswerConfig { ttl: 30 });
+    let a = answer(
+        &indexed,
+        &q,
+        &AnswerConfig {
+            ttl: 30,
+            egress: None,
+        },
+    );
     let RData::SOA(soa) = &a.answers[0].data else {
         panic!("not a soa: {a:?}");
     };
@@ -464,10 +471,17 @@ fn apex_soa_carries_the_view_version_and_the_configured_ttl() {
         ..q
     };
     assert!(
-        answer(&indexed, &q, &AnswerConfig { ttl: 30 })
-            .answers
-            .iter()
-            .all(|r| r.ttl == 30)
+        answer(
+            &indexed,
+            &q,
+            &AnswerConfig {
+                ttl: 30,
+                egress: None
+            }
+        )
+        .answers
+        .iter()
+        .all(|r| r.ttl == 30)
     );
 }
 
@@ -478,4 +492,56 @@ fn a_custom_zone_is_served_instead_of_the_default() {
     let a = ask(&view, "web.default.svc.mesh.example.", RecordType::A);
     assert_eq!(ips(&a).len(), 2);
     assert_eq!(ask(&view, WEB, RecordType::A).rcode, ResponseCode::Refused);
+}
+
+/// With a local egress, a client without a sidecar gets the egress for a
+/// service served elsewhere (plain TCP/HTTP on the service's ports), its
+/// own cluster's endpoints while they are healthy, and meshed clients
+/// keep the VIP.
+#[test]
+fn with_an_egress_unmeshed_clients_get_a_local_address_for_remote_services() {
+    let egress: IpAddr = "192.0.2.9".parse().unwrap();
+    let cfg = AnswerConfig {
+        egress: Some(egress),
+        ..AnswerConfig::default()
+    };
+    let ask = |view: &DnsView, name: &str, qtype: RecordType, client: ClientKind| {
+        let indexed = IndexedView::new(view.clone()).unwrap();
+        let name = Name::from_ascii(name).unwrap();
+        let q = Question {
+            name: &name,
+            qtype,
+            client,
+            pick: 0,
+        };
+        answer(&indexed, &q, &cfg)
+    };
+    let svc = "web.default.svc.clusterset.local.";
+    let mut view = fixture();
+    // Local endpoints healthy: answered directly, egress or not.
+    let a = ask(&view, svc, RecordType::A, ClientKind::Unmeshed);
+    assert_eq!(ips(&a), ip_list(&["10.0.0.1", "10.0.0.2"]));
+    // East has nothing healthy: west serves, through the egress.
+    cluster_mut(&mut view, "east").endpoints.clear();
+    let a = ask(&view, svc, RecordType::A, ClientKind::Unmeshed);
+    assert_eq!(ips(&a), vec![egress]);
+    let a = ask(
+        &view,
+        "west.web.default.svc.clusterset.local.",
+        RecordType::A,
+        ClientKind::Unmeshed,
+    );
+    assert_eq!(ips(&a), vec![egress]);
+    // SRV: the service's own ports on the egress (not the gateway's 15443).
+    let ports: Vec<u16> = srvs(&ask(&view, svc, RecordType::SRV, ClientKind::Unmeshed))
+        .iter()
+        .map(|s| s.2)
+        .collect();
+    assert!(
+        ports.contains(&80) && ports.contains(&9090) && !ports.contains(&15443),
+        "{ports:?}"
+    );
+    // Meshed clients keep the VIP.
+    let a = ask(&view, svc, RecordType::A, ClientKind::Meshed);
+    assert_eq!(ips(&a), ip_list(&["127.77.0.1"]));
 }
