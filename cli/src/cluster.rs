@@ -17,6 +17,7 @@ use strait_ca::CaDir;
 
 use crate::output::{Format, emit};
 
+mod configs;
 pub mod layout;
 pub(crate) mod procs;
 
@@ -302,50 +303,6 @@ fn certificates(args: &UpArgs, l: &Layout, name: &ClusterName) -> anyhow::Result
     Ok(td)
 }
 
-fn files_yaml(dir: &Path) -> String {
-    format!(
-        "{{ files: {{ chain: {:?}, key: {:?}, bundle: {:?} }} }}",
-        dir.join("chain.pem"),
-        dir.join("key.pem"),
-        dir.join("bundle.pem")
-    )
-}
-
-fn write_configs(l: &Layout, info: &ClusterInfo) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let mut ctl = format!("cluster: {}\n", info.name);
-    if let Some(r) = &info.region {
-        ctl.push_str(&format!("region: {r}\n"));
-    }
-    if let Some(z) = &info.zone {
-        ctl.push_str(&format!("zone: {z}\n"));
-    }
-    ctl.push_str(&format!(
-        "trust_domain: {}\nstate_dir: {:?}\nlisten: \"{}\"\nadmin_listen: \"{}\"\ngateways: [\"{}\"]\nidentity: {}\n",
-        info.trust_domain,
-        info.state_dir,
-        info.controller,
-        info.admin,
-        info.gateway,
-        files_yaml(&l.certs("controller"))
-    ));
-    let gw = format!(
-        "cluster: {}\ntrust_domain: {}\ncontroller: {{ address: \"{}\" }}\nidentity: {}\nlisteners: {{ public: \"{}\", admin: \"{}\" }}\n",
-        info.name,
-        info.trust_domain,
-        info.controller,
-        files_yaml(&l.certs("gateway-0")),
-        info.gateway,
-        info.gateway_admin
-    );
-    let (c, g) = (
-        l.home().join("controller.yaml"),
-        l.home().join("gateway.yaml"),
-    );
-    std::fs::write(&c, ctl).with_context(|| c.display().to_string())?;
-    std::fs::write(&g, gw).with_context(|| g.display().to_string())?;
-    Ok((c, g))
-}
-
 /// Waits until `ready` holds, failing early when the process exits.
 async fn wait_ready<F, Fut>(
     role: &str,
@@ -395,17 +352,18 @@ async fn start(
     only: Option<&[String]>,
     running: Pids,
 ) -> anyhow::Result<Vec<RoleProc>> {
-    let (ctl_yaml, gw_yaml) = write_configs(l, info)?;
+    let written = configs::write(l, info)?;
+    let (ctl_yaml, gw_yaml) = (&written.controller, &written.gateway);
     let dns_certs = l.certs("dns");
     let s = |x: &Path| x.display().to_string();
-    let roles: [(&str, Vec<String>); 3] = [
+    let roles: [(&str, Vec<String>); 4] = [
         (
             "controller",
-            vec!["controller".into(), "--config".into(), s(&ctl_yaml)],
+            vec!["controller".into(), "--config".into(), s(ctl_yaml)],
         ),
         (
             "gateway",
-            vec!["gateway".into(), "--config".into(), s(&gw_yaml)],
+            vec!["gateway".into(), "--config".into(), s(gw_yaml)],
         ),
         (
             "dns",
@@ -423,7 +381,15 @@ async fn start(
                 s(&dns_certs.join("key.pem")),
                 "--bundle".into(),
                 s(&dns_certs.join("bundle.pem")),
+                // Clients without a sidecar reach other clusters' services
+                // through this cluster's egress.
+                "--egress".into(),
+                info.ip.to_string(),
             ],
+        ),
+        (
+            "egress",
+            vec!["proxy".into(), "--config".into(), s(&written.egress)],
         ),
     ];
     let mut pids = running;
@@ -451,6 +417,10 @@ async fn start(
             match role {
                 "controller" => wait_ready(role, &mut child, &log, || listening(info.admin)).await,
                 "gateway" => wait_ready(role, &mut child, &log, || listening(info.gateway)).await,
+                "egress" => {
+                    let admin = configs::egress_admin(info);
+                    wait_ready(role, &mut child, &log, || listening(admin)).await
+                }
                 _ => {
                     wait_ready(role, &mut child, &log, || async {
                         crate::probe::dns_query(info.dns, crate::check::ZONE, RecordType::SOA)

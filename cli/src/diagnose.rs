@@ -79,8 +79,15 @@ pub fn serving_cluster(svc: &ServiceStatus) -> Option<String> {
         .map(|c| c.cluster.to_string())
 }
 
-/// Who an answered address is, from the catalog's point of view.
-fn who(ip: IpAddr, status: &Status, svc: Option<&ServiceStatus>) -> String {
+/// Who an answered address is, from the catalog's point of view (`egress`:
+/// the asking cluster's egress address, when known).
+fn who(ip: IpAddr, status: &Status, svc: Option<&ServiceStatus>, egress: Option<IpAddr>) -> String {
+    if egress == Some(ip) {
+        return format!(
+            "{ip} (egress of {}: plain clients reach other clusters through it)",
+            status.cluster
+        );
+    }
     if let Some(l) = status
         .links
         .iter()
@@ -142,7 +149,7 @@ async fn dns_hop(
             let list: Vec<String> = answer
                 .addrs
                 .iter()
-                .map(|ip| status.map_or_else(|| ip.to_string(), |s| who(*ip, s, svc)))
+                .map(|ip| status.map_or_else(|| ip.to_string(), |s| who(*ip, s, svc, t.egress)))
                 .collect();
             Finding::pass("dns", format!("{name} -> {}", list.join(", ")))
         }
@@ -588,9 +595,14 @@ mod tests {
         assert!(f.detail.contains("127.0.0.2:15006 unhealthy"), "{f:?}");
         assert!(f.hint.unwrap().contains("health checks"));
         let ip: IpAddr = "127.0.0.2".parse().unwrap();
-        assert_eq!(who(ip, &s, Some(svc)), "127.0.0.2 (gateway of west)");
+        assert_eq!(who(ip, &s, Some(svc), None), "127.0.0.2 (gateway of west)");
+        let egress: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(who(egress, &s, Some(svc), Some(egress)).contains("(egress of "));
         let vip: IpAddr = "127.77.1.2".parse().unwrap();
-        assert_eq!(who(vip, &s, Some(svc)), "127.77.1.2 (the service VIP)");
+        assert_eq!(
+            who(vip, &s, Some(svc), None),
+            "127.77.1.2 (the service VIP)"
+        );
     }
 
     #[test]
@@ -604,6 +616,7 @@ mod tests {
             chain: None,
             started: true,
             dir: None,
+            egress: None,
         };
         assert_eq!(trust_hop(&t, "east", "east", &s).verdict, Verdict::Pass);
         let f = trust_hop(&t, "east", "central", &s);

@@ -121,6 +121,8 @@ pub struct Target {
     pub started: bool,
     /// The directory it was found in.
     pub dir: Option<PathBuf>,
+    /// Its egress address (`cluster up` runs one on the cluster's address).
+    pub egress: Option<std::net::IpAddr>,
 }
 
 /// The clusters of one directory: `cluster up` clusters, else a demo's.
@@ -139,6 +141,7 @@ fn targets_in(dir: &Path) -> anyhow::Result<Vec<Target>> {
                     gateways: vec![c.gateway],
                     started,
                     dir: Some(dir.to_owned()),
+                    egress: Some(c.ip),
                 }
             })
             .collect());
@@ -162,6 +165,7 @@ fn targets_in(dir: &Path) -> anyhow::Result<Vec<Target>> {
                 gateways: c.gateways,
                 started: true,
                 dir: Some(dir.to_owned()),
+                egress: None,
             })
         })
         .collect())
@@ -179,6 +183,7 @@ impl TargetArgs {
                 chain: self.chain.clone(),
                 started: true,
                 dir: None,
+                egress: None,
             }]);
         }
         let dirs: Vec<PathBuf> = match &self.dir {

@@ -251,7 +251,10 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             c.admin_listen
                 .map_or_else(|| "off".into(), |a| a.to_string()),
             c.gateways.len(),
-            loaded.dns.map(|d| format!(", dns {}", d.listen)).unwrap_or_default()
+            loaded
+                .dns
+                .map(|d| format!(", dns {}", d.listen))
+                .unwrap_or_default()
         );
         return Ok(());
     }
@@ -293,13 +296,10 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 certs: dns_certs,
                 bundle: dns_bundle,
             };
-            let server = strait_dns::role::start(
-                dns_config,
-                following,
-                strait_dns::DnsMetrics::default(),
-            )
-            .await
-            .with_context(|| format!("dns on {listen}"))?;
+            let server =
+                strait_dns::role::start(dns_config, following, strait_dns::DnsMetrics::default())
+                    .await
+                    .with_context(|| format!("dns on {listen}"))?;
             eprintln!(
                 "strait dns for cluster {}: udp {}, tcp {}",
                 handle.cluster(),

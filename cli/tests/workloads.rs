@@ -13,6 +13,10 @@
 //! (c) central's sidecar is removed with `sidecar rm` (SIGTERM): its
 //!     endpoint leaves the catalog at once.
 //!
+//! A client without a sidecar (`dig` + `curl`) resolves the global name
+//! through east's `strait dns` and is served through east's egress, by west,
+//! then by central after west's app died.
+//!
 //! Failed requests are printed and bounded by the requests in flight at
 //! each fault (at most 2).
 
@@ -37,6 +41,59 @@ fn endpoints_of(s: &serde_json::Value, cluster: &str) -> Vec<String> {
         .flat_map(|c| c["endpoints"].as_array().into_iter().flatten())
         .filter_map(|e| e["address"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// A client without a sidecar in east: resolves the global name through
+/// east's `strait dns` with `dig`, then `curl`s that address; the body
+/// (which cluster served), or `None` when `dig` or `curl` is missing.
+fn plain_client_in_east() -> Option<Result<String, String>> {
+    let name = "echo.demo.svc.clusterset.local";
+    let dig = std::process::Command::new("dig")
+        .args([
+            "+short",
+            "+time=2",
+            "+tries=1",
+            "-p",
+            "8653",
+            &format!("@{NET}.1.1"),
+            name,
+            "A",
+        ])
+        .output()
+        .ok()?;
+    let ip = String::from_utf8_lossy(&dig.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    if ip.is_empty() {
+        return Some(Err(format!(
+            "dig answered nothing: {}",
+            String::from_utf8_lossy(&dig.stderr)
+        )));
+    }
+    let curl = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--resolve",
+            &format!("{name}:8080:{ip}"),
+        ])
+        .arg(format!("http://{name}:8080/"))
+        .output()
+        .ok()?;
+    let body = String::from_utf8_lossy(&curl.stdout).into_owned();
+    Some(if curl.status.success() {
+        Ok(body)
+    } else {
+        Err(format!(
+            "curl via {ip}: {} {}",
+            String::from_utf8_lossy(&curl.stderr),
+            body
+        ))
+    })
 }
 
 /// Waits until `pred` holds for `cluster`'s status; how long it took.
@@ -160,11 +217,31 @@ fn workloads_join_with_one_command_register_themselves_and_leave_cleanly() {
     let t0 = Instant::now();
     let on_west = load.settled_on(t0, "west", Duration::from_secs(5));
     eprintln!("start: served by west after {on_west:?}");
+    // A client without a sidecar gets east's egress for the global name
+    // (east serves no echo itself) and is served by west over plain HTTP.
+    let plain = plain_client_in_east();
+    match &plain {
+        None => eprintln!(
+            "SKIPPED the plain client: dig or curl is missing (scripts/test.sh installs them)"
+        ),
+        Some(r) => {
+            eprintln!("plain client (dig + curl, no sidecar): {r:?}");
+            assert_eq!(r.as_deref(), Ok("west"), "{r:?}");
+        }
+    }
 
     // (a) West's app dies and comes back.
     let t = Instant::now();
     drop(west_app.take());
     let to_central = load.settled_on(t, "central", Duration::from_secs(2));
+    // The plain client keeps being served, now by central, past the DNS TTL
+    // (5 s): its address is east's egress either way.
+    if plain.is_some() {
+        pause(5500);
+        let r = plain_client_in_east().unwrap();
+        eprintln!("(a) plain client after the TTL: {r:?}");
+        assert_eq!(r.as_deref(), Ok("central"), "{r:?}");
+    }
     let back = Instant::now();
     west_app = Some(App::start(&dir, "west", &format!("{NET}.2.5")));
     let to_west = load.settled_on(back, "west", Duration::from_secs(5));

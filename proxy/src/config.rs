@@ -220,6 +220,10 @@ pub struct ProxyConfig {
     /// `controller:`; the ports are the `app:` ports).
     #[serde(default)]
     pub service: Option<ServiceSection>,
+    /// Serve clients without a sidecar: plaintext listeners on this address
+    /// for every service port ([`crate::egress`]).
+    #[serde(default)]
+    pub egress: Option<crate::egress::EgressConfig>,
 }
 
 /// `service:` of a sidecar that registers its own workload. Only the

@@ -22,6 +22,7 @@ pub mod app;
 pub mod capture;
 pub mod config;
 mod copy;
+pub mod egress;
 pub mod forward;
 pub mod h2client;
 mod h2stream;

@@ -39,6 +39,10 @@ enum Target {
     Proxy,
     /// A service VIP:port.
     Vip(IpAddr, u16),
+    /// The egress on this port, for clients without a sidecar
+    /// ([`crate::egress`]): HTTP by the request's host, TCP by the one
+    /// service with this port.
+    Egress(u16),
 }
 
 /// Serves the explicit HTTP proxy port.
@@ -61,6 +65,28 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, target: Target)
     }
 }
 
+/// A connection a client without a sidecar made to the egress on `port`.
+pub(crate) async fn serve_egress(shared: Arc<Shared>, tcp: TcpStream, port: u16) {
+    connection(shared, tcp, Target::Egress(port)).await;
+}
+
+/// The one service with `port` (the egress's TCP routing); an error when
+/// none or several have it.
+fn unique_port(snapshot: &strait_api::snapshot::Snapshot, port: u16) -> Result<IpAddr, String> {
+    let mut with: Vec<_> = snapshot
+        .services
+        .iter()
+        .filter(|s| s.port(port).is_some())
+        .collect();
+    match (with.pop(), with.is_empty()) {
+        (Some(s), true) => Ok(s.vip),
+        (None, _) => Err(format!("no service has port {port}")),
+        (Some(_), false) => Err(format!(
+            "several services have port {port}: plain TCP cannot tell them apart (HTTP can, by its Host header)"
+        )),
+    }
+}
+
 /// A connection for the service at `vip:port` that did not arrive on its
 /// VIP listener (transparent capture, [`crate::capture`]): the VIP path.
 pub(crate) async fn serve_vip(shared: Arc<Shared>, tcp: TcpStream, vip: IpAddr, port: u16) {
@@ -73,6 +99,14 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, target: Target) {
         Target::Vip(vip, port) => route::find_service(&shared.snapshot(), vip, port)
             .ok()
             .map(|(_, p)| p.protocol),
+        Target::Egress(port) => {
+            let snapshot = shared.snapshot();
+            unique_port(&snapshot, port).ok().and_then(|vip| {
+                route::find_service(&snapshot, vip, port)
+                    .ok()
+                    .map(|(_, p)| p.protocol)
+            })
+        }
         Target::Proxy => None,
     };
     let detected = if declared == Some(Protocol::Tcp) {
@@ -87,6 +121,17 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, target: Target) {
         (Detected::Http1 | Detected::Http2, _) => serve_http(shared, tcp, target, detected).await,
         (Detected::Tls | Detected::Tcp, Target::Vip(vip, port)) => {
             tcp_tunnel(shared, tcp, vip, port).await;
+        }
+        (Detected::Tls | Detected::Tcp, Target::Egress(port)) => {
+            match unique_port(&shared.snapshot(), port) {
+                Ok(vip) => tcp_tunnel(shared, tcp, vip, port).await,
+                Err(e) => {
+                    tracing::info!(port, error = %e, "egress: TCP connection refused");
+                    shared
+                        .metrics
+                        .refuse(Direction::outbound, "egress_port_ambiguous");
+                }
+            }
         }
         (_, Target::Proxy) => shared.metrics.refuse(Direction::outbound, "proxy_not_http"),
     }
@@ -131,7 +176,15 @@ async fn request(shared: Arc<Shared>, target: Target, req: Request<Incoming>) ->
         Target::Vip(vip, port) => route::find_service(&snapshot, vip, port)
             .map(|(s, p)| (s, p.port))
             .map_err(|e| e.to_string()),
-        Target::Proxy => resolve_host(&snapshot, &req),
+        Target::Proxy => resolve_host(&snapshot, &req, None),
+        // A request naming the egress by address (no service name) goes
+        // to the one service with this port.
+        Target::Egress(port) => resolve_host(&snapshot, &req, Some(port)).or_else(|e| {
+            let vip = unique_port(&snapshot, port).map_err(|u| format!("{e}; {u}"))?;
+            route::find_service(&snapshot, vip, port)
+                .map(|(s, p)| (s, p.port))
+                .map_err(|r| r.to_string())
+        }),
     };
     let (service, port) = match resolved {
         Ok(x) => x,
@@ -157,9 +210,12 @@ async fn request(shared: Arc<Shared>, target: Target, req: Request<Incoming>) ->
 /// Finds the service an explicit-proxy request names in its authority:
 /// `svc.ns`, `svc.ns.svc.cluster.local`, `svc.ns.svc.clusterset.local`, or a
 /// VIP, with an optional port (default: the service's only port, else 80).
+/// The service a request's host names; `default_port` when the host has
+/// no port (the egress: the port the client connected to).
 fn resolve_host<'a>(
     snapshot: &'a Snapshot,
     req: &Request<Incoming>,
+    default_port: Option<u16>,
 ) -> Result<(&'a strait_api::snapshot::Service, u16), String> {
     let host = crate::headers::host_of(req.uri(), req.headers()).ok_or("request names no host")?;
     let (name_part, port) = match host.rsplit_once(':') {
@@ -173,6 +229,7 @@ fn resolve_host<'a>(
         _ => (host, None),
     };
     let name_part = name_part.to_ascii_lowercase();
+    let port = port.or(default_port);
     if let Ok(ip) = name_part.trim_matches(['[', ']']).parse::<IpAddr>() {
         let port = port.unwrap_or(80);
         return route::find_service(snapshot, ip, port)

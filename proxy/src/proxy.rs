@@ -151,6 +151,9 @@ impl Proxy {
         if shared.cfg.listeners.bind_vips {
             tasks.push(tokio::spawn(crate::outbound::manage_vips(shared.clone())));
         }
+        if let Some(e) = shared.cfg.egress.clone() {
+            tasks.push(tokio::spawn(crate::egress::manage(shared.clone(), e)));
+        }
         if let Some(path) = shared.cfg.snapshot_file.clone() {
             tasks.push(tokio::spawn(watch_snapshot(shared.clone(), path)));
         }

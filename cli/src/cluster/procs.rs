@@ -65,7 +65,9 @@ pub fn is_ours(pid: u32, role: &str, cluster: &str) -> bool {
     let names_cluster = args
         .iter()
         .any(|a| a == cluster || a.contains(&format!("clusters/{cluster}/")));
-    args.iter().any(|a| a == role) && names_cluster
+    // The egress is a `strait proxy` process.
+    let verb = if role == "egress" { "proxy" } else { role };
+    args.iter().any(|a| a == verb) && names_cluster
 }
 
 fn signal(pid: u32, sig: Signal) {

@@ -98,13 +98,9 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
         let mut config = strait_dns::DnsConfig::new(args.listen);
         config.meshed_clients = args.meshed_clients;
         config.answer.egress = args.egress;
-        let server = strait_dns::role::start(
-            config,
-            following,
-            strait_dns::DnsMetrics::default(),
-        )
-        .await
-        .with_context(|| format!("dns on {}", args.listen))?;
+        let server = strait_dns::role::start(config, following, strait_dns::DnsMetrics::default())
+            .await
+            .with_context(|| format!("dns on {}", args.listen))?;
         eprintln!(
             "strait dns for cluster {cluster}: udp {}, tcp {}, from controller {}",
             server.udp_addr(),

@@ -78,6 +78,7 @@ impl Mesh {
             access_log: false,
             capture: Default::default(),
             service: None,
+            egress: None,
         }
     }
 

@@ -122,6 +122,7 @@ pub(super) fn proxy_config(
         access_log: false,
         capture: Default::default(),
         service: None,
+        egress: None,
     }
 }
 

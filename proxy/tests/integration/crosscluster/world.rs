@@ -101,6 +101,7 @@ impl World {
             access_log: false,
             capture: Default::default(),
             service: None,
+            egress: None,
         };
         let snapshot = if snapshot.is_empty() {
             format!(

@@ -1,0 +1,165 @@
+//! The cluster's egress for clients without a sidecar. A `strait proxy`
+//! with `egress:` (run by `strait cluster up` with the cluster's gateway
+//! identity) listens in plain text on `egress.address`, on every port of
+//! every service it knows, and carries each connection like a client
+//! sidecar would: HTTP by the request's `Host` (`curl
+//! http://echo.demo.svc.clusterset.local:8080/` after `strait dns` answered
+//! the egress address), TCP to the one service with that port. The serving
+//! cluster's gateway and sidecar see the egress's identity as the caller's.
+//!
+//! Who may use it ([`EgressConfig::allow`]): only clients whose source
+//! address is in the allowed networks (default: the egress address's own
+//! network); others are closed at once and counted
+//! (`strait_refused_total{reason="egress_not_allowed"}`). Anyone who can
+//! reach it speaks with the egress's identity: docs/security.md says what
+//! that means.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::metrics::Direction;
+use crate::state::Shared;
+
+/// `egress:` of a sidecar config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// The address to listen on: the one `strait dns --egress` answers.
+    pub address: IpAddr,
+    /// Client networks that may use it [default: the address's own
+    /// network: 127.0.0.0/8 for loopback, else its /24 (IPv4) or /64].
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+}
+
+impl EgressConfig {
+    /// The networks allowed, with the default applied.
+    pub fn allowed(&self) -> Vec<IpNet> {
+        if !self.allow.is_empty() {
+            return self.allow.clone();
+        }
+        let prefix = match self.address {
+            IpAddr::V4(a) if a.is_loopback() => 8,
+            IpAddr::V4(_) => 24,
+            IpAddr::V6(a) if a.is_loopback() => 128,
+            IpAddr::V6(_) => 64,
+        };
+        IpNet::new(self.address, prefix)
+            .map(|n| vec![n.trunc()])
+            .unwrap_or_default()
+    }
+}
+
+/// Whether a client at `peer` may use the egress.
+pub fn admits(allowed: &[IpNet], peer: IpAddr) -> bool {
+    allowed.iter().any(|n| n.contains(&peer))
+}
+
+/// Keeps one listener per service port on the egress address, following
+/// the snapshot, until aborted.
+pub async fn manage(shared: Arc<Shared>, cfg: EgressConfig) {
+    let allowed = Arc::new(cfg.allowed());
+    let mut rx = shared.subscribe();
+    let mut bound: HashMap<u16, JoinHandle<()>> = HashMap::new();
+    loop {
+        let snapshot = rx.borrow_and_update().clone();
+        let mut wanted: Vec<u16> = snapshot
+            .services
+            .iter()
+            .flat_map(|s| s.ports.iter().map(|p| p.port))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        bound.retain(|port, task| {
+            let keep = wanted.contains(port);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for port in wanted {
+            if bound.contains_key(&port) {
+                continue;
+            }
+            let addr = SocketAddr::new(cfg.address, port);
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::debug!(%addr, "egress listening");
+                    let t = tokio::spawn(accept(shared.clone(), l, port, allowed.clone()));
+                    bound.insert(port, t);
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "egress cannot listen; clients without a sidecar cannot reach this port through it")
+                }
+            }
+        }
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+    for (_, t) in bound {
+        t.abort();
+    }
+}
+
+async fn accept(shared: Arc<Shared>, listener: TcpListener, port: u16, allowed: Arc<Vec<IpNet>>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "egress accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        if !admits(&allowed, peer.ip()) {
+            tracing::info!(%peer, port, "egress: client outside the allowed networks refused");
+            shared
+                .metrics
+                .refuse(Direction::outbound, "egress_not_allowed");
+            continue;
+        }
+        tokio::spawn(crate::outbound::serve_egress(shared.clone(), tcp, port));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(address: &str, allow: &[&str]) -> EgressConfig {
+        EgressConfig {
+            address: address.parse().unwrap(),
+            allow: allow.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn who_may_use_the_egress_as_a_table() {
+        let cases = [
+            // (egress, allow, client, admitted)
+            ("127.0.0.2", &[][..], "127.0.0.1", true),
+            ("127.0.0.2", &[], "10.0.0.1", false),
+            ("10.1.2.3", &[], "10.1.2.200", true),
+            ("10.1.2.3", &[], "10.1.3.1", false),
+            ("10.1.2.3", &["10.0.0.0/8"], "10.9.9.9", true),
+            ("10.1.2.3", &["10.0.0.0/8"], "192.168.1.1", false),
+            ("fd00::1", &[], "fd00::99", true),
+            ("fd00::1", &[], "fd01::1", false),
+        ];
+        for (egress, allow, client, want) in cases {
+            let c = cfg(egress, allow);
+            assert_eq!(
+                admits(&c.allowed(), client.parse().unwrap()),
+                want,
+                "{egress} {allow:?} {client}"
+            );
+        }
+    }
+}
