@@ -145,8 +145,9 @@ up() {
   say "cluster hosts: controller, gateway, DNS (strait cluster up)"
   for c in "${CLUSTERS[@]}"; do
     attach "$c" "$P-$c-host" "$(net "$c").10" host
+    # Every pod of the subnet runs a sidecar: DNS answers them the VIP.
     in_ns "$P-$c-host" "$S" cluster up "$c" --dir "$DIR" --ip "$(net "$c").10" \
-      --region "us-$c" --zone "us-$c-1a"
+      --region "us-$c" --zone "us-$c-1a" --meshed-clients "$(net "$c").0/24"
   done
 
   say "pods: app, sidecar (uid $PROXY_UID), capture"

@@ -78,6 +78,11 @@ pub struct UpArgs {
     /// Trust domain of a new root CA (ignored once the directory has one).
     #[arg(long, default_value = "strait.local")]
     trust_domain: String,
+    /// Networks (CIDRs) of clients that run behind a Strait sidecar: DNS
+    /// answers them the service VIP. Others get endpoints, or this
+    /// cluster's egress for services served elsewhere.
+    #[arg(long, value_delimiter = ',')]
+    meshed_clients: Vec<strait_dns::IpNet>,
 }
 
 #[derive(Debug, Args)]
@@ -251,6 +256,11 @@ fn plan(args: &UpArgs, dir: &Path, l: &Layout) -> anyhow::Result<ClusterInfo> {
         .region
         .clone()
         .or(old.as_ref().and_then(|o| o.region.clone()));
+    info.meshed_clients = if args.meshed_clients.is_empty() {
+        old.as_ref().map(|o| o.meshed_clients.clone()).unwrap_or_default()
+    } else {
+        args.meshed_clients.iter().map(ToString::to_string).collect()
+    };
     info.zone = args.zone.clone().or(old.and_then(|o| o.zone));
     if let Some(r) = &info.region {
         strait_api::Locality::new(r, info.zone.as_deref().unwrap_or_default())
@@ -385,7 +395,15 @@ async fn start(
                 // through this cluster's egress.
                 "--egress".into(),
                 info.ip.to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                (!info.meshed_clients.is_empty())
+                    .then(|| ["--meshed-clients".to_owned(), info.meshed_clients.join(",")])
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect(),
         ),
         (
             "egress",

@@ -43,6 +43,10 @@ pub struct ClusterInfo {
     pub gateway_admin: SocketAddr,
     pub dns: SocketAddr,
     pub state_dir: PathBuf,
+    /// Networks of clients behind a sidecar: DNS answers them the VIP
+    /// (everyone else: endpoints, or this cluster's egress).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meshed_clients: Vec<String>,
 }
 
 impl ClusterInfo {
@@ -60,6 +64,7 @@ impl ClusterInfo {
             gateway_admin: SocketAddr::new(ip, GATEWAY_ADMIN_PORT),
             dns: SocketAddr::new(ip, DNS_PORT),
             state_dir,
+            meshed_clients: Vec::new(),
         }
     }
 
