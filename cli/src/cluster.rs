@@ -17,7 +17,7 @@ use strait_ca::CaDir;
 
 use crate::output::{Format, emit};
 
-mod configs;
+pub(crate) mod configs;
 pub mod layout;
 pub(crate) mod procs;
 
@@ -257,9 +257,14 @@ fn plan(args: &UpArgs, dir: &Path, l: &Layout) -> anyhow::Result<ClusterInfo> {
         .clone()
         .or(old.as_ref().and_then(|o| o.region.clone()));
     info.meshed_clients = if args.meshed_clients.is_empty() {
-        old.as_ref().map(|o| o.meshed_clients.clone()).unwrap_or_default()
+        old.as_ref()
+            .map(|o| o.meshed_clients.clone())
+            .unwrap_or_default()
     } else {
-        args.meshed_clients.iter().map(ToString::to_string).collect()
+        args.meshed_clients
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     };
     info.zone = args.zone.clone().or(old.and_then(|o| o.zone));
     if let Some(r) = &info.region {
@@ -366,7 +371,20 @@ async fn start(
     let (ctl_yaml, gw_yaml) = (&written.controller, &written.gateway);
     let dns_certs = l.certs("dns");
     let s = |x: &Path| x.display().to_string();
-    let roles: [(&str, Vec<String>); 4] = [
+    let roles: [(&str, Vec<String>); 5] = [
+        (
+            "ca",
+            vec![
+                "ca".into(),
+                "serve".into(),
+                "--ca-dir".into(),
+                s(&l.ca_dir()),
+                "--cluster".into(),
+                info.name.clone(),
+                "--listen".into(),
+                configs::ca_addr(info).to_string(),
+            ],
+        ),
         (
             "controller",
             vec!["controller".into(), "--config".into(), s(ctl_yaml)],
@@ -435,6 +453,10 @@ async fn start(
             match role {
                 "controller" => wait_ready(role, &mut child, &log, || listening(info.admin)).await,
                 "gateway" => wait_ready(role, &mut child, &log, || listening(info.gateway)).await,
+                "ca" => {
+                    let addr = configs::ca_addr(info);
+                    wait_ready(role, &mut child, &log, || listening(addr)).await
+                }
                 "egress" => {
                     let admin = configs::egress_admin(info);
                     wait_ready(role, &mut child, &log, || listening(admin)).await

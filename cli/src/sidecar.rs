@@ -1,7 +1,9 @@
 //! `strait sidecar add|ls|rm`: a workload joins a `strait cluster up`
-//! cluster with one command. `add` issues the sidecar's certificate from
-//! the mesh's CA (`ns/<namespace>/sa/<name>`, the identity callers expect
-//! of the service), writes its config (listeners on free ports, the
+//! cluster with one command. `add` creates a join token for the identity
+//! `ns/<namespace>/sa/<name>` (the identity callers expect of the service)
+//! at the cluster's CA service, which the sidecar uses once to get its
+//! certificate (and renews it with that certificate from then on), writes
+//! its config (listeners on free ports, the
 //! cluster's controller, the app's ports, `service:` so the sidecar
 //! registers itself), starts `strait proxy` in the background and waits
 //! until the controller lists the endpoint. `rm` stops it with SIGTERM (it
@@ -9,7 +11,7 @@
 //!
 //! ```text
 //! DIR/clusters/<cluster>/sidecars/<namespace>.<name>/
-//!     certs/{chain,key,bundle}.pem  sidecar.yaml  sidecar.json  sidecar.log
+//!     join-token  bundle.pem  sidecar.yaml  sidecar.json  sidecar.log
 //! ```
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -21,13 +23,15 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use strait_api::{ClusterName, TrustDomain};
 use strait_ca::CaDir;
+use strait_ca::token::TokenStore;
 
 use crate::cluster::layout::{ClusterInfo, Layout};
 use crate::cluster::procs;
 use crate::output::{Format, emit};
 
-/// Lifetime of a sidecar's certificate (`add` again re-issues it).
-const CERT_TTL: Duration = Duration::from_secs(30 * 86400);
+/// How long a join token may be used (the sidecar uses it at once, and
+/// renews with its certificate afterwards).
+const TOKEN_TTL: Duration = Duration::from_secs(600);
 /// How long `add` waits for the controller to list the endpoint.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -175,15 +179,17 @@ fn config_yaml(
     info: &ClusterInfo,
     ports: &[(u16, String)],
 ) -> String {
-    let h = s.config.parent().unwrap_or(Path::new(".")).join("certs");
+    let h = s.config.parent().unwrap_or(Path::new("."));
     let h = h.display();
+    let ca = crate::cluster::configs::ca_addr(info);
     let mut y = format!(
         "# Written by `strait sidecar add`; `strait proxy --help` lists every key.\n\
          trust_domain: {td}\n\
-         identity: {{ files: {{ chain: {h}/chain.pem, key: {h}/key.pem, bundle: {h}/bundle.pem }} }}\n\
+         # From the cluster's CA service: the join token once, then renewed with the certificate.\n\
+         identity: {{ ca: {{ address: \"{ca}\", spiffe_id: \"{}\", token_file: {h}/join-token, bundle: {h}/bundle.pem }} }}\n\
          listeners: {{ inbound: \"{}\", outbound: \"{}\", admin: \"{}\", bind_vips: false }}\n\
          controller: {{ address: \"{}\", cluster: {}",
-        s.inbound, s.outbound, s.admin, info.controller, s.cluster
+        s.identity, s.inbound, s.outbound, s.admin, info.controller, s.cluster
     );
     if let (Some(r), Some(z)) = (&info.region, &info.zone) {
         y.push_str(&format!(", locality: {r}/{z}"));
@@ -253,11 +259,26 @@ async fn add(a: AddArgs) -> anyhow::Result<Sidecar> {
             .collect::<Result<_, _>>()?,
     };
     crate::ops::parse_export_list(&a.export)?;
+    // A join token for the cluster's CA service: the sidecar gets its
+    // certificate there, and renews it, by itself.
     let ca =
         CaDir::open(&dir.join("ca")).with_context(|| format!("the CA of {}", dir.display()))?;
     let cluster = ClusterName::new(&a.cluster)?;
-    ca.issue(&cluster, &id, CERT_TTL, &home.join("certs"))
-        .with_context(|| format!("issuing {id}"))?;
+    let ca_addr = crate::cluster::configs::ca_addr(&info);
+    if tokio::net::TcpStream::connect(ca_addr).await.is_err() {
+        bail!(
+            "the CA service of cluster {} ({ca_addr}) does not answer: `strait cluster up {} --dir {}` starts it",
+            a.cluster,
+            a.cluster,
+            dir.display()
+        );
+    }
+    let tokens = TokenStore::open(&ca.cluster_dir(&cluster).join("tokens.json"))?;
+    let token = tokens.create(&a.namespace, &a.name, TOKEN_TTL)?;
+    std::fs::create_dir_all(&home).with_context(|| home.display().to_string())?;
+    strait_ca::store::write_atomic(&home.join("join-token"), token.as_bytes(), 0o600)
+        .context("writing the join token")?;
+    std::fs::copy(ca.bundle_path(), home.join("bundle.pem")).context("copying the trust bundle")?;
     let ip = a.ip.unwrap_or(info.ip);
     let [pi, po, pa] = free_ports(ip)?;
     let mut s = Sidecar {

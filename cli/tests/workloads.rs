@@ -162,6 +162,13 @@ fn workloads_join_with_one_command_register_themselves_and_leave_cleanly() {
     let central = add("echo", "central", Some(&format!("{NET}.3.5:18080")));
     let client = add("client", "east", None);
     assert_eq!(west["identity"], "spiffe://strait.local/ns/demo/sa/echo");
+    // No certificate was issued by hand: the sidecar got it from west's CA
+    // service with a join token (and renews it there).
+    let cfg = std::fs::read_to_string(west["config"].as_str().unwrap()).unwrap();
+    assert!(
+        cfg.contains("identity: { ca: {") && cfg.contains("join-token"),
+        "{cfg}"
+    );
     assert_eq!(client["app"], serde_json::Value::Null);
     // The sidecars' own registrations are all the catalog knows.
     let west_ep = west["inbound"].as_str().unwrap().to_owned();

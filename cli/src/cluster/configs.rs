@@ -16,6 +16,15 @@ pub const EGRESS_INBOUND_PORT: u16 = 15106;
 pub const EGRESS_OUTBOUND_PORT: u16 = 15101;
 pub const EGRESS_ADMIN_PORT: u16 = 15100;
 
+/// The cluster's CA signing service (`strait ca serve`): sidecars get and
+/// renew their certificates there, with a join token the first time.
+pub const CA_PORT: u16 = 8620;
+
+/// The CA signing service's address.
+pub fn ca_addr(info: &ClusterInfo) -> SocketAddr {
+    SocketAddr::new(info.ip, CA_PORT)
+}
+
 /// Where the written files are.
 pub struct Written {
     pub controller: PathBuf,
