@@ -35,7 +35,8 @@
 # holding the certificates mesh_configs wrote: $W/client, $W/server), OUT
 # (results: $OUT/capture/), BUILD (which build $S is, for the report).
 # Knobs: DURATION WARMUP THREADS CONNS RATE
-# CAPTURE_ROUNDS (3) LOADGEN_CPUS (0) SERVER_CPUS (1) BODY_BYTES (1024).
+# CAPTURE_ROUNDS (3) CAPTURE_DIAG (0) LOADGEN_CPUS (0) SERVER_CPUS (1)
+# BODY_BYTES (1024).
 set -euo pipefail
 : "${S:?strait binary}" "${B:?strait-bench binary}" "${W:?work dir}" "${OUT:?output dir}"
 DURATION=${DURATION:-8s}
@@ -44,6 +45,11 @@ THREADS=${THREADS:-2}
 CONNS=${CONNS:-50}
 RATE=${RATE:-2000}
 ROUNDS=${CAPTURE_ROUNDS:-3}
+# CAPTURE_DIAG=1 adds a third way, explicit_rules: the VIP as in explicit,
+# but with the capture rules installed (the VIP excluded from them), which
+# tells the cost of having the nftables nat table (and so connection
+# tracking) in the pod from the cost of the redirect itself.
+DIAG=; [ "${CAPTURE_DIAG:-0}" = 1 ] && DIAG=explicit_rules
 LOADGEN_CPUS=${LOADGEN_CPUS:-0}
 SERVER_CPUS=${SERVER_CPUS:-1}
 BODY_BYTES=${BODY_BYTES:-1024}
@@ -88,6 +94,7 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+trap 'echo "capture: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 trap 'exit 130' INT TERM
 
 echo "==> capture vs explicit: namespaces $POD ($POD_IP) and $SRV ($SRV_IP)"
@@ -166,7 +173,7 @@ ready "the server sidecar" in_ns "$SRV" curl -sf http://127.0.0.1:15000/live
 ready "the client sidecar" in_ns "$POD" curl -sf http://127.0.0.1:15000/live
 ready "the explicit path (VIP)" as_app curl -sf --max-time 2 "http://$VIP:8080/"
 
-capture_on() { "$S" proxy capture install --netns "$POD" --proxy-uid 0 --outbound-port 15002 > /dev/null; }
+capture_on() { "$S" proxy capture install --netns "$POD" --proxy-uid 0 --outbound-port 15002 "$@" > /dev/null; }
 capture_off() { "$S" proxy capture remove --netns "$POD" > /dev/null; }
 # Connections the outbound redirect rule has counted (its first packets).
 redirected() {
@@ -186,29 +193,37 @@ no_table || die "capture remove left the table in $POD"
 # ---------- measurements ----------
 HZ=$(getconf CLK_TCK)
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
-url() { case $1 in explicit) echo "http://$VIP:8080/" ;; *) echo "http://$SRV_IP:8080/" ;; esac; }
+url() { case $1 in explicit*) echo "http://$VIP:8080/" ;; *) echo "http://$SRV_IP:8080/" ;; esac; }
 # TSV of every measurement: tool mode round file sidecar-ticks hz redirected
 RUNS=$R/runs.tsv
 : > "$RUNS"
-measure() { # tool (wrk|oha), mode (direct|explicit|capture), round
+measure() { # tool (wrk|oha), mode (direct|explicit|capture|explicit_rules), round
   local tool=$1 mode=$2 round=$3 u c0 c1 r0=0 r1=0 f
   u=$(url "$mode")
-  if [ "$mode" = capture ]; then capture_on; r0=$(redirected); else no_table || die "rules present for $mode"; fi
+  case $mode in
+    capture) capture_on; r0=$(redirected) ;;
+    explicit_rules) capture_on --exclude-cidrs "$VIP/32"; r0=$(redirected) ;;
+    *) no_table || die "rules present for $mode" ;;
+  esac
   f=$R/raw/${tool}_${mode}_$round
   if [ "$tool" = wrk ]; then
-    as_app wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$u" > /dev/null 2>&1
-    [ "$mode" = capture ] && r0=$(redirected)
+    as_app wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$u" > /dev/null 2>&1 || die "wrk $mode (warm-up) failed"
+    no_table || r0=$(redirected)
     c0=$(ticks "$PID_client" "$PID_server")
-    as_app wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$u" > "$f.txt" 2>&1
+    as_app wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$u" > "$f.txt" 2>&1 || die "wrk $mode failed: $(tail -3 "$f.txt")"
     c1=$(ticks "$PID_client" "$PID_server"); f=$f.txt
   else
     c0=$(ticks "$PID_client" "$PID_server")
-    as_app "$B" oha -z "$DURATION" -c "$CONNS" -q "$RATE" --latency-correction --no-tui --output-format json "$u" > "$f.json" 2> "$f.err"
+    as_app "$B" oha -z "$DURATION" -c "$CONNS" -q "$RATE" --latency-correction --no-tui --output-format json "$u" > "$f.json" 2> "$f.err" \
+      || die "strait-bench oha $mode failed: $(head -1 "$f.err")"
     c1=$(ticks "$PID_client" "$PID_server"); f=$f.json
   fi
   if [ "$mode" = capture ]; then
     r1=$(redirected); capture_off
     [ $((r1 - r0)) -ge "$CONNS" ] || die "$tool $mode round $round: only $((r1 - r0)) connections redirected for $CONNS load connections"
+  elif [ "$mode" = explicit_rules ]; then
+    r1=$(redirected); capture_off
+    [ $((r1 - r0)) = 0 ] || die "$tool $mode round $round: $((r1 - r0)) connections to the excluded VIP were redirected"
   fi
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$mode" "$round" "$(basename "$f")" $((c1 - c0)) "$HZ" $((r1 - r0)) >> "$RUNS"
   echo "$tool $mode round $round: $(summary_of "$tool" "$f")"
@@ -223,7 +238,7 @@ read -r T0 ST0 < <(cpu_times)
 for tool in wrk oha; do
   measure "$tool" direct 0
   for round in $(seq 1 "$ROUNDS"); do
-    if [ $((round % 2)) = 1 ]; then order="explicit capture"; else order="capture explicit"; fi
+    if [ $((round % 2)) = 1 ]; then order="explicit capture $DIAG"; else order="$DIAG capture explicit"; fi
     for mode in $order; do measure "$tool" "$mode" "$round"; done
   done
 done

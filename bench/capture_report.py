@@ -77,6 +77,15 @@ def summarize(out):
         t["p50_added_ms"] = statistics.median(c["p50_ms"] - e["p50_ms"] for e, c in pairs)
         t["p50_added_ms_per_round"] = [c["p50_ms"] - e["p50_ms"] for e, c in pairs]
         t["p99_added_ms"] = statistics.median(c["p99_ms"] - e["p99_ms"] for e, c in pairs)
+        diag = [(by[("explicit", r)], by[("explicit_rules", r)]) for r in rounds if ("explicit_rules", r) in by]
+        if diag:
+            t["explicit_rules"] = {
+                "rps": statistics.median(d["rps"] for _, d in diag),
+                "p50_ms": statistics.median(d["p50_ms"] for _, d in diag),
+                "sidecar_cpu_us_per_req": statistics.median(d["sidecar_cpu_us_per_req"] for _, d in diag),
+                "rps_ratio": sum(d["rps"] for _, d in diag) / sum(e["rps"] for e, _ in diag),
+                "p50_added_ms": statistics.median(d["p50_ms"] - e["p50_ms"] for e, d in diag),
+                "errors": sum(d["errors"] for _, d in diag)}
         s[tool] = t
     if "wrk" in s:
         s["throughput_target_met"] = s["wrk"]["rps_ratio"] >= 1 - 0.05
@@ -127,7 +136,12 @@ def section(s):
                      f"{o['p50_added_ms']:+.3f} ms (rounds: {', '.join(f'{x:+.3f}' for x in o['p50_added_ms_per_round'])}) | <= +0.02 ms: {_met(s.get('p50_target_met'))} |")
         lines.append(f"| ... p99 ms | {_f(e.get('p99_ms'), 3)} | {_f(c.get('p99_ms'), 3)} | {o['p99_added_ms']:+.3f} ms | |")
         lines.append(f"| both sidecars' CPU per request (fixed rate), us | {_f(e.get('sidecar_cpu_us_per_req'))} | {_f(c.get('sidecar_cpu_us_per_req'))} | | |")
-    errs = sum(s[t][k]["errors"] for t in ("wrk", "oha") if t in s for k in ("explicit", "capture"))
+    for tool, what in (("wrk", "wrk req/s"), ("oha", "fixed-rate p50")):
+        d = s.get(tool, {}).get("explicit_rules")
+        if d:
+            lines.append(f"| diagnosis, {tool}: explicit with the capture rules installed (VIP excluded), {what} | | {_f(d['rps'] if tool == 'wrk' else d['p50_ms'], 0 if tool == 'wrk' else 3)} | "
+                         f"{_f(d['rps_ratio'], 3)}x req/s, p50 {d['p50_added_ms']:+.3f} ms, sidecars {_f(d['sidecar_cpu_us_per_req'])} us/req | |")
+    errs = sum(s[t][k]["errors"] for t in ("wrk", "oha") if t in s for k in ("explicit", "capture", "explicit_rules") if k in s[t])
     lines += ["", f"Errors (non-2xx, socket errors) over all these measurements: {errs}."]
     dw, do = (w or {}).get("direct"), (o or {}).get("direct")
     if dw or do:
