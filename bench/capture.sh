@@ -49,7 +49,11 @@ ROUNDS=${CAPTURE_ROUNDS:-3}
 # but with the capture rules installed (the VIP excluded from them), which
 # tells the cost of having the nftables nat table (and so connection
 # tracking) in the pod from the cost of the redirect itself.
-DIAG=; [ "${CAPTURE_DIAG:-0}" = 1 ] && DIAG=explicit_rules
+# It also adds capture_notrack: capture with one more table that exempts
+# the sidecar's own traffic off loopback (its mTLS connections to the
+# server sidecar) from connection tracking, which tells what tracking
+# only the redirected app connections would cost.
+DIAG=; [ "${CAPTURE_DIAG:-0}" = 1 ] && DIAG="explicit_rules capture_notrack"
 LOADGEN_CPUS=${LOADGEN_CPUS:-0}
 SERVER_CPUS=${SERVER_CPUS:-1}
 BODY_BYTES=${BODY_BYTES:-1024}
@@ -180,6 +184,15 @@ redirected() {
   in_ns "$POD" nft list chain inet strait outbound \
     | awk '/redirect to/ { for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }'
 }
+notrack_on() {
+  in_ns "$POD" nft -f - <<EOF
+table inet sbcdiag {
+  chain out { type filter hook output priority raw; policy accept; oifname != "lo" meta skuid 0 notrack; }
+  chain pre { type filter hook prerouting priority raw; policy accept; iifname != "lo" notrack; }
+}
+EOF
+}
+notrack_off() { in_ns "$POD" nft delete table inet sbcdiag 2> /dev/null || true; }
 no_table() { ! in_ns "$POD" nft list table inet strait > /dev/null 2>&1; }
 
 # The capture path works, and is what carries the connection.
@@ -194,15 +207,17 @@ no_table || die "capture remove left the table in $POD"
 HZ=$(getconf CLK_TCK)
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 url() { case $1 in explicit*) echo "http://$VIP:8080/" ;; *) echo "http://$SRV_IP:8080/" ;; esac; }
-# TSV of every measurement: tool mode round file sidecar-ticks hz redirected
+# TSV of every measurement: tool mode round file sidecar-ticks hz
+# redirected conntrack-entries
 RUNS=$R/runs.tsv
 : > "$RUNS"
 measure() { # tool (wrk|oha), mode (direct|explicit|capture|explicit_rules), round
-  local tool=$1 mode=$2 round=$3 u c0 c1 r0=0 r1=0 f
+  local tool=$1 mode=$2 round=$3 u c0 c1 r0=0 r1=0 f ct
   u=$(url "$mode")
   case $mode in
     capture) capture_on; r0=$(redirected) ;;
     explicit_rules) capture_on --exclude-cidrs "$VIP/32"; r0=$(redirected) ;;
+    capture_notrack) capture_on; notrack_on; r0=$(redirected) ;;
     *) no_table || die "rules present for $mode" ;;
   esac
   f=$R/raw/${tool}_${mode}_$round
@@ -218,15 +233,17 @@ measure() { # tool (wrk|oha), mode (direct|explicit|capture|explicit_rules), rou
       || die "strait-bench oha $mode failed: $(head -1 "$f.err")"
     c1=$(ticks "$PID_client" "$PID_server"); f=$f.json
   fi
-  if [ "$mode" = capture ]; then
-    r1=$(redirected); capture_off
+  # Connections the pod's conntrack holds now (0 without a nat table).
+  ct=$(in_ns "$POD" cat /proc/sys/net/netfilter/nf_conntrack_count 2> /dev/null || echo -)
+  if [ "$mode" = capture ] || [ "$mode" = capture_notrack ]; then
+    r1=$(redirected); capture_off; notrack_off
     [ $((r1 - r0)) -ge "$CONNS" ] || die "$tool $mode round $round: only $((r1 - r0)) connections redirected for $CONNS load connections"
   elif [ "$mode" = explicit_rules ]; then
     r1=$(redirected); capture_off
     [ $((r1 - r0)) = 0 ] || die "$tool $mode round $round: $((r1 - r0)) connections to the excluded VIP were redirected"
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$mode" "$round" "$(basename "$f")" $((c1 - c0)) "$HZ" $((r1 - r0)) >> "$RUNS"
-  echo "$tool $mode round $round: $(summary_of "$tool" "$f")"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$mode" "$round" "$(basename "$f")" $((c1 - c0)) "$HZ" $((r1 - r0)) "$ct" >> "$RUNS"
+  echo "$tool $mode round $round: $(summary_of "$tool" "$f"), conntrack entries $ct"
 }
 summary_of() {
   if [ "$1" = wrk ]; then awk '/Requests\/sec/{r=$2} /^ +50%/{p=$2} END{print r " req/s, p50 " p}' "$2"

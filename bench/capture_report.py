@@ -17,6 +17,9 @@ import sys
 HEAD = "## Capture vs explicit"
 TARGET_RPS_RATIO = 0.95
 TARGET_P50_ADDED_MS = 0.02
+# CAPTURE_DIAG=1's extra ways, each compared with explicit in its round.
+DIAG = {"explicit_rules": "explicit with the capture rules installed (VIP excluded)",
+        "capture_notrack": "capture, the sidecar's own traffic off loopback exempt from conntrack"}
 
 
 def _wrk(path):
@@ -55,9 +58,9 @@ def summarize(out):
     meta = json.load(open(os.path.join(base, "meta.json")))
     runs = []
     for line in open(runs_path):
-        tool, mode, rnd, f, ticks, hz, redirected = line.rstrip("\n").split("\t")
+        tool, mode, rnd, f, ticks, hz, redirected, tracked = line.rstrip("\n").split("\t")
         m = (_wrk if tool == "wrk" else _oha)(os.path.join(base, "raw", f))
-        m.update(tool=tool, mode=mode, round=int(rnd), redirected=int(redirected))
+        m.update(tool=tool, mode=mode, round=int(rnd), redirected=int(redirected), conntrack=tracked)
         m["sidecar_cpu_us_per_req"] = int(ticks) / int(hz) / m["requests"] * 1e6 if m["requests"] else None
         runs.append(m)
     s = {"meta": meta, "runs": runs}
@@ -77,9 +80,11 @@ def summarize(out):
         t["p50_added_ms"] = statistics.median(c["p50_ms"] - e["p50_ms"] for e, c in pairs)
         t["p50_added_ms_per_round"] = [c["p50_ms"] - e["p50_ms"] for e, c in pairs]
         t["p99_added_ms"] = statistics.median(c["p99_ms"] - e["p99_ms"] for e, c in pairs)
-        diag = [(by[("explicit", r)], by[("explicit_rules", r)]) for r in rounds if ("explicit_rules", r) in by]
-        if diag:
-            t["explicit_rules"] = {
+        for dm in DIAG:
+            diag = [(by[("explicit", r)], by[(dm, r)]) for r in rounds if (dm, r) in by]
+            if not diag:
+                continue
+            t[dm] = {
                 "rps": statistics.median(d["rps"] for _, d in diag),
                 "p50_ms": statistics.median(d["p50_ms"] for _, d in diag),
                 "sidecar_cpu_us_per_req": statistics.median(d["sidecar_cpu_us_per_req"] for _, d in diag),
@@ -117,7 +122,7 @@ def section(s):
              "`strait proxy capture install --netns <pod> --proxy-uid 0` redirect it to the sidecar's capture listener, "
              "which reads the original destination and takes the VIP's path from there. Every capture measurement "
              "checks on the rule's counter that each load connection was redirected. Explicit and capture alternate "
-             f"(ABBA, {s.get('wrk', s.get('oha', {})).get('rounds', '?')} rounds, the rules installed and removed around each "
+             f"(ABBA over {s.get('wrk', s.get('oha', {})).get('rounds', '?')} round(s), the rules installed and removed around each "
              "capture measurement); medians over the rounds, ratios and differences paired within a round.",
              "", "| measure | explicit (VIP) | capture | capture vs explicit | target |", "|---|---|---|---|---|"]
     w = s.get("wrk")
@@ -136,12 +141,12 @@ def section(s):
                      f"{o['p50_added_ms']:+.3f} ms (rounds: {', '.join(f'{x:+.3f}' for x in o['p50_added_ms_per_round'])}) | <= +0.02 ms: {_met(s.get('p50_target_met'))} |")
         lines.append(f"| ... p99 ms | {_f(e.get('p99_ms'), 3)} | {_f(c.get('p99_ms'), 3)} | {o['p99_added_ms']:+.3f} ms | |")
         lines.append(f"| both sidecars' CPU per request (fixed rate), us | {_f(e.get('sidecar_cpu_us_per_req'))} | {_f(c.get('sidecar_cpu_us_per_req'))} | | |")
-    for tool, what in (("wrk", "wrk req/s"), ("oha", "fixed-rate p50")):
-        d = s.get(tool, {}).get("explicit_rules")
+    for (dm, desc), (tool, what) in ((d, w) for d in DIAG.items() for w in (("wrk", "req/s"), ("oha", "fixed-rate p50 ms"))):
+        d = s.get(tool, {}).get(dm)
         if d:
-            lines.append(f"| diagnosis, {tool}: explicit with the capture rules installed (VIP excluded), {what} | | {_f(d['rps'] if tool == 'wrk' else d['p50_ms'], 0 if tool == 'wrk' else 3)} | "
+            lines.append(f"| diagnosis ({dm}), {tool}: {desc}, {what} | | {_f(d['rps'] if tool == 'wrk' else d['p50_ms'], 0 if tool == 'wrk' else 3)} | "
                          f"{_f(d['rps_ratio'], 3)}x req/s, p50 {d['p50_added_ms']:+.3f} ms, sidecars {_f(d['sidecar_cpu_us_per_req'])} us/req | |")
-    errs = sum(s[t][k]["errors"] for t in ("wrk", "oha") if t in s for k in ("explicit", "capture", "explicit_rules") if k in s[t])
+    errs = sum(s[t][k]["errors"] for t in ("wrk", "oha") if t in s for k in ("explicit", "capture", *DIAG) if k in s[t])
     lines += ["", f"Errors (non-2xx, socket errors) over all these measurements: {errs}."]
     dw, do = (w or {}).get("direct"), (o or {}).get("direct")
     if dw or do:
@@ -153,7 +158,7 @@ def section(s):
               "|---|---|---|---|---|---|---|---|"]
     for r in s["runs"]:
         lines.append(f"| {r['tool']} | {r['round']} | {r['mode']} | {_f(r['rps'], 0)} | {_f(r['p50_ms'], 3)} | {_f(r['p99_ms'], 3)} | "
-                     f"{_f(r['sidecar_cpu_us_per_req'])} | {r['redirected'] if r['mode'] == 'capture' else '-'} |")
+                     f"{_f(r['sidecar_cpu_us_per_req']) if r['mode'] != 'direct' else '-'} | {r['redirected'] if r['mode'].startswith('capture') else '-'} |")
     lines += ["", "The host is shared (another engineer's builds and tests run meanwhile), so single figures move by "
               "several percent from run to run; the alternation puts that noise on both paths alike, and the per-round "
               "ratios show how far it reaches.", ""]
