@@ -78,19 +78,18 @@ as_app() {
     taskset -c "$LOADGEN_CPUS" "$@"
 }
 
-PIDS=()
+# Every process this starts runs in one of its namespaces, so what runs
+# there is exactly what to stop (the sidecars, nginx and its worker, a load
+# generator cut short): by id, from `ip netns pids`.
 cleanup() {
   local rc=$? ns p left
   trap - EXIT INT TERM
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  # Whatever else still runs in our namespaces was started by us (nginx's
-  # worker, a load generator cut short).
   for ns in "$POD" "$SRV"; do
     for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
   done
   sleep 0.5
   for ns in "$POD" "$SRV"; do
-    for p in $(ip netns pids "$ns" 2>/dev/null) "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
   done
   left=$( { ip netns list; ip -o link show; } | grep "$PFX" || true)
@@ -161,7 +160,7 @@ EOF
 start() { # name, namespace, cmd...
   local name=$1 ns=$2; shift 2
   ip netns exec "$ns" taskset -c "$SERVER_CPUS" "$@" > "$D/logs/$name.log" 2>&1 &
-  PIDS+=("$!"); eval "PID_$name=$!"
+  eval "PID_$name=$!"
 }
 start nginx "$SRV" nginx -p "$D" -e "$D/logs/nginx_error.log" -c "$D/nginx.conf"
 start server "$SRV" "$S" proxy --config "$D/server.yaml"

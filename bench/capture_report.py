@@ -138,7 +138,7 @@ def section(s):
     if o:
         e, c = o["explicit"], o["capture"]
         lines.append(f"| strait-bench oha, {m['rate']} req/s fixed rate, {m['conns']} conns, latency-corrected: p50 ms | {_f(e.get('p50_ms'), 3)} | {_f(c.get('p50_ms'), 3)} | "
-                     f"{o['p50_added_ms']:+.3f} ms (rounds: {', '.join(f'{x:+.3f}' for x in o['p50_added_ms_per_round'])}) | <= +0.02 ms: {_met(s.get('p50_target_met'))} |")
+                     f"{o['p50_added_ms']:+.4f} ms (rounds: {', '.join(f'{x:+.3f}' for x in o['p50_added_ms_per_round'])}) | <= +0.02 ms: {_met(s.get('p50_target_met'))} |")
         lines.append(f"| ... p99 ms | {_f(e.get('p99_ms'), 3)} | {_f(c.get('p99_ms'), 3)} | {o['p99_added_ms']:+.3f} ms | |")
         lines.append(f"| both sidecars' CPU per request (fixed rate), us | {_f(e.get('sidecar_cpu_us_per_req'))} | {_f(c.get('sidecar_cpu_us_per_req'))} | | |")
     for (dm, desc), (tool, what) in ((d, w) for d in DIAG.items() for w in (("wrk", "req/s"), ("oha", "fixed-rate p50 ms"))):

@@ -200,7 +200,7 @@ for n, rows in sorted(s.get("concurrency_levels", {}).items(), key=lambda kv: in
 if capture and "wrk" in capture:
     lines.append(f"| transparent capture vs the explicit VIP, same pair, wrk req/s | {f(capture['wrk']['rps_ratio'],3)}x (section below) | | >= 0.95x |")
 if capture and "oha" in capture:
-    lines.append(f"| transparent capture vs the explicit VIP, added p50 at fixed rate | {capture['oha']['p50_added_ms']:+.3f} ms | | <= +0.02 ms |")
+    lines.append(f"| transparent capture vs the explicit VIP, added p50 at fixed rate | {capture['oha']['p50_added_ms']:+.4f} ms | | <= +0.02 ms |")
 lines.append(f"| server-side full mTLS handshake CPU | {f(s.get('strait_server_handshake_cpu_ms'),3)} ms (in memory) | {f(s.get('haproxy_server_handshake_cpu_ms'),3)} ms (s_time) | <= 0.4 ms |")
 lines.append(f"| idle sidecar RSS, 1,000-service snapshot ({mem.get('services')} VIP listeners) | {f(mem.get('idle_rss_mib'),1)} MiB | | <= 20 MiB |")
 if capture:
