@@ -107,10 +107,13 @@ def _met(ok):
     return "-" if ok is None else ("**met**" if ok else "**missed**")
 
 
-def section(s):
-    """The markdown lines of the section (a heading first)."""
+def section(s, alone=False):
+    """The markdown lines of the section (a heading first); `alone`: from a
+    run of this part alone, not the run the rest of the page shows."""
     m = s["meta"]
     lines = [HEAD, "",
+             ("From a run of this part alone (`ONLY=capture`), not the run the rest of this page shows: "
+              "compare its figures with each other only. " if alone else "") +
              f"`bench/capture.sh` (run by `scripts/bench.sh`; `ONLY=capture scripts/bench.sh` runs it alone), {m['date']}. "
              f"Strait binary: {m.get('build', '?')}. Machine: {m['host']}; load generator on CPU {m['loadgen_cpus']}, "
              f"both sidecars and nginx on CPU {m['server_cpus']}; CPU time taken by the hypervisor (steal) meanwhile: {m['steal_pct']}%.",
@@ -187,5 +190,5 @@ if __name__ == "__main__":
         sys.exit(f"no capture results in {out}/capture")
     json.dump(s, open(os.path.join(out, "capture.json"), "w"), indent=2)
     old = open(doc).read() if os.path.exists(doc) else "# Performance\n"
-    open(doc, "w").write(splice(old, section(s)))
-    print("\n".join(section(s)[:16]))
+    open(doc, "w").write(splice(old, section(s, alone=True)))
+    print("\n".join(section(s, alone=True)[:16]))
