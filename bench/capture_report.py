@@ -172,7 +172,7 @@ def splice(doc_text, lines):
     """doc_text with the section replaced by `lines` (or inserted before the
     TLS micro-benchmarks, or appended)."""
     block = "\n".join(lines).rstrip("\n") + "\n"
-    i = doc_text.find("\n" + HEAD)
+    i = doc_text.find("\n" + HEAD + "\n")  # the heading line itself, not a longer one
     if i >= 0:
         j = doc_text.find("\n## ", i + 1)
         return doc_text[:i + 1] + block + (doc_text[j:] if j >= 0 else "")
