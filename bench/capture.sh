@@ -157,18 +157,18 @@ EOF
 "$S" proxy --config "$D/client.yaml" --check
 
 # ---------- start ----------
-start() { # name, namespace, cmd...
+start() { # name, namespace, cmd...; its pid in STARTED
   local name=$1 ns=$2; shift 2
   ip netns exec "$ns" taskset -c "$SERVER_CPUS" "$@" > "$D/logs/$name.log" 2>&1 &
-  eval "PID_$name=$!"
+  STARTED=$!
 }
 start nginx "$SRV" nginx -p "$D" -e "$D/logs/nginx_error.log" -c "$D/nginx.conf"
-start server "$SRV" "$S" proxy --config "$D/server.yaml"
-start client "$POD" "$S" proxy --config "$D/client.yaml"
+start server "$SRV" "$S" proxy --config "$D/server.yaml"; PID_server=$STARTED
+start client "$POD" "$S" proxy --config "$D/client.yaml"; PID_client=$STARTED
 
 ready() { # what, command...: retries for 15 s
-  local what=$1 i; shift
-  for i in $(seq 150); do "$@" > /dev/null 2>&1 && return 0; sleep 0.1; done
+  local what=$1; shift
+  for _ in $(seq 150); do "$@" > /dev/null 2>&1 && return 0; sleep 0.1; done
   die "$what does not answer; logs in $D/logs: $(tail -5 "$D"/logs/*.log)"
 }
 ready "nginx" in_ns "$SRV" curl -sf http://127.0.0.1:8080/
