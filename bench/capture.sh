@@ -35,7 +35,7 @@
 # holding the certificates mesh_configs wrote: $W/client, $W/server), OUT
 # (results: $OUT/capture/), BUILD (which build $S is, for the report).
 # Knobs: DURATION WARMUP THREADS CONNS RATE
-# CAPTURE_ROUNDS (3) CAPTURE_DIAG (0) LOADGEN_CPUS (0) SERVER_CPUS (1)
+# CAPTURE_ROUNDS (3) CAPTURE_DIAG (0) CAPTURE_CLOSE (0) LOADGEN_CPUS (0) SERVER_CPUS (1)
 # BODY_BYTES (1024).
 set -euo pipefail
 : "${S:?strait binary}" "${B:?strait-bench binary}" "${W:?work dir}" "${OUT:?output dir}"
@@ -54,6 +54,11 @@ ROUNDS=${CAPTURE_ROUNDS:-3}
 # server sidecar) from connection tracking, which tells what tracking
 # only the redirected app connections would cost.
 DIAG=; [ "${CAPTURE_DIAG:-0}" = 1 ] && DIAG="explicit_rules capture_notrack"
+# CAPTURE_CLOSE=1 adds wrkclose: wrk with `Connection: close`, a new app
+# connection per request, where capture's per-connection work shows (the
+# redirect, SO_ORIGINAL_DST, the classification).
+CLOSE=; [ "${CAPTURE_CLOSE:-0}" = 1 ] && CLOSE=wrkclose
+CLOSE_DURATION=${CLOSE_DURATION:-3s}
 LOADGEN_CPUS=${LOADGEN_CPUS:-0}
 SERVER_CPUS=${SERVER_CPUS:-1}
 BODY_BYTES=${BODY_BYTES:-1024}
@@ -220,11 +225,15 @@ measure() { # tool (wrk|oha), mode (direct|explicit|capture|explicit_rules), rou
     *) no_table || die "rules present for $mode" ;;
   esac
   f=$R/raw/${tool}_${mode}_$round
-  if [ "$tool" = wrk ]; then
-    as_app wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$u" > /dev/null 2>&1 || die "wrk $mode (warm-up) failed"
+  if [ "$tool" != oha ]; then
+    local extra=() d=$DURATION
+    # Each closed connection holds a conntrack entry for 2 minutes: short
+    # runs keep the pod's table far from its limit.
+    [ "$tool" = wrkclose ] && extra=(-H "Connection: close") && d=$CLOSE_DURATION
+    as_app wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "${extra[@]}" "$u" > /dev/null 2>&1 || die "$tool $mode (warm-up) failed"
     no_table || r0=$(redirected)
     c0=$(ticks "$PID_client" "$PID_server")
-    as_app wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$u" > "$f.txt" 2>&1 || die "wrk $mode failed: $(tail -3 "$f.txt")"
+    as_app wrk -t"$THREADS" -c"$CONNS" -d"$d" --latency "${extra[@]}" "$u" > "$f.txt" 2>&1 || die "$tool $mode failed: $(tail -3 "$f.txt")"
     c1=$(ticks "$PID_client" "$PID_server"); f=$f.txt
   else
     c0=$(ticks "$PID_client" "$PID_server")
@@ -245,13 +254,13 @@ measure() { # tool (wrk|oha), mode (direct|explicit|capture|explicit_rules), rou
   echo "$tool $mode round $round: $(summary_of "$tool" "$f"), conntrack entries $ct"
 }
 summary_of() {
-  if [ "$1" = wrk ]; then awk '/Requests\/sec/{r=$2} /^ +50%/{p=$2} END{print r " req/s, p50 " p}' "$2"
+  if [ "$1" != oha ]; then awk '/Requests\/sec/{r=$2} /^ +50%/{p=$2} END{print r " req/s, p50 " p}' "$2"
   else python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.0f req/s, p50 %.3f ms, p99 %.3f ms" % (d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p50"]*1e3, d["latencyPercentiles"]["p99"]*1e3))' "$2"
   fi
 }
 cpu_times() { awk '/^cpu /{t=0; for (i=2;i<=9;i++) t+=$i; print t, $9}' /proc/stat; }
 read -r T0 ST0 < <(cpu_times)
-for tool in wrk oha; do
+for tool in wrk oha $CLOSE; do
   measure "$tool" direct 0
   for round in $(seq 1 "$ROUNDS"); do
     if [ $((round % 2)) = 1 ]; then order="explicit capture $DIAG"; else order="$DIAG capture explicit"; fi
@@ -262,7 +271,7 @@ read -r T1 ST1 < <(cpu_times)
 cat > "$R/meta.json" <<EOF
 {"build": $(python3 -c 'import json, os; print(json.dumps(os.environ.get("BUILD", "not named")))'),
  "duration": "$DURATION", "warmup": "$WARMUP", "threads": $THREADS, "conns": $CONNS, "rate": $RATE,
- "rounds": $ROUNDS, "loadgen_cpus": "$LOADGEN_CPUS", "server_cpus": "$SERVER_CPUS", "body_bytes": $BODY_BYTES,
+ "rounds": $ROUNDS, "close_duration": "$CLOSE_DURATION", "loadgen_cpus": "$LOADGEN_CPUS", "server_cpus": "$SERVER_CPUS", "body_bytes": $BODY_BYTES,
  "steal_pct": $(awk -v t=$((T1 - T0)) -v st=$((ST1 - ST0)) 'BEGIN{printf "%.1f", (t > 0 ? 100 * st / t : 0)}'),
  "wrk": "$(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')", "nginx": "$(nginx -v 2>&1 | sed 's/.*\///')",
  "host": "$(nproc) CPU ($(lscpu | awk -F: '/Model name/{gsub(/^ +/,"",$2);print $2}')), $(uname -r)",

@@ -59,12 +59,12 @@ def summarize(out):
     runs = []
     for line in open(runs_path):
         tool, mode, rnd, f, ticks, hz, redirected, tracked = line.rstrip("\n").split("\t")
-        m = (_wrk if tool == "wrk" else _oha)(os.path.join(base, "raw", f))
+        m = (_oha if tool == "oha" else _wrk)(os.path.join(base, "raw", f))
         m.update(tool=tool, mode=mode, round=int(rnd), redirected=int(redirected), conntrack=tracked)
         m["sidecar_cpu_us_per_req"] = int(ticks) / int(hz) / m["requests"] * 1e6 if m["requests"] else None
         runs.append(m)
     s = {"meta": meta, "runs": runs}
-    for tool in ("wrk", "oha"):
+    for tool in ("wrk", "oha", "wrkclose"):
         by = {(r["mode"], r["round"]): r for r in runs if r["tool"] == tool}
         rounds = sorted({r for (mode, r) in by if mode == "capture" and ("explicit", r) in by})
         if not rounds:
@@ -137,6 +137,13 @@ def section(s, alone=False):
                      f"p50 {w['p50_added_ms']:+.3f} ms, p99 {w['p99_added_ms']:+.3f} ms | |")
         lines.append(f"| both sidecars' CPU per request (wrk), us | {_f(e.get('sidecar_cpu_us_per_req'))} | {_f(c.get('sidecar_cpu_us_per_req'))} | "
                      f"{_f((c.get('sidecar_cpu_us_per_req') or 0) / e['sidecar_cpu_us_per_req'], 3) if e.get('sidecar_cpu_us_per_req') else '-'}x | |")
+    k = s.get("wrkclose")
+    if k:
+        e, c = k["explicit"], k["capture"]
+        lines.append(f"| wrk, a new connection per request (`Connection: close`), {m['conns']} conns, {m.get('close_duration', '?')}: req/s | {_f(e.get('rps'), 0)} | {_f(c.get('rps'), 0)} | "
+                     f"{_f(k['rps_ratio'], 3)}x (rounds: {', '.join(_f(x, 3) for x in k['rps_ratio_per_round'])}) | |")
+        lines.append(f"| ... both sidecars' CPU per request, us | {_f(e.get('sidecar_cpu_us_per_req'))} | {_f(c.get('sidecar_cpu_us_per_req'))} | "
+                     f"{_f((c.get('sidecar_cpu_us_per_req') or 0) - (e.get('sidecar_cpu_us_per_req') or 0), 1)} us more | |")
     o = s.get("oha")
     if o:
         e, c = o["explicit"], o["capture"]
@@ -149,7 +156,7 @@ def section(s, alone=False):
         if d:
             lines.append(f"| diagnosis ({dm}), {tool}: {desc}, {what} | | {_f(d['rps'] if tool == 'wrk' else d['p50_ms'], 0 if tool == 'wrk' else 3)} | "
                          f"{_f(d['rps_ratio'], 3)}x req/s, p50 {d['p50_added_ms']:+.3f} ms, sidecars {_f(d['sidecar_cpu_us_per_req'])} us/req | |")
-    errs = sum(s[t][k]["errors"] for t in ("wrk", "oha") if t in s for k in ("explicit", "capture", *DIAG) if k in s[t])
+    errs = sum(s[t][k]["errors"] for t in ("wrk", "oha", "wrkclose") if t in s for k in ("explicit", "capture", *DIAG) if k in s[t])
     lines += ["", f"Errors (non-2xx, socket errors) over all these measurements: {errs}."]
     dw, do = (w or {}).get("direct"), (o or {}).get("direct")
     if dw or do:
