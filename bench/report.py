@@ -10,6 +10,7 @@ import os
 import re
 import sys
 
+sys.dont_write_bytecode = True  # no bench/__pycache__ from the import below
 from capture_report import section as capture_section
 from capture_report import summarize as capture_summarize
 
