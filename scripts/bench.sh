@@ -21,7 +21,8 @@
 #
 # Knobs (env): DURATION (8s) WARMUP (2s) LEVEL_DURATION (4s) STIME (5) CONNS (50) RATE (2000) and the
 # others of bench/reference-bench.sh; CAPTURE_ROUNDS (3) explicit/capture
-# pairs; ONLY=capture runs the capture comparison alone and rewrites only its
+# pairs, CAPTURE_DIAG=1 and CAPTURE_CLOSE=1 (more ways, see
+# bench/capture.sh); ONLY=capture runs the capture comparison alone and rewrites only its
 # section of docs/performance.md; BENCH_BIN=path uses a given strait-bench
 # instead of building it; BUILD_NOTE="..." says in the report what
 # STRAIT_BIN is (e.g. "release profile, cargo build --release -p strait-cli").
