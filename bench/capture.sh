@@ -25,7 +25,8 @@
 #             takes the VIP's path from there
 # The rules are installed before and removed after every capture
 # measurement, so explicit and direct run in a pod without them, as today.
-# Explicit and capture alternate (ABBA over CAPTURE_ROUNDS rounds), so
+# Explicit and capture alternate over CAPTURE_ROUNDS rounds, the order
+# reversed every other round (ABBA), so
 # noise from other load on the host falls on both alike. Each capture
 # measurement must show at least one redirected connection per load
 # connection on the rule's counter, or the run fails (it would otherwise

@@ -125,8 +125,10 @@ def section(s, alone=False):
              "`strait proxy capture install --netns <pod> --proxy-uid 0` redirect it to the sidecar's capture listener, "
              "which reads the original destination and takes the VIP's path from there. Every capture measurement "
              "checks on the rule's counter that each load connection was redirected. Explicit and capture alternate "
-             f"(ABBA over {s.get('wrk', s.get('oha', {})).get('rounds', '?')} round(s), the rules installed and removed around each "
-             "capture measurement); medians over the rounds, ratios and differences paired within a round.",
+             f"over {s.get('wrk', s.get('oha', {})).get('rounds', '?')} round(s), the order reversed every other round (ABBA), "
+             "the rules installed and removed around each capture measurement; medians over the rounds, ratios and "
+             "differences paired within a round. Rows marked diagnosis (`CAPTURE_DIAG=1`) and the new-connection row "
+             "(`CAPTURE_CLOSE=1`) run only when asked for.",
              "", "| measure | explicit (VIP) | capture | capture vs explicit | target |", "|---|---|---|---|---|"]
     w = s.get("wrk")
     if w:
