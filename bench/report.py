@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Turns one benchmark run into results.md, results.json and docs/performance.md.
 
-Input (in OUT): reference.md (bench/reference-bench.sh), tls.json, memory.json.
+Input (in OUT): reference.md (bench/reference-bench.sh), tls.json, memory.json
+and, when bench/capture.sh ran, capture/ (bench/capture_report.py).
 Ratios are computed from numbers of the same run only.
 """
 import json
 import os
 import re
 import sys
+
+sys.dont_write_bytecode = True  # no bench/__pycache__ from the import below
+from capture_report import section as capture_section
+from capture_report import summarize as capture_summarize
 
 out, doc = sys.argv[1], sys.argv[2]
 ref = open(os.path.join(out, "reference.md")).read()
@@ -125,6 +130,13 @@ summary["strait_server_handshake_cpu_ms"] = tls.get("full_handshake_server_cpu_m
 summary["strait_idle_rss_mib_1000_services"] = mem.get("idle_rss_mib")
 if tunnel:
     summary["tunnel"] = tunnel
+capture = capture_summarize(out)
+if capture:
+    data["capture"] = capture
+    if "wrk" in capture:
+        summary["capture_vs_explicit_http1_rps_ratio"] = capture["wrk"]["rps_ratio"]
+    if "oha" in capture:
+        summary["capture_added_p50_ms"] = capture["oha"]["p50_added_ms"]
 data["summary"] = summary
 json.dump(data, open(os.path.join(out, "results.json"), "w"), indent=2)
 
@@ -186,8 +198,14 @@ for n, rows in sorted(s.get("concurrency_levels", {}).items(), key=lambda kv: in
         hx = f"{f(h.get('rps'),0)} req/s, p50 +{f((h.get('p50_ms') or 0) - (d.get('p50_ms') or 0),3)} ms" if h.get("rps") else "-"
         xx = f"; cross-cluster {f(x.get('rps'),0)} req/s, p50 +{f((x.get('p50_ms') or 0) - (d.get('p50_ms') or 0),3)} ms" if x.get("rps") else ""
         lines.append(f"| wrk {n} conn(s): pair req/s, p50 added over direct | {f(c['rps'],0)} req/s ({f(c['rps']/d['rps'],3)}x direct), p50 +{f((c.get('p50_ms') or 0) - (d.get('p50_ms') or 0),3)} ms{xx} | {hx} | |")
+if capture and "wrk" in capture:
+    lines.append(f"| transparent capture vs the explicit VIP, same pair, wrk req/s | {f(capture['wrk']['rps_ratio'],3)}x (section below) | | >= 0.95x |")
+if capture and "oha" in capture:
+    lines.append(f"| transparent capture vs the explicit VIP, added p50 at fixed rate | {capture['oha']['p50_added_ms']:+.4f} ms | | <= +0.02 ms |")
 lines.append(f"| server-side full mTLS handshake CPU | {f(s.get('strait_server_handshake_cpu_ms'),3)} ms (in memory) | {f(s.get('haproxy_server_handshake_cpu_ms'),3)} ms (s_time) | <= 0.4 ms |")
 lines.append(f"| idle sidecar RSS, 1,000-service snapshot ({mem.get('services')} VIP listeners) | {f(mem.get('idle_rss_mib'),1)} MiB | | <= 20 MiB |")
+if capture:
+    lines += [""] + capture_section(capture)[:-1]
 lines += ["", "## TLS micro-benchmarks (rustls, ring, the sidecars' own config, one core)", "",
           f"- full handshakes/s (client+server in one thread): {f(tls['full_handshakes_per_sec'],0)}; server CPU {f(tls['full_handshake_server_cpu_ms'],3)} ms each",
           f"- resumed handshakes/s: {f(tls['resumed_handshakes_per_sec'],0)}; server CPU {f(tls['resumed_handshake_server_cpu_ms'],3)} ms each",

@@ -13,9 +13,19 @@
 # (production profile with PGO; about 30 minutes from cold, PGO=0 skips the
 # training; STRAIT_BIN=path measures a given binary). Writes target/bench/results.md, target/bench/results.json and
 # docs/performance.md.
+# Capture vs explicit (bench/capture.sh, root only): the same sidecar pair
+#   reached through its VIP and through transparent capture (nftables
+#   rules of `strait proxy capture install` in a pod namespace), wrk and
+#   strait-bench oha, alternating; without root, `ip`, `nft` or `setpriv`
+#   it is skipped with a message and the rest runs as before.
 #
 # Knobs (env): DURATION (8s) WARMUP (2s) LEVEL_DURATION (4s) STIME (5) CONNS (50) RATE (2000) and the
-# others of bench/reference-bench.sh.
+# others of bench/reference-bench.sh; CAPTURE_ROUNDS (3) explicit/capture
+# pairs, CAPTURE_DIAG=1 and CAPTURE_CLOSE=1 (more ways, see
+# bench/capture.sh); ONLY=capture runs the capture comparison alone and rewrites only its
+# section of docs/performance.md; BENCH_BIN=path uses a given strait-bench
+# instead of building it; BUILD_NOTE="..." says in the report what
+# STRAIT_BIN is (e.g. "release profile, cargo build --release -p strait-cli").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -24,6 +34,13 @@ need=()
 for t in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client iperf3:iperf3 openssl:openssl curl:curl taskset:util-linux python3:python3; do
   command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t#*:}")
 done
+# The capture comparison's tools, installed only as root (without root it
+# is skipped anyway).
+if [ "$(id -u)" = 0 ]; then
+  for t in ip:iproute2 nft:nftables setpriv:util-linux; do
+    command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t#*:}")
+  done
+fi
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -32,20 +49,39 @@ if ((${#need[@]})); then
   fi
 fi
 
-echo "==> building strait-bench (production profile)"
-cargo build --profile production -q -p strait-bench
-B=$ROOT/target/production/strait-bench
+if [ -n "${BENCH_BIN:-}" ]; then
+  B=$BENCH_BIN
+else
+  echo "==> building strait-bench (production profile)"
+  cargo build --profile production -q -p strait-bench
+  B=${CARGO_TARGET_DIR:-$ROOT/target}/production/strait-bench
+fi
+# Why the capture comparison cannot run here, if it cannot.
+CAPTURE_SKIP=
+if [ "$(id -u)" != 0 ]; then
+  CAPTURE_SKIP="needs root (network namespaces and nftables)"
+else
+  for t in ip nft setpriv; do
+    command -v "$t" >/dev/null 2>&1 || CAPTURE_SKIP="needs $t (apt-get install iproute2 nftables util-linux)"
+  done
+fi
+ONLY=${ONLY:-}
+case "$ONLY" in ""|capture) ;; *) echo "error: ONLY=$ONLY: the only part that runs alone is ONLY=capture" >&2; exit 2 ;; esac
+if [ "$ONLY" = capture ] && [ -n "$CAPTURE_SKIP" ]; then
+  echo "error: ONLY=capture, but the capture comparison $CAPTURE_SKIP" >&2; exit 1
+fi
 # The binary to deploy: production profile with PGO (PGO=0: without).
 # STRAIT_BIN=path measures that binary as it is (a second run of a build
 # already made, without the half hour of building and training). The PGO
 # build is target/pgo-use/<host>/production/strait; target/production/strait
 # is only a plain production build, if one was ever made.
 if [ -n "${STRAIT_BIN:-}" ]; then
-  S=$STRAIT_BIN; BUILD="given binary: $S"
+  S=$STRAIT_BIN; BUILD="${BUILD_NOTE:-given binary: $S}"
 else
   S=$(scripts/build-production.sh)
   if [ "${PGO:-1}" = 0 ]; then BUILD="production profile (fat LTO), no PGO"; else BUILD="production profile (fat LTO) with PGO (scripts/build-production.sh)"; fi
 fi
+BUILD="$BUILD, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' with local changes')"
 OUT=$ROOT/target/bench
 rm -rf "$OUT"; mkdir -p "$OUT"
 W=$(mktemp -d -t strait-bench.XXXXXX)
@@ -56,6 +92,24 @@ echo "==> certificates and sidecar configs in $W"
 source "$ROOT/bench/mesh.sh"
 mesh_configs
 printf '#!/bin/sh\nexec %s oha "$@"\n' "$B" > "$W/oha"; chmod +x "$W/oha"
+
+# Capture vs explicit, in namespaces of its own (bench/capture.sh removes
+# them on exit, also on failure).
+capture_part() {
+  if [ -n "$CAPTURE_SKIP" ]; then
+    echo "==> SKIP capture vs explicit: $CAPTURE_SKIP"
+    return 0
+  fi
+  S=$S B=$B W=$W OUT=$OUT BUILD=$BUILD DURATION="${DURATION:-8s}" \
+    bash "$ROOT/bench/capture.sh" 2>&1 | tee "$OUT/capture.log"
+}
+CAPTURE_FAILED=
+if [ "$ONLY" = capture ]; then
+  capture_part || { echo "error: the capture comparison failed (log: $OUT/capture.log)" >&2; exit 1; }
+  python3 bench/capture_report.py "$OUT" "$ROOT/docs/performance.md"
+  echo "==> done: $OUT/capture.json, the capture section of docs/performance.md"
+  exit 0
+fi
 
 # CPU time the hypervisor took from this VM during the measurements (the
 # `steal` column of /proc/stat, against user..steal): on a shared host it explains run-to-run spread.
@@ -73,6 +127,9 @@ CANDIDATE2_URL=http://127.77.0.2:19082/ CANDIDATE2_H2_URL=http://127.77.0.2:1909
   bash bench/reference-bench.sh > "$OUT/reference.log" 2>&1 || { tail -30 "$OUT/reference.log"; exit 1; }
 cp "$W/ref/results.md" "$OUT/reference.md"
 cp -r "$W/ref/raw" "$OUT/raw"
+# A failed capture comparison does not cost the rest of the run: it is
+# reported at the end, and the exit status says so.
+capture_part || { CAPTURE_FAILED=1; rm -f "$OUT/capture/runs.tsv"; echo "==> capture vs explicit FAILED (log: $OUT/capture.log); going on" >&2; }
 
 echo "==> TLS micro-benchmarks (one core)"
 taskset -c 1 "$B" tls > "$OUT/tls.json"
@@ -83,3 +140,4 @@ read -r T1 ST1 < <(cpu_times)
 awk -v t=$((T1 - T0)) -v st=$((ST1 - ST0)) -v b="$BUILD" 'BEGIN{printf "{\"steal_pct\": %.1f, \"build\": \"%s\"}\n", (t > 0 ? 100 * st / t : 0), b}' > "$OUT/host.json"
 python3 bench/report.py "$OUT" "$ROOT/docs/performance.md"
 echo "==> done: $OUT/results.md, $OUT/results.json, docs/performance.md"
+if [ -n "$CAPTURE_FAILED" ]; then echo "error: the capture comparison failed (log: $OUT/capture.log)" >&2; exit 1; fi
