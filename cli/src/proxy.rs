@@ -29,6 +29,10 @@ use strait_proxy::{Proxy, ProxyConfig};
 ///   controller: { address: 127.0.0.1:8610, cluster: east, locality: us-east/us-east-1a }
 ///   # with `strait proxy capture install`: where redirected connections arrive
 ///   capture: { outbound: 127.0.0.1:15002, unknown: passthrough }
+///   # register this workload with the controller while it runs
+///   service: { name: web, namespace: default, export: all }
+///
+/// Every key, with its default: docs/config-reference.md (limits:, egress:, ...).
 #[derive(Debug, Args)]
 #[command(
     verbatim_doc_comment,

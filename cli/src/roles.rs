@@ -47,6 +47,8 @@ pub use dns::{DnsArgs, run_dns};
 ///   vips: 127.77.0.0/16              # optional: the loopback /16 of service VIPs
 ///   default_health_check: true       # ask the sidecar of endpoints without health_check:
 ///   registration_lease: 15s          # a self-registered sidecar's endpoint outlives its stream this long
+///
+/// Every key, with its default: docs/config-reference.md.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct ControllerArgs {
@@ -162,8 +164,9 @@ struct Loaded {
 
 fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
     let text = read(path)?;
-    let f: ControllerFile =
-        strait_api::yaml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    // The error names the field; its source would repeat it.
+    let f: ControllerFile = strait_api::yaml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let bad = |field: &str, why: String| anyhow::anyhow!("{}: {field}: {why}", path.display());
     let locality = match (&f.region, &f.zone) {
         (None, None) => Locality::default(),
@@ -338,7 +341,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 ///   identity:                        # spiffe://<td>/ns/strait-system/sa/gateway-east
 ///     files: { chain: ./gw/chain.pem, key: ./gw/key.pem, bundle: ./gw/bundle.pem }
 ///   listeners: { public: 0.0.0.0:15443, admin: 127.0.0.1:15021 }
-///   limits: { drain_timeout: 30s }   # see docs/operations.md for every limit
+///   limits: { drain_timeout: 30s }   # every key: docs/config-reference.md
 ///
 /// Without a controller (benchmarks, fixed hosts), `--exports FILE` gives a
 /// fixed export table instead; any cluster under the mesh root may then
