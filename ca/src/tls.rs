@@ -346,3 +346,22 @@ pub fn peer_cluster(peer_certs: Option<&[CertificateDer<'_>]>) -> Option<Cluster
     let ou = cert.issuer().iter_organizational_unit().next()?;
     ClusterName::new(ou.as_str().ok()?).ok()
 }
+
+/// A TLS failure carried in an I/O error, in words: a refused peer
+/// certificate reads as Strait's own reason (e.g. "peer is
+/// spiffe://…/sa/db, expected spiffe://…/sa/web"), not as rustls's
+/// debug form.
+pub fn explain_io(e: &std::io::Error) -> String {
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return e.to_string();
+    };
+    if let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = tls {
+        if let Some(v) = other.0.downcast_ref::<VerifyError>() {
+            return format!("the peer's certificate was refused: {v}");
+        }
+    }
+    tls.to_string()
+}

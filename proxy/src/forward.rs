@@ -59,6 +59,8 @@ pub async fn forward(
     // The serving clusters whose door failed, and how (the last one is
     // what the caller is told when nothing else can serve).
     let mut doors: Vec<(&strait_api::ClusterName, Blame)> = Vec::new();
+    // The last endpoint failure's text, for the caller's message.
+    let mut last_why: Option<String> = None;
     let (resp, dest_cluster) = loop {
         let picked = svc.pick(&snapshot, service, &tried, Kind::Request);
         // With every endpoint tried the plan may fall back to ones already
@@ -144,8 +146,11 @@ pub async fn forward(
                 doors.push((cluster, blame));
                 continue;
             }
-            Ok(Err(TryError::Failed(failure))) => {
+            Ok(Err(TryError::Failed(failure, why))) => {
                 finish(&shared, &svc, &picked, Outcome::ConnectFailure, None);
+                if why.is_some() {
+                    last_why = why;
+                }
                 failure
             }
         };
@@ -163,7 +168,14 @@ pub async fn forward(
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_failure",
-                format!("{svc_name}: {failure:?} (no retry: {})", decision.label()),
+                format!(
+                    "{svc_name}: {failure:?}{} (no retry: {})",
+                    last_why
+                        .as_deref()
+                        .map(|w| format!(": {w}"))
+                        .unwrap_or_default(),
+                    decision.label()
+                ),
             ),
             Some(&picked.endpoint.cluster),
         );
@@ -217,7 +229,9 @@ fn prepare(parts: &mut Parts, svc: &ServiceHandle, port: u16) -> Result<(), &'st
 #[derive(Debug)]
 enum TryError {
     /// Counted against the endpoint; retried as the route's policy says.
-    Failed(Failure),
+    /// With the error's text when there is one (a TLS refusal names the
+    /// identity expected and the one presented).
+    Failed(Failure, Option<String>),
     /// The serving cluster's gateway refused the tunnel or is down.
     Door(Blame),
 }
@@ -291,7 +305,12 @@ async fn attempt(
         Err(e) => {
             tracing::debug!(endpoint = %target, hop = ?picked.hop, error = %e, "connect failed");
             return Err(match e.blame(&picked.endpoint.gateways) {
-                Blame::Endpoint => TryError::Failed(Failure::ConnectFailure),
+                Blame::Endpoint => TryError::Failed(
+                    Failure::ConnectFailure,
+                    Some(format!(
+                        "cannot connect to {target} (expecting {identity}): {e}"
+                    )),
+                ),
                 door => TryError::Door(door),
             });
         }
@@ -300,7 +319,7 @@ async fn attempt(
         empty()
     } else {
         body.take()
-            .ok_or(TryError::Failed(Failure::ConnectFailure))?
+            .ok_or(TryError::Failed(Failure::ConnectFailure, None))?
     };
     let mut req = Request::from_parts(parts.clone(), req_body);
     *req.extensions_mut() = http::Extensions::new();
@@ -319,12 +338,18 @@ async fn attempt(
             if !replayable {
                 *body = back;
             }
-            Err(TryError::Failed(Failure::ConnectFailure))
+            Err(TryError::Failed(
+                Failure::ConnectFailure,
+                Some(format!("{target}: {source}")),
+            ))
         }
         Err(SendError::Failed(err)) => {
             shared.pool.evict_hop(hop, identity);
             tracing::debug!(endpoint = %target, error = %err, "request failed in flight");
-            Err(TryError::Failed(Failure::Reset))
+            Err(TryError::Failed(
+                Failure::Reset,
+                Some(format!("{target}: {err}")),
+            ))
         }
     }
 }

@@ -113,7 +113,7 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
-    #[error("mTLS with {addr} failed: {source}")]
+    #[error("mTLS with {addr} failed: {}", tls::explain_io(.source))]
     Tls {
         addr: SocketAddr,
         #[source]

@@ -114,3 +114,52 @@ async fn one_caller_is_held_to_its_stream_limit_and_others_are_not() {
     assert!(again.is_some(), "the freed stream was never usable again");
     drop((flood, other, server, app));
 }
+
+/// A wrong expected identity (the endpoint's sidecar presents another)
+/// names both identities in the caller's 503, so the operator can act.
+#[tokio::test]
+async fn a_wrong_expected_identity_names_the_expected_and_the_presented_one() {
+    let mesh = Mesh::new();
+    let app = testing::http(
+        "127.0.0.1:0".parse().unwrap(),
+        "web",
+        false,
+        testing::Behaviour::default(),
+    )
+    .await
+    .unwrap();
+    let own = header(1)
+        + &service(
+            "web",
+            "127.77.61.1",
+            80,
+            "http1",
+            &[("127.0.0.1:9".parse().unwrap(), "us-east/a", "db")],
+            "",
+        );
+    // The serving sidecar runs as `db`; the caller's snapshot expects `web`.
+    let server = mesh.server("db", 80, "http1", app.addr, &own).await;
+    let s = header(1)
+        + &service(
+            "web",
+            "127.77.61.2",
+            80,
+            "http1",
+            &[(server.inbound, "us-east/a", "web")],
+            "",
+        );
+    let client = mesh.client("client", &s).await;
+    let vip: SocketAddr = "127.77.61.2:80".parse().unwrap();
+    wait_listening(vip).await;
+    let (status, body) = http1(vip, get("/", "web")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("expected spiffe://strait.local/ns/default/sa/web"),
+        "{body}"
+    );
+    assert!(
+        body.contains("spiffe://strait.local/ns/default/sa/db"),
+        "{body}"
+    );
+    drop((client, server, app));
+}
