@@ -393,9 +393,22 @@ fn endpoints_hop(serving: Option<&str>, svc: &ServiceStatus) -> Finding {
             format!("{healthy} of {} healthy in {serving}", eps.len()),
         );
     }
+    // With the health check's own words (a dead app, a wrong identity...).
     let list: Vec<String> = eps
         .iter()
-        .map(|e| format!("{} {}", e.address, format!("{:?}", e.health).to_lowercase()))
+        .map(|e| {
+            let why = e
+                .detail
+                .as_ref()
+                .and_then(|d| d.active_error.as_deref())
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default();
+            format!(
+                "{} {}{why}",
+                e.address,
+                format!("{:?}", e.health).to_lowercase()
+            )
+        })
         .collect();
     let hint = if eps.iter().any(|e| e.health == Health::Stale) {
         format!(

@@ -258,6 +258,44 @@ fn workloads_join_with_one_command_register_themselves_and_leave_cleanly() {
     );
     assert!(f <= 2, "(a) {f} of {n} requests failed");
 
+    // A registration that expects the wrong identity of an endpoint (its
+    // sidecar is `echo`, the file says nothing, so `wrongid` is expected):
+    // the health check says so, and diagnose names both identities.
+    let reg = dir.join("wrongid.yaml");
+    std::fs::write(
+        &reg,
+        format!("name: wrongid\nnamespace: demo\nports: [{{ port: 8080, protocol: http1 }}]\nendpoints: [{{ address: \"{west_ep}\" }}]\n"),
+    )
+    .unwrap();
+    clusters.op(
+        "west",
+        &["service", "register", "-f", reg.to_str().unwrap()],
+    );
+    let t = Instant::now();
+    let found = loop {
+        let out = strait(
+            &dir,
+            &[
+                "diagnose", "wrongid", "-n", "demo", "--from", "west", "--dir", &d,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("expected spiffe://strait.local/ns/demo/sa/wrongid") {
+            break text;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "diagnose never named the identities:\n{text}"
+        );
+        pause(300);
+    };
+    eprintln!("diagnose of a wrong expected identity:\n{found}");
+    assert!(
+        found.contains("peer is spiffe://strait.local/ns/demo/sa/echo"),
+        "{found}"
+    );
+    clusters.op("west", &["service", "deregister", "wrongid", "-n", "demo"]);
+
     // (b) West's sidecar is killed: no goodbye, so its lease removes it.
     let t = Instant::now();
     let pid = west["pid"].as_u64().unwrap().to_string();

@@ -65,7 +65,10 @@ impl SidecarProbe {
             .connect(name, tcp)
             .await
             .map_err(|e| {
-                format!("mTLS with the sidecar at {target} (expected {identity}) failed: {e}")
+                format!(
+                    "mTLS with the sidecar at {target} (expected {identity}) failed: {}",
+                    tls::explain_io(&e)
+                )
             })?;
         let (mut send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
