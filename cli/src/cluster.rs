@@ -413,6 +413,8 @@ async fn start(
                 // through this cluster's egress.
                 "--egress".into(),
                 info.ip.to_string(),
+                "--admin".into(),
+                SocketAddr::new(info.ip, configs::DNS_ADMIN_PORT).to_string(),
             ]
             .into_iter()
             .chain(

@@ -67,6 +67,11 @@ impl Handle {
         *self.following.connected().borrow()
     }
 
+    /// The same, as a watch (for an admin port's `/ready`).
+    pub fn following_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.following.connected()
+    }
+
     /// Stops following and answering.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         drop(self.following);

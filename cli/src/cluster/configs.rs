@@ -16,6 +16,9 @@ pub const EGRESS_INBOUND_PORT: u16 = 15106;
 pub const EGRESS_OUTBOUND_PORT: u16 = 15101;
 pub const EGRESS_ADMIN_PORT: u16 = 15100;
 
+/// The DNS server's admin port (`/metrics`, `/ready`, `/live`).
+pub const DNS_ADMIN_PORT: u16 = 8654;
+
 /// The cluster's CA signing service (`strait ca serve`): sidecars get and
 /// renew their certificates there, with a join token the first time.
 pub const CA_PORT: u16 = 8620;

@@ -47,6 +47,10 @@ pub struct DnsArgs {
     /// gateway, which only sidecars can use.
     #[arg(long)]
     egress: Option<std::net::IpAddr>,
+    /// Admin HTTP address: `/metrics` (strait_dns_queries_total, ...),
+    /// `/ready` (following its controller), `/live`. Off when unset.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
     #[arg(long)]
     chain: PathBuf,
     #[arg(long)]
@@ -98,9 +102,25 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
         let mut config = strait_dns::DnsConfig::new(args.listen);
         config.meshed_clients = args.meshed_clients;
         config.answer.egress = args.egress;
-        let server = strait_dns::role::start(config, following, strait_dns::DnsMetrics::default())
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = strait_dns::DnsMetrics::register(&mut registry);
+        let server = strait_dns::role::start(config, following, metrics)
             .await
             .with_context(|| format!("dns on {}", args.listen))?;
+        let admin = match args.admin {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("admin on {addr}"))?;
+                eprintln!("strait dns admin: http://{addr}/metrics");
+                Some(tokio::spawn(admin(
+                    l,
+                    std::sync::Arc::new(registry),
+                    server.following_watch(),
+                )))
+            }
+            None => None,
+        };
         eprintln!(
             "strait dns for cluster {cluster}: udp {}, tcp {}, from controller {}",
             server.udp_addr(),
@@ -109,8 +129,45 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
         );
         crate::signal::wait_for_shutdown().await;
         reload.abort();
+        if let Some(a) = admin {
+            a.abort();
+        }
         let _ = server.shutdown().await;
         eprintln!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// The DNS server's admin port.
+async fn admin(
+    listener: tokio::net::TcpListener,
+    registry: std::sync::Arc<prometheus_client::registry::Registry>,
+    following: tokio::sync::watch::Receiver<bool>,
+) {
+    use http::{Response, StatusCode};
+    strait_ca::admin_http::serve(
+        listener,
+        move |req: http::Request<hyper::body::Incoming>| {
+            let (code, body) = match req.uri().path() {
+                "/metrics" => match strait_dns::encode_metrics(&registry) {
+                    Ok(text) => (StatusCode::OK, text),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                },
+                "/live" => (StatusCode::OK, "live\n".to_owned()),
+                "/ready" if *following.borrow() => (StatusCode::OK, "ready\n".to_owned()),
+                "/ready" => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not following its controller yet\n".to_owned(),
+                ),
+                _ => (
+                    StatusCode::NOT_FOUND,
+                    "no such page: /metrics, /ready, /live\n".to_owned(),
+                ),
+            };
+            let mut resp = Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+            *resp.status_mut() = code;
+            async move { resp }
+        },
+    )
+    .await;
 }
