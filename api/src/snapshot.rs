@@ -176,6 +176,23 @@ impl Protocol {
     pub fn is_http(self) -> bool {
         !matches!(self, Self::Tcp)
     }
+
+    /// The wire and config name: `http1`, `http2`, `grpc`, `tcp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+            Self::Grpc => "grpc",
+            Self::Tcp => "tcp",
+        }
+    }
+
+    /// The protocol named `s` ([`Self::as_str`]'s names), if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Http1, Self::Http2, Self::Grpc, Self::Tcp]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
 }
 
 /// One instance of a service: the inbound address of its sidecar.

@@ -176,24 +176,13 @@ fn cluster_up_link_check_then_down_reports_the_missing_peer_and_leaves_no_proces
     );
 
     // Every component is scraped: DNS counted check's queries on its admin port.
-    let get = |path: &str| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.152.1.1:8654").unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let get = |path: &str| admin_get("127.152.1.1:8654", path);
     let metrics = get("/metrics");
     assert!(
         metrics.contains("strait_dns_queries_total{type=\"SOA\",rcode=\"NOERROR\"}"),
         "{metrics}"
     );
-    assert!(get("/ready").starts_with("HTTP/1.1 200"));
+    assert_eq!(get("/ready"), "ready\n");
 
     // west goes down: its processes are gone and east's check fails on it.
     let out = ok(Path::new("/"), &["cluster", "down", "west", "--dir", &d]);

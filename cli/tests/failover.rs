@@ -61,18 +61,7 @@ fn run(net: &str, health_check: Option<&str>) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mesh");
     let d = dir.display().to_string();
-    let clusters = Clusters::up(
-        &dir,
-        net,
-        &[
-            ("east", "us-east"),
-            ("west", "us-west"),
-            ("central", "eu-central"),
-        ],
-    );
-    for to in ["west", "central"] {
-        clusters.link("east", to);
-    }
+    let clusters = Clusters::east_west_central(&dir, net);
     let extra = health_check.unwrap_or_default();
     let mut west = clusters.pod("west", "us-west", true, extra);
     let central = clusters.pod("central", "eu-central", true, extra);

@@ -35,7 +35,7 @@ const NET: &str = "127.175";
 /// and result.
 fn tunnels(result: &str) -> u64 {
     let admin = format!("{NET}.2.1:15021");
-    let body = http_get(&admin, "/metrics");
+    let body = admin_get(&admin, "/metrics");
     body.lines()
         .filter(|l| l.starts_with("strait_gateway_tunnels_total{"))
         .filter(|l| {
@@ -43,19 +43,6 @@ fn tunnels(result: &str) -> u64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// Waits until east's requests, sent after `t`, fail with `reason`;
@@ -202,7 +189,7 @@ fn links_and_exports_gate_every_door_while_linked_traffic_goes_on() {
         support::clusters::healthy_in(&s, "west"),
         "one reporter flipped west's endpoint: {s:#}"
     );
-    let metrics = http_get(&format!("{NET}.2.1:8611"), "/metrics");
+    let metrics = admin_get(&format!("{NET}.2.1:8611"), "/metrics");
     for want in [
         "strait_health_reports_total{result=\"other_cluster\"} 1",
         "strait_health_reports_total{result=\"accepted\"} 1",

@@ -253,15 +253,8 @@ fn a_slow_preface_flood_at_a_gateway_is_cut_at_its_limit_and_deadline() {
     let legit = Load::every(format!("{}:15001", ip(6)).parse().unwrap(), 20);
     let started = Instant::now();
     legit.recovered_after(started, Duration::from_secs(5));
-    let metrics = || {
-        use std::io::Read;
-        let mut s = std::net::TcpStream::connect(format!("{}:15021", ip(1))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let gateway_admin = format!("{}:15021", ip(1));
+    let metrics = || admin_get(&gateway_admin, "/metrics");
     let refusals = |m: &str, reason: &str| {
         counter(
             m,

@@ -123,18 +123,7 @@ fn workloads_join_with_one_command_register_themselves_and_leave_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mesh");
     let d = dir.display().to_string();
-    let clusters = Clusters::up(
-        &dir,
-        NET,
-        &[
-            ("east", "us-east"),
-            ("west", "us-west"),
-            ("central", "eu-central"),
-        ],
-    );
-    for to in ["west", "central"] {
-        clusters.link("east", to);
-    }
+    let clusters = Clusters::east_west_central(&dir, NET);
     let add = |name: &str, cluster: &str, app: Option<&str>| -> serde_json::Value {
         let mut args = vec![
             "-o",

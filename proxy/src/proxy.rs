@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use strait_agent::{Role, Subscription, Target};
 use strait_api::proto::config::{RegisteredPort, Registration};
-use strait_api::snapshot::{LocalPlace, Protocol, Snapshot, SnapshotError};
+use strait_api::snapshot::{LocalPlace, Snapshot, SnapshotError};
 use strait_ca::identity::IdentityError;
 use strait_ca::{CertStore, SharedBundle};
 use tokio::net::TcpListener;
@@ -293,7 +293,7 @@ fn controller_target(cfg: &ProxyConfig, inbound: SocketAddr) -> Result<Option<Ta
                     .iter()
                     .map(|p| RegisteredPort {
                         port: u32::from(p.port),
-                        protocol: protocol_name(p.protocol).to_owned(),
+                        protocol: p.protocol.as_str().to_owned(),
                     })
                     .collect(),
                 address: address.to_string(),
@@ -313,15 +313,6 @@ fn controller_target(cfg: &ProxyConfig, inbound: SocketAddr) -> Result<Option<Ta
         locality: c.locality.clone(),
         registration,
     }))
-}
-
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Http1 => "http1",
-        Protocol::Http2 => "http2",
-        Protocol::Grpc => "grpc",
-        Protocol::Tcp => "tcp",
-    }
 }
 
 /// Subscribes to `target`, as a proxy: every pushed snapshot is installed

@@ -93,6 +93,24 @@ impl Clusters {
         me
     }
 
+    /// east (us-east), west (us-west) and central (eu-central) on
+    /// `<net>.{1,2,3}.1`, east linked with the other two.
+    pub fn east_west_central(dir: &Path, net: &str) -> Self {
+        let me = Self::up(
+            dir,
+            net,
+            &[
+                ("east", "us-east"),
+                ("west", "us-west"),
+                ("central", "eu-central"),
+            ],
+        );
+        for to in ["west", "central"] {
+            me.link("east", to);
+        }
+        me
+    }
+
     /// The `<net>.<i>` prefix of `cluster`.
     pub fn prefix(&self, cluster: &str) -> String {
         let i = self

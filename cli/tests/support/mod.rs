@@ -8,6 +8,7 @@ pub mod clusters;
 pub mod sidecars;
 pub mod traffic;
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -158,4 +159,21 @@ pub fn cluster_pids(dir: &Path, cluster: &str) -> Vec<(String, u64)> {
             )
         })
         .collect()
+}
+
+/// The body of `GET path` on an admin port (empty when it does not answer).
+pub fn admin_get(addr: &str, path: &str) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }

@@ -90,10 +90,7 @@ pub fn admit(
     for p in &reg.ports {
         let port = u16::try_from(p.port)
             .map_err(|_| invalid(format!("port {} is out of range", p.port)))?;
-        let protocol: Protocol = serde_json::from_value(serde_json::Value::String(
-            p.protocol.clone(),
-        ))
-        .map_err(|_| {
+        let protocol = Protocol::parse(&p.protocol).ok_or_else(|| {
             invalid(format!(
                 "port {port}: protocol {:?} is not http1, http2, grpc or tcp",
                 p.protocol

@@ -9,25 +9,6 @@ use strait_api::{ClusterName, Locality, SpiffeId, TrustDomain};
 use crate::catalog::{Registration, ServiceKey, check_label};
 use crate::snapshot::{ImportedEndpoint, ImportedService};
 
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Http1 => "http1",
-        Protocol::Http2 => "http2",
-        Protocol::Grpc => "grpc",
-        Protocol::Tcp => "tcp",
-    }
-}
-
-fn parse_protocol(s: &str) -> Option<Protocol> {
-    Some(match s {
-        "http1" => Protocol::Http1,
-        "http2" => Protocol::Http2,
-        "grpc" => Protocol::Grpc,
-        "tcp" => Protocol::Tcp,
-        _ => return None,
-    })
-}
-
 /// The message form of a local registration, with merged health.
 pub fn export_service(
     cluster: &ClusterName,
@@ -44,7 +25,7 @@ pub fn export_service(
             .iter()
             .map(|p| Port {
                 port: u32::from(p.port),
-                protocol: protocol_name(p.protocol).into(),
+                protocol: p.protocol.as_str().into(),
             })
             .collect(),
         endpoints: reg
@@ -83,7 +64,7 @@ pub fn import_service(
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| format!("{key}: ports[{i}].port {} is out of range", p.port))?;
-        let protocol = parse_protocol(&p.protocol)
+        let protocol = Protocol::parse(&p.protocol)
             .ok_or_else(|| format!("{key}: ports[{i}].protocol {:?} is unknown", p.protocol))?;
         ports.push(ServicePort { port, protocol });
     }
