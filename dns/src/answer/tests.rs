@@ -84,6 +84,17 @@ fn ask_with(
     client: ClientKind,
     pick: u16,
 ) -> Answer {
+    ask_cfg(view, name, qtype, client, pick, &AnswerConfig::default())
+}
+
+fn ask_cfg(
+    view: &DnsView,
+    name: &str,
+    qtype: RecordType,
+    client: ClientKind,
+    pick: u16,
+    cfg: &AnswerConfig,
+) -> Answer {
     let indexed = IndexedView::new(view.clone()).unwrap();
     let name = Name::from_ascii(name).unwrap();
     let q = Question {
@@ -92,7 +103,7 @@ fn ask_with(
         client,
         pick,
     };
-    answer(&indexed, &q, &AnswerConfig::default())
+    answer(&indexed, &q, cfg)
 }
 
 fn ask(view: &DnsView, name: &str, qtype: RecordType) -> Answer {
@@ -506,14 +517,8 @@ fn with_an_egress_unmeshed_clients_get_a_local_address_for_remote_services() {
         ..AnswerConfig::default()
     };
     let ask = |view: &DnsView, name: &str, qtype: RecordType, client: ClientKind| {
-        let indexed = IndexedView::new(view.clone()).unwrap();
-        let name = Name::from_ascii(name).unwrap();
-        let q = Question {
-            name: &name,
-            qtype,
-            client,
-            pick: 0,
-        };
+        ask_cfg(view, name, qtype, client, 0, &cfg)
+    };
         answer(&indexed, &q, &cfg)
     };
     let svc = "web.default.svc.clusterset.local.";
