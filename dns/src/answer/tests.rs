@@ -519,8 +519,6 @@ fn with_an_egress_unmeshed_clients_get_a_local_address_for_remote_services() {
     let ask = |view: &DnsView, name: &str, qtype: RecordType, client: ClientKind| {
         ask_cfg(view, name, qtype, client, 0, &cfg)
     };
-        answer(&indexed, &q, &cfg)
-    };
     let svc = "web.default.svc.clusterset.local.";
     let mut view = fixture();
     // Local endpoints healthy: answered directly, egress or not.
