@@ -111,8 +111,9 @@ async fn connection(
         Err(_) => return Err("tls_handshake_timeout"),
     };
     let certs = tls.get_ref().1.peer_certificates();
+    let cluster = strait_ca::tls::peer_cluster(certs);
     let from = match strait_ca::tls::peer_identity(certs) {
-        Ok(id) => Arc::new(Peer::new(&shared, id)),
+        Ok(id) => Arc::new(Peer::new(&shared, id, cluster.as_ref())),
         Err(_) => return Err("no_peer_identity"),
     };
     // Dropped (the places given back) when the connection and its last
@@ -121,7 +122,6 @@ async fn connection(
         tracing::info!(%peer, source = %from.id, max = limits.max_connections_per_peer, "peer connection limit reached");
         return Err("peer_connection_limit");
     };
-    let cluster = strait_ca::tls::peer_cluster(certs);
     let Some(cluster_slot) = open
         .clusters
         .enter(&cluster, limits.max_connections_per_cluster)
@@ -494,6 +494,9 @@ pub(crate) struct Peer {
     xfcc: Option<HeaderValue>,
     /// The peer's SPIFFE ID as a metric label.
     principal: String,
+    /// The cluster whose intermediate signed the peer's certificate, as
+    /// the `source_cluster` label (empty when its issuer names none).
+    source_cluster: String,
     /// Metric handles of this connection's requests, so a request neither
     /// builds label strings nor hashes them.
     handles: Mutex<Vec<Handles>>,
@@ -513,10 +516,11 @@ struct Handles {
 }
 
 impl Peer {
-    fn new(shared: &Shared, id: SpiffeId) -> Self {
+    fn new(shared: &Shared, id: SpiffeId, cluster: Option<&ClusterName>) -> Self {
         Self {
             xfcc: xfcc(shared, &id),
             principal: id.to_string(),
+            source_cluster: cluster.map(ToString::to_string).unwrap_or_default(),
             id,
             handles: Mutex::new(Vec::new()),
         }
@@ -543,7 +547,14 @@ impl Peer {
     ) {
         let dir = Direction::inbound;
         let counter = |m: &Metrics| {
-            m.request_counter(dir, "", &self.principal, service, cluster.as_str(), code)
+            m.request_counter(
+                dir,
+                &self.source_cluster,
+                &self.principal,
+                service,
+                cluster.as_str(),
+                code,
+            )
         };
         let (counter, observe) = {
             let mut all = self.handles.lock().unwrap_or_else(|p| p.into_inner());
@@ -670,6 +681,7 @@ mod tests {
             id: "spiffe://strait.local/ns/a/sa/b".parse().unwrap(),
             xfcc: None,
             principal: "spiffe://strait.local/ns/a/sa/b".into(),
+            source_cluster: "west".into(),
             handles: Mutex::new(Vec::new()),
         };
         let cluster = ClusterName::new("east").unwrap();
@@ -693,7 +705,7 @@ mod tests {
         for i in [0, 11] {
             for code in [200, 503] {
                 let want = format!(
-                    "strait_requests_total{{direction=\"inbound\",source_cluster=\"\",source_principal=\"spiffe://strait.local/ns/a/sa/b\",destination_service=\"s{i}.ns\",destination_cluster=\"east\",response_code=\"{code}\"}} 1"
+                    "strait_requests_total{{direction=\"inbound\",source_cluster=\"west\",source_principal=\"spiffe://strait.local/ns/a/sa/b\",destination_service=\"s{i}.ns\",destination_cluster=\"east\",response_code=\"{code}\"}} 1"
                 );
                 assert!(text.contains(&want), "missing {want}");
             }

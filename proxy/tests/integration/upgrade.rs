@@ -215,7 +215,7 @@ async fn websocket_upgrade_crosses_the_pair_and_bytes_flow_both_ways_until_half_
         )
         .await;
     }
-    let requests = "strait_requests_total{direction=\"inbound\",source_cluster=\"\",source_principal=\"spiffe://strait.local/ns/default/sa/client\",destination_service=\"web.default\",destination_cluster=\"east\",response_code=\"101\"}";
+    let requests = "strait_requests_total{direction=\"inbound\",source_cluster=\"east\",source_principal=\"spiffe://strait.local/ns/default/sa/client\",destination_service=\"web.default\",destination_cluster=\"east\",response_code=\"101\"}";
     assert_eq!(
         metric(&p.server.metrics(), requests),
         1.0,
