@@ -29,6 +29,8 @@ pub struct TunnelLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabels {
+    /// The calling cluster: cross-cluster bytes per link (the egress bill).
+    pub source_cluster: String,
     pub destination_service: String,
     pub direction: Direction,
 }
@@ -122,10 +124,17 @@ impl Metrics {
             .inc();
     }
 
-    /// The byte counter of one service and direction (shared, cheap clone).
-    pub fn bytes_counter(&self, service: &str, direction: Direction) -> Counter {
+    /// The byte counter of one calling cluster, service and direction
+    /// (shared, cheap clone).
+    pub fn bytes_counter(
+        &self,
+        source_cluster: &str,
+        service: &str,
+        direction: Direction,
+    ) -> Counter {
         self.bytes
             .get_or_create(&BytesLabels {
+                source_cluster: source_cluster.to_owned(),
                 destination_service: service.to_owned(),
                 direction,
             })

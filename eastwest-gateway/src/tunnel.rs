@@ -164,7 +164,7 @@ pub(crate) async fn handle(
         };
         let cluster = peer.cluster.as_str();
         tokio::select! {
-            () = pipe(&shared, TokioIo::new(upgraded), upstream, &service) => {}
+            () = pipe(&shared, TokioIo::new(upgraded), upstream, cluster, &service) => {}
             () = revoked(&shared, cluster, &service) => {
                 shared.metrics.tunnel(cluster, &service, "revoked");
                 tracing::info!(peer = %peer.id, source_cluster = cluster, %service,
@@ -199,17 +199,17 @@ impl Drop for ActiveGuard {
 
 /// Moves bytes both ways until both sides end, an error, or the idle
 /// timeout; counts them per direction and shows them to the tap.
-async fn pipe<A, B>(shared: &Shared, mut client: A, mut upstream: B, service: &str)
+async fn pipe<A, B>(shared: &Shared, mut client: A, mut upstream: B, cluster: &str, service: &str)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let to_endpoint = shared
         .metrics
-        .bytes_counter(service, Direction::to_endpoint);
+        .bytes_counter(cluster, service, Direction::to_endpoint);
     let from_endpoint = shared
         .metrics
-        .bytes_counter(service, Direction::from_endpoint);
+        .bytes_counter(cluster, service, Direction::from_endpoint);
     let tap = shared.tap.as_ref();
     let idle = shared.cfg.limits.idle_timeout;
     let pumped = pipe::bidirectional(&mut client, &mut upstream, idle, |side, chunk| {

@@ -57,8 +57,8 @@ async fn connect_pipes_bytes_to_an_exported_endpoint_and_counts_them_per_service
     let m = gw.metrics();
     let ok = r#"strait_gateway_tunnels_total{source_cluster="east",destination_service="reviews.default",result="ok"}"#;
     assert_eq!(metric(&m, ok), 22.0, "{m}");
-    let to = r#"strait_gateway_bytes_total{destination_service="reviews.default",direction="to_endpoint"}"#;
-    let from = r#"strait_gateway_bytes_total{destination_service="reviews.default",direction="from_endpoint"}"#;
+    let to = r#"strait_gateway_bytes_total{source_cluster="east",destination_service="reviews.default",direction="to_endpoint"}"#;
+    let from = r#"strait_gateway_bytes_total{source_cluster="east",destination_service="reviews.default",direction="from_endpoint"}"#;
     assert!(metric(&m, to) >= 2.0 * (1 << 20) as f64, "{m}");
     assert!(metric(&m, from) >= 2.0 * (1 << 20) as f64, "{m}");
     assert_eq!(
