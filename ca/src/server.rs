@@ -35,6 +35,9 @@ pub struct CaService {
     bundle: SharedBundle,
     tokens: Arc<TokenStore>,
     default_ttl: Duration,
+    /// The cluster this CA signs for (its intermediate's OU): a renewal
+    /// is accepted only from a certificate of this cluster.
+    cluster: Option<strait_api::ClusterName>,
 }
 
 impl std::fmt::Debug for CaService {
@@ -82,6 +85,7 @@ impl CaService {
         default_ttl: Duration,
     ) -> Self {
         Self {
+            cluster: crate::tls::ca_cluster(authority.cert()),
             intermediate: authority.cert().clone(),
             authority: Arc::new(authority),
             bundle,
@@ -150,6 +154,24 @@ impl CaService {
                     format!("client certificate refused for renewal: {e}"),
                 )
             })?;
+        // Every cluster's certificates verify under the shared root: a
+        // renewal here would launder another cluster's workload into this
+        // one (its certificate would then name this cluster's issuer).
+        let from = crate::tls::peer_cluster(Some(chain));
+        if self.cluster.is_none() || from != self.cluster {
+            return Err(refuse(
+                Code::PermissionDenied,
+                "other_cluster",
+                format!(
+                    "{caller} holds a certificate of {}; this CA renews only certificates of cluster {}",
+                    from.map_or_else(|| "no cluster".to_owned(), |c| format!("cluster {c}")),
+                    self.cluster.as_ref().map_or_else(
+                        || "(none: its intermediate names no cluster)".to_owned(),
+                        ToString::to_string
+                    )
+                ),
+            ));
+        }
         if &caller != requested {
             return Err(refuse(
                 Code::PermissionDenied,

@@ -333,6 +333,15 @@ pub fn peer_identity(peer_certs: Option<&[CertificateDer<'_>]>) -> Result<Spiffe
     crate::verify::spiffe_id_of(leaf)
 }
 
+/// The cluster a Strait intermediate CA certificate belongs to: the OU of
+/// its subject (what [`peer_cluster`] reads as its leaves' issuer).
+pub fn ca_cluster(cert: &CertificateDer<'_>) -> Option<ClusterName> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
+    let ou = cert.subject().iter_organizational_unit().next()?;
+    ClusterName::new(ou.as_str().ok()?).ok()
+}
+
 /// The cluster a verified peer belongs to: the organizational unit of its
 /// leaf's issuer (Strait intermediates carry their cluster's name there,
 /// see [`crate::authority::Authority::new_intermediate`]). The chain was

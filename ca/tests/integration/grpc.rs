@@ -232,6 +232,31 @@ async fn renews_over_mtls_with_the_current_certificate() {
             "renewal_identity_mismatch".into()
         )
     );
+    // ... and only for a certificate of this CA's own cluster: one of
+    // west (same root, same identity) must not be laundered into east.
+    let west = strait_api::ClusterName::new("west").unwrap();
+    ca.fx
+        .ca
+        .new_intermediate(&west, Duration::from_secs(86400))
+        .unwrap();
+    let out = ca.fx.ca.path().join("west-web");
+    ca.fx
+        .ca
+        .issue(&west, &id(WEB), Duration::from_secs(3600), &out)
+        .unwrap();
+    let west_store = CertStore::from_pem(
+        &std::fs::read_to_string(out.join("chain.pem")).unwrap(),
+        &std::fs::read_to_string(out.join("key.pem")).unwrap(),
+    )
+    .unwrap();
+    let mut launder = CaClient::connect(ca.bound.addr, &ca.bundle, &west_store)
+        .await
+        .unwrap();
+    let res = launder.sign(csr(vec![uri(WEB)], vec![]), "", None).await;
+    assert_eq!(
+        refused(res),
+        (tonic::Code::PermissionDenied, "other_cluster".into())
+    );
 }
 
 #[tokio::test]
