@@ -68,8 +68,10 @@ impl FederationService {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Checks that `caller` may sync as `cluster`.
-    fn authorize(&self, cluster: &str, caller: &strait_api::SpiffeId) -> Result<Link, Status> {
+    /// Checks that `peer` (its identity and the cluster whose intermediate
+    /// signed it) may sync, or unlink, as `cluster`.
+    fn authorize(&self, cluster: &str, peer: &crate::grpc::PeerIdentity) -> Result<Link, Status> {
+        let caller = &peer.id;
         let name = ClusterName::new(cluster).map_err(|e| {
             refuse(
                 Code::InvalidArgument,
@@ -97,6 +99,9 @@ impl FederationService {
                 ),
             ));
         }
+        // The identity alone is not enough: whoever holds another cluster's
+        // intermediate could mint it. The certificate must be the peer's.
+        crate::grpc::require_cluster(peer, &link.peer, &format!("act as cluster {}", link.peer))?;
         Ok(link)
     }
 
@@ -205,7 +210,8 @@ impl Federation for FederationService {
         &self,
         request: Request<EstablishRequest>,
     ) -> Result<Response<EstablishResponse>, Status> {
-        let caller = crate::grpc::peer_identity(&request)?;
+        let from = crate::grpc::caller(&request)?;
+        let caller = from.id.clone();
         let r = request.into_inner();
         let peer = ClusterName::new(&r.cluster).map_err(|e| {
             refuse(
@@ -231,6 +237,7 @@ impl Federation for FederationService {
                 ),
             ));
         }
+        crate::grpc::require_cluster(&from, &peer, &format!("link as cluster {peer}"))?;
         let controller: SocketAddr = r.controller_address.parse().map_err(|_| {
             refuse(
                 Code::InvalidArgument,
@@ -287,7 +294,7 @@ impl Federation for FederationService {
         &self,
         request: Request<UnlinkRequest>,
     ) -> Result<Response<UnlinkResponse>, Status> {
-        let caller = crate::grpc::peer_identity(&request)?;
+        let caller = crate::grpc::caller(&request)?;
         let r = request.into_inner();
         let link = self.authorize(&r.cluster, &caller)?;
         self.inner
@@ -302,11 +309,12 @@ impl Federation for FederationService {
         &self,
         request: Request<SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let caller = crate::grpc::peer_identity(&request)?;
+        let peer = crate::grpc::caller(&request)?;
         let req = request.into_inner();
-        let link = self.authorize(&req.cluster, &caller).inspect_err(|s| {
-            tracing::warn!(%caller, cluster = %req.cluster, message = s.message(), "refused sync");
+        let link = self.authorize(&req.cluster, &peer).inspect_err(|s| {
+            tracing::warn!(caller = %peer.id, cluster = %req.cluster, message = s.message(), "refused sync");
         })?;
+        let caller = peer.id;
         tracing::info!(peer = %link.peer, epoch = %req.epoch, resume = req.resume_version, "peer subscribed to exports");
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream(self.clone(), link.peer, caller, req, tx));

@@ -53,6 +53,32 @@ async fn unlinked_and_spoofed_peers_are_refused_and_unlink_revokes_at_once() {
         err.message()
     );
 
+    // West's controller identity minted under central's intermediate (what
+    // whoever holds central's CA key could do) is not west.
+    let chan = strait_federation::grpc::channel(
+        east.addr(),
+        &mesh.certs("central", "strait-system", "controller-west"),
+        &mesh.bundle(),
+        ExpectedServer::Id(Mesh::controller_id("east")),
+    )
+    .unwrap();
+    let req = SyncRequest {
+        cluster: "west".into(),
+        epoch: String::new(),
+        resume_version: 0,
+    };
+    let err = FederationClient::new(chan).sync(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert_eq!(
+        err.metadata()
+            .get("strait-reason")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "other_cluster",
+        "{err:?}"
+    );
+
     let err = sync_as(&mesh, "central", "west", &east).await;
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     let want = "caller spiffe://strait.local/ns/strait-system/sa/controller-central claims to be cluster west";
