@@ -33,26 +33,38 @@ pub struct Place<K: Hash + Eq + Clone> {
     streams: Arc<AtomicUsize>,
 }
 
-/// One open stream of a key; given back when dropped.
+/// One open stream of a key; given back when dropped. It keeps its key's
+/// entry alive: a stream may outlive every place of its key (an upgraded
+/// connection's tunnel), and the next place of that key must count it.
 #[derive(Debug)]
-pub struct Stream(Arc<AtomicUsize>);
+pub struct Stream<K: Hash + Eq + Clone> {
+    all: Arc<Places<K>>,
+    key: K,
+    streams: Arc<AtomicUsize>,
+}
 
-impl Drop for Stream {
+impl<K: Hash + Eq + Clone> Drop for Stream<K> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.all.forget_if_idle(&self.key);
+        }
     }
 }
 
 impl<K: Hash + Eq + Clone> Place<K> {
     /// One more open stream of this place's key, or `None` when the key
     /// holds `max` (over all its places).
-    pub fn stream(&self, max: usize) -> Option<Stream> {
+    pub fn stream(&self, max: usize) -> Option<Stream<K>> {
         let before = self.streams.fetch_add(1, Ordering::AcqRel);
         if before >= max {
             self.streams.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(Stream(self.streams.clone()))
+        Some(Stream {
+            all: self.all.clone(),
+            key: self.key.clone(),
+            streams: self.streams.clone(),
+        })
     }
 }
 
@@ -85,18 +97,29 @@ impl<K: Hash + Eq + Clone> Places<K> {
         self.lock().get(key).map_or(0, |(n, _)| *n)
     }
 
-    /// Keys holding at least one place.
+    /// Keys holding at least one place or stream.
     pub fn keys(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Removes `key` when it holds neither places nor streams.
+    fn forget_if_idle(&self, key: &K) {
+        let mut open = self.lock();
+        let idle = open
+            .get(key)
+            .is_some_and(|(n, s)| *n == 0 && s.load(Ordering::Acquire) == 0);
+        if idle {
+            open.remove(key);
+        }
     }
 }
 
 impl<K: Hash + Eq + Clone> Drop for Place<K> {
     fn drop(&mut self) {
         let mut open = self.all.lock();
-        if let Some((n, _)) = open.get_mut(&self.key) {
+        if let Some((n, streams)) = open.get_mut(&self.key) {
             *n = n.saturating_sub(1);
-            if *n == 0 {
+            if *n == 0 && streams.load(Ordering::Acquire) == 0 {
                 open.remove(&self.key);
             }
         }
@@ -154,5 +177,29 @@ mod tests {
         drop((s2, s3));
         assert!(p1.stream(0).is_none(), "max 0 admits none");
         assert!(p1.stream(1).is_some());
+    }
+
+    /// A stream that outlives every place of its key (an upgraded
+    /// connection's tunnel) still counts for the key's next place, and the
+    /// key is forgotten once both are gone.
+    #[test]
+    fn a_stream_outliving_its_places_still_counts() {
+        let all = Arc::new(Places::default());
+        let a = "peer".to_owned();
+        let place = all.enter(&a, 9).unwrap();
+        let tunnel = place.stream(1).unwrap();
+        drop(place);
+        assert_eq!(all.keys(), 1, "the stream keeps the key");
+        let next = all.enter(&a, 9).unwrap();
+        assert!(next.stream(1).is_none(), "the lingering stream counts");
+        drop(tunnel);
+        assert!(next.stream(1).is_some());
+        drop(next);
+        assert_eq!(all.keys(), 0, "nothing is left behind");
+        let p = all.enter(&a, 9).unwrap();
+        let s = p.stream(1).unwrap();
+        drop(s);
+        drop(p);
+        assert_eq!(all.keys(), 0);
     }
 }

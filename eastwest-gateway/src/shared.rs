@@ -29,9 +29,11 @@ pub(crate) struct Shared {
     exports: RwLock<Arc<Index>>,
     /// Bumped on every new index: open tunnels re-check their admission.
     pub generation: watch::Sender<u64>,
-    peer_streams: Arc<Places<SpiffeId>>,
+    /// Keyed by cluster and identity: the same SPIFFE ID in two clusters
+    /// is two peers.
+    peer_streams: Arc<Places<(String, SpiffeId)>>,
     cluster_streams: Arc<Places<String>>,
-    peer_connections: Arc<Places<SpiffeId>>,
+    peer_connections: Arc<Places<(String, SpiffeId)>>,
     cluster_connections: Arc<Places<String>>,
     pub active: AtomicUsize,
     pub draining: watch::Sender<bool>,
@@ -89,7 +91,10 @@ impl Shared {
         let l = &self.cfg.limits;
         let p = self
             .peer_streams
-            .enter(&peer.id, l.max_streams_per_peer)
+            .enter(
+                &(peer.cluster.clone(), peer.id.clone()),
+                l.max_streams_per_peer,
+            )
             .ok_or("peer_stream_limit")?;
         let c = self
             .cluster_streams
@@ -107,7 +112,10 @@ impl Shared {
         let l = &self.cfg.limits;
         let p = self
             .peer_connections
-            .enter(&peer.id, l.max_connections_per_peer)
+            .enter(
+                &(peer.cluster.clone(), peer.id.clone()),
+                l.max_connections_per_peer,
+            )
             .ok_or("peer_connection_limit")?;
         let c = self
             .cluster_connections
@@ -123,6 +131,6 @@ impl Shared {
 /// A tunnel's or a connection's places (its peer's and its source
 /// cluster's), given back on drop.
 pub(crate) struct Permit {
-    _peer: Place<SpiffeId>,
+    _peer: Place<(String, SpiffeId)>,
     _cluster: Place<String>,
 }

@@ -45,7 +45,9 @@ use crate::transport::{ALPN_H2, ALPN_HTTP1, Body, Held, boxed};
 /// a certificate whose issuer names no cluster).
 #[derive(Debug, Default)]
 struct Open {
-    peers: Arc<Places<SpiffeId>>,
+    /// Keyed by cluster and identity: the same SPIFFE ID in two clusters
+    /// is two peers.
+    peers: Arc<Places<(Option<ClusterName>, SpiffeId)>>,
     clusters: Arc<Places<Option<ClusterName>>>,
 }
 
@@ -119,7 +121,8 @@ async fn connection(
     };
     // Dropped (the places given back) when the connection and its last
     // stream end.
-    let Some(slot) = open.peers.enter(&from.id, limits.max_connections_per_peer) else {
+    let key = (cluster.clone(), from.id.clone());
+    let Some(slot) = open.peers.enter(&key, limits.max_connections_per_peer) else {
         tracing::info!(%peer, source = %from.id, max = limits.max_connections_per_peer, "peer connection limit reached");
         return Err("peer_connection_limit");
     };
@@ -213,18 +216,24 @@ async fn connection(
 /// One request's streams (of its peer, of its source cluster), held by
 /// its response body and by a tunnel's task until both end.
 #[derive(Debug, Clone)]
-struct OpenStreams(#[allow(dead_code)] Arc<(Stream, Stream)>);
+pub(crate) struct OpenStreams(#[allow(dead_code)] Arc<(PeerStream, ClusterStream)>);
+
+type PeerStream = Stream<(Option<ClusterName>, SpiffeId)>;
+type ClusterStream = Stream<Option<ClusterName>>;
 
 /// The places of one connection: its peer identity's and its source
 /// cluster's.
-type ConnPlaces = (Place<SpiffeId>, Place<Option<ClusterName>>);
+type ConnPlaces = (
+    Place<(Option<ClusterName>, SpiffeId)>,
+    Place<Option<ClusterName>>,
+);
 
 /// Takes a stream of the connection's peer and of its source cluster for
 /// one request (held until its response body ends), or the refusal.
 fn streams_of(
     shared: &Shared,
     places: &ConnPlaces,
-) -> Result<(Stream, Stream), Box<Response<Body>>> {
+) -> Result<(PeerStream, ClusterStream), Box<Response<Body>>> {
     let l = &shared.cfg.limits;
     let refuse = |reason: &'static str, whose: &str| {
         shared.metrics.refuse(Direction::inbound, reason);

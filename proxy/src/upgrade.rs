@@ -233,6 +233,11 @@ pub(crate) async fn inbound(
         );
         return error(StatusCode::NOT_IMPLEMENTED, "upgrade_unsupported", msg);
     }
+    // The request's stream places, held until the upgraded bytes end.
+    let held = req
+        .extensions()
+        .get::<crate::inbound::OpenStreams>()
+        .cloned();
     let peer_side = hyper::upgrade::on(&mut req);
     let (mut parts, body) = req.into_parts();
     let target = app.target();
@@ -301,7 +306,7 @@ pub(crate) async fn inbound(
         direction: Direction::inbound,
         destination_service: service,
     };
-    switch(shared, resp, peer_side, &proto, labels, || {})
+    switch(shared, resp, peer_side, &proto, labels, move || drop(held))
 }
 
 /// One request on a new HTTP/1.1 client connection that may upgrade.
