@@ -318,7 +318,9 @@ impl ConfigDiscovery for PushService {
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         if let Some(live) = registration {
-            self.inner.live.register(id, &identity, live);
+            self.inner.live.register(id, &identity, live).map_err(|e| {
+                crate::grpc::refuse(Code::PermissionDenied, e.label(), e.to_string())
+            })?;
         }
         self.inner.lock().insert(
             id,

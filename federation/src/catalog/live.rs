@@ -48,13 +48,29 @@ pub enum RegistrationError {
     },
     #[error("registration of {service}: {reason}")]
     Invalid { service: String, reason: String },
+    #[error(
+        "{identity} may not join service {service}: its registered endpoints present {registered}, so callers would accept a sidecar that is not the service"
+    )]
+    OtherIdentity {
+        identity: SpiffeId,
+        service: ServiceKey,
+        registered: SpiffeId,
+    },
+    #[error(
+        "{0} holds {MAX_PER_IDENTITY} registered endpoints already; stop one (its lease ends 15 s after) before registering more"
+    )]
+    TooMany(SpiffeId),
 }
+
+/// Live endpoints one identity may hold at once.
+pub const MAX_PER_IDENTITY: usize = 16;
 
 impl RegistrationError {
     pub fn label(&self) -> &'static str {
         match self {
-            Self::NotItsService { .. } => "not_its_service",
+            Self::NotItsService { .. } | Self::OtherIdentity { .. } => "not_its_service",
             Self::Invalid { .. } => "invalid_registration",
+            Self::TooMany(_) => "too_many_registrations",
         }
     }
 }
@@ -86,6 +102,16 @@ pub fn admit(
         .address
         .parse()
         .map_err(|_| invalid(format!("address {:?} is not ip:port", reg.address)))?;
+    let ip = address.ip();
+    let unroutable = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local() || v4.is_multicast() || v4.is_broadcast(),
+        std::net::IpAddr::V6(v6) => v6.is_multicast() || (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if unroutable {
+        return Err(invalid(format!(
+            "address {address} is link-local, multicast or broadcast: give the address peers dial"
+        )));
+    }
     let mut ports = Vec::new();
     for p in &reg.ports {
         let port = u16::try_from(p.port)
@@ -239,11 +265,42 @@ impl LiveCatalog {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds (or renews) `live`, held by push session `session`.
-    pub fn register(&self, session: u64, identity: &SpiffeId, live: LiveEndpoint) {
+    /// Adds (or renews) `live`, held by push session `session`. Refused
+    /// when the configured catalog registers that service with endpoints of
+    /// another identity, or when `identity` holds [`MAX_PER_IDENTITY`]
+    /// endpoints already.
+    pub fn register(
+        &self,
+        session: u64,
+        identity: &SpiffeId,
+        live: LiveEndpoint,
+    ) -> Result<(), RegistrationError> {
         let k = (live.key.clone(), live.endpoint.address);
+        let base = self.base.watch().borrow().clone();
+        if let Some(reg) = base.services.get(&live.key) {
+            let other = reg
+                .endpoints
+                .iter()
+                .filter_map(|e| e.identity.as_ref())
+                .find(|id| *id != identity);
+            if let Some(registered) = other {
+                return Err(RegistrationError::OtherIdentity {
+                    identity: identity.clone(),
+                    service: live.key.clone(),
+                    registered: registered.clone(),
+                });
+            }
+        }
+        let mut g = self.lock();
+        let held = g
+            .iter()
+            .filter(|(key, e)| e.identity == *identity && **key != k)
+            .count();
+        if held >= MAX_PER_IDENTITY {
+            return Err(RegistrationError::TooMany(identity.clone()));
+        }
         tracing::info!(service = %live.key, endpoint = %live.endpoint.address, %identity, "workload registered");
-        self.lock().insert(
+        g.insert(
             k,
             Entry {
                 live,
@@ -252,7 +309,9 @@ impl LiveCatalog {
                 expires: None,
             },
         );
+        drop(g);
         self.changed.notify_one();
+        Ok(())
     }
 
     /// The stream of `session` ended: its endpoints expire after the lease.
@@ -562,7 +621,7 @@ mod tests {
         )
         .unwrap();
         let has = |rx: &watch::Receiver<Arc<LocalCatalog>>| !rx.borrow().services.is_empty();
-        live.register(1, &who, ep.clone());
+        live.register(1, &who, ep.clone()).unwrap();
         rx.wait_for(|c| !c.services.is_empty()).await.unwrap();
         // The stream ends: kept for the lease, then gone.
         live.session_ended(1);
@@ -577,12 +636,107 @@ mod tests {
         .expect("expired")
         .unwrap();
         // Deregistration is at once, and only by the identity that registered.
-        live.register(2, &who, ep.clone());
+        live.register(2, &who, ep.clone()).unwrap();
         rx.wait_for(|c| !c.services.is_empty()).await.unwrap();
         let key = ServiceKey::new("shop", "reviews");
         assert!(!live.deregister(&id("ns/shop/sa/ratings"), &key, ep.endpoint.address));
         assert!(live.deregister(&who, &key, ep.endpoint.address));
         rx.wait_for(|c| c.services.is_empty()).await.unwrap();
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn registrations_are_bounded_and_never_join_another_identity_s_service() {
+        let mut base = LocalCatalog::default();
+        let db = Registration {
+            name: "db".into(),
+            namespace: "shop".into(),
+            ports: vec![ServicePort {
+                port: 5432,
+                protocol: Protocol::Tcp,
+            }],
+            endpoints: vec![EndpointSpec {
+                address: "10.0.0.1:15006".parse().unwrap(),
+                locality: None,
+                identity: Some(id("ns/shop/sa/postgres")),
+                weight: 1,
+            }],
+            export: Export::None,
+            health_check: None,
+        };
+        base.services.insert(db.key(), db);
+        let base: Arc<dyn CatalogSource> = Arc::new(crate::catalog::FixedCatalog::new(base));
+        let (live, task) = LiveCatalog::start(base, Duration::from_secs(15));
+        // A workload named like the service, but not its registered identity.
+        let who = id("ns/shop/sa/db");
+        let ep = admit(
+            &wire("db", "shop", "10.0.0.9:15006", "", &[(5432, "tcp")]),
+            &who,
+            &td(),
+            &east(),
+            None,
+        )
+        .unwrap();
+        let e = live.register(1, &who, ep).unwrap_err();
+        assert_eq!(e.label(), "not_its_service");
+        assert!(
+            e.to_string()
+                .contains("spiffe://strait.local/ns/shop/sa/postgres"),
+            "{e}"
+        );
+        // One identity holds at most MAX_PER_IDENTITY endpoints.
+        let web = id("ns/shop/sa/web");
+        for i in 0..MAX_PER_IDENTITY {
+            let ep = admit(
+                &wire(
+                    "web",
+                    "shop",
+                    &format!("10.0.1.{}:15006", i + 1),
+                    "",
+                    &[(80, "http1")],
+                ),
+                &web,
+                &td(),
+                &east(),
+                None,
+            )
+            .unwrap();
+            live.register(1, &web, ep).unwrap();
+        }
+        let ep = admit(
+            &wire("web", "shop", "10.0.2.1:15006", "", &[(80, "http1")]),
+            &web,
+            &td(),
+            &east(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            live.register(1, &web, ep.clone()).unwrap_err().label(),
+            "too_many_registrations"
+        );
+        // Renewing one it holds is no new endpoint.
+        let again = admit(
+            &wire("web", "shop", "10.0.1.1:15006", "", &[(80, "http1")]),
+            &web,
+            &td(),
+            &east(),
+            None,
+        )
+        .unwrap();
+        live.register(2, &web, again).unwrap();
+        // Link-local and multicast addresses are refused outright.
+        for bad in ["169.254.169.254:80", "224.0.0.1:80", "[fe80::1]:80"] {
+            let e = admit(
+                &wire("web", "shop", bad, "", &[(80, "http1")]),
+                &web,
+                &td(),
+                &east(),
+                None,
+            )
+            .unwrap_err();
+            assert_eq!(e.label(), "invalid_registration", "{bad}");
+        }
         task.abort();
     }
 }
