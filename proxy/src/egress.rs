@@ -36,6 +36,35 @@ pub struct EgressConfig {
     /// network: 127.0.0.0/8 for loopback, else its /24 (IPv4) or /64].
     #[serde(default)]
     pub allow: Vec<IpNet>,
+    /// Ports never listened on, whatever a service declares [default:
+    /// Strait's own: 8610, 8611, 8620, 8653, 8654, 15000, 15001, 15006,
+    /// 15021, 15100, 15101, 15106, 15443]. The sidecar's own listener
+    /// ports are never taken either.
+    #[serde(default = "default_exclude")]
+    pub exclude_ports: Vec<u16>,
+}
+
+fn default_exclude() -> Vec<u16> {
+    vec![
+        8610, 8611, 8620, 8653, 8654, 15000, 15001, 15006, 15021, 15100, 15101, 15106, 15443,
+    ]
+}
+
+/// The ports the egress listens on for `snapshot`: every port of a
+/// service with an endpoint in another cluster (local services need no
+/// egress), except `exclude`.
+pub fn ports(snapshot: &strait_api::snapshot::Snapshot, exclude: &[u16]) -> Vec<u16> {
+    let local = &snapshot.local.cluster;
+    let mut out: Vec<u16> = snapshot
+        .services
+        .iter()
+        .filter(|s| s.endpoints.iter().any(|e| e.cluster != *local))
+        .flat_map(|s| s.ports.iter().map(|p| p.port))
+        .filter(|p| !exclude.contains(p))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 impl EgressConfig {
@@ -65,17 +94,14 @@ pub fn admits(allowed: &[IpNet], peer: IpAddr) -> bool {
 /// the snapshot, until aborted.
 pub async fn manage(shared: Arc<Shared>, cfg: EgressConfig) {
     let allowed = Arc::new(cfg.allowed());
+    let own = &shared.cfg.listeners;
+    let mut exclude = cfg.exclude_ports.clone();
+    exclude.extend([own.inbound.port(), own.outbound.port(), own.admin.port()]);
     let mut rx = shared.subscribe();
     let mut bound: HashMap<u16, JoinHandle<()>> = HashMap::new();
     loop {
         let snapshot = rx.borrow_and_update().clone();
-        let mut wanted: Vec<u16> = snapshot
-            .services
-            .iter()
-            .flat_map(|s| s.ports.iter().map(|p| p.port))
-            .collect();
-        wanted.sort_unstable();
-        wanted.dedup();
+        let wanted = ports(&snapshot, &exclude);
         bound.retain(|port, task| {
             let keep = wanted.contains(port);
             if !keep {
@@ -137,7 +163,21 @@ mod tests {
         EgressConfig {
             address: address.parse().unwrap(),
             allow: allow.iter().map(|a| a.parse().unwrap()).collect(),
+            exclude_ports: default_exclude(),
         }
+    }
+
+    #[test]
+    fn only_ports_of_services_served_elsewhere_and_never_strait_s_own() {
+        let snap = strait_api::snapshot::Snapshot::from_yaml(
+            "version: 1\nlocal: { cluster: east }\nclusters: [west]\nservices:\n\
+             \x20 - { name: remote, namespace: d, vip: 127.77.0.1, ports: [{ port: 8080, protocol: http1 }, { port: 8610, protocol: tcp }],\n\
+             \x20     endpoints: [{ address: \"10.1.0.1:15006\", cluster: west, identity: \"spiffe://strait.local/ns/d/sa/remote\", gateways: [\"10.1.0.9:15443\"] }] }\n\
+             \x20 - { name: local, namespace: d, vip: 127.77.0.2, ports: [{ port: 9090, protocol: http1 }],\n\
+             \x20     endpoints: [{ address: \"10.0.0.1:15006\", cluster: east, identity: \"spiffe://strait.local/ns/d/sa/local\" }] }\n",
+        )
+        .unwrap();
+        assert_eq!(ports(&snap, &default_exclude()), vec![8080]);
     }
 
     #[test]

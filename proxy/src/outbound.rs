@@ -178,8 +178,15 @@ async fn request(shared: Arc<Shared>, target: Target, req: Request<Incoming>) ->
             .map_err(|e| e.to_string()),
         Target::Proxy => resolve_host(&snapshot, &req, None),
         // A request naming the egress by address (no service name) goes
-        // to the one service with this port.
+        // to the one service with this port; a name must resolve itself.
         Target::Egress(port) => resolve_host(&snapshot, &req, Some(port)).or_else(|e| {
+            let by_address = crate::headers::host_of(req.uri(), req.headers()).is_some_and(|h| {
+                let h = h.rsplit_once(':').map_or(h, |(a, _)| a);
+                h.trim_matches(['[', ']']).parse::<IpAddr>().is_ok()
+            });
+            if !by_address {
+                return Err(e);
+            }
             let vip = unique_port(&snapshot, port).map_err(|u| format!("{e}; {u}"))?;
             route::find_service(&snapshot, vip, port)
                 .map(|(s, p)| (s, p.port))
