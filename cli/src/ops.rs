@@ -237,13 +237,19 @@ pub fn unlink(args: UnlinkArgs, format: Format) -> anyhow::Result<()> {
         .with_context(|| format!("--peer: bad cluster name {:?}", args.peer))?;
     let ctl = args.conn.resolve()?;
     let u: Unlinked = block_on(ctl.post("/v1/unlink", &UnlinkRequest { peer }))?;
+    let told = u.peer_error.is_none();
     emit(format, &u, |u| match &u.peer_error {
         None => format!("unlinked {} (it removed its side too)\n", u.link.peer),
         Some(e) => format!(
             "unlinked {p} on this side; {p} could not be told ({e}): run `strait unlink` for this cluster there too, until then its gateways still admit this cluster\n",
             p = u.link.peer
         ),
-    })
+    })?;
+    if !told {
+        // Half done: this side is unlinked, the peer still admits us.
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 pub fn service(cmd: ServiceCommand, format: Format) -> anyhow::Result<()> {

@@ -324,6 +324,9 @@ async fn add(a: AddArgs) -> anyhow::Result<Sidecar> {
             return Ok(s);
         }
         if started.elapsed() > READY_TIMEOUT {
+            // Not left running half set up: a rerun starts clean.
+            let _ = child.kill();
+            let _ = child.wait();
             bail!(
                 "the sidecar is not {} after {READY_TIMEOUT:?}; last lines of {}:\n{}",
                 if up {

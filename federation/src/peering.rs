@@ -271,6 +271,12 @@ impl LinkStore {
     /// Adds or replaces the link to `link.peer`.
     pub fn insert(&self, link: Link) -> Result<(), PeeringError> {
         let _g = self.write_lock();
+        self.store(&link)
+    }
+
+    /// Writes `link` and publishes it; the caller holds the write lock.
+    fn store(&self, link: &Link) -> Result<(), PeeringError> {
+        let link = link.clone();
         let path = self.dir.join(format!("{}.json", link.peer));
         let json = serde_json::to_vec_pretty(&link).unwrap_or_default();
         strait_ca::store::write_atomic(&path, &json, 0o600).map_err(PeeringError::Write)?;
@@ -312,12 +318,11 @@ impl LinkStore {
         self.update(peer, |l| l.fail_mode = mode).map(drop)
     }
 
-    /// Changes the stored link to `peer` with `f` and returns it.
-    pub fn update(
-        &self,
-        peer: &ClusterName,
-        f: impl FnOnce(&mut Link),
-    ) -> Result<Link, PeeringError> {
+    /// Changes the stored link to `peer` with `f` and returns it, under
+    /// the write lock (an unlink or relink in between cannot be undone by
+    /// writing back a stale copy).
+    pub fn update(&self, peer: &ClusterName, f: impl FnOnce(&mut Link)) -> Result<Link, PeeringError> {
+        let _g = self.write_lock();
         let mut link = self
             .get(peer)
             .ok_or_else(|| PeeringError::NotLinked(peer.clone()))?;
@@ -325,7 +330,7 @@ impl LinkStore {
         if let Some(secs) = link.lease_secs {
             check_lease(secs)?;
         }
-        self.insert(link.clone())?;
+        self.store(&link)?;
         Ok(link)
     }
 

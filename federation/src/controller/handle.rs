@@ -343,7 +343,12 @@ async fn notify_unlink(shared: &Shared, link: &Link) -> Result<(), String> {
     let mut client = FederationClient::new(channel);
     match tokio::time::timeout(Duration::from_secs(5), client.unlink(req)).await {
         Err(_) => Err(format!("{} did not answer within 5s", link.controller)),
-        Ok(Err(s)) if s.code() == tonic::Code::PermissionDenied => {
+        Ok(Err(s))
+            if s
+                .metadata()
+                .get("strait-reason")
+                .is_some_and(|r| r == "not_linked") =>
+        {
             // It holds no link to us any more: nothing left to remove.
             tracing::debug!(peer = %link.peer, message = s.message(), "peer had no link left");
             Ok(())
