@@ -321,7 +321,11 @@ impl LinkStore {
     /// Changes the stored link to `peer` with `f` and returns it, under
     /// the write lock (an unlink or relink in between cannot be undone by
     /// writing back a stale copy).
-    pub fn update(&self, peer: &ClusterName, f: impl FnOnce(&mut Link)) -> Result<Link, PeeringError> {
+    pub fn update(
+        &self,
+        peer: &ClusterName,
+        f: impl FnOnce(&mut Link),
+    ) -> Result<Link, PeeringError> {
         let _g = self.write_lock();
         let mut link = self
             .get(peer)

@@ -344,8 +344,7 @@ async fn notify_unlink(shared: &Shared, link: &Link) -> Result<(), String> {
     match tokio::time::timeout(Duration::from_secs(5), client.unlink(req)).await {
         Err(_) => Err(format!("{} did not answer within 5s", link.controller)),
         Ok(Err(s))
-            if s
-                .metadata()
+            if s.metadata()
                 .get("strait-reason")
                 .is_some_and(|r| r == "not_linked") =>
         {
