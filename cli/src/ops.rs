@@ -274,10 +274,13 @@ pub fn service(cmd: ServiceCommand, format: Format) -> anyhow::Result<()> {
             };
             let v: serde_json::Value = block_on(ctl.post("/v1/deregister", &req))?;
             emit(format, &v, |v| {
-                format!(
-                    "deregistered {}\n",
-                    v["service"].as_str().unwrap_or_default()
-                )
+                let svc = v["service"].as_str().unwrap_or_default();
+                match v["evicted"].as_u64() {
+                    Some(n) => format!(
+                        "evicted {n} self-registered endpoint(s) of {svc} (a sidecar that still runs registers again when it reconnects: `strait sidecar rm` stops it)\n"
+                    ),
+                    None => format!("deregistered {svc}\n"),
+                }
             })
         }
     }

@@ -315,6 +315,30 @@ fn workloads_join_with_one_command_register_themselves_and_leave_cleanly() {
     eprintln!("(b) `sidecar add` again: back on west after {to_west:?}");
     assert_ne!(again["pid"], west["pid"]);
 
+    // The operator decides the export of a service only sidecars
+    // registered: unexport in central withdraws it from east, export again
+    // brings it back.
+    let out = clusters.op("central", &["unexport", "echo", "-n", "demo"]);
+    assert_eq!(out.trim(), "demo/echo: export none", "{out}");
+    let gone = until(
+        &clusters,
+        "east",
+        "central's echo withdrawn",
+        Duration::from_secs(5),
+        |s| endpoints_of(s, "central").is_empty(),
+    );
+    clusters.op("central", &["export", "echo", "-n", "demo"]);
+    let back = until(
+        &clusters,
+        "east",
+        "central's echo back",
+        Duration::from_secs(5),
+        |s| !endpoints_of(s, "central").is_empty(),
+    );
+    eprintln!(
+        "operator unexport/export of a self-registered service: withdrawn after {gone:?}, back after {back:?}"
+    );
+
     // (c) Central's sidecar leaves with SIGTERM: removed at once.
     let t = Instant::now();
     let out = ok(

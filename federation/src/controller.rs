@@ -177,6 +177,9 @@ pub(crate) struct Shared {
     pub world: watch::Sender<Arc<Published>>,
     pub exports: watch::Sender<Arc<ExportLog>>,
     pub push: PushService,
+    /// Endpoints sidecars registered themselves (operators export and
+    /// evict them through the admin API).
+    pub live: Arc<LiveCatalog>,
 }
 
 /// Namespace for [`Controller::start`].
@@ -252,7 +255,11 @@ impl Controller {
                 Source::Custom(s) => (None, s.clone()),
             };
         // Sidecars that register themselves are layered over the source.
-        let (live, live_task) = LiveCatalog::start(source, config.registration_lease);
+        let (live, live_task) = LiveCatalog::start_with_state(
+            source,
+            config.registration_lease,
+            Some(config.state_dir.join("live-exports.json")),
+        );
         let source: Arc<dyn CatalogSource> = live.clone();
         let links = Arc::new(LinkStore::open(&config.state_dir)?);
         let listener =
@@ -320,6 +327,7 @@ impl Controller {
             world: world_tx,
             exports: exports_tx,
             push: push.clone(),
+            live: live.clone(),
         });
         // The first world is built before anything is served.
         tasks::rebuild(&shared, version_base());

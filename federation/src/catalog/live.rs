@@ -185,10 +185,12 @@ pub fn parse_export(s: &str) -> Result<Export, String> {
 /// service the base registers joins that registration (its ports and
 /// export are the base's; an address the base lists already is not added
 /// twice); otherwise the live endpoints of one service make a registration
-/// of their own, with the ports and export of the first (by address).
+/// of their own, with the ports of the first (by address) and its export,
+/// unless an operator set one for the service (`exports`).
 pub fn merge<'a>(
     base: &LocalCatalog,
     live: impl IntoIterator<Item = &'a LiveEndpoint>,
+    exports: &BTreeMap<ServiceKey, Export>,
 ) -> LocalCatalog {
     let mut out = base.clone();
     for l in live {
@@ -200,7 +202,7 @@ pub fn merge<'a>(
                 namespace: l.key.namespace.clone(),
                 ports: l.ports.clone(),
                 endpoints: Vec::new(),
-                export: l.export.clone(),
+                export: exports.get(&l.key).unwrap_or(&l.export).clone(),
                 health_check: None,
             });
         if !reg
@@ -241,6 +243,10 @@ pub struct LiveCatalog {
     base: Arc<dyn CatalogSource>,
     lease: Duration,
     entries: Mutex<Entries>,
+    /// Exports an operator set for services only sidecars register, kept
+    /// in `state` across restarts.
+    exports: Mutex<BTreeMap<ServiceKey, Export>>,
+    state: Option<std::path::PathBuf>,
     changed: Notify,
     tx: watch::Sender<Arc<LocalCatalog>>,
 }
@@ -249,10 +255,32 @@ impl LiveCatalog {
     /// Layers over `base`; the returned task keeps the merged catalog
     /// current (base changes, registrations, expiries) until aborted.
     pub fn start(base: Arc<dyn CatalogSource>, lease: Duration) -> (Arc<Self>, JoinHandle<()>) {
+        Self::start_with_state(base, lease, None)
+    }
+
+    /// [`Self::start`], keeping operator-set exports in the JSON file
+    /// `state` (read at start; an unreadable file is logged and ignored).
+    pub fn start_with_state(
+        base: Arc<dyn CatalogSource>,
+        lease: Duration,
+        state: Option<std::path::PathBuf>,
+    ) -> (Arc<Self>, JoinHandle<()>) {
         let first = base.watch().borrow().clone();
+        let exports = state
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| {
+                serde_json::from_slice::<Vec<(ServiceKey, Export)>>(&b)
+                    .inspect_err(|e| tracing::warn!(error = %e, "ignoring unreadable live exports"))
+                    .ok()
+            })
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default();
         let me = Arc::new(Self {
             base,
             lease,
+            exports: Mutex::new(exports),
+            state,
             entries: Mutex::default(),
             changed: Notify::new(),
             tx: watch::channel(first).0,
@@ -341,6 +369,49 @@ impl LiveCatalog {
         removed
     }
 
+    /// Whether sidecars registered `key` (and no file does).
+    pub fn serves_only_live(&self, key: &ServiceKey) -> bool {
+        !self.base.watch().borrow().services.contains_key(key)
+            && self.lock().keys().any(|(k, _)| k == key)
+    }
+
+    /// An operator's export for a service only sidecars register: it wins
+    /// over what the sidecars' `service.export` says, and is kept across
+    /// restarts.
+    pub fn set_export(&self, key: &ServiceKey, export: Export) -> std::io::Result<()> {
+        let all = {
+            let mut g = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+            g.insert(key.clone(), export);
+            g.iter()
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect::<Vec<_>>()
+        };
+        if let Some(path) = &self.state {
+            let json = serde_json::to_vec_pretty(&all).unwrap_or_default();
+            strait_ca::store::write_atomic(path, &json, 0o600)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Removes every live endpoint of `key` (an operator's eviction; a
+    /// sidecar that still runs registers again when its stream reconnects:
+    /// stop it with `strait sidecar rm`). How many were removed.
+    pub fn evict(&self, key: &ServiceKey) -> usize {
+        let n = {
+            let mut g = self.lock();
+            let before = g.len();
+            g.retain(|(k, _), _| k != key);
+            before - g.len()
+        };
+        if n > 0 {
+            tracing::info!(service = %key, endpoints = n, "live endpoints evicted by an operator");
+            self.changed.notify_one();
+        }
+        n
+    }
+
     /// Every live endpoint.
     pub fn status(&self) -> Vec<LiveStatus> {
         let now = Instant::now();
@@ -377,7 +448,8 @@ impl LiveCatalog {
             if g.is_empty() {
                 base
             } else {
-                Arc::new(merge(&base, g.values().map(|e| &e.live)))
+                let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+                Arc::new(merge(&base, g.values().map(|e| &e.live), &exports))
             }
         };
         self.tx.send_if_modified(|cur| {

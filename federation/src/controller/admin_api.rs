@@ -358,6 +358,14 @@ async fn register(shared: &Shared, req: Request<Incoming>) -> Result<Reply, Fail
 async fn deregister(shared: &Shared, req: Request<Incoming>) -> Result<Reply, Failure> {
     let r: ServiceRef = body(req).await?;
     let key = ServiceKey::new(&r.namespace, &r.name);
+    // A service only sidecars registered: its live endpoints are evicted.
+    if shared.live.serves_only_live(&key) {
+        let evicted = shared.live.evict(&key);
+        return Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "service": key.to_string(), "evicted": evicted }),
+        ));
+    }
     store(shared)?
         .deregister(&key)
         .map_err(|e| catalog_error(&e))?;
@@ -367,9 +375,33 @@ async fn deregister(shared: &Shared, req: Request<Incoming>) -> Result<Reply, Fa
     ))
 }
 
+/// Sets the export of a service only sidecars registered (the operator's
+/// word wins over their `service.export`, kept across restarts).
+fn live_export(shared: &Shared, key: &ServiceKey, export: Export) -> Result<Reply, Failure> {
+    shared
+        .live
+        .set_export(key, export.clone())
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(json(
+        StatusCode::OK,
+        &ExportState {
+            service: key.to_string(),
+            export,
+        },
+    ))
+}
+
 async fn export(shared: &Shared, req: Request<Incoming>) -> Result<Reply, Failure> {
     let r: ExportRequest = body(req).await?;
     let key = ServiceKey::new(&r.namespace, &r.name);
+    if shared.live.serves_only_live(&key) {
+        let export = if r.to.is_empty() {
+            Export::All
+        } else {
+            Export::To(r.to)
+        };
+        return live_export(shared, &key, export);
+    }
     store(shared)?
         .export(&key, r.to)
         .map_err(|e| catalog_error(&e))?;
@@ -379,6 +411,9 @@ async fn export(shared: &Shared, req: Request<Incoming>) -> Result<Reply, Failur
 async fn unexport(shared: &Shared, req: Request<Incoming>) -> Result<Reply, Failure> {
     let r: ServiceRef = body(req).await?;
     let key = ServiceKey::new(&r.namespace, &r.name);
+    if shared.live.serves_only_live(&key) {
+        return live_export(shared, &key, Export::None);
+    }
     store(shared)?
         .unexport(&key)
         .map_err(|e| catalog_error(&e))?;

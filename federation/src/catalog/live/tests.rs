@@ -167,7 +167,7 @@ fn live_endpoints_join_file_registrations_or_make_their_own() {
     let a = live("reviews", "10.0.0.2:15006");
     let dup = live("reviews", "10.0.0.1:15006");
     let b = live("ratings", "10.0.0.3:15006");
-    let out = merge(&base, [&a, &dup, &b]);
+    let out = merge(&base, [&a, &dup, &b], &BTreeMap::new());
     let reviews = &out.services[&ServiceKey::new("shop", "reviews")];
     // The file's ports and export stay; the address is not doubled.
     assert_eq!(reviews.ports[0].port, 9080);
@@ -183,7 +183,7 @@ fn live_endpoints_join_file_registrations_or_make_their_own() {
         (ratings.ports[0].port, ratings.export.clone()),
         (8080, Export::None)
     );
-    assert_eq!(merge(&base, []), base);
+    assert_eq!(merge(&base, [], &BTreeMap::new()), base);
 }
 
 #[tokio::test]
@@ -318,5 +318,64 @@ async fn registrations_are_bounded_and_never_join_another_identity_s_service() {
         .unwrap_err();
         assert_eq!(e.label(), "invalid_registration", "{bad}");
     }
+    task.abort();
+}
+
+#[tokio::test]
+async fn operators_set_the_export_of_live_only_services_and_evict_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("live-exports.json");
+    let base = || -> Arc<dyn CatalogSource> {
+        Arc::new(crate::catalog::FixedCatalog::new(LocalCatalog::default()))
+    };
+    let (live, task) =
+        LiveCatalog::start_with_state(base(), Duration::from_secs(15), Some(state.clone()));
+    let who = id("ns/shop/sa/web");
+    let key = ServiceKey::new("shop", "web");
+    let ep = admit(
+        &wire("web", "shop", "10.0.0.2:15006", "all", &[(80, "http1")]),
+        &who,
+        &td(),
+        &east(),
+        None,
+    )
+    .unwrap();
+    live.register(1, &who, ep.clone()).unwrap();
+    let mut rx = live.watch();
+    rx.wait_for(|c| {
+        c.services
+            .get(&key)
+            .is_some_and(|r| r.export == Export::All)
+    })
+    .await
+    .unwrap();
+    assert!(live.serves_only_live(&key));
+    // The operator's word wins over the sidecar's `export: all`...
+    live.set_export(&key, Export::None).unwrap();
+    rx.wait_for(|c| {
+        c.services
+            .get(&key)
+            .is_some_and(|r| r.export == Export::None)
+    })
+    .await
+    .unwrap();
+    task.abort();
+    // ... and survives a restart.
+    let (again, task) = LiveCatalog::start_with_state(base(), Duration::from_secs(15), Some(state));
+    again.register(2, &who, ep).unwrap();
+    let mut rx = again.watch();
+    rx.wait_for(|c| {
+        c.services
+            .get(&key)
+            .is_some_and(|r| r.export == Export::None)
+    })
+    .await
+    .unwrap();
+    // Eviction removes every live endpoint of the service.
+    assert_eq!(again.evict(&key), 1);
+    rx.wait_for(|c| !c.services.contains_key(&key))
+        .await
+        .unwrap();
+    assert!(!again.serves_only_live(&key));
     task.abort();
 }
