@@ -216,7 +216,11 @@ async fn up(args: UpArgs) -> anyhow::Result<UpReport> {
         std::fs::remove_file(l.pid_file())?;
     }
     let info = plan(&args, &dir, &l)?;
-    for (what, addr, udp) in info.listeners() {
+    for (what, addr, udp) in info
+        .listeners()
+        .into_iter()
+        .chain(configs::listeners(&info))
+    {
         ensure_free(what, addr, udp)?;
     }
     let td = certificates(&args, &l, &name)?;

@@ -388,6 +388,8 @@ impl ConfigDiscovery for PushService {
             crate::grpc::refuse(code, e.label(), e.to_string())
         };
         report::may_observe(&who, &key.to_string(), &[]).map_err(refused)?;
+        // Rate first: every later check reads the catalog.
+        inner.reports.admit(&who, Instant::now()).map_err(refused)?;
         let authorization = {
             let published = inner.world.borrow();
             let known = published
@@ -415,7 +417,6 @@ impl ConfigDiscovery for PushService {
                 .unwrap_or_default()
         };
         report::may_observe(&who, &key.to_string(), &authorization).map_err(refused)?;
-        inner.reports.admit(&who, Instant::now()).map_err(refused)?;
         let hold = match r.hold_seconds {
             0 => DEFAULT_PASSIVE_HOLD,
             s => Duration::from_secs(u64::from(s)),

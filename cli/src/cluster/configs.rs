@@ -28,6 +28,19 @@ pub fn ca_addr(info: &ClusterInfo) -> SocketAddr {
     SocketAddr::new(info.ip, CA_PORT)
 }
 
+/// The addresses of the CA service, DNS admin and egress sidecar, which
+/// `up` needs free beside [`ClusterInfo::listeners`].
+pub fn listeners(info: &ClusterInfo) -> [(&'static str, SocketAddr, bool); 5] {
+    let at = |port| SocketAddr::new(info.ip, port);
+    [
+        ("ca service", ca_addr(info), false),
+        ("dns admin", at(DNS_ADMIN_PORT), false),
+        ("egress inbound", at(EGRESS_INBOUND_PORT), false),
+        ("egress outbound", at(EGRESS_OUTBOUND_PORT), false),
+        ("egress admin", egress_admin(info), false),
+    ]
+}
+
 /// Where the written files are.
 pub struct Written {
     pub controller: PathBuf,

@@ -8,12 +8,13 @@
 //!    (`other_cluster`, checked by the push service before this module);
 //! 2. the reporter is a workload (`spiffe://<td>/ns/<ns>/sa/<sa>` outside
 //!    `strait-system`): components never report (`not_a_workload`);
-//! 3. the endpoint is in this cluster's catalog (`unknown_endpoint`);
-//! 4. the reporter could call the service: no deny rule without HTTP
-//!    conditions names it, and when the service has allow rules, one of
-//!    them admits it by source (`may_not_call`) — a workload that may not
-//!    call a service cannot have observed its endpoints;
-//! 5. the reporter is under its rate ([`RateLimiter`], `rate_limited`).
+//! 3. the reporter is under its rate ([`RateLimiter`], `rate_limited`),
+//!    checked before anything reads the catalog;
+//! 4. the endpoint is in this cluster's catalog (`unknown_endpoint`);
+//! 5. the reporter could call the service on some port: there, no deny
+//!    rule without HTTP conditions names it, and when allow rules apply,
+//!    one of them admits it by source (`may_not_call`) — a workload that
+//!    may not call a service cannot have observed its endpoints.
 //!
 //! An accepted report is one vote; [`super::HealthTable`] turns an
 //! endpoint down only when a quorum of distinct reporters agree.
@@ -75,16 +76,27 @@ pub fn may_observe(
     let named = |from: &[strait_api::snapshot::PrincipalPattern]| {
         from.is_empty() || from.iter().any(|p| p.matches(reporter))
     };
-    let denied = policies.iter().any(|p| {
-        p.deny
-            .iter()
-            .any(|r| !r.has_http_conditions() && named(&r.from))
-    });
-    let has_allow = policies.iter().any(|p| !p.allow.is_empty());
-    let allowed = policies
+    // Per port: the ports policies name, and any other port (0: only the
+    // policies that cover every port apply there). It may call the service
+    // when some port admits it.
+    let mut ports: Vec<u16> = policies
         .iter()
-        .any(|p| p.allow.iter().any(|r| named(&r.from)));
-    if denied || (has_allow && !allowed) {
+        .flat_map(|p| p.ports.iter().copied())
+        .collect();
+    ports.push(0);
+    let admitted_on = |port: u16| {
+        let applies = |p: &&AuthorizationPolicy| p.ports.is_empty() || p.ports.contains(&port);
+        let on: Vec<&AuthorizationPolicy> = policies.iter().filter(applies).collect();
+        let denied = on.iter().any(|p| {
+            p.deny
+                .iter()
+                .any(|r| !r.has_http_conditions() && named(&r.from))
+        });
+        let has_allow = on.iter().any(|p| !p.allow.is_empty());
+        let allowed = on.iter().any(|p| p.allow.iter().any(|r| named(&r.from)));
+        !denied && (!has_allow || allowed)
+    };
+    if !ports.into_iter().any(admitted_on) {
         return Err(Refusal::MayNotCall {
             reporter: reporter.clone(),
             service: service.to_owned(),
@@ -98,17 +110,30 @@ pub fn may_observe(
 /// reporters.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    buckets: Mutex<HashMap<SpiffeId, (f64, Instant)>>,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    by_reporter: HashMap<SpiffeId, (f64, Instant)>,
+    /// Size at which quiet buckets are swept next (doubles with the live
+    /// set, so a sweep costs O(1) per report on average).
+    sweep_at: usize,
 }
 
 impl RateLimiter {
     /// Takes one report from `reporter`'s bucket at `now`.
     pub fn admit(&self, reporter: &SpiffeId, now: Instant) -> Result<(), Refusal> {
-        let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if m.len() > 10_000 {
-            m.retain(|_, (_, at)| now.saturating_duration_since(*at) < Duration::from_secs(60));
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if b.by_reporter.len() >= b.sweep_at.max(10_000) {
+            b.by_reporter
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < Duration::from_secs(60));
+            b.sweep_at = 2 * b.by_reporter.len();
         }
-        let (tokens, at) = m.entry(reporter.clone()).or_insert((REPORT_BURST, now));
+        let (tokens, at) = b
+            .by_reporter
+            .entry(reporter.clone())
+            .or_insert((REPORT_BURST, now));
         let refill = now.saturating_duration_since(*at).as_secs_f64() * REPORTS_PER_SECOND;
         *tokens = (*tokens + refill).min(REPORT_BURST);
         *at = now;
@@ -214,6 +239,28 @@ mod tests {
             (
                 "ns/shop/sa/web",
                 vec![policy(vec![rule(&["*"], &[])], vec![rule(&[shop], &[])])],
+                Some("may_not_call"),
+            ),
+            // A deny on one port leaves the others: it may call there.
+            (
+                "ns/shop/sa/web",
+                vec![AuthorizationPolicy {
+                    ports: vec![9090],
+                    ..policy(vec![], vec![rule(&[web], &[])])
+                }],
+                None,
+            ),
+            // Denied on the only port that has allow rules for it, and the
+            // policy covering every port allows only others.
+            (
+                "ns/shop/sa/cart",
+                vec![
+                    AuthorizationPolicy {
+                        ports: vec![8080],
+                        ..policy(vec![], vec![rule(&[shop], &[])])
+                    },
+                    policy(vec![rule(&[web], &[])], vec![]),
+                ],
                 Some("may_not_call"),
             ),
         ];
