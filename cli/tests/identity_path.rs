@@ -237,7 +237,8 @@ impl hyper::body::Body for Frames {
 
 #[test]
 fn paths_that_canonicalize_onto_a_denied_path_are_denied_and_the_app_gets_the_canonical_path() {
-    let mesh = Mesh::start(3, "");
+    // With the access log on, the echo sidecar logs each inbound request.
+    let mesh = Mesh::start(3, "access_log: true");
     let cases: &[(u16, &str, u16, &str)] = &[
         (8080, "/admin", 403, "denied"),
         (8080, "/x/../admin", 403, "denied"),
@@ -262,6 +263,24 @@ fn paths_that_canonicalize_onto_a_denied_path_are_denied_and_the_app_gets_the_ca
             "{port} {path}: want strait-error {reason}: {head}{body}"
         );
     }
+    // The inbound access log names the denial, the caller and its cluster.
+    let log = std::fs::read_to_string(mesh.dir.path().join("echo.log")).unwrap_or_default();
+    let line = log
+        .lines()
+        .find(|l| {
+            l.contains("strait::access")
+                && l.contains("direction=\"inbound\"")
+                && l.contains("strait_error=\"denied\"")
+        })
+        .unwrap_or_else(|| panic!("no inbound access line for a denial:\n{log}"));
+    assert!(
+        line.contains("status=403") && line.contains("source_cluster=\"east\""),
+        "{line}"
+    );
+    assert!(
+        line.contains("peer=spiffe://strait.local/ns/demo/sa/client"),
+        "{line}"
+    );
     // Case-sensitive port: `/ADMIN` is not `/admin`, and arrives as sent.
     // Allowed paths arrive canonical, with the query untouched.
     let allowed: &[(u16, &str, &str)] = &[

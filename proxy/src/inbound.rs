@@ -155,7 +155,18 @@ async fn connection(
                 // its own hold from the request.
                 let mut req = req;
                 req.extensions_mut().insert(streams.clone());
-                let res = Box::pin(handle(shared, from, req, http1)).await;
+                // What the access log needs, taken only when it is on.
+                let logged = shared.cfg.access_log.then(|| {
+                    (
+                        Instant::now(),
+                        req.method().clone(),
+                        req.uri().path().to_owned(),
+                    )
+                });
+                let res = Box::pin(handle(shared, from.clone(), req, http1)).await;
+                if let Some((started, method, path)) = logged {
+                    access_log(&from, &method, &path, &res, started);
+                }
                 Ok(res.map(|b| boxed(Held::new(b, streams))))
             }
         })
@@ -252,6 +263,19 @@ fn streams_of(
         .stream(l.max_streams_per_cluster)
         .ok_or_else(|| refuse("cluster_stream_limit", "the caller's cluster"))?;
     Ok((peer, cluster))
+}
+
+/// One access-log line of an inbound request (target `strait::access`, at
+/// info), like the outbound side's.
+fn access_log(peer: &Peer, method: &Method, path: &str, res: &Response<Body>, started: Instant) {
+    let error = res
+        .headers()
+        .get(headers::ERROR_NAME)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info!(target: "strait::access", direction = "inbound", method = %method, path,
+        status = res.status().as_u16(), duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        peer = %peer.id, source_cluster = peer.source_cluster(), strait_error = error);
 }
 
 /// One request from a peer; `http1` when it came on an ALPN `http/1.1`

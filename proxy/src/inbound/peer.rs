@@ -55,6 +55,11 @@ impl Peer {
         }
     }
 
+    /// The cluster whose intermediate signed the peer (empty: none named).
+    pub(crate) fn source_cluster(&self) -> &str {
+        &self.source_cluster
+    }
+
     /// Removes every identity a client may have claimed and states the
     /// peer's verified one (`By=<this sidecar>;URI=<peer>`).
     pub(crate) fn stamp(&self, headers: &mut HeaderMap) {
