@@ -30,7 +30,9 @@ pub struct RequestLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
     pub direction: Direction,
+    pub source_cluster: String,
     pub destination_service: String,
+    pub destination_cluster: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,11 +129,19 @@ impl Metrics {
 
     /// The request duration histogram of a direction and service (a handle
     /// a caller may keep).
-    pub fn duration_histogram(&self, direction: Direction, service: &str) -> Histogram {
+    pub fn duration_histogram(
+        &self,
+        direction: Direction,
+        source_cluster: &str,
+        service: &str,
+        destination_cluster: &str,
+    ) -> Histogram {
         self.request_duration
             .get_or_create(&DurationLabels {
                 direction,
+                source_cluster: source_cluster.to_owned(),
                 destination_service: service.to_owned(),
+                destination_cluster: destination_cluster.to_owned(),
             })
             .clone()
     }
@@ -149,7 +159,7 @@ impl Metrics {
         let dir = Direction::outbound;
         self.request_counter(dir, source_cluster, "", service, destination_cluster, code)
             .inc();
-        self.duration_histogram(dir, service)
+        self.duration_histogram(dir, source_cluster, service, destination_cluster)
             .observe(took.as_secs_f64());
     }
 

@@ -40,7 +40,8 @@ struct ServiceState {
     /// all with the source cluster `requests_from`.
     requests: Vec<(Option<ClusterName>, u16, Counter)>,
     requests_from: Option<ClusterName>,
-    duration: Option<Histogram>,
+    /// Duration histograms by destination cluster (same source).
+    durations: Vec<(Option<ClusterName>, Histogram)>,
     /// The last locality plan, reused while its inputs are unchanged.
     plan: Option<CachedPlan>,
 }
@@ -81,7 +82,7 @@ impl ServiceState {
             dst: dst_values(key, service),
             requests: Vec::new(),
             requests_from: None,
-            duration: None,
+            durations: Vec::new(),
             plan: None,
         }
     }
@@ -388,6 +389,7 @@ impl ServiceHandle {
         // source label must not stay in the cache.
         if st.requests_from.as_ref() != Some(source) {
             st.requests.clear();
+            st.durations.clear();
             st.requests_from = Some(source.clone());
         }
         let counter = match st
@@ -411,10 +413,20 @@ impl ServiceHandle {
                 counter
             }
         };
-        let duration = st
-            .duration
-            .get_or_insert_with(|| metrics.duration_histogram(Direction::outbound, &self.entry.key))
-            .clone();
+        let duration = match st.durations.iter().find(|(c, _)| c.as_ref() == destination) {
+            Some((_, h)) => h.clone(),
+            None => {
+                let dest = destination.map_or("", ClusterName::as_str);
+                let h = metrics.duration_histogram(
+                    Direction::outbound,
+                    source.as_str(),
+                    &self.entry.key,
+                    dest,
+                );
+                st.durations.push((destination.cloned(), h.clone()));
+                h
+            }
+        };
         drop(st);
         counter.inc();
         duration.observe(took.as_secs_f64());

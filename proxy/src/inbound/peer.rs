@@ -101,7 +101,15 @@ impl Peer {
                 // cache rather than let one connection grow it.
                 None if all.len() >= MAX_CACHED_SERVICES => {
                     drop(all);
-                    let observe = took.map(|t| (metrics.duration_histogram(dir, service), t));
+                    let observe = took.map(|t| {
+                        let h = metrics.duration_histogram(
+                            dir,
+                            &self.source_cluster,
+                            service,
+                            cluster.as_str(),
+                        );
+                        (h, t)
+                    });
                     return record(&counter(metrics), observe);
                 }
                 None => {
@@ -126,9 +134,9 @@ impl Peer {
             // Only a request with a duration makes the histogram (a denied
             // one has none).
             let observe = took.map(|t| {
-                let hist = h
-                    .duration
-                    .get_or_insert_with(|| metrics.duration_histogram(dir, service));
+                let hist = h.duration.get_or_insert_with(|| {
+                    metrics.duration_histogram(dir, &self.source_cluster, service, cluster.as_str())
+                });
                 (hist.clone(), t)
             });
             (counter, observe)
@@ -182,7 +190,7 @@ mod tests {
         fresh.count(&metrics, "denied.ns", &cluster, 403, None);
         let text = metrics.encode();
         assert!(text.contains("destination_service=\"denied.ns\",destination_cluster=\"east\",response_code=\"403\"} 1"));
-        assert!(!text.contains("strait_request_duration_seconds_count{direction=\"inbound\",destination_service=\"denied.ns\"}"));
+        assert!(!text.contains("strait_request_duration_seconds_count{direction=\"inbound\",source_cluster=\"west\",destination_service=\"denied.ns\",destination_cluster=\"east\"}"));
         for i in [0, 11] {
             for code in [200, 503] {
                 let want = format!(
@@ -191,7 +199,7 @@ mod tests {
                 assert!(text.contains(&want), "missing {want}");
             }
             let count = format!(
-                "strait_request_duration_seconds_count{{direction=\"inbound\",destination_service=\"s{i}.ns\"}} 2"
+                "strait_request_duration_seconds_count{{direction=\"inbound\",source_cluster=\"west\",destination_service=\"s{i}.ns\",destination_cluster=\"east\"}} 2"
             );
             assert!(text.contains(&count), "missing {count}");
         }

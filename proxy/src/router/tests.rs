@@ -118,10 +118,13 @@ fn outbound_metrics_use_kept_handles_with_the_right_labels() {
         let want = format!("{}{n}", line(dest, code));
         assert!(text.contains(&want), "missing {want} in\n{text}");
     }
-    assert!(
-        text.contains("strait_request_duration_seconds_count{direction=\"outbound\",destination_service=\"web.shop\"} 4"),
-        "{text}"
-    );
+    // Durations by source and destination cluster too: 2 + 1 + 1.
+    for (dest, n) in [("east", 2), ("west", 1), ("", 1)] {
+        let want = format!(
+            "strait_request_duration_seconds_count{{direction=\"outbound\",source_cluster=\"east\",destination_service=\"web.shop\",destination_cluster=\"{dest}\"}} {n}"
+        );
+        assert!(text.contains(&want), "missing {want} in\n{text}");
+    }
     // A request under another local cluster name (an older or newer
     // snapshot) is labelled with it, not with the cached one.
     let renamed = ClusterName::new("east2").unwrap();
