@@ -78,7 +78,7 @@ impl<K: Hash + Eq + Clone> Places<K> {
         let mut open = self.lock();
         let (n, streams) = open.entry(key.clone()).or_default();
         if *n >= max {
-            if *n == 0 {
+            if *n == 0 && streams.load(Ordering::Acquire) == 0 {
                 open.remove(key);
             }
             return None;

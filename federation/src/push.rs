@@ -387,7 +387,7 @@ impl ConfigDiscovery for PushService {
             };
             crate::grpc::refuse(code, e.label(), e.to_string())
         };
-        report::may_observe(&who, &key.to_string(), &[]).map_err(refused)?;
+        report::may_observe(&who, &key.to_string(), &[], &[]).map_err(refused)?;
         // Rate first: every later check reads the catalog.
         inner.reports.admit(&who, Instant::now()).map_err(refused)?;
         let authorization = {
@@ -413,10 +413,14 @@ impl ConfigDiscovery for PushService {
                 .view
                 .services
                 .get(&key)
-                .map(|m| m.authorization.clone())
+                .map(|m| {
+                    let ports: Vec<u16> = m.ports.iter().map(|p| p.port).collect();
+                    (ports, m.authorization.clone())
+                })
                 .unwrap_or_default()
         };
-        report::may_observe(&who, &key.to_string(), &authorization).map_err(refused)?;
+        let (ports, authorization) = authorization;
+        report::may_observe(&who, &key.to_string(), &ports, &authorization).map_err(refused)?;
         let hold = match r.hold_seconds {
             0 => DEFAULT_PASSIVE_HOLD,
             s => Duration::from_secs(u64::from(s)),

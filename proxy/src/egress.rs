@@ -36,11 +36,11 @@ pub struct EgressConfig {
     /// network: 127.0.0.0/8 for loopback, else its /24 (IPv4) or /64].
     #[serde(default)]
     pub allow: Vec<IpNet>,
-    /// Ports never listened on, whatever a service declares [default:
-    /// Strait's own: 8610, 8611, 8620, 8653, 8654, 15000, 15001, 15006,
-    /// 15021, 15100, 15101, 15106, 15443]. The sidecar's own listener
-    /// ports are never taken either.
-    #[serde(default = "default_exclude")]
+    /// More ports never listened on, whatever a service declares; Strait's
+    /// own (8610, 8611, 8620, 8653, 8654, 15000, 15001, 15006, 15021,
+    /// 15100, 15101, 15106, 15443) and the sidecar's own listeners never
+    /// are, whatever this says.
+    #[serde(default)]
     pub exclude_ports: Vec<u16>,
 }
 
@@ -95,7 +95,8 @@ pub fn admits(allowed: &[IpNet], peer: IpAddr) -> bool {
 pub async fn manage(shared: Arc<Shared>, cfg: EgressConfig) {
     let allowed = Arc::new(cfg.allowed());
     let own = &shared.cfg.listeners;
-    let mut exclude = cfg.exclude_ports.clone();
+    let mut exclude = default_exclude();
+    exclude.extend(&cfg.exclude_ports);
     exclude.extend([own.inbound.port(), own.outbound.port(), own.admin.port()]);
     let mut rx = shared.subscribe();
     let mut bound: HashMap<u16, JoinHandle<()>> = HashMap::new();
@@ -163,7 +164,7 @@ mod tests {
         EgressConfig {
             address: address.parse().unwrap(),
             allow: allow.iter().map(|a| a.parse().unwrap()).collect(),
-            exclude_ports: default_exclude(),
+            exclude_ports: Vec::new(),
         }
     }
 

@@ -149,7 +149,13 @@ async fn connection(
             async move {
                 let streams = match streams {
                     Ok(s) => OpenStreams(Arc::new(s)),
-                    Err(refused) => return Ok::<_, Infallible>(*refused),
+                    Err(refused) => {
+                        if shared.cfg.access_log {
+                            let path = req.uri().path();
+                            access_log(&from, req.method(), path, &refused, Instant::now());
+                        }
+                        return Ok::<_, Infallible>(*refused);
+                    }
                 };
                 // A tunnel outlives its (empty) response body: it takes
                 // its own hold from the request.

@@ -181,8 +181,11 @@ async fn request(shared: Arc<Shared>, target: Target, req: Request<Incoming>) ->
         // to the one service with this port; a name must resolve itself.
         Target::Egress(port) => resolve_host(&snapshot, &req, Some(port)).or_else(|e| {
             let by_address = crate::headers::host_of(req.uri(), req.headers()).is_some_and(|h| {
-                let h = h.rsplit_once(':').map_or(h, |(a, _)| a);
-                h.trim_matches(['[', ']']).parse::<IpAddr>().is_ok()
+                let addr = match h.strip_prefix('[') {
+                    Some(v6) => v6.split(']').next().unwrap_or(v6),
+                    None => h.rsplit_once(':').map_or(h, |(a, _)| a),
+                };
+                addr.parse::<IpAddr>().is_ok()
             });
             if !by_address {
                 return Err(e);

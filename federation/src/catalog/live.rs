@@ -62,8 +62,10 @@ pub enum RegistrationError {
     TooMany(SpiffeId),
 }
 
-/// Live endpoints one identity may hold at once.
-pub const MAX_PER_IDENTITY: usize = 16;
+/// Live endpoints one identity may hold at once (all replicas of a
+/// service share its identity; endpoints only waiting for their lease to
+/// end do not count).
+pub const MAX_PER_IDENTITY: usize = 1024;
 
 impl RegistrationError {
     pub fn label(&self) -> &'static str {
@@ -102,7 +104,13 @@ pub fn admit(
         .address
         .parse()
         .map_err(|_| invalid(format!("address {:?} is not ip:port", reg.address)))?;
-    let ip = address.ip();
+    // An IPv4-mapped IPv6 address is judged as the IPv4 address it maps.
+    let ip = match address.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
     let unroutable = match ip {
         std::net::IpAddr::V4(v4) => v4.is_link_local() || v4.is_multicast() || v4.is_broadcast(),
         std::net::IpAddr::V6(v6) => v6.is_multicast() || (v6.segments()[0] & 0xffc0) == 0xfe80,
@@ -186,14 +194,24 @@ pub fn parse_export(s: &str) -> Result<Export, String> {
 /// export are the base's; an address the base lists already is not added
 /// twice); otherwise the live endpoints of one service make a registration
 /// of their own, with the ports of the first (by address) and its export,
-/// unless an operator set one for the service (`exports`).
+/// unless an operator set one for the service (`exports`). A live endpoint
+/// never joins a configured registration whose endpoints name another
+/// identity than its sidecar's (whichever came first).
 pub fn merge<'a>(
     base: &LocalCatalog,
-    live: impl IntoIterator<Item = &'a LiveEndpoint>,
+    live: impl IntoIterator<Item = (&'a LiveEndpoint, &'a SpiffeId)>,
     exports: &BTreeMap<ServiceKey, Export>,
 ) -> LocalCatalog {
     let mut out = base.clone();
-    for l in live {
+    for (l, identity) in live {
+        let foreign = base.services.get(&l.key).is_some_and(|reg| {
+            reg.endpoints
+                .iter()
+                .any(|e| e.identity.as_ref().is_some_and(|id| id != identity))
+        });
+        if foreign {
+            continue;
+        }
         let reg = out
             .services
             .entry(l.key.clone())
@@ -322,7 +340,7 @@ impl LiveCatalog {
         let mut g = self.lock();
         let held = g
             .iter()
-            .filter(|(key, e)| e.identity == *identity && **key != k)
+            .filter(|(key, e)| e.identity == *identity && **key != k && e.session.is_some())
             .count();
         if held >= MAX_PER_IDENTITY {
             return Err(RegistrationError::TooMany(identity.clone()));
@@ -369,28 +387,38 @@ impl LiveCatalog {
         removed
     }
 
-    /// Whether sidecars registered `key` (and no file does).
+    /// Whether sidecars registered `key` (and no file does), or an
+    /// operator set its export (it may have no live endpoint right now).
     pub fn serves_only_live(&self, key: &ServiceKey) -> bool {
         !self.base.watch().borrow().services.contains_key(key)
-            && self.lock().keys().any(|(k, _)| k == key)
+            && (self.lock().keys().any(|(k, _)| k == key)
+                || self
+                    .exports
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(key))
     }
 
     /// An operator's export for a service only sidecars register: it wins
     /// over what the sidecars' `service.export` says, and is kept across
     /// restarts.
     pub fn set_export(&self, key: &ServiceKey, export: Export) -> std::io::Result<()> {
-        let all = {
-            let mut g = self.exports.lock().unwrap_or_else(|p| p.into_inner());
-            g.insert(key.clone(), export);
-            g.iter()
-                .map(|(k, e)| (k.clone(), e.clone()))
-                .collect::<Vec<_>>()
-        };
+        // Held across the write: concurrent changes reach the file in the
+        // order they reach memory, and a failed write changes neither.
+        let mut g = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+        let before = g.insert(key.clone(), export);
         if let Some(path) = &self.state {
+            let all: Vec<_> = g.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
             let json = serde_json::to_vec_pretty(&all).unwrap_or_default();
-            strait_ca::store::write_atomic(path, &json, 0o600)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if let Err(e) = strait_ca::store::write_atomic(path, &json, 0o600) {
+                match before {
+                    Some(b) => g.insert(key.clone(), b),
+                    None => g.remove(key),
+                };
+                return Err(std::io::Error::other(e.to_string()));
+            }
         }
+        drop(g);
         self.changed.notify_one();
         Ok(())
     }
@@ -449,7 +477,8 @@ impl LiveCatalog {
                 base
             } else {
                 let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
-                Arc::new(merge(&base, g.values().map(|e| &e.live), &exports))
+                let live = g.values().map(|e| (&e.live, &e.identity));
+                Arc::new(merge(&base, live, &exports))
             }
         };
         self.tx.send_if_modified(|cur| {

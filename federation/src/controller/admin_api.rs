@@ -395,6 +395,16 @@ async fn export(shared: &Shared, req: Request<Incoming>) -> Result<Reply, Failur
     let r: ExportRequest = body(req).await?;
     let key = ServiceKey::new(&r.namespace, &r.name);
     if shared.live.serves_only_live(&key) {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(bad) =
+            r.to.iter()
+                .find(|c| **c == shared.cluster || !seen.insert(*c))
+        {
+            return Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                format!("export.to: {bad} is this cluster or listed twice"),
+            ));
+        }
         let export = if r.to.is_empty() {
             Export::All
         } else {

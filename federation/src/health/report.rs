@@ -64,6 +64,7 @@ impl Refusal {
 pub fn may_observe(
     reporter: &SpiffeId,
     service: &str,
+    service_ports: &[u16],
     policies: &[AuthorizationPolicy],
 ) -> Result<(), Refusal> {
     let workload = reporter.service_account().is_some()
@@ -76,16 +77,16 @@ pub fn may_observe(
     let named = |from: &[strait_api::snapshot::PrincipalPattern]| {
         from.is_empty() || from.iter().any(|p| p.matches(reporter))
     };
-    // Per port: the ports policies name, and any other port (0: only the
-    // policies that cover every port apply there). It may call the service
-    // when some port admits it.
-    let mut ports: Vec<u16> = policies
-        .iter()
-        .flat_map(|p| p.ports.iter().copied())
-        .collect();
-    ports.push(0);
+    // Per port of the service: it may call the service when some port
+    // admits it (no ports known: every policy counts, as one port).
+    let ports: Vec<u16> = if service_ports.is_empty() {
+        vec![0]
+    } else {
+        service_ports.to_vec()
+    };
     let admitted_on = |port: u16| {
-        let applies = |p: &&AuthorizationPolicy| p.ports.is_empty() || p.ports.contains(&port);
+        let applies =
+            |p: &&AuthorizationPolicy| p.ports.is_empty() || port == 0 || p.ports.contains(&port);
         let on: Vec<&AuthorizationPolicy> = policies.iter().filter(applies).collect();
         let denied = on.iter().any(|p| {
             p.deny
@@ -263,9 +264,19 @@ mod tests {
                 ],
                 Some("may_not_call"),
             ),
+            // Every policy names ports: the service's own ports decide
+            // (a port no policy names would admit anyone).
+            (
+                "ns/shop/sa/cart",
+                vec![AuthorizationPolicy {
+                    ports: vec![8080, 9090],
+                    ..policy(vec![rule(&[web], &[])], vec![])
+                }],
+                Some("may_not_call"),
+            ),
         ];
         for (who, policies, want) in cases {
-            let got = may_observe(&id(who), "shop/reviews", &policies).err();
+            let got = may_observe(&id(who), "shop/reviews", &[8080, 9090], &policies).err();
             assert_eq!(got.as_ref().map(Refusal::label), want, "{who} {policies:?}");
             if let Some(e) = got {
                 assert!(e.to_string().contains(who), "{e}");

@@ -167,7 +167,15 @@ fn live_endpoints_join_file_registrations_or_make_their_own() {
     let a = live("reviews", "10.0.0.2:15006");
     let dup = live("reviews", "10.0.0.1:15006");
     let b = live("ratings", "10.0.0.3:15006");
-    let out = merge(&base, [&a, &dup, &b], &BTreeMap::new());
+    let out = merge(
+        &base,
+        [
+            (&a, &id("ns/shop/sa/reviews")),
+            (&dup, &id("ns/shop/sa/reviews")),
+            (&b, &id("ns/shop/sa/ratings")),
+        ],
+        &BTreeMap::new(),
+    );
     let reviews = &out.services[&ServiceKey::new("shop", "reviews")];
     // The file's ports and export stay; the address is not doubled.
     assert_eq!(reviews.ports[0].port, 9080);
@@ -184,6 +192,19 @@ fn live_endpoints_join_file_registrations_or_make_their_own() {
         (8080, Export::None)
     );
     assert_eq!(merge(&base, [], &BTreeMap::new()), base);
+    // A configured registration naming another identity is never joined,
+    // whichever registered first.
+    let mut named = base.clone();
+    if let Some(r) = named.services.get_mut(&ServiceKey::new("shop", "reviews")) {
+        r.endpoints[0].identity = Some(id("ns/shop/sa/postgres"));
+    }
+    let out = merge(&named, [(&a, &id("ns/shop/sa/reviews"))], &BTreeMap::new());
+    assert_eq!(
+        out.services[&ServiceKey::new("shop", "reviews")]
+            .endpoints
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -272,7 +293,7 @@ async fn registrations_are_bounded_and_never_join_another_identity_s_service() {
             &wire(
                 "web",
                 "shop",
-                &format!("10.0.1.{}:15006", i + 1),
+                &format!("10.0.{}.{}:15006", 10 + i / 250, i % 250 + 1),
                 "",
                 &[(80, "http1")],
             ),
@@ -298,7 +319,7 @@ async fn registrations_are_bounded_and_never_join_another_identity_s_service() {
     );
     // Renewing one it holds is no new endpoint.
     let again = admit(
-        &wire("web", "shop", "10.0.1.1:15006", "", &[(80, "http1")]),
+        &wire("web", "shop", "10.0.10.1:15006", "", &[(80, "http1")]),
         &web,
         &td(),
         &east(),
@@ -376,6 +397,8 @@ async fn operators_set_the_export_of_live_only_services_and_evict_them() {
     rx.wait_for(|c| !c.services.contains_key(&key))
         .await
         .unwrap();
-    assert!(!again.serves_only_live(&key));
+    // Its export stays the operator's: the service is still theirs to
+    // export when its sidecars come back.
+    assert!(again.serves_only_live(&key));
     task.abort();
 }
