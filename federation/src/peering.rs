@@ -338,6 +338,19 @@ impl LinkStore {
         Ok(link)
     }
 
+    /// Writes the link to `peer` that `f` makes from the stored one (if
+    /// any), under the write lock.
+    pub fn upsert(
+        &self,
+        peer: &ClusterName,
+        f: impl FnOnce(Option<&Link>) -> Link,
+    ) -> Result<Link, PeeringError> {
+        let _g = self.write_lock();
+        let link = f(self.get(peer).as_ref());
+        self.store(&link)?;
+        Ok(link)
+    }
+
     /// Revokes an unused token's secret: a peer presenting it is refused
     /// from now on. False when it was never issued here, already used,
     /// expired or revoked.

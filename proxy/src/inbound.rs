@@ -513,6 +513,10 @@ async fn forward_to_app(
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
+            // Only the mesh says why it failed: an app cannot make callers
+            // take its answer for a mesh refusal (e.g. `app_unavailable`,
+            // which callers retry elsewhere as never processed).
+            parts.headers.remove(headers::ERROR_NAME);
             Response::from_parts(parts, body)
         }
         Err(e) => {

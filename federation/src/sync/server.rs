@@ -267,22 +267,19 @@ impl Federation for FederationService {
                 }
                 other => refuse(Code::Internal, "store", other.to_string()),
             })?;
-        // A relink keeps the settings this side chose for the peer.
-        let old = self.inner.links.get(&peer);
-        let fail_mode = old.as_ref().map(|l| l.fail_mode).unwrap_or_default();
-        let lease_secs = old.and_then(|l| l.lease_secs);
-        let link = Link {
-            peer: peer.clone(),
-            peer_identity: caller,
-            controller,
-            gateways,
-            fail_mode,
-            lease_secs,
-            established_unix: now_unix(),
-        };
+        // A relink keeps the settings this side chose for the peer (read
+        // and written under the store's lock).
         self.inner
             .links
-            .insert(link)
+            .upsert(&peer, |old| Link {
+                peer: peer.clone(),
+                peer_identity: caller,
+                controller,
+                gateways,
+                fail_mode: old.map(|l| l.fail_mode).unwrap_or_default(),
+                lease_secs: old.and_then(|l| l.lease_secs),
+                established_unix: now_unix(),
+            })
             .map_err(|e| refuse(Code::Internal, "store", e.to_string()))?;
         tracing::info!(%peer, "link established by peer");
         Ok(Response::new(EstablishResponse {

@@ -159,3 +159,65 @@ async fn a_wrong_expected_identity_names_the_expected_and_the_presented_one() {
     assert!(!body.contains("OtherError"), "{body}");
     drop((client, server, app));
 }
+
+/// An app cannot pass its answer off as the mesh's: a `strait-error` it
+/// sets is removed by its sidecar (callers treat `app_unavailable` as a
+/// request never processed and send it elsewhere).
+#[tokio::test]
+async fn an_app_cannot_forge_a_mesh_error() {
+    use tokio::io::AsyncWriteExt;
+    let mesh = Mesh::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nstrait-error: app_unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy")
+                    .await;
+            });
+        }
+    });
+    let own = header(1)
+        + &service(
+            "web",
+            "127.77.62.1",
+            80,
+            "http1",
+            &[("127.0.0.1:9".parse().unwrap(), "us-east/a", "web")],
+            "",
+        );
+    let server = mesh.server("web", 80, "http1", app_addr, &own).await;
+    let s = header(1)
+        + &service(
+            "web",
+            "127.77.62.2",
+            80,
+            "http1",
+            &[(server.inbound, "us-east/a", "web")],
+            "",
+        );
+    let client = mesh.client("client", &s).await;
+    let vip: SocketAddr = "127.77.62.2:80".parse().unwrap();
+    wait_listening(vip).await;
+    let mut tcp = TcpStream::connect(vip).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    let head = out
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 503"), "{out}");
+    assert!(!head.contains("strait-error: app_unavailable"), "{out}");
+    assert!(
+        out.ends_with("busy"),
+        "the app's own answer reaches the caller: {out}"
+    );
+    drop((client, server));
+}
