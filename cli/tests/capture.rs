@@ -20,6 +20,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use support::root::{must, run};
 use support::{Proc, identity_files, issue, ok, pause};
 
 const CLIENT_IP: &str = "10.231.0.1";
@@ -30,43 +31,15 @@ const VIP: &str = "127.77.0.10";
 const CLIENT_ID: &str = "spiffe://strait.local/ns/default/sa/client";
 const NOBODY: &str = "65534";
 
-fn run(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} {args:?}: {e}"))
-}
-
-fn must(cmd: &str, args: &[&str]) -> String {
-    let out = run(cmd, args);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Why this machine cannot run the test, if it cannot.
-fn missing() -> Option<String> {
-    if !run("id", &["-u"]).stdout.starts_with(b"0\n") {
-        return Some("needs root (network namespaces and nftables)".into());
-    }
-    for (tool, arg) in [
+fn missing_tools() -> Option<String> {
+    support::root::missing(&[
         ("ip", "-V"),
         ("nft", "--version"),
         ("curl", "--version"),
         ("python3", "--version"),
         ("setpriv", "--version"),
-    ] {
-        if Command::new(tool).arg(arg).output().is_err() {
-            return Some(format!(
-                "needs `{tool}` (apt-get install iproute2 nftables curl python3 util-linux)"
-            ));
-        }
-    }
-    None
+    ])
 }
 
 /// Two namespaces and the veth pair between them, named with this
@@ -245,7 +218,7 @@ fn snapshot() -> String {
 
 #[test]
 fn unmodified_curl_in_a_pod_reaches_a_service_through_capture_and_mtls() {
-    if let Some(why) = missing() {
+    if let Some(why) = missing_tools() {
         eprintln!(
             "SKIP unmodified_curl_in_a_pod_reaches_a_service_through_capture_and_mtls: {why}"
         );

@@ -8,43 +8,19 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::support::pause;
+pub use crate::support::root::{run, text};
 use crate::{LOCAL, SCRIPT, WEST_ECHO};
-
-pub fn run(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} {args:?}: {e}"))
-}
-
-pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Why this machine cannot run the lab, if it cannot.
 pub fn missing() -> Option<String> {
-    if !run("id", &["-u"]).stdout.starts_with(b"0\n") {
-        return Some("needs root (network namespaces and nftables)".into());
-    }
-    for (tool, arg) in [
+    crate::support::root::missing(&[
         ("bash", "--version"),
         ("ip", "-V"),
         ("nft", "--version"),
         ("curl", "--version"),
         ("python3", "--version"),
         ("setpriv", "--version"),
-    ] {
-        if Command::new(tool).arg(arg).output().is_err() {
-            return Some(format!(
-                "needs `{tool}` (apt-get install iproute2 nftables curl python3 util-linux)"
-            ));
-        }
-    }
-    None
+    ])
 }
 
 /// A running lab; `lab.sh down` on drop, then its directory goes (kept,
