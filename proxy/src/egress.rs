@@ -14,17 +14,14 @@
 //! reach it speaks with the egress's identity: docs/security.md says what
 //! that means.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use crate::metrics::Direction;
+use crate::outbound::{Admit, Target, keep_listening};
+use crate::state::Shared;
 use ipnet::IpNet;
 use serde::Deserialize;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-
-use crate::metrics::Direction;
-use crate::state::Shared;
 
 /// `egress:` of a sidecar config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -93,67 +90,37 @@ pub fn admits(allowed: &[IpNet], peer: IpAddr) -> bool {
 /// Keeps one listener per service port on the egress address, following
 /// the snapshot, until aborted.
 pub async fn manage(shared: Arc<Shared>, cfg: EgressConfig) {
-    let allowed = Arc::new(cfg.allowed());
+    let allowed = cfg.allowed();
     let own = &shared.cfg.listeners;
     let mut exclude = default_exclude();
     exclude.extend(&cfg.exclude_ports);
     exclude.extend([own.inbound.port(), own.outbound.port(), own.admin.port()]);
-    let mut rx = shared.subscribe();
-    let mut bound: HashMap<u16, JoinHandle<()>> = HashMap::new();
-    loop {
-        let snapshot = rx.borrow_and_update().clone();
-        let wanted = ports(&snapshot, &exclude);
-        bound.retain(|port, task| {
-            let keep = wanted.contains(port);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for port in wanted {
-            if bound.contains_key(&port) {
-                continue;
-            }
-            let addr = SocketAddr::new(cfg.address, port);
-            match TcpListener::bind(addr).await {
-                Ok(l) => {
-                    tracing::debug!(%addr, "egress listening");
-                    let t = tokio::spawn(accept(shared.clone(), l, port, allowed.clone()));
-                    bound.insert(port, t);
-                }
-                Err(e) => {
-                    tracing::warn!(%addr, error = %e, "egress cannot listen; clients without a sidecar cannot reach this port through it")
-                }
-            }
-        }
-        if rx.changed().await.is_err() {
-            break;
-        }
-    }
-    for (_, t) in bound {
-        t.abort();
-    }
-}
-
-async fn accept(shared: Arc<Shared>, listener: TcpListener, port: u16, allowed: Arc<Vec<IpNet>>) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "egress accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        if !admits(&allowed, peer.ip()) {
-            tracing::info!(%peer, port, "egress: client outside the allowed networks refused");
-            shared
+    let refused = shared.clone();
+    let admit: Admit = Arc::new(move |peer: SocketAddr| {
+        let ok = admits(&allowed, peer.ip());
+        if !ok {
+            tracing::info!(%peer, "egress: client outside the allowed networks refused");
+            refused
                 .metrics
                 .refuse(Direction::outbound, "egress_not_allowed");
-            continue;
         }
-        tokio::spawn(crate::outbound::serve_egress(shared.clone(), tcp, port));
-    }
+        ok
+    });
+    let address = cfg.address;
+    let wanted = move |snapshot: &strait_api::snapshot::Snapshot| -> Vec<SocketAddr> {
+        ports(snapshot, &exclude)
+            .into_iter()
+            .map(|p| SocketAddr::new(address, p))
+            .collect()
+    };
+    keep_listening(
+        shared,
+        "egress",
+        wanted,
+        |a| Target::Egress(a.port()),
+        Some(admit),
+    )
+    .await;
 }
 
 #[cfg(test)]

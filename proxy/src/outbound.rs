@@ -34,7 +34,7 @@ use crate::transport::Body;
 
 /// What a listener was bound for.
 #[derive(Debug, Clone, Copy)]
-enum Target {
+pub(crate) enum Target {
     /// The explicit proxy: the service comes from each request's host.
     Proxy,
     /// A service VIP:port.
@@ -47,12 +47,21 @@ enum Target {
 
 /// Serves the explicit HTTP proxy port.
 pub async fn serve_proxy(shared: Arc<Shared>, listener: TcpListener) {
-    accept_loop(shared, listener, Target::Proxy).await;
+    accept_loop(shared, listener, Target::Proxy, None).await;
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, target: Target) {
+/// Who may connect to a listener (the egress admits only its networks;
+/// it counts and logs the others itself).
+pub(crate) type Admit = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    target: Target,
+    admit: Option<Admit>,
+) {
     loop {
-        let (tcp, _) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "outbound accept failed");
@@ -60,14 +69,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, target: Target)
                 continue;
             }
         };
+        if admit.as_ref().is_some_and(|a| !a(peer)) {
+            continue;
+        }
         let shared = shared.clone();
         tokio::spawn(connection(shared, tcp, target));
     }
-}
-
-/// A connection a client without a sidecar made to the egress on `port`.
-pub(crate) async fn serve_egress(shared: Arc<Shared>, tcp: TcpStream, port: u16) {
-    connection(shared, tcp, Target::Egress(port)).await;
 }
 
 /// The one service with `port` (the egress's TCP routing); an error when
@@ -358,37 +365,61 @@ async fn open_connect(
 
 /// Keeps one listener per service VIP:port of the current snapshot.
 pub async fn manage_vips(shared: Arc<Shared>) {
+    let vips = |snapshot: &Snapshot| -> Vec<SocketAddr> {
+        snapshot
+            .services
+            .iter()
+            .flat_map(|s| s.ports.iter().map(move |p| SocketAddr::new(s.vip, p.port)))
+            .collect()
+    };
+    keep_listening(
+        shared,
+        "service VIP",
+        vips,
+        |a| Target::Vip(a.ip(), a.port()),
+        None,
+    )
+    .await;
+}
+
+/// Keeps one listener on every address `wanted` names for the current
+/// snapshot, serving each as `target_of` says (admitting whom `admit`
+/// does), and closes those no longer wanted; until aborted.
+pub(crate) async fn keep_listening(
+    shared: Arc<Shared>,
+    what: &'static str,
+    wanted: impl Fn(&Snapshot) -> Vec<SocketAddr>,
+    target_of: impl Fn(SocketAddr) -> Target,
+    admit: Option<Admit>,
+) {
     let mut rx = shared.subscribe();
     let mut bound: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
     loop {
         let snapshot = rx.borrow_and_update().clone();
-        let wanted: Vec<SocketAddr> = snapshot
-            .services
-            .iter()
-            .flat_map(|s| s.ports.iter().map(move |p| SocketAddr::new(s.vip, p.port)))
-            .collect();
+        let want = wanted(&snapshot);
         bound.retain(|addr, task| {
-            let keep = wanted.contains(addr);
+            let keep = want.contains(addr);
             if !keep {
                 task.abort();
             }
             keep
         });
-        for addr in wanted {
+        for addr in want {
             if bound.contains_key(&addr) {
                 continue;
             }
             match TcpListener::bind(addr).await {
                 Ok(l) => {
-                    tracing::debug!(%addr, "listening on service VIP");
+                    tracing::debug!(%addr, "listening ({what})");
                     let t = tokio::spawn(accept_loop(
                         shared.clone(),
                         l,
-                        Target::Vip(addr.ip(), addr.port()),
+                        target_of(addr),
+                        admit.clone(),
                     ));
                     bound.insert(addr, t);
                 }
-                Err(e) => tracing::warn!(%addr, error = %e, "cannot listen on service VIP"),
+                Err(e) => tracing::warn!(%addr, error = %e, "cannot listen ({what})"),
             }
         }
         if rx.changed().await.is_err() {
