@@ -89,42 +89,38 @@ impl Shared {
     /// names the limit that is full.
     pub fn acquire(&self, peer: &Peer) -> Result<Permit, &'static str> {
         let l = &self.cfg.limits;
-        let p = self
-            .peer_streams
-            .enter(
-                &(peer.cluster.clone(), peer.id.clone()),
+        Permit::take(
+            peer,
+            (
+                &self.peer_streams,
                 l.max_streams_per_peer,
-            )
-            .ok_or("peer_stream_limit")?;
-        let c = self
-            .cluster_streams
-            .enter(&peer.cluster, l.max_streams_per_cluster)
-            .ok_or("stream_limit")?;
-        Ok(Permit {
-            _peer: p,
-            _cluster: c,
-        })
+                "peer_stream_limit",
+            ),
+            (
+                &self.cluster_streams,
+                l.max_streams_per_cluster,
+                "stream_limit",
+            ),
+        )
     }
 
     /// Takes a connection place for `peer` and for its source cluster, or
     /// names the limit that is full.
     pub fn connect(&self, peer: &Peer) -> Result<Permit, &'static str> {
         let l = &self.cfg.limits;
-        let p = self
-            .peer_connections
-            .enter(
-                &(peer.cluster.clone(), peer.id.clone()),
+        Permit::take(
+            peer,
+            (
+                &self.peer_connections,
                 l.max_connections_per_peer,
-            )
-            .ok_or("peer_connection_limit")?;
-        let c = self
-            .cluster_connections
-            .enter(&peer.cluster, l.max_connections_per_cluster)
-            .ok_or("cluster_connection_limit")?;
-        Ok(Permit {
-            _peer: p,
-            _cluster: c,
-        })
+                "peer_connection_limit",
+            ),
+            (
+                &self.cluster_connections,
+                l.max_connections_per_cluster,
+                "cluster_connection_limit",
+            ),
+        )
     }
 }
 
@@ -133,4 +129,27 @@ impl Shared {
 pub(crate) struct Permit {
     _peer: Place<(String, SpiffeId)>,
     _cluster: Place<String>,
+}
+
+/// One kind of places, its bound, and the refusal when it is full.
+type Bounded<'a, K> = (&'a Arc<Places<K>>, usize, &'static str);
+
+impl Permit {
+    /// A place of `peer` (its cluster and identity) and of its cluster.
+    fn take(
+        peer: &Peer,
+        (peers, peer_max, peer_full): Bounded<'_, (String, SpiffeId)>,
+        (clusters, cluster_max, cluster_full): Bounded<'_, String>,
+    ) -> Result<Self, &'static str> {
+        let p = peers
+            .enter(&(peer.cluster.clone(), peer.id.clone()), peer_max)
+            .ok_or(peer_full)?;
+        let c = clusters
+            .enter(&peer.cluster, cluster_max)
+            .ok_or(cluster_full)?;
+        Ok(Self {
+            _peer: p,
+            _cluster: c,
+        })
+    }
 }
