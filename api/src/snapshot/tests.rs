@@ -1,48 +1,8 @@
 use super::*;
 
-const GOOD: &str = r#"
-version: 7
-local: { cluster: east, locality: us-east/us-east-1a }
-clusters: [west, central]
-services:
-  - name: web
-    namespace: shop
-    vip: 127.77.0.10
-    ports:
-      - { port: 80, protocol: http1 }
-      - { port: 9090, protocol: grpc }
-    endpoints:
-      - address: 10.0.0.1:15006
-        cluster: east
-        locality: us-east/us-east-1a
-        identity: spiffe://strait.local/ns/shop/sa/web
-      - address: 10.1.0.1:15006
-        cluster: west
-        locality: us-west/us-west-1a
-        health: stale
-        weight: 3
-        identity: spiffe://strait.local/ns/shop/sa/web
-        gateways: [192.0.2.10:15443]
-    routes:
-      - path_prefix: /api
-        timeout: 250ms
-        retry: { attempts: 3, retry_on: [connect-failure, 5xx], budget: { percent: 10, min_per_second: 5, window: 30s } }
-    traffic:
-      failover: [west, central]
-      distribute:
-        - from: us-east/*
-          to: { "us-east/*": 80, "us-west/*": 20 }
-      overprovisioning_factor: 1.5
-    outlier_detection: { consecutive_failures: 3, base_ejection_time: 10s, max_ejection_percent: 50 }
-    authorization:
-      - name: admin
-        ports: [80]
-        deny:
-          - { paths: [/admin], from: ["spiffe://strait.local/ns/guest/*"] }
-        allow:
-          - { from: ["spiffe://strait.local/*"], methods: [GET] }
-        path: { escaped_slashes: decode, parameters: keep, case_insensitive: true }
-"#;
+/// Every snapshot field set (also a seed of `strait-hardening`'s YAML
+/// checks).
+const GOOD: &str = include_str!("testdata/full.yaml");
 
 fn good() -> Snapshot {
     Snapshot::from_yaml(GOOD).unwrap_or_else(|e| panic!("{e}"))
