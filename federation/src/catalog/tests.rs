@@ -15,7 +15,9 @@ fn east() -> ClusterName {
     ClusterName::new("east").unwrap()
 }
 
-fn reg(name: &str) -> Registration {
+/// `name` in namespace `default`: port 80 (http1), one endpoint
+/// 10.0.0.1:15006, not exported.
+pub(crate) fn reg(name: &str) -> Registration {
     Registration {
         name: name.into(),
         namespace: "default".into(),

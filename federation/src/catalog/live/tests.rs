@@ -137,22 +137,10 @@ fn who_may_register_what_as_a_table() {
 #[test]
 fn live_endpoints_join_file_registrations_or_make_their_own() {
     let mut base = LocalCatalog::default();
-    let file = Registration {
-        name: "reviews".into(),
-        namespace: "shop".into(),
-        ports: vec![ServicePort {
-            port: 9080,
-            protocol: Protocol::Http1,
-        }],
-        endpoints: vec![EndpointSpec {
-            address: "10.0.0.1:15006".parse().unwrap(),
-            locality: None,
-            identity: None,
-            weight: 1,
-        }],
-        export: Export::All,
-        health_check: None,
-    };
+    let mut file = crate::catalog::tests::reg("reviews");
+    file.namespace = "shop".into();
+    file.ports[0].port = 9080;
+    file.export = Export::All;
     base.services.insert(file.key(), file);
     let live = |name: &str, addr: &str| {
         admit(
@@ -250,22 +238,13 @@ async fn endpoints_live_with_their_stream_and_expire_with_the_lease() {
 #[tokio::test]
 async fn registrations_are_bounded_and_never_join_another_identity_s_service() {
     let mut base = LocalCatalog::default();
-    let db = Registration {
-        name: "db".into(),
-        namespace: "shop".into(),
-        ports: vec![ServicePort {
-            port: 5432,
-            protocol: Protocol::Tcp,
-        }],
-        endpoints: vec![EndpointSpec {
-            address: "10.0.0.1:15006".parse().unwrap(),
-            locality: None,
-            identity: Some(id("ns/shop/sa/postgres")),
-            weight: 1,
-        }],
-        export: Export::None,
-        health_check: None,
+    let mut db = crate::catalog::tests::reg("db");
+    db.namespace = "shop".into();
+    db.ports[0] = ServicePort {
+        port: 5432,
+        protocol: Protocol::Tcp,
     };
+    db.endpoints[0].identity = Some(id("ns/shop/sa/postgres"));
     base.services.insert(db.key(), db);
     let base: Arc<dyn CatalogSource> = Arc::new(crate::catalog::FixedCatalog::new(base));
     let (live, task) = LiveCatalog::start(base, Duration::from_secs(15));
