@@ -43,11 +43,6 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<PeerIdentity, tonic::Status>
         .ok_or_else(|| tonic::Status::unauthenticated("no verified client certificate"))
 }
 
-/// The verified caller's SPIFFE ID.
-pub fn peer_identity<T>(req: &tonic::Request<T>) -> Result<SpiffeId, tonic::Status> {
-    caller(req).map(|p| p.id)
-}
-
 /// A refusal with a machine-readable `strait-reason` label beside the
 /// message (clients and tests match on the label, people read the message).
 pub fn refuse(code: tonic::Code, reason: &'static str, message: String) -> tonic::Status {

@@ -387,7 +387,7 @@ impl ConfigDiscovery for PushService {
             };
             crate::grpc::refuse(code, e.label(), e.to_string())
         };
-        report::may_observe(&who, &key.to_string(), &[], &[]).map_err(refused)?;
+        report::is_workload(&who).map_err(refused)?;
         // Rate first: every later check reads the catalog.
         inner.reports.admit(&who, Instant::now()).map_err(refused)?;
         let authorization = {
@@ -420,7 +420,7 @@ impl ConfigDiscovery for PushService {
                 .unwrap_or_default()
         };
         let (ports, authorization) = authorization;
-        report::may_observe(&who, &key.to_string(), &ports, &authorization).map_err(refused)?;
+        report::may_call(&who, &key.to_string(), &ports, &authorization).map_err(refused)?;
         let hold = match r.hold_seconds {
             0 => DEFAULT_PASSIVE_HOLD,
             s => Duration::from_secs(u64::from(s)),

@@ -59,21 +59,28 @@ impl Refusal {
     }
 }
 
-/// Rules 2 and 4: whether `reporter` could plausibly have observed
-/// endpoints of `service`, whose authorization is `policies`.
-pub fn may_observe(
+/// Rule 2: only workloads report, never components.
+pub fn is_workload(reporter: &SpiffeId) -> Result<(), Refusal> {
+    let workload = reporter.service_account().is_some()
+        && reporter
+            .namespace()
+            .is_some_and(|ns| ns != SYSTEM_NAMESPACE);
+    if workload {
+        Ok(())
+    } else {
+        Err(Refusal::NotAWorkload(reporter.clone()))
+    }
+}
+
+/// Rule 5: whether `reporter` could plausibly have observed endpoints of
+/// `service` (ports `service_ports`, authorization `policies`): some port
+/// admits it by source.
+pub fn may_call(
     reporter: &SpiffeId,
     service: &str,
     service_ports: &[u16],
     policies: &[AuthorizationPolicy],
 ) -> Result<(), Refusal> {
-    let workload = reporter.service_account().is_some()
-        && reporter
-            .namespace()
-            .is_some_and(|ns| ns != SYSTEM_NAMESPACE);
-    if !workload {
-        return Err(Refusal::NotAWorkload(reporter.clone()));
-    }
     let named = |from: &[strait_api::snapshot::PrincipalPattern]| {
         from.is_empty() || from.iter().any(|p| p.matches(reporter))
     };
@@ -276,7 +283,10 @@ mod tests {
             ),
         ];
         for (who, policies, want) in cases {
-            let got = may_observe(&id(who), "shop/reviews", &[8080, 9090], &policies).err();
+            let who_id = id(who);
+            let got = is_workload(&who_id)
+                .and_then(|()| may_call(&who_id, "shop/reviews", &[8080, 9090], &policies))
+                .err();
             assert_eq!(got.as_ref().map(Refusal::label), want, "{who} {policies:?}");
             if let Some(e) = got {
                 assert!(e.to_string().contains(who), "{e}");
