@@ -154,7 +154,7 @@ async fn connection(
                             let path = req.uri().path();
                             access_log(&from, req.method(), path, &refused, Instant::now());
                         }
-                        return Ok::<_, Infallible>(*refused);
+                        return Ok::<_, Infallible>(refused.map(|b| Held::new(b, None)));
                     }
                 };
                 // A tunnel outlives its (empty) response body: it takes
@@ -173,7 +173,9 @@ async fn connection(
                 if let Some((started, method, path)) = logged {
                     access_log(&from, &method, &path, &res, started);
                 }
-                Ok(res.map(|b| boxed(Held::new(b, streams))))
+                // The places stay taken until the body ends (no second box:
+                // hyper serves the held body as it is).
+                Ok(res.map(|b| Held::new(b, Some(streams))))
             }
         })
     };
