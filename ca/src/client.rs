@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::CertificateDer;
-use strait_api::proto::ca::SignRequest;
 use strait_api::proto::ca::certificate_authority_client::CertificateAuthorityClient;
+use strait_api::proto::ca::{SignRequest, TrustBundleRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::tls::{self, CertStore, ExpectedServer};
@@ -56,6 +56,14 @@ pub struct SignedChain {
     pub chain: Vec<CertificateDer<'static>>,
     pub roots: Vec<CertificateDer<'static>>,
     pub not_after: SystemTime,
+}
+
+/// What the CA trusts and signs with now (its `TrustBundle` answer).
+#[derive(Debug, Clone)]
+pub struct CaTrust {
+    pub roots: Vec<CertificateDer<'static>>,
+    /// The intermediate it signs with; `None` from a CA that does not say.
+    pub issuer: Option<CertificateDer<'static>>,
 }
 
 /// A connection to one CA server.
@@ -122,6 +130,26 @@ impl CaClient {
                 .map(CertificateDer::from)
                 .collect(),
             not_after,
+        })
+    }
+
+    /// The CA's current roots and intermediate.
+    pub async fn trust(&mut self) -> Result<CaTrust, ClientError> {
+        let resp = self
+            .inner
+            .trust_bundle(TrustBundleRequest {})
+            .await?
+            .into_inner();
+        if resp.roots_der.is_empty() {
+            return Err(ClientError::BadAnswer("the CA trusts no root".into()));
+        }
+        Ok(CaTrust {
+            roots: resp
+                .roots_der
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
+            issuer: (!resp.issuer_der.is_empty()).then(|| CertificateDer::from(resp.issuer_der)),
         })
     }
 }

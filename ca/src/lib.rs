@@ -4,7 +4,8 @@
 //!   short-lived workload certificates (rcgen).
 //! - [`store`]: the CA directory on disk (keys 0600, atomic writes).
 //! - [`csr`] and [`token`]: what the signing service checks before it signs.
-//! - [`server`] / [`client`]: the gRPC signing service and its client.
+//! - [`server`] / [`client`]: the gRPC signing service and its client;
+//!   [`follow`]: the running service picks up a rotated CA directory.
 //! - [`verify`] and [`tls`]: chain + SPIFFE identity verification and the
 //!   rustls configs proxies, gateways and controllers use.
 //! - [`manager`]: the workload-side `CertManager` that renews at 2/3 of
@@ -25,6 +26,7 @@ pub mod csr;
 mod der;
 pub mod dial;
 mod error;
+pub mod follow;
 pub mod identity;
 pub mod manager;
 pub mod pem;

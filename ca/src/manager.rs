@@ -15,11 +15,11 @@ use std::time::{Duration, SystemTime};
 use strait_api::backoff::Backoff;
 
 use rcgen::{CertificateParams, KeyPair, SanType};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use strait_api::SpiffeId;
 use tokio::sync::watch;
 
-use crate::client::{CaClient, ClientError, SignedChain};
+use crate::client::{CaClient, CaTrust, ClientError, SignedChain};
 use crate::tls::CertStore;
 use crate::verify::{SharedBundle, TrustBundle};
 
@@ -32,6 +32,15 @@ pub trait Signer: Send + Sync + 'static {
         csr_der: Vec<u8>,
         current: &'a CertStore,
     ) -> Pin<Box<dyn Future<Output = Result<SignedChain, ClientError>> + Send + 'a>>;
+
+    /// What the CA trusts and signs with now, for signers that can say
+    /// (`None`: this signer cannot; the manager then only renews on time).
+    fn trust<'a>(
+        &'a self,
+        _current: &'a CertStore,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<CaTrust>, ClientError>> + Send + 'a>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Signs through the CA's gRPC service: with the bootstrap token while the
@@ -61,7 +70,20 @@ impl Signer for GrpcSigner {
             client.sign(csr_der, token, self.ttl).await
         })
     }
+
+    fn trust<'a>(
+        &'a self,
+        current: &'a CertStore,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<CaTrust>, ClientError>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut client = CaClient::connect(self.addr, &self.bundle, current).await?;
+            client.trust().await.map(Some)
+        })
+    }
 }
+
+/// How often a workload asks its CA for the current roots and intermediate.
+pub const CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// When to renew and how to retry.
 #[derive(Debug, Clone)]
@@ -70,6 +92,10 @@ pub struct RenewPolicy {
     pub at_fraction: f64,
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// How often to ask the CA what it trusts and signs with between
+    /// renewals (`None`: never). New roots are adopted at once, and a new
+    /// intermediate (a root rotation's re-issue) triggers a renewal.
+    pub check_every: Option<Duration>,
 }
 
 impl Default for RenewPolicy {
@@ -78,6 +104,7 @@ impl Default for RenewPolicy {
             at_fraction: 2.0 / 3.0,
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
+            check_every: Some(CHECK_EVERY),
         }
     }
 }
@@ -159,14 +186,7 @@ impl CertManager {
                 self.id
             )));
         }
-        if let Some(bundle) = &self.bundle {
-            if !signed.roots.is_empty() {
-                let td = bundle.get().trust_domain().clone();
-                let next = TrustBundle::new(td, signed.roots.clone())
-                    .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
-                bundle.set(next);
-            }
-        }
+        self.adopt_roots(&signed.roots)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         self.store.set_parts(signed.chain, key)?;
         self.status.send_modify(|s| {
@@ -178,15 +198,65 @@ impl CertManager {
         Ok(signed.not_after)
     }
 
+    /// Trusts `roots` from now on, when they differ from the bundle's.
+    fn adopt_roots(&self, roots: &[CertificateDer<'static>]) -> Result<(), ClientError> {
+        let Some(bundle) = &self.bundle else {
+            return Ok(());
+        };
+        let current = bundle.get();
+        if roots.is_empty() || current.roots() == roots {
+            return Ok(());
+        }
+        let next = TrustBundle::new(current.trust_domain().clone(), roots.to_vec())
+            .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        bundle.set(next);
+        tracing::info!(identity = %self.id, roots = roots.len(), "trust bundle changed at the CA; adopted");
+        Ok(())
+    }
+
+    /// Sleeps until `due`, asking the CA every `check_every` meanwhile;
+    /// returns early when the CA signs with another intermediate than the
+    /// current certificate's.
+    async fn wait_until(&self, due: tokio::time::Instant) {
+        let Some(every) = self.policy.check_every else {
+            return tokio::time::sleep_until(due).await;
+        };
+        loop {
+            let next = (tokio::time::Instant::now() + every).min(due);
+            tokio::time::sleep_until(next).await;
+            if next >= due {
+                return;
+            }
+            let trust = match self.signer.trust(&self.store).await {
+                Ok(Some(t)) => t,
+                Ok(None) => return tokio::time::sleep_until(due).await,
+                Err(e) => {
+                    tracing::debug!(identity = %self.id, error = %e, "cannot ask the CA what it trusts");
+                    continue;
+                }
+            };
+            if let Err(e) = self.adopt_roots(&trust.roots) {
+                tracing::warn!(identity = %self.id, error = %e, "the CA's trust bundle is unusable");
+            }
+            let ours = self.store.current().and_then(|ck| ck.cert.get(1).cloned());
+            if trust.issuer.is_some() && trust.issuer != ours {
+                tracing::info!(identity = %self.id, "the CA signs with a new intermediate; renewing now");
+                return;
+            }
+        }
+    }
+
     /// Renews forever: at `at_fraction` of each certificate's remaining
-    /// life, retrying failures with jittered back-off. Call after a first
-    /// successful [`Self::renew_once`] (or it starts with a renewal).
+    /// life, or at once when the CA's intermediate changes, retrying
+    /// failures with jittered back-off. Call after a first successful
+    /// [`Self::renew_once`] (or it starts with a renewal).
     pub async fn run(self: Arc<Self>) {
         let mut not_after = self.status.borrow().not_after;
         loop {
             if let Some(end) = not_after {
                 let left = end.duration_since(SystemTime::now()).unwrap_or_default();
-                tokio::time::sleep(left.mul_f64(self.policy.at_fraction)).await;
+                let due = tokio::time::Instant::now() + left.mul_f64(self.policy.at_fraction);
+                self.wait_until(due).await;
             }
             let mut backoff = Backoff::new(self.policy.retry_min, self.policy.retry_max);
             not_after = loop {

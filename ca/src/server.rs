@@ -5,7 +5,7 @@
 //! code, message and a `strait-reason` metadata value.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -27,23 +27,41 @@ use crate::verify::{SharedBundle, Usage, VerifyError};
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The signing service of one cluster's intermediate.
-pub struct CaService {
-    authority: Arc<Authority>,
+/// What the service signs with: one cluster's intermediate. Swapped whole
+/// when a root rotation installs a new one ([`CaService::replace_issuer`]).
+struct Issuer {
+    authority: Authority,
     /// The intermediate's certificate, sent after the leaf.
     intermediate: CertificateDer<'static>,
-    bundle: SharedBundle,
-    tokens: Arc<TokenStore>,
-    default_ttl: Duration,
     /// The cluster this CA signs for (its intermediate's OU): a renewal
     /// is accepted only from a certificate of this cluster.
     cluster: Option<strait_api::ClusterName>,
 }
 
+impl Issuer {
+    fn new(authority: Authority) -> Arc<Self> {
+        Arc::new(Self {
+            cluster: crate::tls::ca_cluster(authority.cert()),
+            intermediate: authority.cert().clone(),
+            authority,
+        })
+    }
+}
+
+/// The signing service of one cluster's intermediate. Clones share the
+/// issuer, bundle and tokens (keep one to swap the issuer while it serves).
+#[derive(Clone)]
+pub struct CaService {
+    issuer: Arc<RwLock<Arc<Issuer>>>,
+    bundle: SharedBundle,
+    tokens: Arc<TokenStore>,
+    default_ttl: Duration,
+}
+
 impl std::fmt::Debug for CaService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaService")
-            .field("trust_domain", self.authority.trust_domain())
+            .field("trust_domain", self.bundle.get().trust_domain())
             .finish_non_exhaustive()
     }
 }
@@ -85,13 +103,38 @@ impl CaService {
         default_ttl: Duration,
     ) -> Self {
         Self {
-            cluster: crate::tls::ca_cluster(authority.cert()),
-            intermediate: authority.cert().clone(),
-            authority: Arc::new(authority),
+            issuer: Arc::new(RwLock::new(Issuer::new(authority))),
             bundle,
             tokens,
             default_ttl: default_ttl.min(MAX_WORKLOAD_TTL),
         }
+    }
+
+    fn issuer(&self) -> Arc<Issuer> {
+        self.issuer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Signs with `authority` from now on (a new intermediate of the same
+    /// cluster, installed by a root rotation's re-issue). Requests being
+    /// signed finish with the old one.
+    pub fn replace_issuer(&self, authority: Authority) {
+        *self
+            .issuer
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Issuer::new(authority);
+    }
+
+    /// The intermediate the service signs with now.
+    pub fn issuer_cert(&self) -> CertificateDer<'static> {
+        self.issuer().intermediate.clone()
+    }
+
+    /// The roots the service trusts and hands out.
+    pub fn bundle(&self) -> &SharedBundle {
+        &self.bundle
     }
 
     /// Checks, authorizes and signs one request. `peer` is the caller's TLS
@@ -101,20 +144,21 @@ impl CaService {
         req: &SignRequest,
         peer: Option<&[CertificateDer<'static>]>,
     ) -> Result<SignResponse, Status> {
-        let checked = csr::check(&req.csr_der, self.authority.trust_domain())?;
-        self.authorize(&checked.id, &req.bootstrap_token, peer)?;
+        let issuer = self.issuer();
+        let checked = csr::check(&req.csr_der, issuer.authority.trust_domain())?;
+        self.authorize(&issuer, &checked.id, &req.bootstrap_token, peer)?;
         let ttl = match req.ttl_seconds {
             0 => self.default_ttl,
             s => Duration::from_secs(s).min(MAX_WORKLOAD_TTL),
         };
         let id = checked.id.clone();
-        let issued = self
+        let issued = issuer
             .authority
             .issue_for_csr(checked, ttl)
             .map_err(|e| refuse(Code::Internal, "sign_failed", e.to_string()))?;
         tracing::info!(identity = %id, not_after = %issued.not_after, "issued workload certificate");
         Ok(SignResponse {
-            chain_der: vec![issued.cert.to_vec(), self.intermediate.to_vec()],
+            chain_der: vec![issued.cert.to_vec(), issuer.intermediate.to_vec()],
             trust_bundle_der: self
                 .bundle
                 .get()
@@ -129,6 +173,7 @@ impl CaService {
 
     fn authorize(
         &self,
+        issuer: &Issuer,
         requested: &SpiffeId,
         token: &str,
         peer: Option<&[CertificateDer<'static>]>,
@@ -158,14 +203,14 @@ impl CaService {
         // renewal here would launder another cluster's workload into this
         // one (its certificate would then name this cluster's issuer).
         let from = crate::tls::peer_cluster(Some(chain));
-        if self.cluster.is_none() || from != self.cluster {
+        if issuer.cluster.is_none() || from != issuer.cluster {
             return Err(refuse(
                 Code::PermissionDenied,
                 "other_cluster",
                 format!(
                     "{caller} holds a certificate of {}; this CA renews only certificates of cluster {}",
                     from.map_or_else(|| "no cluster".to_owned(), |c| format!("cluster {c}")),
-                    self.cluster.as_ref().map_or_else(
+                    issuer.cluster.as_ref().map_or_else(
                         || "(none: its intermediate names no cluster)".to_owned(),
                         ToString::to_string
                     )
@@ -206,6 +251,7 @@ impl CertificateAuthority for CaService {
         Ok(Response::new(TrustBundleResponse {
             trust_domain: bundle.trust_domain().to_string(),
             roots_der: bundle.roots().iter().map(|r| r.to_vec()).collect(),
+            issuer_der: self.issuer_cert().to_vec(),
         }))
     }
 }

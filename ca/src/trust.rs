@@ -29,6 +29,10 @@ pub struct TrustReport {
     /// (none: no certificate, or it chains to no trusted root).
     #[serde(default)]
     pub presented_root: Option<String>,
+    /// The chain it presents (PEM, leaf first): public, like every TLS
+    /// handshake shows it; `strait check` reads its expiry from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
 }
 
 impl TrustReport {
@@ -42,6 +46,7 @@ impl TrustReport {
             trusted_roots: bundle.roots().len(),
             roots: bundle.roots().iter().map(|r| fingerprint(r)).collect(),
             presented_root: chains_to(&bundle, chain).map(|r| fingerprint(&r)),
+            chain: (!chain.is_empty()).then(|| crate::pem::encode_certs(chain)),
         }
     }
 

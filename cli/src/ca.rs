@@ -10,7 +10,7 @@ use serde::Serialize;
 use strait_api::{ClusterName, SpiffeId, TrustDomain};
 use strait_ca::server::{self, CaService};
 use strait_ca::token::TokenStore;
-use strait_ca::{CaDir, CertStore, SharedBundle};
+use strait_ca::{CaDir, SharedBundle};
 
 use crate::output::{Format, emit, expiry, parse_duration};
 
@@ -371,24 +371,24 @@ fn serve(ca: CaArgs, listen: std::net::SocketAddr, ttl: Duration) -> anyhow::Res
         let tokens = Arc::new(TokenStore::open(
             &dir.cluster_dir(&cluster).join("tokens.json"),
         )?);
-        // The server's own certificate, short-lived and re-issued at each start.
+        // The server's own certificate, re-issued at each start and by
+        // the follower (before it expires, and under a new intermediate).
+        let (store, own_until) = strait_ca::follow::server_cert(&authority)?;
         let server_id = server::server_identity(dir.trust_domain());
-        let tmp = tempfile::tempdir()?;
-        let files = dir.issue(
-            &cluster,
-            &server_id,
-            Duration::from_secs(30 * 86400),
-            tmp.path(),
-        )?;
-        let store = CertStore::from_pem(
-            &std::fs::read_to_string(&files.chain)?,
-            &std::fs::read_to_string(&files.key)?,
-        )?;
-        drop(tmp);
         let service = CaService::new(authority, bundle, tokens, ttl);
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        // `strait ca rotate` changes the CA directory under a running
+        // service: follow it (bundle, intermediate, own certificate).
+        let follower = tokio::spawn(strait_ca::follow::follow(
+            service.clone(),
+            dir.clone(),
+            cluster.clone(),
+            store.clone(),
+            own_until,
+            Duration::from_secs(1),
+        ));
         let bound = server::serve(service, listener, store)?;
         eprintln!(
             "strait CA for cluster {cluster} serving on {} (identity {server_id}); Ctrl-C to stop",
@@ -396,6 +396,7 @@ fn serve(ca: CaArgs, listen: std::net::SocketAddr, ttl: Duration) -> anyhow::Res
         );
         crate::signal::wait_for_shutdown().await;
         bound.shutdown();
+        follower.abort();
         eprintln!("stopped");
         anyhow::Ok(())
     })

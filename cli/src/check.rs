@@ -247,11 +247,21 @@ async fn check_one(t: &Target, args: &CheckArgs) -> Vec<Finding> {
     }
     let status = fetch_status(t.admin).await;
     let mut out = vec![controller_finding(t, &status)];
-    out.push(match &t.chain {
-        Some(chain) => {
-            probe::chain_finding(chain, args.expiry_margin, time::OffsetDateTime::now_utc())
-        }
-        None => Finding::skip(
+    // What the controller presents now (its /trust), else its files.
+    let live = crate::ops::get_json::<strait_ca::trust::TrustReport>(t.admin, "/trust")
+        .await
+        .ok()
+        .and_then(|r| r.chain);
+    let now = time::OffsetDateTime::now_utc();
+    out.push(match (live, &t.chain) {
+        (Some(pem), _) => probe::validity_finding(
+            probe::parse_chain(&pem, "the controller's /trust"),
+            "presented by the controller",
+            args.expiry_margin,
+            now,
+        ),
+        (None, Some(chain)) => probe::chain_finding(chain, args.expiry_margin, now),
+        (None, None) => Finding::skip(
             "certificates",
             "pass --chain FILE (the controller's chain.pem) to check their expiry",
         ),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use strait_api::{ClusterName, SpiffeId, TrustDomain};
+use strait_api::{ClusterName, TrustDomain};
 use strait_ca::CaDir;
 
 use crate::output::{Format, emit};
@@ -26,8 +26,6 @@ use layout::{ClusterInfo, Layout, Pids, RoleProc};
 use procs::Ended;
 
 const DEFAULT_DIR: &str = "strait-mesh";
-/// Lifetime of the certificates `up` issues (re-issued at every `up`).
-const CERT_TTL: Duration = Duration::from_secs(30 * 86400);
 /// How long each component gets to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -292,8 +290,9 @@ fn ensure_free(what: &str, addr: SocketAddr, udp: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the CA and the cluster's intermediate when missing, and issues
-/// fresh certificates for the controller, the gateway and DNS.
+/// Creates the CA and the cluster's intermediate when missing. The roles
+/// get their certificates from the cluster's CA service when they start
+/// (`configs::write` makes their join tokens).
 fn certificates(args: &UpArgs, l: &Layout, name: &ClusterName) -> anyhow::Result<TrustDomain> {
     let ca_dir = l.ca_dir();
     let ca = if ca_dir.join("ca.json").exists() {
@@ -310,15 +309,6 @@ fn certificates(args: &UpArgs, l: &Layout, name: &ClusterName) -> anyhow::Result
     if ca.intermediate(name).is_err() {
         progress(&format!("signing the intermediate CA of {name}"));
         ca.new_intermediate(name, Duration::from_secs(365 * 86400))?;
-    }
-    progress("issuing certificates for the controller, gateway and DNS (30 days)");
-    for (tag, sa) in [
-        ("controller", format!("controller-{name}")),
-        ("gateway-0", format!("gateway-{name}")),
-        ("dns", format!("dns-{name}")),
-    ] {
-        let id = SpiffeId::parse(&format!("spiffe://{td}/ns/strait-system/sa/{sa}"))?;
-        ca.issue(name, &id, CERT_TTL, &l.certs(tag))?;
     }
     Ok(td)
 }

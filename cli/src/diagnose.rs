@@ -11,6 +11,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use serde::Serialize;
 use strait_api::snapshot::Health;
+use strait_ca::trust::TrustReport;
 use strait_federation::controller::{ServiceStatus, Status};
 
 use crate::check::{PROBE_TIMEOUT, fetch_status, link_finding};
@@ -256,7 +257,9 @@ fn catalog_hop(
     )
 }
 
-fn trust_hop(t: &Target, from: &str, serving: &str, s: &Status) -> Finding {
+/// `mutual`: whether both controllers trust the root the other's
+/// certificate chains to (`None`: unknown).
+fn trust_hop(from: &str, serving: &str, s: &Status, mutual: Option<bool>) -> Finding {
     if serving == from {
         return Finding::pass(
             "trust",
@@ -274,10 +277,6 @@ fn trust_hop(t: &Target, from: &str, serving: &str, s: &Status) -> Finding {
     if f.verdict != Verdict::Pass {
         return f;
     }
-    let mutual = t
-        .dir
-        .as_deref()
-        .and_then(|d| mutually_trusted(d, from, serving));
     if mutual == Some(false) {
         return Finding::fail(
             "trust",
@@ -297,6 +296,28 @@ fn trust_hop(t: &Target, from: &str, serving: &str, s: &Status) -> Finding {
             l.identity, f.detail
         ),
     )
+}
+
+/// [`mutually_trusted`] from what both controllers of a `cluster up`
+/// directory report on `/trust` now, else from their files.
+async fn mutual_trust(t: &Target, a: &str, b: &str) -> Option<bool> {
+    let dir = t.dir.as_deref()?;
+    let live = async {
+        let clusters = crate::cluster::layout::clusters(dir).ok()?;
+        let admin = |c: &str| clusters.iter().find(|i| i.name == c).map(|i| i.admin);
+        let report = |addr| crate::ops::get_json::<TrustReport>(addr, "/trust");
+        let (ra, rb) = (report(admin(a)?).await.ok()?, report(admin(b)?).await.ok()?);
+        Some(trusts_presented(&ra, &rb) && trusts_presented(&rb, &ra))
+    };
+    match live.await {
+        Some(m) => Some(m),
+        None => mutually_trusted(dir, a, b),
+    }
+}
+
+/// Whether `r` trusts the root `other`'s certificate chains to.
+fn trusts_presented(r: &TrustReport, other: &TrustReport) -> bool {
+    other.presented_root.as_deref().is_some_and(|p| r.trusts(p))
 }
 
 /// Whether each cluster's controller certificate (files in `dir`) chains
@@ -440,7 +461,12 @@ async fn diagnose(args: &DiagnoseArgs, t: &Target) -> Diagnosis {
         (Ok(s), Some(svc)) => {
             let serving_name = serving.clone().unwrap_or_default();
             if serving.is_some() {
-                hops.push(trust_hop(t, from, &serving_name, s));
+                let mutual = if serving_name == *from {
+                    None
+                } else {
+                    mutual_trust(t, from, &serving_name).await
+                };
+                hops.push(trust_hop(from, &serving_name, s, mutual));
                 hops.push(gateway_hop(t, from, &serving_name, s).await);
             } else {
                 hops.push(Finding::skip("trust", "no cluster to reach"));
@@ -557,7 +583,6 @@ mod tests {
         // No files: nothing to say.
         assert_eq!(mutually_trusted(d, "east", "central"), None);
     }
-    use std::net::SocketAddr;
 
     use super::*;
 
@@ -621,25 +646,41 @@ mod tests {
     #[test]
     fn a_local_service_needs_no_link_and_no_gateway() {
         let s = status();
-        let t = Target {
-            name: Some("east".into()),
-            admin: SocketAddr::from(([127, 0, 0, 1], 8611)),
-            dns: None,
-            gateways: Vec::new(),
-            chain: None,
-            started: true,
-            dir: None,
-            egress: None,
-        };
-        assert_eq!(trust_hop(&t, "east", "east", &s).verdict, Verdict::Pass);
-        let f = trust_hop(&t, "east", "central", &s);
+        assert_eq!(trust_hop("east", "east", &s, None).verdict, Verdict::Pass);
+        let f = trust_hop("east", "central", &s, None);
         assert_eq!(f.verdict, Verdict::Fail);
         assert!(
             f.hint
                 .unwrap()
                 .contains("strait link --from east --to central")
         );
-        let f = trust_hop(&t, "east", "west", &s);
+        let f = trust_hop("east", "west", &s, None);
         assert_eq!(f.verdict, Verdict::Pass, "{f:?}");
+        let f = trust_hop("east", "west", &s, Some(false));
+        assert_eq!(f.verdict, Verdict::Fail, "{f:?}");
+        assert!(f.detail.contains("do not trust each other's root"), "{f:?}");
+    }
+
+    #[test]
+    fn trust_is_mutual_when_each_trusts_the_root_the_other_presents() {
+        let r = |roots: &[&str], presented: Option<&str>| TrustReport {
+            spiffe_id: None,
+            trusted_roots: roots.len(),
+            roots: roots.iter().map(|s| s.repeat(64)).collect(),
+            presented_root: presented.map(|s| s.repeat(64)),
+            chain: None,
+        };
+        for (a, b, mutual) in [
+            (r(&["o"], Some("o")), r(&["o"], Some("o")), true),
+            // Mid-rotation: one presents under the new root, both trust both.
+            (r(&["o", "n"], Some("o")), r(&["n", "o"], Some("n")), true),
+            // One re-issued under a root the other does not trust yet.
+            (r(&["o"], Some("o")), r(&["o", "n"], Some("n")), false),
+            // No certificate under a trusted root.
+            (r(&["o"], None), r(&["o"], Some("o")), false),
+        ] {
+            let got = trusts_presented(&a, &b) && trusts_presented(&b, &a);
+            assert_eq!(got, mutual, "{a:?} / {b:?}");
+        }
     }
 }

@@ -314,14 +314,19 @@ pub struct ChainValidity {
 pub fn read_chain(path: &Path) -> anyhow::Result<ChainValidity> {
     let pem =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let ders = strait_ca::pem::certs(&pem);
+    parse_chain(&pem, &path.display().to_string())
+}
+
+/// Validity of a PEM chain; `source` names where it came from in errors.
+pub fn parse_chain(pem: &str, source: &str) -> anyhow::Result<ChainValidity> {
+    let ders = strait_ca::pem::certs(pem);
     if ders.is_empty() {
-        bail!("{}: no CERTIFICATE block", path.display());
+        bail!("{source}: no CERTIFICATE block");
     }
     let mut certs = Vec::new();
     for (i, der) in ders.iter().enumerate() {
         let (_, x) = x509_parser::parse_x509_certificate(der.as_ref())
-            .map_err(|e| anyhow::anyhow!("{}: certificate {i}: {e}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("{source}: certificate {i}: {e}"))?;
         let v = x.validity();
         let what = if i == 0 {
             "certificate".to_owned()
@@ -336,7 +341,23 @@ pub fn read_chain(path: &Path) -> anyhow::Result<ChainValidity> {
 /// Checks each certificate of a chain: not expired, not yet due, and more
 /// than `min(margin, lifetime / 3)` left (certificates renew at 2/3 of life).
 pub fn chain_finding(path: &Path, margin: Duration, now: time::OffsetDateTime) -> Finding {
-    let chain = match read_chain(path) {
+    validity_finding(
+        read_chain(path),
+        &format!("in {}", path.display()),
+        margin,
+        now,
+    )
+}
+
+/// [`chain_finding`] for a chain read elsewhere (`of` says where, e.g.
+/// "presented by the controller").
+pub fn validity_finding(
+    chain: anyhow::Result<ChainValidity>,
+    of: &str,
+    margin: Duration,
+    now: time::OffsetDateTime,
+) -> Finding {
+    let chain = match chain {
         Ok(c) => c,
         Err(e) => {
             return Finding::fail(
@@ -356,28 +377,21 @@ pub fn chain_finding(path: &Path, margin: Duration, now: time::OffsetDateTime) -
         if now < *nb {
             return Finding::fail(
                 "certificates",
-                format!(
-                    "{what} in {} is not valid before {nb} (clock skew?)",
-                    path.display()
-                ),
+                format!("{what} {of} is not valid before {nb} (clock skew?)"),
                 "check this host's clock (timedatectl) against the CA's",
             );
         }
         if left <= time::Duration::ZERO {
             return Finding::fail(
                 "certificates",
-                format!("{what} in {} expired at {na}", path.display()),
-                "re-issue it (strait cluster up re-issues a cluster's certificates when started again)",
+                format!("{what} {of} expired at {na}"),
+                "re-issue it (a role of `strait cluster up` gets a new one from the cluster's CA service when restarted)",
             );
         }
         if left < needed {
             return Finding::fail(
                 "certificates",
-                format!(
-                    "{what} in {} expires soon: {}",
-                    path.display(),
-                    crate::output::expiry(*na)
-                ),
+                format!("{what} {of} expires soon: {}", crate::output::expiry(*na)),
                 "renew it before it expires; for the intermediate: strait ca intermediate, then re-issue the cluster's certificates",
             );
         }

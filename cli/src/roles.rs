@@ -11,6 +11,7 @@ use clap::Args;
 use serde::Deserialize;
 use strait_agent::{ControllerRef, Role, Target};
 use strait_api::{ClusterName, Locality, TrustDomain};
+use strait_ca::identity::IdentitySource;
 use strait_ca::{CertStore, SharedBundle, TrustBundle};
 use strait_federation::controller::admin_api::ADMIN_TOKEN_FILE;
 use strait_federation::controller::{Controller, ControllerConfig};
@@ -42,6 +43,9 @@ pub use dns::{DnsArgs, run_dns};
 ///   gateways: [10.0.0.5:15443]       # this cluster's east-west gateways
 ///   identity:                        # spiffe://<td>/ns/strait-system/sa/controller-east
 ///     files: { chain: ./ctl/chain.pem, key: ./ctl/key.pem, bundle: ./ctl/bundle.pem }
+///     # or from the cluster's CA service (a join token once, then renewed there):
+///     # ca: { address: 127.0.0.1:8620, spiffe_id: spiffe://strait.local/ns/strait-system/sa/controller-east,
+///     #       token_file: ./ctl/join-token, bundle: ./ca/bundle.pem }
 ///   dns: { listen: 127.0.0.1:8653 }  # optional: serve clusterset.local for this cluster
 ///                                    # (also meshed_clients: [CIDR], egress: IP, as `strait dns`)
 ///   vips: 127.77.0.0/16              # optional: the loopback /16 of service VIPs
@@ -78,7 +82,7 @@ struct ControllerFile {
     advertise: Option<SocketAddr>,
     #[serde(default)]
     gateways: Vec<SocketAddr>,
-    identity: IdentityFile,
+    identity: IdentitySource,
     #[serde(default)]
     dns: Option<DnsFile>,
     /// Where service VIPs are drawn from (default 127.77.0.0/16); clusters
@@ -104,12 +108,6 @@ fn default_listen() -> SocketAddr {
 }
 fn default_admin() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8611))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IdentityFile {
-    files: IdentityFiles,
 }
 
 /// PEM files from `strait ca issue`.
@@ -156,10 +154,13 @@ impl IdentityFiles {
 
 /// A validated controller config plus the optional DNS listener.
 struct Loaded {
+    /// With the certificate from files, or none yet (from the CA service:
+    /// got when it starts).
     config: ControllerConfig,
     dns: Option<strait_dns::DnsConfig>,
-    /// Watched while it runs: a new certificate or bundle is swapped in.
-    files: strait_ca::reload::IdentityFiles,
+    /// Started with the controller: files are watched (a new certificate or
+    /// bundle is swapped in), a CA-issued certificate is renewed.
+    identity: IdentitySource,
 }
 
 fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
@@ -196,26 +197,51 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
             ));
         }
     }
-    let (certs, bundle) = f
-        .identity
-        .files
-        .load(&f.trust_domain)
-        .map_err(|e| bad("identity", format!("{e:#}")))?;
     let expected = f.trust_domain.controller_id(&f.cluster);
-    let got = certs.identity();
-    if got.as_ref() != Some(&expected) {
-        let got = got.map_or_else(|| "no SPIFFE ID".to_owned(), |g| g.to_string());
-        return Err(bad(
-            "identity",
-            format!(
-                "the certificate is for {got}; the controller of {} must present {expected} (strait ca issue --cluster {} --spiffe-id {expected} ...)",
-                f.cluster, f.cluster
-            ),
-        ));
-    }
-    let id = f.identity.files;
-    let files = strait_ca::reload::IdentityFiles::new(id.chain, id.key, id.bundle, f.trust_domain)
-        .expecting(expected);
+    let (certs, bundle) = match &f.identity {
+        IdentitySource::Files { chain, key, bundle } => {
+            let files = IdentityFiles {
+                chain: chain.clone(),
+                key: key.clone(),
+                bundle: bundle.clone(),
+            };
+            let (certs, bundle) = files
+                .load(&f.trust_domain)
+                .map_err(|e| bad("identity", format!("{e:#}")))?;
+            let got = certs.identity();
+            if got.as_ref() != Some(&expected) {
+                let got = got.map_or_else(|| "no SPIFFE ID".to_owned(), |g| g.to_string());
+                return Err(bad(
+                    "identity",
+                    format!(
+                        "the certificate is for {got}; the controller of {} must present {expected} (strait ca issue --cluster {} --spiffe-id {expected} ...)",
+                        f.cluster, f.cluster
+                    ),
+                ));
+            }
+            (certs, bundle)
+        }
+        IdentitySource::Ca {
+            spiffe_id,
+            token_file,
+            bundle,
+            ..
+        } => {
+            if spiffe_id != &expected {
+                return Err(bad(
+                    "identity.ca.spiffe_id",
+                    format!(
+                        "{spiffe_id}: the controller of {} must present {expected}",
+                        f.cluster
+                    ),
+                ));
+            }
+            read(token_file).map_err(|e| bad("identity.ca.token_file", format!("{e:#}")))?;
+            let roots = TrustBundle::from_pem(f.trust_domain.clone(), &read(bundle)?)
+                .map_err(|e| bad("identity.ca.bundle", format!("{e:#}")))?;
+            (CertStore::empty(), SharedBundle::new(roots))
+        }
+    };
     let mut config = ControllerConfig::new(f.cluster, f.state_dir, certs, bundle);
     config.locality = locality;
     config.listen = f.listen;
@@ -237,7 +263,7 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
             c.answer.egress = d.egress;
             c
         }),
-        files,
+        identity: f.identity,
     })
 }
 
@@ -263,14 +289,19 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let state_dir = loaded.config.state_dir.clone();
-        let (certs, bundle) = (loaded.config.certs.clone(), loaded.config.bundle.clone());
-        let (dns_certs, dns_bundle) = (certs.clone(), bundle.clone());
-        let td = bundle.get().trust_domain().clone();
-        let handle = Controller::start(loaded.config).await?;
-        // The certificate and bundle the controller serves and dials with
-        // are swapped in place when their files change (root rotation).
-        let reload = tokio::spawn(strait_ca::reload::watch(loaded.files, certs, bundle));
+        let mut config = loaded.config;
+        let state_dir = config.state_dir.clone();
+        let td = config.bundle.get().trust_domain().clone();
+        // Files: swapped in place when they change (root rotation). The CA
+        // service: renewed, and re-issued when its intermediate changes.
+        let (certs, bundle, reload) = loaded.identity.start(&td).await.context("identity")?;
+        let expected = td.controller_id(&config.cluster);
+        if certs.identity().as_ref() != Some(&expected) {
+            bail!("identity: the certificate is not for {expected}");
+        }
+        (config.certs, config.bundle) = (certs.clone(), bundle.clone());
+        let (dns_certs, dns_bundle) = (certs, bundle);
+        let handle = Controller::start(config).await?;
         let admin = handle
             .admin_addr()
             .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/status"));

@@ -191,6 +191,7 @@ fn shortfalls_name_what_is_missing() {
         trusted_roots: roots.len(),
         roots: roots.iter().map(|s| s.repeat(64)).collect(),
         presented_root: presented.map(|s| s.repeat(64)),
+        chain: None,
     };
     assert!(
         e.shortfall(&r(&["a"], None))

@@ -16,6 +16,7 @@ use strait_ca::CaDir;
 use strait_ca::rotation::{self, Expect, Rotation, Stage, State, short};
 use strait_ca::trust::TrustReport;
 
+use crate::cluster::configs;
 use crate::cluster::layout::{self, Layout};
 use crate::output::{Format, emit, parse_duration};
 
@@ -170,22 +171,38 @@ fn resolve(args: &RotateArgs) -> anyhow::Result<Plan> {
     })
 }
 
-/// The controllers and gateways of the running clusters of a `cluster up`
-/// directory, or the controllers of a running `strait demo`.
+/// Every role of the running clusters of a `cluster up` directory
+/// (controller, gateway, DNS, egress, and the sidecars `strait sidecar add`
+/// started), or the controllers of a running `strait demo`.
 fn discover(dir: &Path) -> anyhow::Result<Vec<Component>> {
     let mut out = Vec::new();
+    let sidecars = crate::sidecar::list(dir, None)?;
     for c in layout::clusters(dir)? {
         if !Layout::new(dir, &c.name).pid_file().exists() {
             continue;
         }
-        out.push(Component {
-            who: format!("controller {}", c.name),
-            address: c.admin,
-        });
-        out.push(Component {
-            who: format!("gateway {}", c.name),
-            address: c.gateway_admin,
-        });
+        let n = &c.name;
+        out.extend(
+            [
+                (format!("controller {n}"), c.admin),
+                (format!("gateway {n}"), c.gateway_admin),
+                (
+                    format!("dns {n}"),
+                    std::net::SocketAddr::new(c.ip, configs::DNS_ADMIN_PORT),
+                ),
+                (format!("egress {n}"), configs::egress_admin(&c)),
+            ]
+            .map(|(who, address)| Component { who, address }),
+        );
+        out.extend(
+            sidecars
+                .iter()
+                .filter(|s| s.running && &s.cluster == n)
+                .map(|s| Component {
+                    who: format!("sidecar {}/{} {n}", s.namespace, s.name),
+                    address: s.admin,
+                }),
+        );
     }
     if out.is_empty() && crate::meshdir::state_file(dir).exists() {
         let state = crate::meshdir::read_state(dir, "--confirm ADDR")?;

@@ -1,12 +1,18 @@
 //! The config files `strait cluster up` writes for a cluster's roles: the
 //! controller, the east-west gateway, and the egress (a `strait proxy` with
 //! the gateway's identity and `egress:`, serving clients without a sidecar
-//! on the cluster's address).
+//! on the cluster's address), and the join tokens with which they (and
+//! DNS) get their certificates from the cluster's CA service at start; they
+//! renew them there, and follow a root rotation, by themselves.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
+use strait_api::{ClusterName, SpiffeId};
+use strait_ca::CaDir;
+use strait_ca::token::TokenStore;
 
 use super::layout::{ClusterInfo, Layout};
 
@@ -41,11 +47,67 @@ pub fn listeners(info: &ClusterInfo) -> [(&'static str, SocketAddr, bool); 5] {
     ]
 }
 
+/// How long a role's join token is good for: it is used once, when the
+/// role starts right after `cluster up` wrote it.
+const JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);
+
 /// Where the written files are.
 pub struct Written {
     pub controller: PathBuf,
     pub gateway: PathBuf,
     pub egress: PathBuf,
+    /// DNS takes flags: its identity at the CA service.
+    pub dns: CaIdentity,
+}
+
+/// An identity got from the cluster's CA service with a join token.
+pub struct CaIdentity {
+    pub ca: SocketAddr,
+    pub spiffe_id: SpiffeId,
+    pub token_file: PathBuf,
+    pub bundle: PathBuf,
+}
+
+impl CaIdentity {
+    /// A fresh join token for `sa` (namespace `strait-system`), written
+    /// owner-only under the cluster's home.
+    fn create(l: &Layout, info: &ClusterInfo, ca: &CaDir, sa: &str) -> anyhow::Result<Self> {
+        let cluster = ClusterName::new(&info.name)?;
+        let tokens = TokenStore::open(&ca.cluster_dir(&cluster).join("tokens.json"))?;
+        let token = tokens.create("strait-system", sa, JOIN_TOKEN_TTL)?;
+        let dir = l.home().join("join-tokens");
+        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        let token_file = dir.join(sa);
+        strait_ca::store::write_atomic(&token_file, token.as_bytes(), 0o600)
+            .with_context(|| token_file.display().to_string())?;
+        Ok(Self {
+            ca: ca_addr(info),
+            spiffe_id: ca.trust_domain().workload_id("strait-system", sa)?,
+            token_file,
+            bundle: ca.bundle_path(),
+        })
+    }
+
+    fn yaml(&self) -> String {
+        format!(
+            "{{ ca: {{ address: \"{}\", spiffe_id: \"{}\", token_file: {:?}, bundle: {:?} }} }}",
+            self.ca, self.spiffe_id, self.token_file, self.bundle
+        )
+    }
+
+    /// `strait dns`'s flags for this identity.
+    pub fn dns_flags(&self) -> Vec<String> {
+        vec![
+            "--ca".into(),
+            self.ca.to_string(),
+            "--spiffe-id".into(),
+            self.spiffe_id.to_string(),
+            "--token-file".into(),
+            self.token_file.display().to_string(),
+            "--bundle".into(),
+            self.bundle.display().to_string(),
+        ]
+    }
 }
 
 /// The egress sidecar's admin address (`/ready`).
@@ -53,16 +115,14 @@ pub fn egress_admin(info: &ClusterInfo) -> SocketAddr {
     SocketAddr::new(info.ip, EGRESS_ADMIN_PORT)
 }
 
-fn files_yaml(dir: &Path) -> String {
-    format!(
-        "{{ files: {{ chain: {:?}, key: {:?}, bundle: {:?} }} }}",
-        dir.join("chain.pem"),
-        dir.join("key.pem"),
-        dir.join("bundle.pem")
-    )
-}
-
 pub fn write(l: &Layout, info: &ClusterInfo) -> anyhow::Result<Written> {
+    let ca =
+        CaDir::open(&l.ca_dir()).with_context(|| format!("the CA in {}", l.ca_dir().display()))?;
+    let name = &info.name;
+    let controller_id = CaIdentity::create(l, info, &ca, &format!("controller-{name}"))?;
+    // The egress presents the gateway's identity (callers' clusters admit it).
+    let gateway_id = CaIdentity::create(l, info, &ca, &format!("gateway-{name}"))?;
+    let dns = CaIdentity::create(l, info, &ca, &format!("dns-{name}"))?;
     let mut ctl = format!("cluster: {}\n", info.name);
     if let Some(r) = &info.region {
         ctl.push_str(&format!("region: {r}\n"));
@@ -77,14 +137,14 @@ pub fn write(l: &Layout, info: &ClusterInfo) -> anyhow::Result<Written> {
         info.controller,
         info.admin,
         info.gateway,
-        files_yaml(&l.certs("controller"))
+        controller_id.yaml()
     ));
     let gw = format!(
         "cluster: {}\ntrust_domain: {}\ncontroller: {{ address: \"{}\" }}\nidentity: {}\nlisteners: {{ public: \"{}\", admin: \"{}\" }}\n",
         info.name,
         info.trust_domain,
         info.controller,
-        files_yaml(&l.certs("gateway-0")),
+        gateway_id.yaml(),
         info.gateway,
         info.gateway_admin
     );
@@ -98,7 +158,7 @@ pub fn write(l: &Layout, info: &ClusterInfo) -> anyhow::Result<Written> {
          egress: {{ address: \"{ip}\" }}\n",
         name = info.name,
         td = info.trust_domain,
-        id = files_yaml(&l.certs("gateway-0")),
+        id = gateway_id.yaml(),
         inbound = SocketAddr::new(ip, EGRESS_INBOUND_PORT),
         outbound = SocketAddr::new(ip, EGRESS_OUTBOUND_PORT),
         admin = egress_admin(info),
@@ -108,6 +168,7 @@ pub fn write(l: &Layout, info: &ClusterInfo) -> anyhow::Result<Written> {
         controller: l.home().join("controller.yaml"),
         gateway: l.home().join("gateway.yaml"),
         egress: l.home().join("egress.yaml"),
+        dns,
     };
     for (path, text) in [(&w.controller, ctl), (&w.gateway, gw), (&w.egress, egress)] {
         std::fs::write(path, text).with_context(|| path.display().to_string())?;

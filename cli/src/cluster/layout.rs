@@ -3,11 +3,11 @@
 //!
 //! ```text
 //! DIR/ca/                                   root CA and one intermediate per cluster
-//! DIR/certs/<name>/{controller,gateway-0,dns}/   chain.pem key.pem bundle.pem
 //! DIR/state/<name>/                         the controller's state (admin-token)
 //! DIR/clusters/<name>/cluster.json          addresses (kept across down/up)
 //! DIR/clusters/<name>/pids.json             running processes (removed by down)
-//! DIR/clusters/<name>/{controller,gateway}.yaml, *.log
+//! DIR/clusters/<name>/{controller,gateway,egress}.yaml, *.log
+//! DIR/clusters/<name>/join-tokens/<sa>     the roles' join tokens for the CA service (0600)
 //! ```
 //!
 //! The certificate and state paths are the ones `strait demo` uses, so
@@ -109,9 +109,6 @@ impl Layout {
     }
     pub fn ca_dir(&self) -> PathBuf {
         self.dir.join("ca")
-    }
-    pub fn certs(&self, tag: &str) -> PathBuf {
-        certs_dir(&self.dir, &self.name, tag)
     }
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state").join(&self.name)

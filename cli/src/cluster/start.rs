@@ -64,7 +64,6 @@ pub(super) async fn start(
 ) -> anyhow::Result<Vec<RoleProc>> {
     let written = configs::write(l, info)?;
     let (ctl_yaml, gw_yaml) = (&written.controller, &written.gateway);
-    let dns_certs = l.certs("dns");
     let s = |x: &Path| x.display().to_string();
     let roles: [(&str, Vec<String>); 5] = [
         (
@@ -98,20 +97,17 @@ pub(super) async fn start(
                 info.controller.to_string(),
                 "--listen".into(),
                 info.dns.to_string(),
-                "--chain".into(),
-                s(&dns_certs.join("chain.pem")),
-                "--key".into(),
-                s(&dns_certs.join("key.pem")),
-                "--bundle".into(),
-                s(&dns_certs.join("bundle.pem")),
+            ]
+            .into_iter()
+            .chain(written.dns.dns_flags())
+            .chain([
                 // Clients without a sidecar reach other clusters' services
                 // through this cluster's egress.
                 "--egress".into(),
                 info.ip.to_string(),
                 "--admin".into(),
                 SocketAddr::new(info.ip, configs::DNS_ADMIN_PORT).to_string(),
-            ]
-            .into_iter()
+            ])
             .chain(
                 (!info.meshed_clients.is_empty())
                     .then(|| ["--meshed-clients".to_owned(), info.meshed_clients.join(",")])

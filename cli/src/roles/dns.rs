@@ -9,7 +9,7 @@ use clap::Args;
 use strait_agent::{Role, Target};
 use strait_api::ClusterName;
 
-use super::IdentityFiles;
+use strait_ca::identity::IdentitySource;
 
 /// Serve `clusterset.local` for one cluster until Ctrl-C.
 ///
@@ -23,6 +23,12 @@ use super::IdentityFiles;
 ///   strait dns --controller 127.0.0.1:8610 --cluster east \
 ///       --chain ./dns/chain.pem --key ./dns/key.pem --bundle ./dns/bundle.pem --listen 127.0.0.1:8653
 ///   dig @127.0.0.1 -p 8653 echo.demo.svc.clusterset.local
+///
+/// Or with its certificate from the cluster's CA service (`strait ca serve`),
+/// got once with a join token and renewed by itself:
+///   strait ca token create --cluster east --namespace strait-system --service-account dns > dns.token
+///   strait dns --controller 127.0.0.1:8610 --cluster east --ca 127.0.0.1:8620 \
+///       --spiffe-id spiffe://strait.local/ns/strait-system/sa/dns --token-file dns.token --bundle ca/bundle.pem
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct DnsArgs {
@@ -48,43 +54,78 @@ pub struct DnsArgs {
     #[arg(long)]
     egress: Option<std::net::IpAddr>,
     /// Admin HTTP address: `/metrics` (strait_dns_queries_total, ...),
-    /// `/ready` (following its controller), `/live`. Off when unset.
+    /// `/ready` (following its controller), `/live`, `/trust` (roots and
+    /// certificate, for `strait ca rotate`). Off when unset.
     #[arg(long)]
     admin: Option<SocketAddr>,
-    #[arg(long)]
-    chain: PathBuf,
-    #[arg(long)]
-    key: PathBuf,
+    /// Certificate chain (PEM, leaf first), with --key: identity from files.
+    #[arg(long, requires = "key", conflicts_with = "ca")]
+    chain: Option<PathBuf>,
+    #[arg(long, requires = "chain")]
+    key: Option<PathBuf>,
+    /// The roots to trust (PEM). With --ca, only for the first contact:
+    /// the CA's answers keep it current.
     #[arg(long)]
     bundle: PathBuf,
+    /// The cluster's CA service: get the certificate there (with
+    /// --token-file the first time) and renew it there.
+    #[arg(long, requires_all = ["spiffe_id", "token_file"])]
+    ca: Option<SocketAddr>,
+    /// The identity to ask the CA for (with --ca).
+    #[arg(long, requires = "ca")]
+    spiffe_id: Option<strait_api::SpiffeId>,
+    /// A file holding the join token (with --ca).
+    #[arg(long, requires = "ca")]
+    token_file: Option<PathBuf>,
+}
+
+/// The identity the flags name: files, or the CA service.
+fn identity(args: &DnsArgs) -> anyhow::Result<(IdentitySource, strait_api::TrustDomain)> {
+    match (&args.ca, &args.chain, &args.key) {
+        (Some(address), None, None) => {
+            let (Some(spiffe_id), Some(token_file)) = (&args.spiffe_id, &args.token_file) else {
+                anyhow::bail!("--ca needs --spiffe-id and --token-file");
+            };
+            Ok((
+                IdentitySource::Ca {
+                    address: *address,
+                    spiffe_id: spiffe_id.clone(),
+                    token_file: token_file.clone(),
+                    bundle: args.bundle.clone(),
+                },
+                spiffe_id.trust_domain(),
+            ))
+        }
+        (None, Some(chain), Some(key)) => {
+            let id = strait_ca::CertStore::from_pem(&super::read(chain)?, &super::read(key)?)
+                .with_context(|| format!("identity: {}", chain.display()))?
+                .identity()
+                .with_context(|| format!("{}: no SPIFFE ID in the certificate", chain.display()))?;
+            Ok((
+                IdentitySource::Files {
+                    chain: chain.clone(),
+                    key: key.clone(),
+                    bundle: args.bundle.clone(),
+                },
+                id.trust_domain(),
+            ))
+        }
+        _ => anyhow::bail!(
+            "name the identity: --chain and --key (certificate files), or --ca, --spiffe-id and --token-file (the cluster's CA service)"
+        ),
+    }
 }
 
 pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
     let cluster = ClusterName::new(&args.cluster)
         .with_context(|| format!("--cluster: bad cluster name {:?}", args.cluster))?;
-    let files = IdentityFiles {
-        chain: args.chain,
-        key: args.key,
-        bundle: args.bundle,
-    };
-    let id = strait_ca::CertStore::from_pem(&super::read(&files.chain)?, &super::read(&files.key)?)
-        .with_context(|| format!("identity: {}", files.chain.display()))?
-        .identity()
-        .with_context(|| format!("{}: no SPIFFE ID in the certificate", files.chain.display()))?;
-    let td = id.trust_domain();
-    let (certs, bundle) = files.load(&td)?;
-    // A reload never changes who the DNS server is.
-    let watched =
-        strait_ca::reload::IdentityFiles::new(files.chain, files.key, files.bundle, td.clone())
-            .expecting(id);
+    let (source, td) = identity(&args)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        // New certificate or bundle files (rotation) are swapped in place.
-        let reload = tokio::spawn(strait_ca::reload::watch(
-            watched,
-            certs.clone(),
-            bundle.clone(),
-        ));
+        // Files are watched (rotation swaps them in place); a CA-issued
+        // certificate is renewed, and re-issued when the CA's intermediate
+        // changes.
+        let (certs, bundle, reload) = source.start(&td).await.context("identity")?;
         let target = Target {
             address: args.controller,
             cluster: cluster.clone(),
@@ -94,6 +135,7 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
             locality: None,
             registration: None,
         };
+        let trust = (certs.clone(), bundle.clone());
         let following = strait_dns::role::Following {
             target,
             certs,
@@ -117,6 +159,7 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
                     l,
                     std::sync::Arc::new(registry),
                     server.following_watch(),
+                    trust,
                 )))
             }
             None => None,
@@ -143,6 +186,7 @@ async fn admin(
     listener: tokio::net::TcpListener,
     registry: std::sync::Arc<prometheus_client::registry::Registry>,
     following: tokio::sync::watch::Receiver<bool>,
+    (certs, bundle): (strait_ca::CertStore, strait_ca::SharedBundle),
 ) {
     use http::{Response, StatusCode};
     strait_ca::admin_http::serve(
@@ -154,6 +198,10 @@ async fn admin(
                     Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
                 },
                 "/live" => (StatusCode::OK, "live\n".to_owned()),
+                "/trust" => (
+                    StatusCode::OK,
+                    strait_ca::trust::TrustReport::of(&certs, &bundle).to_json(),
+                ),
                 "/ready" if *following.borrow() => (StatusCode::OK, "ready\n".to_owned()),
                 "/ready" => (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -161,7 +209,7 @@ async fn admin(
                 ),
                 _ => (
                     StatusCode::NOT_FOUND,
-                    "no such page: /metrics, /ready, /live\n".to_owned(),
+                    "no such page: /metrics, /ready, /live, /trust\n".to_owned(),
                 ),
             };
             let mut resp = Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
