@@ -179,7 +179,7 @@ impl CaService {
         peer: Option<&[CertificateDer<'static>]>,
     ) -> Result<(), Status> {
         if !token.is_empty() {
-            return Ok(self.tokens.authorize(token, requested)?);
+            return Ok(self.tokens.redeem(token, requested)?);
         }
         let Some(chain) = peer.filter(|c| !c.is_empty()) else {
             return Err(refuse(
@@ -236,7 +236,12 @@ impl CertificateAuthority for CaService {
         let peer = request.peer_certs();
         let peer: Option<Vec<CertificateDer<'static>>> =
             peer.map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
-        let res = Self::sign(self, request.get_ref(), peer.as_deref());
+        // Signing reads and writes the token table (file I/O, a lock file
+        // shared with other processes): off the async workers.
+        let (svc, req) = (self.clone(), request.into_inner());
+        let res = tokio::task::spawn_blocking(move || svc.sign(&req, peer.as_deref()))
+            .await
+            .unwrap_or_else(|e| Err(refuse(Code::Internal, "sign_failed", e.to_string())));
         if let Err(status) = &res {
             tracing::warn!(code = ?status.code(), message = status.message(), "refused signing request");
         }

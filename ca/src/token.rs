@@ -1,6 +1,11 @@
 //! Bootstrap tokens: how a workload with no certificate yet proves which
 //! identity it may ask for. A token is bound to one namespace and service
-//! account, expires, and can be revoked. Only its SHA-256 is stored.
+//! account, expires, can be revoked, and is good for one certificate: the
+//! CA redeems it when it signs ([`TokenStore::redeem`]), so a token read
+//! later from a file or a log is worth nothing. Only its SHA-256 is stored.
+//! Writers in several processes (`strait ca token`, `cluster up`, `sidecar
+//! add`, the CA service) take a lock file beside the table, re-read it and
+//! write it whole, so none loses another's change.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +30,10 @@ pub enum TokenError {
     Expired(u64),
     #[error("bootstrap token was revoked")]
     Revoked,
+    #[error(
+        "bootstrap token was already used {0}s ago (a token is good for one certificate: create a new one)"
+    )]
+    Used(u64),
     #[error("bootstrap token is for ns/{namespace}/sa/{service_account}, not for {requested}")]
     WrongIdentity {
         namespace: String,
@@ -39,6 +48,7 @@ impl TokenError {
             Self::Unknown => "token_unknown",
             Self::Expired(_) => "token_expired",
             Self::Revoked => "token_revoked",
+            Self::Used(_) => "token_used",
             Self::WrongIdentity { .. } => "token_wrong_identity",
         }
     }
@@ -54,6 +64,9 @@ pub struct Grant {
     pub expires_unix: u64,
     #[serde(default)]
     pub revoked: bool,
+    /// When the CA signed with it (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_unix: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -90,12 +103,7 @@ impl TokenStore {
         if mtime.is_some() && st.0 == mtime {
             return Ok(());
         }
-        st.1 = match std::fs::read(&self.path) {
-            Ok(raw) => serde_json::from_slice(&raw)
-                .map_err(|e| CaError::bad_file(&self.path, e.to_string()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
-            Err(e) => return Err(CaError::io(&self.path)(e)),
-        };
+        st.1 = read_file(&self.path)?;
         st.0 = mtime;
         Ok(())
     }
@@ -118,6 +126,7 @@ impl TokenStore {
             service_account: service_account.to_owned(),
             expires_unix: now_unix().saturating_add(ttl.as_secs()),
             revoked: false,
+            used_unix: None,
         };
         self.update(|f| {
             f.tokens.insert(digest(&token), grant);
@@ -146,39 +155,127 @@ impl TokenStore {
             tracing::warn!(error = %e, "cannot reload bootstrap tokens; using the last good table");
         }
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let grant = st.1.tokens.get(&digest(token)).ok_or(TokenError::Unknown)?;
-        if grant.revoked {
-            return Err(TokenError::Revoked);
+        check(&st.1, token, requested, now_unix())
+    }
+
+    /// [`Self::authorize`], and marks the token used, in one step under
+    /// the table's lock: of two callers with one token, one gets it.
+    pub fn redeem(&self, token: &str, requested: &SpiffeId) -> Result<(), TokenError> {
+        let mut verdict = Err(TokenError::Unknown);
+        let res = self.update(|f| {
+            let now = now_unix();
+            verdict = check(f, token, requested, now);
+            match f.tokens.get_mut(&digest(token)) {
+                Some(g) if verdict.is_ok() => g.used_unix = Some(now),
+                _ => {}
+            }
+        });
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "cannot record a bootstrap token as used; refusing it");
+            return Err(TokenError::Unknown);
         }
-        let now = now_unix();
-        if now >= grant.expires_unix {
-            return Err(TokenError::Expired(now - grant.expires_unix));
-        }
-        if requested.namespace() != Some(grant.namespace.as_str())
-            || requested.service_account() != Some(grant.service_account.as_str())
-        {
-            return Err(TokenError::WrongIdentity {
-                namespace: grant.namespace.clone(),
-                service_account: grant.service_account.clone(),
-                requested: requested.to_string(),
-            });
-        }
-        Ok(())
+        verdict
     }
 
     fn update(&self, f: impl FnOnce(&mut File)) -> Result<(), CaError> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut st.1);
-        let json = serde_json::to_vec_pretty(&st.1)
-            .map_err(|e| CaError::bad_file(&self.path, e.to_string()))?;
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(CaError::io(dir))?;
         }
+        let _lock = LockFile::take(self.path.with_extension("lock"))?;
+        // Another process may have written since: start from the file.
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.1 = read_file(&self.path)?;
+        f(&mut st.1);
+        let json = serde_json::to_vec_pretty(&st.1)
+            .map_err(|e| CaError::bad_file(&self.path, e.to_string()))?;
         write_atomic(&self.path, &json, 0o600)?;
         st.0 = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok();
         Ok(())
+    }
+}
+
+/// A lock file beside the table, held while one writer re-reads and writes
+/// it: created exclusively, removed on drop. One left by a writer that
+/// died is taken over once it is [`LockFile::STALE`] old.
+struct LockFile(PathBuf);
+
+impl LockFile {
+    const STALE: Duration = Duration::from_secs(10);
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn take(path: PathBuf) -> Result<Self, CaError> {
+        let started = SystemTime::now();
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(_) => return Ok(Self(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let age = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|m| m.elapsed().ok());
+                    if age.is_some_and(|a| a > Self::STALE) {
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    if started.elapsed().unwrap_or_default() > Self::WAIT {
+                        return Err(CaError::bad_file(
+                            &path,
+                            "another writer holds the token table's lock (remove the file if none runs)",
+                        ));
+                    }
+                    // Callers on a runtime use spawn_blocking (the CA
+                    // service signs there): this never parks a worker.
+                    #[allow(clippy::disallowed_methods)]
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(CaError::io(&path)(e)),
+            }
+        }
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether `token` allows `requested` at `now` in `f`.
+fn check(f: &File, token: &str, requested: &SpiffeId, now: u64) -> Result<(), TokenError> {
+    let grant = f.tokens.get(&digest(token)).ok_or(TokenError::Unknown)?;
+    if grant.revoked {
+        return Err(TokenError::Revoked);
+    }
+    if let Some(used) = grant.used_unix {
+        return Err(TokenError::Used(now.saturating_sub(used)));
+    }
+    if now >= grant.expires_unix {
+        return Err(TokenError::Expired(now - grant.expires_unix));
+    }
+    if requested.namespace() != Some(grant.namespace.as_str())
+        || requested.service_account() != Some(grant.service_account.as_str())
+    {
+        return Err(TokenError::WrongIdentity {
+            namespace: grant.namespace.clone(),
+            service_account: grant.service_account.clone(),
+            requested: requested.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The table in `path` (empty when there is none yet).
+fn read_file(path: &Path) -> Result<File, CaError> {
+    match std::fs::read(path) {
+        Ok(raw) => serde_json::from_slice(&raw).map_err(|e| CaError::bad_file(path, e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(File::default()),
+        Err(e) => Err(CaError::io(path)(e)),
     }
 }
 
@@ -246,5 +343,43 @@ mod tests {
             store.authorize(&t, &id("spiffe://td/ns/default/sa/web")),
             Err(TokenError::Expired(_))
         ));
+    }
+
+    #[test]
+    fn a_token_is_good_for_one_certificate_and_writers_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.json");
+        let ca = TokenStore::open(&path).unwrap();
+        let web = id("spiffe://td/ns/default/sa/web");
+        let t = ca
+            .create("default", "web", Duration::from_secs(60))
+            .unwrap();
+        // A wrong identity does not use it up.
+        assert!(matches!(
+            ca.redeem(&t, &id("spiffe://td/ns/default/sa/db")),
+            Err(TokenError::WrongIdentity { .. })
+        ));
+        ca.redeem(&t, &web).unwrap();
+        let again = ca.redeem(&t, &web).unwrap_err();
+        assert!(matches!(again, TokenError::Used(_)), "{again:?}");
+        assert_eq!(again.reason(), "token_used");
+        assert!(again.to_string().contains("create a new one"), "{again}");
+        // Another process's handle sees it used, and tokens it creates
+        // while this handle redeems are not lost (the table is re-read
+        // under the lock before every write).
+        let cli = TokenStore::open(&path).unwrap();
+        assert!(matches!(cli.authorize(&t, &web), Err(TokenError::Used(_))));
+        let made: Vec<String> = (0..20)
+            .map(|_| {
+                cli.create("default", "web", Duration::from_secs(60))
+                    .unwrap()
+            })
+            .collect();
+        for m in &made {
+            ca.redeem(m, &web).unwrap();
+        }
+        let table = read_file(&path).unwrap();
+        assert_eq!(table.tokens.len(), 21);
+        assert!(table.tokens.values().all(|g| g.used_unix.is_some()));
     }
 }

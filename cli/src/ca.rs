@@ -80,7 +80,10 @@ pub enum CaCommand {
     /// Run the cluster's CA signing service (gRPC over TLS) until Ctrl-C.
     ///
     /// Workloads get their first certificate with a bootstrap token
-    /// (`strait ca token create`) and renew with their current certificate.
+    /// (`strait ca token create`; good for one certificate) and renew with
+    /// their current certificate. It follows the CA directory: a root
+    /// rotation's new bundle and intermediate are served without a restart,
+    /// and workloads learn of them within 10 s.
     ///
     ///   strait ca serve --cluster east --listen 127.0.0.1:8600
     #[command(verbatim_doc_comment)]
@@ -118,7 +121,8 @@ pub enum CaCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a token that lets one namespace/service account get a certificate.
+    /// Create a token that lets one namespace/service account get one
+    /// certificate (the CA refuses it once used; renewals need no token).
     ///
     ///   strait ca token create --cluster east --namespace default --service-account web
     #[command(verbatim_doc_comment)]

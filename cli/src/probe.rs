@@ -397,7 +397,7 @@ pub fn validity_finding(
         }
         parts.push(format!("{what} expires in {}", span(left)));
     }
-    Finding::pass("certificates", parts.join(", "))
+    Finding::pass("certificates", format!("{} ({of})", parts.join(", ")))
 }
 
 /// `364d 23h`, or `7h 59m` under a day.

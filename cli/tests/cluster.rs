@@ -168,6 +168,22 @@ fn cluster_up_link_check_then_down_reports_the_missing_peer_and_leaves_no_proces
             assert_eq!(f["verdict"], "pass", "{f:#}");
         }
     }
+    // The controllers' certificates come from the CA service (no files):
+    // check reads what each presents now, with its 24-hour life.
+    let certs = finding(&lines, "east", "certificates");
+    let detail = certs["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("(presented by the controller)"),
+        "{certs:#}"
+    );
+    assert!(
+        detail.starts_with("certificate expires in 23h"),
+        "{certs:#}"
+    );
+    assert!(
+        !mesh.dir.join("certs").exists(),
+        "cluster up wrote certificate files"
+    );
     let human = ok(Path::new("/"), &["check", "--dir", &d, "--cluster", "east"]);
     assert!(human.contains("✓ link west: sync up"), "{human}");
     assert!(

@@ -361,11 +361,17 @@ async fn each_refusal_has_its_own_status_and_reason() {
         let got = refused(client.sign(csr_der, token, None).await);
         assert_eq!(got, (code, reason.to_owned()), "case {name}");
     }
-    // The server is still healthy for good requests.
+    // The server is still healthy for good requests, and none of the
+    // refusals used the token up; the one signing does.
     client
         .sign(csr(vec![uri(WEB)], vec![]), &good, None)
         .await
         .unwrap();
+    let again = refused(client.sign(csr(vec![uri(WEB)], vec![]), &good, None).await);
+    assert_eq!(
+        again,
+        (tonic::Code::Unauthenticated, "token_used".to_owned())
+    );
 }
 
 #[tokio::test]

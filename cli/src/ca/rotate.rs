@@ -55,8 +55,10 @@ pub enum RotateCommand {
 #[derive(Debug, Args)]
 pub struct RotateArgs {
     /// A `strait cluster up` (or `strait demo`) directory: its CA (DIR/ca),
-    /// its certificates (DIR/certs) and the admin ports of its running
-    /// controllers and gateways. Takes precedence over --ca-dir.
+    /// its certificate files (DIR/certs) and the admin ports of its running
+    /// controllers, gateways, DNS servers, egresses and `sidecar add`
+    /// sidecars (those follow the CA service: no files). Takes precedence
+    /// over --ca-dir.
     #[arg(long)]
     dir: Option<PathBuf>,
     /// The CA directory, when there is no --dir.

@@ -47,8 +47,8 @@ pub fn listeners(info: &ClusterInfo) -> [(&'static str, SocketAddr, bool); 5] {
     ]
 }
 
-/// How long a role's join token is good for: it is used once, when the
-/// role starts right after `cluster up` wrote it.
+/// How long a role's join token is good for: it is used once (the CA
+/// refuses it afterwards), when the role starts right after `up` wrote it.
 const JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);
 
 /// Where the written files are.
@@ -70,14 +70,20 @@ pub struct CaIdentity {
 
 impl CaIdentity {
     /// A fresh join token for `sa` (namespace `strait-system`), written
-    /// owner-only under the cluster's home.
-    fn create(l: &Layout, info: &ClusterInfo, ca: &CaDir, sa: &str) -> anyhow::Result<Self> {
+    /// owner-only to `join-tokens/<file>` under the cluster's home.
+    fn create(
+        l: &Layout,
+        info: &ClusterInfo,
+        ca: &CaDir,
+        sa: &str,
+        file: &str,
+    ) -> anyhow::Result<Self> {
         let cluster = ClusterName::new(&info.name)?;
         let tokens = TokenStore::open(&ca.cluster_dir(&cluster).join("tokens.json"))?;
         let token = tokens.create("strait-system", sa, JOIN_TOKEN_TTL)?;
         let dir = l.home().join("join-tokens");
         std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
-        let token_file = dir.join(sa);
+        let token_file = dir.join(file);
         strait_ca::store::write_atomic(&token_file, token.as_bytes(), 0o600)
             .with_context(|| token_file.display().to_string())?;
         Ok(Self {
@@ -119,10 +125,13 @@ pub fn write(l: &Layout, info: &ClusterInfo) -> anyhow::Result<Written> {
     let ca =
         CaDir::open(&l.ca_dir()).with_context(|| format!("the CA in {}", l.ca_dir().display()))?;
     let name = &info.name;
-    let controller_id = CaIdentity::create(l, info, &ca, &format!("controller-{name}"))?;
+    // A token is good for one certificate: one per process.
+    let id = |sa: String, file: &str| CaIdentity::create(l, info, &ca, &sa, file);
+    let controller_id = id(format!("controller-{name}"), "controller")?;
+    let gateway_id = id(format!("gateway-{name}"), "gateway")?;
     // The egress presents the gateway's identity (callers' clusters admit it).
-    let gateway_id = CaIdentity::create(l, info, &ca, &format!("gateway-{name}"))?;
-    let dns = CaIdentity::create(l, info, &ca, &format!("dns-{name}"))?;
+    let egress_id = id(format!("gateway-{name}"), "egress")?;
+    let dns = id(format!("dns-{name}"), "dns")?;
     let mut ctl = format!("cluster: {}\n", info.name);
     if let Some(r) = &info.region {
         ctl.push_str(&format!("region: {r}\n"));
@@ -158,7 +167,7 @@ pub fn write(l: &Layout, info: &ClusterInfo) -> anyhow::Result<Written> {
          egress: {{ address: \"{ip}\" }}\n",
         name = info.name,
         td = info.trust_domain,
-        id = gateway_id.yaml(),
+        id = egress_id.yaml(),
         inbound = SocketAddr::new(ip, EGRESS_INBOUND_PORT),
         outbound = SocketAddr::new(ip, EGRESS_OUTBOUND_PORT),
         admin = egress_admin(info),
