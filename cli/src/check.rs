@@ -23,7 +23,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Looks at every cluster of a `strait demo` or of a directory of `strait
 /// cluster up` clusters, or at one controller by address:
 ///
-///   strait check                                   # ./strait-demo, else ./strait-mesh
+///   strait check                                   # ./strait-mesh, else ./strait-demo
 ///   strait check --dir ./mesh --cluster east
 ///   strait check --controller 127.0.0.1:8611 --dns 127.0.0.1:8653 \
 ///       --gateway 127.0.0.1:15443 --chain ./ctl/chain.pem

@@ -15,9 +15,6 @@ use serde::Serialize;
 
 use crate::cluster::layout::{self, certs_dir};
 
-/// Directories looked at, in this order, when no --dir is given.
-const DEFAULT_DIRS: [&str; 2] = ["strait-demo", "strait-mesh"];
-
 /// The outcome of one check or hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -90,7 +87,7 @@ impl Finding {
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
     /// A directory made by `strait demo` or `strait cluster up`
-    /// [default: ./strait-demo, then ./strait-mesh].
+    /// [default: ./strait-mesh, then ./strait-demo, as every verb].
     #[arg(long, env = "STRAIT_DIR")]
     pub dir: Option<PathBuf>,
     /// The controller's admin address (instead of a directory).
@@ -188,7 +185,10 @@ impl TargetArgs {
         }
         let dirs: Vec<PathBuf> = match &self.dir {
             Some(d) => vec![d.clone()],
-            None => DEFAULT_DIRS.iter().map(PathBuf::from).collect(),
+            None => crate::meshdir::DEFAULT_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         };
         let mut first_err = None;
         for d in &dirs {
