@@ -246,6 +246,47 @@ impl Authority {
     }
 }
 
+/// Whether `cert` is fit to be `cluster`'s intermediate: a CA with path
+/// length 0 (it may sign only leaves) and exactly one organizational unit,
+/// the cluster's name. Peers read a caller's cluster from that OU, so an
+/// intermediate naming another cluster (or two) would make this cluster's
+/// workloads pass for another's.
+pub fn check_intermediate(cert: &CertificateDer<'_>, cluster: &ClusterName) -> Result<(), String> {
+    let (_, x) =
+        x509_parser::parse_x509_certificate(cert).map_err(|e| format!("cannot parse: {e}"))?;
+    match x.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca && bc.value.path_len_constraint == Some(0) => {}
+        Ok(Some(bc)) if bc.value.ca => {
+            return Err(format!(
+                "path length {} (an intermediate must have path length 0: it may sign only workload certificates)",
+                bc.value
+                    .path_len_constraint
+                    .map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
+            ));
+        }
+        _ => return Err("not a CA certificate (basicConstraints cA is not set)".into()),
+    }
+    let ous: Vec<&str> = x
+        .subject()
+        .iter_organizational_unit()
+        .filter_map(|ou| ou.as_str().ok())
+        .collect();
+    match ous.as_slice() {
+        [one] if *one == cluster.as_str() => Ok(()),
+        [one] => Err(format!(
+            "it names cluster {one:?} (its OU), not {cluster}: peers would take its certificates for {one:?}'s"
+        )),
+        [] => Err(format!(
+            "its subject has no OU naming the cluster (want OU={cluster})"
+        )),
+        many => Err(format!(
+            "its subject has {} OUs ({}); a Strait intermediate has exactly one, the cluster's name",
+            many.len(),
+            many.join(", ")
+        )),
+    }
+}
+
 fn ca_params(
     common_name: String,
     ttl: Duration,
@@ -281,4 +322,72 @@ fn random_serial() -> SerialNumber {
     bytes[0] &= 0x7f; // positive INTEGER
     bytes[0] |= 0x01; // and no leading zero byte to strip
     SerialNumber::from_slice(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_intermediate_must_name_its_cluster_once_and_sign_only_leaves() {
+        let td = TrustDomain::new("strait.local").unwrap();
+        let day = Duration::from_secs(86400);
+        let (root, _) = Authority::new_root(&td, day).unwrap();
+        let (east, west) = (
+            ClusterName::new("east").unwrap(),
+            ClusterName::new("west").unwrap(),
+        );
+        let made = |constraints, ous: &[&str]| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = ca_params("test".into(), day, constraints).unwrap();
+            for ou in ous {
+                p.distinguished_name
+                    .push(DnType::OrganizationalUnitName, *ou);
+            }
+            p.signed_by(&key, &root.issuer).unwrap().der().clone()
+        };
+        let (good, _) = root.new_intermediate(&east, day).unwrap();
+        for (what, cert, cluster, want) in [
+            ("strait's own", good.cert().clone(), &east, None),
+            (
+                "another cluster's",
+                good.cert().clone(),
+                &west,
+                Some("names cluster \"east\""),
+            ),
+            (
+                "unlimited path length",
+                made(BasicConstraints::Unconstrained, &["east"]),
+                &east,
+                Some("path length unlimited"),
+            ),
+            (
+                "path length 1",
+                made(BasicConstraints::Constrained(1), &["east"]),
+                &east,
+                Some("path length 1"),
+            ),
+            (
+                "no OU",
+                made(BasicConstraints::Constrained(0), &[]),
+                &east,
+                Some("no OU"),
+            ),
+            (
+                "a root",
+                root.cert().clone(),
+                &east,
+                Some("path length unlimited"),
+            ),
+        ] {
+            let got = check_intermediate(&cert, cluster);
+            match want {
+                None => assert_eq!(got, Ok(()), "{what}"),
+                Some(w) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(w)),
+                    "{what}: {got:?}"
+                ),
+            }
+        }
+    }
 }

@@ -47,6 +47,8 @@ fn reissue_server_cert(authority: &Authority, store: &CertStore) -> Result<Syste
 struct Seen {
     bundle: Vec<u8>,
     intermediate: Vec<u8>,
+    /// The last intermediate refused (warned about once).
+    refused: Vec<u8>,
     server_not_after: SystemTime,
 }
 
@@ -65,6 +67,7 @@ pub async fn follow(
     let mut seen = Seen {
         bundle: read(dir.bundle_path()),
         intermediate: read(intermediate_path.clone()),
+        refused: Vec::new(),
         server_not_after,
     };
     loop {
@@ -102,8 +105,17 @@ pub async fn follow(
                         tracing::warn!(error = %e, "cannot re-issue the CA's own certificate")
                     }
                 },
-                // Certificate and key are written one after the other.
-                Err(e) => tracing::debug!(error = %e, "intermediate not loadable yet; retrying"),
+                // Certificate and key are written one after the other:
+                // a mismatch is a half-written pair, retried quietly.
+                Err(CaError::KeyMismatch) => {
+                    tracing::debug!("intermediate and key do not match yet; retrying");
+                }
+                Err(e) => {
+                    if seen.refused != intermediate {
+                        tracing::warn!(error = %e, "new intermediate refused; signing with the current one");
+                        seen.refused = intermediate;
+                    }
+                }
             }
         }
     }

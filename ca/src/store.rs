@@ -171,7 +171,10 @@ impl CaDir {
                 ),
             ));
         }
-        self.load_authority(&cert, &dir.join("intermediate.key"))
+        let authority = self.load_authority(&cert, &dir.join("intermediate.key"))?;
+        crate::authority::check_intermediate(authority.cert(), cluster)
+            .map_err(|reason| CaError::bad_file(&cert, reason))?;
+        Ok(authority)
     }
 
     /// Issues a workload certificate offline and writes `cert.pem`,

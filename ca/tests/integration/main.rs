@@ -3,6 +3,7 @@
 
 mod csr;
 mod fixture;
+mod follow;
 mod grpc;
 mod manager;
 mod mtls;
