@@ -56,7 +56,13 @@ pub struct CaService {
     bundle: SharedBundle,
     tokens: Arc<TokenStore>,
     default_ttl: Duration,
+    /// Signings in progress (each on a blocking thread): a flood of
+    /// requests waits here instead of taking every thread of the pool.
+    signing: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many requests are signed at once.
+const SIGNING_AT_ONCE: usize = 8;
 
 impl std::fmt::Debug for CaService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,6 +113,7 @@ impl CaService {
             bundle,
             tokens,
             default_ttl: default_ttl.min(MAX_WORKLOAD_TTL),
+            signing: Arc::new(tokio::sync::Semaphore::new(SIGNING_AT_ONCE)),
         }
     }
 
@@ -239,6 +246,13 @@ impl CertificateAuthority for CaService {
         // Signing reads and writes the token table (file I/O, a lock file
         // shared with other processes): off the async workers.
         let (svc, req) = (self.clone(), request.into_inner());
+        let _permit = self.signing.acquire().await.map_err(|_| {
+            refuse(
+                Code::Unavailable,
+                "shutting_down",
+                "the CA is stopping".into(),
+            )
+        })?;
         let res = tokio::task::spawn_blocking(move || svc.sign(&req, peer.as_deref()))
             .await
             .unwrap_or_else(|e| Err(refuse(Code::Internal, "sign_failed", e.to_string())));
