@@ -330,7 +330,10 @@ fn next_steps(dir: &Path, info: &ClusterInfo) -> anyhow::Result<Vec<String>> {
         out.push(format!("strait link --from {n} --to {} --dir {d}", o.name));
     }
     out.push(format!(
-        "strait service register -f svc.yaml --cluster {n} --dir {d}"
+        "strait sidecar add <app> -n <namespace> --cluster {n} --app <ip:port> --dir {d}"
+    ));
+    out.push(format!(
+        "strait service register -f svc.yaml --cluster {n} --dir {d}   # endpoints without a sidecar"
     ));
     out.push(format!("strait check --dir {d} --cluster {n}"));
     out.push(format!("strait status --controller {}", info.admin));
@@ -367,6 +370,11 @@ fn render_up(r: &UpReport) -> String {
         c.trust_domain
     );
     out.push_str(&format!(
+        "  ca          {:<28} signs the roles' and sidecars' certificates  pid {}\n",
+        format!("{} (TLS)", configs::ca_addr(c)),
+        pid("ca")
+    ));
+    out.push_str(&format!(
         "  controller  {:<28} admin http://{}/status   pid {}\n",
         format!("{} (mTLS)", c.controller),
         c.admin,
@@ -379,9 +387,16 @@ fn render_up(r: &UpReport) -> String {
         pid("gateway")
     ));
     out.push_str(&format!(
-        "  dns         {:<28} pid {}\n",
+        "  dns         {:<28} admin http://{}/metrics  pid {}\n",
         format!("{} (udp, tcp)", c.dns),
+        SocketAddr::new(c.ip, configs::DNS_ADMIN_PORT),
         pid("dns")
+    ));
+    out.push_str(&format!(
+        "  egress      {:<28} admin http://{}/ready    pid {}  (clients without a sidecar)\n",
+        format!("{} (plain)", c.ip),
+        configs::egress_admin(c),
+        pid("egress")
     ));
     out.push_str(&format!(
         "  state       {} (admin-token)\n",
