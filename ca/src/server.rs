@@ -153,6 +153,19 @@ impl CaService {
     ) -> Result<SignResponse, Status> {
         let issuer = self.issuer();
         let checked = csr::check(&req.csr_der, issuer.authority.trust_domain())?;
+        // The service's own identity: workloads trust new roots from
+        // whoever presents it, so no CSR ever gets it (the service issues
+        // its own certificate directly, `crate::follow::server_cert`).
+        if checked.id == server_identity(issuer.authority.trust_domain()) {
+            return Err(refuse(
+                Code::PermissionDenied,
+                "reserved_identity",
+                format!(
+                    "{} is the CA service's own identity; it is never issued to a workload",
+                    checked.id
+                ),
+            ));
+        }
         self.authorize(&issuer, &checked.id, &req.bootstrap_token, peer)?;
         let ttl = match req.ttl_seconds {
             0 => self.default_ttl,

@@ -275,6 +275,11 @@ async fn each_refusal_has_its_own_status_and_reason() {
         .create("prod", "api", Duration::from_secs(600))
         .unwrap();
     ca.tokens.revoke("prod", "api").unwrap();
+    // Even an operator's token for it does not get the CA's own identity.
+    let ca_token = ca
+        .tokens
+        .create("strait-system", "ca", Duration::from_secs(600))
+        .unwrap();
 
     let mut bc = rcgen::CustomExtension::from_oid_content(
         &[2, 5, 29, 19],
@@ -348,6 +353,16 @@ async fn each_refusal_has_its_own_status_and_reason() {
             &good,
             tonic::Code::PermissionDenied,
             "token_wrong_identity",
+        ),
+        (
+            "the CA's own identity",
+            csr(
+                vec![uri("spiffe://strait.local/ns/strait-system/sa/ca")],
+                vec![],
+            ),
+            &ca_token,
+            tonic::Code::PermissionDenied,
+            "reserved_identity",
         ),
         (
             "no credentials",
