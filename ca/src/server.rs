@@ -95,6 +95,7 @@ impl From<TokenError> for Status {
     fn from(e: TokenError) -> Self {
         let code = match e {
             TokenError::WrongIdentity { .. } => Code::PermissionDenied,
+            TokenError::Storage(_) => Code::Unavailable,
             _ => Code::Unauthenticated,
         };
         refuse(code, e.reason(), e.to_string())
@@ -259,16 +260,21 @@ impl CertificateAuthority for CaService {
         // Signing reads and writes the token table (file I/O, a lock file
         // shared with other processes): off the async workers.
         let (svc, req) = (self.clone(), request.into_inner());
-        let _permit = self.signing.acquire().await.map_err(|_| {
+        // The permit goes with the blocking task: a caller that gives up
+        // does not free its place while the signing still runs.
+        let permit = self.signing.clone().acquire_owned().await.map_err(|_| {
             refuse(
                 Code::Unavailable,
                 "shutting_down",
                 "the CA is stopping".into(),
             )
         })?;
-        let res = tokio::task::spawn_blocking(move || svc.sign(&req, peer.as_deref()))
-            .await
-            .unwrap_or_else(|e| Err(refuse(Code::Internal, "sign_failed", e.to_string())));
+        let res = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            svc.sign(&req, peer.as_deref())
+        })
+        .await
+        .unwrap_or_else(|e| Err(refuse(Code::Internal, "sign_failed", e.to_string())));
         if let Err(status) = &res {
             tracing::warn!(code = ?status.code(), message = status.message(), "refused signing request");
         }

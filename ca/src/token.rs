@@ -19,6 +19,9 @@ use crate::CaError;
 use crate::store::write_atomic;
 
 const PREFIX: &str = "strait-bt-";
+/// Expired tokens stay in the table this long (seconds), so a late caller
+/// still learns "expired", then go.
+const PRUNE_AFTER_EXPIRY: u64 = 86400;
 
 /// Why a token does not let the caller have what it asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +37,8 @@ pub enum TokenError {
         "bootstrap token was already used {0}s ago (a token is good for one certificate: create a new one)"
     )]
     Used(u64),
+    #[error("the CA cannot record the token as used: {0}")]
+    Storage(String),
     #[error("bootstrap token is for ns/{namespace}/sa/{service_account}, not for {requested}")]
     WrongIdentity {
         namespace: String,
@@ -49,6 +54,7 @@ impl TokenError {
             Self::Expired(_) => "token_expired",
             Self::Revoked => "token_revoked",
             Self::Used(_) => "token_used",
+            Self::Storage(_) => "token_storage",
             Self::WrongIdentity { .. } => "token_wrong_identity",
         }
     }
@@ -161,6 +167,9 @@ impl TokenStore {
     /// [`Self::authorize`], and marks the token used, in one step under
     /// the table's lock: of two callers with one token, one gets it.
     pub fn redeem(&self, token: &str, requested: &SpiffeId) -> Result<(), TokenError> {
+        // Refusals need no write: a caller with made-up tokens never
+        // takes the lock other writers wait for.
+        self.authorize(token, requested)?;
         let mut verdict = Err(TokenError::Unknown);
         let res = self.update(|f| {
             let now = now_unix();
@@ -172,7 +181,7 @@ impl TokenStore {
         });
         if let Err(e) = res {
             tracing::warn!(error = %e, "cannot record a bootstrap token as used; refusing it");
-            return Err(TokenError::Unknown);
+            return Err(TokenError::Storage(e.to_string()));
         }
         verdict
     }
@@ -186,6 +195,10 @@ impl TokenStore {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.1 = read_file(&self.path)?;
         f(&mut st.1);
+        // Tokens a day past their expiry can do nothing: drop them.
+        let now = now_unix();
+        st.1.tokens
+            .retain(|_, g| g.expires_unix.saturating_add(PRUNE_AFTER_EXPIRY) > now);
         let json = serde_json::to_vec_pretty(&st.1)
             .map_err(|e| CaError::bad_file(&self.path, e.to_string()))?;
         write_atomic(&self.path, &json, 0o600)?;
@@ -196,53 +209,25 @@ impl TokenStore {
     }
 }
 
-/// A lock file beside the table, held while one writer re-reads and writes
-/// it: created exclusively, removed on drop. One left by a writer that
-/// died is taken over once it is [`LockFile::STALE`] old.
-struct LockFile(PathBuf);
-
-impl LockFile {
-    const STALE: Duration = Duration::from_secs(10);
-    const WAIT: Duration = Duration::from_secs(5);
-
-    fn take(path: PathBuf) -> Result<Self, CaError> {
-        let started = SystemTime::now();
-        loop {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(_) => return Ok(Self(path)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let age = std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|m| m.elapsed().ok());
-                    if age.is_some_and(|a| a > Self::STALE) {
-                        let _ = std::fs::remove_file(&path);
-                        continue;
-                    }
-                    if started.elapsed().unwrap_or_default() > Self::WAIT {
-                        return Err(CaError::bad_file(
-                            &path,
-                            "another writer holds the token table's lock (remove the file if none runs)",
-                        ));
-                    }
-                    // Callers on a runtime use spawn_blocking (the CA
-                    // service signs there): this never parks a worker.
-                    #[allow(clippy::disallowed_methods)]
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(CaError::io(&path)(e)),
-            }
-        }
-    }
+/// An exclusive `flock(2)` on a lock file beside the table, held while one
+/// writer re-reads and writes it. The kernel drops it when the holder
+/// exits (even by SIGKILL), so there is no stale lock to take over; the
+/// file itself stays.
+struct LockFile {
+    _held: std::fs::File,
 }
 
-impl Drop for LockFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+impl LockFile {
+    fn take(path: PathBuf) -> Result<Self, CaError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(CaError::io(&path))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| CaError::io(&path)(e.into()))?;
+        Ok(Self { _held: file })
     }
 }
 
@@ -381,5 +366,18 @@ mod tests {
         let table = read_file(&path).unwrap();
         assert_eq!(table.tokens.len(), 21);
         assert!(table.tokens.values().all(|g| g.used_unix.is_some()));
+        // Refusals write nothing (made-up tokens never take the lock).
+        let before = std::fs::read(&path).unwrap();
+        assert_eq!(ca.redeem("strait-bt-nope", &web), Err(TokenError::Unknown));
+        assert!(matches!(ca.redeem(&t, &web), Err(TokenError::Used(_))));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        // A token a day past its expiry is dropped at the next write.
+        let mut f = read_file(&path).unwrap();
+        f.tokens.get_mut(&digest(&t)).unwrap().expires_unix = 1;
+        std::fs::write(&path, serde_json::to_vec(&f).unwrap()).unwrap();
+        cli.create("default", "web", Duration::from_secs(60)).unwrap();
+        let table = read_file(&path).unwrap();
+        assert_eq!(table.tokens.len(), 21);
+        assert!(!table.tokens.contains_key(&digest(&t)));
     }
 }
