@@ -15,12 +15,10 @@ use crate::verify::SharedBundle;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    #[error("cannot reach the CA at {addr}: {source}")]
-    Connect {
-        addr: SocketAddr,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// `reason` is the innermost cause in words (tonic's own message is
+    /// only "transport error").
+    #[error("cannot reach the CA at {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
     #[error("CA refused: {code:?}: {message} (reason: {reason})")]
     Refused {
         code: tonic::Code,
@@ -49,6 +47,21 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
+/// The innermost cause of `e`, in words: a refused certificate as
+/// Strait's reason ([`tls::explain_io`]), else the last source's text.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return tls::explain_io(io);
+        }
+        last = inner.to_string();
+        cur = inner.source();
+    }
+    last
+}
+
 /// A signed chain as returned by the CA.
 #[derive(Debug, Clone)]
 pub struct SignedChain {
@@ -74,23 +87,49 @@ pub struct CaClient {
 
 impl CaClient {
     /// Connects over TLS, verifying that the server is the CA of the bundle's
-    /// trust domain, and presenting `identity`'s certificate if it has one.
+    /// trust domain (and, when `identity` holds a certificate, of its
+    /// cluster), and presenting `identity`'s certificate if it has one.
     pub async fn connect(
         addr: SocketAddr,
         bundle: &SharedBundle,
         identity: &CertStore,
     ) -> Result<Self, ClientError> {
-        let expected =
-            ExpectedServer::Id(crate::server::server_identity(bundle.get().trust_domain()));
+        let id = crate::server::server_identity(bundle.get().trust_domain());
+        // Every cluster's CA service has that identity: once the caller
+        // has a certificate, only its own cluster's CA will do.
+        let own_cluster = identity
+            .current()
+            .and_then(|ck| ck.cert.get(1).and_then(|i| tls::ca_cluster(i)));
+        let expected = match own_cluster {
+            Some(c) => ExpectedServer::IdInCluster(id, c),
+            None => ExpectedServer::Id(id),
+        };
+        Self::connect_expecting(addr, bundle, identity, expected).await
+    }
+
+    /// [`Self::connect`] with an explicit expectation of the server (tests
+    /// play clients that skip the cluster check with it).
+    pub async fn connect_expecting(
+        addr: SocketAddr,
+        bundle: &SharedBundle,
+        identity: &CertStore,
+        expected: ExpectedServer,
+    ) -> Result<Self, ClientError> {
         let cfg = tls::client_config(identity, bundle, expected, &[b"h2"])?;
         let connect = crate::dial::connector(addr, cfg, "ca.strait.invalid");
         let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|source| ClientError::Connect { addr, source })?
+            .map_err(|e| ClientError::Connect {
+                addr,
+                reason: describe(&e),
+            })?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
             .connect_with_connector(connect)
             .await
-            .map_err(|source| ClientError::Connect { addr, source })?;
+            .map_err(|e| ClientError::Connect {
+                addr,
+                reason: describe(&e),
+            })?;
         Ok(Self {
             inner: CertificateAuthorityClient::new(channel),
         })

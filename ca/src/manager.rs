@@ -186,7 +186,7 @@ impl CertManager {
                 self.id
             )));
         }
-        self.adopt_roots(&signed.roots)?;
+        self.adopt_roots(&signed.roots, &signed.chain)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         self.store.set_parts(signed.chain, key)?;
         self.status.send_modify(|s| {
@@ -198,8 +198,14 @@ impl CertManager {
         Ok(signed.not_after)
     }
 
-    /// Trusts `roots` from now on, when they differ from the bundle's.
-    fn adopt_roots(&self, roots: &[CertificateDer<'static>]) -> Result<(), ClientError> {
+    /// Trusts `roots` from now on, when they differ from the bundle's and
+    /// `chain` (the certificate it presents then) verifies under them: a
+    /// bundle that would leave it unable to prove itself is refused.
+    fn adopt_roots(
+        &self,
+        roots: &[CertificateDer<'static>],
+        chain: &[CertificateDer<'static>],
+    ) -> Result<(), ClientError> {
         let Some(bundle) = &self.bundle else {
             return Ok(());
         };
@@ -209,6 +215,12 @@ impl CertManager {
         }
         let next = TrustBundle::new(current.trust_domain().clone(), roots.to_vec())
             .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        if crate::trust::chains_to(&next, chain).is_none() {
+            return Err(ClientError::BadAnswer(format!(
+                "the CA's {} root(s) do not include the root of this workload's certificate; keeping the current bundle",
+                roots.len()
+            )));
+        }
         bundle.set(next);
         tracing::info!(identity = %self.id, roots = roots.len(), "trust bundle changed at the CA; adopted");
         Ok(())
@@ -235,10 +247,15 @@ impl CertManager {
                     continue;
                 }
             };
-            if let Err(e) = self.adopt_roots(&trust.roots) {
+            let chain = self
+                .store
+                .current()
+                .map(|ck| ck.cert.clone())
+                .unwrap_or_default();
+            if let Err(e) = self.adopt_roots(&trust.roots, &chain) {
                 tracing::warn!(identity = %self.id, error = %e, "the CA's trust bundle is unusable");
             }
-            let ours = self.store.current().and_then(|ck| ck.cert.get(1).cloned());
+            let ours = chain.get(1).cloned();
             if trust.issuer.is_some() && trust.issuer != ours {
                 tracing::info!(identity = %self.id, "the CA signs with a new intermediate; renewing now");
                 return;

@@ -135,6 +135,12 @@ impl CaService {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Issuer::new(authority);
     }
 
+    /// The service's own certificate under the issuer it signs with now
+    /// ([`crate::follow::server_cert`]).
+    pub fn issue_own_cert(&self) -> Result<(CertStore, std::time::SystemTime), crate::CaError> {
+        crate::follow::server_cert(&self.issuer().authority)
+    }
+
     /// The intermediate the service signs with now.
     pub fn issuer_cert(&self) -> CertificateDer<'static> {
         self.issuer().intermediate.clone()

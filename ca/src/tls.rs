@@ -204,6 +204,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 pub enum ExpectedServer {
     /// Exactly this identity.
     Id(SpiffeId),
+    /// Exactly this identity, with a certificate of this cluster (its
+    /// issuer's OU): every cluster's CA service has the same identity.
+    IdInCluster(SpiffeId, ClusterName),
     /// Any identity in the bundle's trust domain (e.g. a gateway replica).
     AnyInTrustDomain,
 }
@@ -226,11 +229,26 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let id = verify_chain(&self.bundle, end_entity, intermediates, now, Usage::Server)?;
-        if let ExpectedServer::Id(want) = &self.expected {
-            if &id != want {
+        let (want, cluster) = match &self.expected {
+            ExpectedServer::AnyInTrustDomain => return Ok(ServerCertVerified::assertion()),
+            ExpectedServer::Id(want) => (want, None),
+            ExpectedServer::IdInCluster(want, c) => (want, Some(c)),
+        };
+        if &id != want {
+            return Err(to_rustls(VerifyError::UnexpectedIdentity {
+                got: id.to_string(),
+                expected: want.to_string(),
+            }));
+        }
+        if let Some(c) = cluster {
+            let got = peer_cluster(Some(std::slice::from_ref(end_entity)));
+            if got.as_ref() != Some(c) {
                 return Err(to_rustls(VerifyError::UnexpectedIdentity {
-                    got: id.to_string(),
-                    expected: want.to_string(),
+                    got: format!(
+                        "{id} of {}",
+                        got.map_or_else(|| "no cluster".to_owned(), |g| format!("cluster {g}"))
+                    ),
+                    expected: format!("{want} of cluster {c}"),
                 }));
             }
         }

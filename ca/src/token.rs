@@ -375,7 +375,8 @@ mod tests {
         let mut f = read_file(&path).unwrap();
         f.tokens.get_mut(&digest(&t)).unwrap().expires_unix = 1;
         std::fs::write(&path, serde_json::to_vec(&f).unwrap()).unwrap();
-        cli.create("default", "web", Duration::from_secs(60)).unwrap();
+        cli.create("default", "web", Duration::from_secs(60))
+            .unwrap();
         let table = read_file(&path).unwrap();
         assert_eq!(table.tokens.len(), 21);
         assert!(!table.tokens.contains_key(&digest(&t)));

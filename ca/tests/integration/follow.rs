@@ -128,6 +128,20 @@ async fn a_rotation_reaches_the_service_and_its_workloads_without_restarts() {
     mgr.renew_once().await.unwrap();
     assert_eq!(mgr.status().borrow().renewals, renewals + 1);
 
+    // A bundle.pem without the root of the CA's own certificate would cut
+    // every workload off: refused, the service and workload keep theirs.
+    let (stranger, _) =
+        strait_ca::Authority::new_root(&crate::fixture::td(), Duration::from_secs(86400)).unwrap();
+    let kept = bundle.get().roots().to_vec();
+    std::fs::write(
+        ca.bundle_path(),
+        strait_ca::pem::encode_certs([stranger.cert()]),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(bundle.get().roots(), kept.as_slice());
+    assert_eq!(wl_bundle.get().roots(), kept.as_slice());
+
     // An intermediate that names another cluster is refused: the service
     // keeps signing with the one it has.
     let west = strait_api::ClusterName::new("west").unwrap();

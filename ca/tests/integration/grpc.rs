@@ -249,9 +249,21 @@ async fn renews_over_mtls_with_the_current_certificate() {
         &std::fs::read_to_string(out.join("key.pem")).unwrap(),
     )
     .unwrap();
-    let mut launder = CaClient::connect(ca.bound.addr, &ca.bundle, &west_store)
+    // An honest client of west does not even talk to east's CA...
+    let err = CaClient::connect(ca.bound.addr, &ca.bundle, &west_store)
         .await
-        .unwrap();
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("of cluster east") && err.contains("of cluster west"),
+        "{err}"
+    );
+    // ... and one that skips that check is refused by the CA.
+    let any_cluster = strait_ca::tls::ExpectedServer::Id(server::server_identity(&td()));
+    let mut launder =
+        CaClient::connect_expecting(ca.bound.addr, &ca.bundle, &west_store, any_cluster)
+            .await
+            .unwrap();
     let res = launder.sign(csr(vec![uri(WEB)], vec![]), "", None).await;
     assert_eq!(
         refused(res),
