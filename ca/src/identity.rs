@@ -40,12 +40,16 @@ pub enum IdentitySource {
         bundle: PathBuf,
     },
     /// The cluster CA's signing service; renewed at 2/3 of life
-    /// ([`crate::manager::bootstrap`]).
+    /// ([`crate::manager::bootstrap`]). The token is used once: give `keep`
+    /// so the component can be restarted by the same command.
     Ca {
         address: SocketAddr,
         spiffe_id: SpiffeId,
         token_file: PathBuf,
         bundle: PathBuf,
+        /// Where the certificate, key and roots are kept, so a restart by
+        /// the same command needs no new token ([`crate::manager::keep`]).
+        keep: Option<PathBuf>,
     },
 }
 
@@ -64,6 +68,8 @@ struct CaYaml {
     spiffe_id: SpiffeId,
     token_file: PathBuf,
     bundle: PathBuf,
+    #[serde(default)]
+    keep: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +93,7 @@ impl TryFrom<IdentityYaml> for IdentitySource {
                 spiffe_id: c.spiffe_id,
                 token_file: c.token_file,
                 bundle: c.bundle,
+                keep: c.keep,
             }),
             _ => Err("identity needs exactly one of `files:` or `ca:`".into()),
         }
@@ -123,6 +130,7 @@ impl IdentitySource {
                 spiffe_id,
                 token_file,
                 bundle,
+                keep,
             } => {
                 let roots = TrustBundle::from_pem(td.clone(), &read(bundle)?).map_err(|e| {
                     IdentityError::Bad {
@@ -132,13 +140,18 @@ impl IdentitySource {
                 })?;
                 let bundle = SharedBundle::new(roots);
                 let token = read(token_file)?.trim().to_owned();
-                let (certs, renew) =
-                    crate::manager::bootstrap(*address, spiffe_id.clone(), token, bundle.clone())
-                        .await
-                        .map_err(|e| IdentityError::Ca {
-                            address: *address,
-                            reason: e.to_string(),
-                        })?;
+                let (certs, renew) = crate::manager::bootstrap(
+                    *address,
+                    spiffe_id.clone(),
+                    token,
+                    bundle.clone(),
+                    keep.clone(),
+                )
+                .await
+                .map_err(|e| IdentityError::Ca {
+                    address: *address,
+                    reason: e.to_string(),
+                })?;
                 Ok((certs, bundle, renew))
             }
         }

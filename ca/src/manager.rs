@@ -7,8 +7,11 @@
 //! with jittered exponential back-off when the CA is unreachable, and never
 //! drops the current certificate because a renewal failed.
 
+pub mod keep;
+
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -126,6 +129,8 @@ pub struct CertManager {
     signer: Arc<dyn Signer>,
     policy: RenewPolicy,
     status: watch::Sender<ManagerStatus>,
+    /// Where the certificate, key and roots are kept between runs.
+    keep: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for CertManager {
@@ -145,7 +150,34 @@ impl CertManager {
             signer,
             policy,
             status: watch::channel(ManagerStatus::default()).0,
+            keep: None,
         }
+    }
+
+    /// Also keep the certificate, key (0600) and roots in `dir` after every
+    /// change, and start from them ([`Self::resume`]).
+    pub fn with_keep(mut self, dir: PathBuf) -> Self {
+        self.keep = Some(dir);
+        self
+    }
+
+    /// Starts from what was kept, if it is still good (`Ok(false)`: nothing
+    /// kept; `Err`: why it is not used).
+    pub fn resume(&self) -> Result<bool, String> {
+        let Some(dir) = &self.keep else {
+            return Ok(false);
+        };
+        let Some((store, roots, not_after)) = keep::load(dir, &self.id)? else {
+            return Ok(false);
+        };
+        if let Some(ck) = store.current() {
+            self.store.set_certified(ck);
+        }
+        if let Some(bundle) = &self.bundle {
+            bundle.set(roots);
+        }
+        self.status.send_modify(|s| s.not_after = Some(not_after));
+        Ok(true)
     }
 
     /// Also refresh `bundle` with the roots the CA returns (root rotation).
@@ -187,8 +219,17 @@ impl CertManager {
             )));
         }
         self.adopt_roots(&signed.roots, &signed.chain)?;
+        let key_pem = key.serialize_pem();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        self.store.set_parts(signed.chain, key)?;
+        self.store.set_parts(signed.chain.clone(), key)?;
+        if let Some(dir) = &self.keep {
+            let roots = self.bundle.as_ref().map(|b| b.get().roots().to_vec());
+            let kept = keep::save_identity(dir, &signed.chain, &key_pem)
+                .and_then(|()| roots.map_or(Ok(()), |r| keep::save_roots(dir, &r)));
+            if let Err(e) = kept {
+                tracing::warn!(identity = %self.id, error = %e, "cannot keep the certificate for a restart");
+            }
+        }
         self.status.send_modify(|s| {
             s.renewals += 1;
             s.not_after = Some(signed.not_after);
@@ -223,6 +264,11 @@ impl CertManager {
         }
         bundle.set(next);
         tracing::info!(identity = %self.id, roots = roots.len(), "trust bundle changed at the CA; adopted");
+        if let Some(dir) = &self.keep {
+            if let Err(e) = keep::save_roots(dir, roots) {
+                tracing::warn!(identity = %self.id, error = %e, "cannot keep the trust bundle for a restart");
+            }
+        }
         Ok(())
     }
 
@@ -234,6 +280,8 @@ impl CertManager {
             return tokio::time::sleep_until(due).await;
         };
         loop {
+            // ±10 % so the workloads of one CA do not ask in step.
+            let every = every.mul_f64(0.9 + 0.2 * rand::random::<f64>());
             let next = (tokio::time::Instant::now() + every).min(due);
             tokio::time::sleep_until(next).await;
             if next >= due {
@@ -296,13 +344,16 @@ impl CertManager {
 
 /// Gets a workload's first certificate from the CA at `addr` with its
 /// bootstrap token (six tries with doubling back-off from 200 ms), then
-/// renews it forever in a spawned task. Proxies and gateways both start
-/// this way.
+/// renews it forever in a spawned task. With `keep`, it starts from the
+/// certificate kept there by an earlier run when that is still good (no
+/// token needed: it renews over mTLS), and keeps every new one there.
+/// Proxies, gateways, controllers and DNS all start this way.
 pub async fn bootstrap(
     addr: SocketAddr,
     id: SpiffeId,
     bootstrap_token: String,
     bundle: SharedBundle,
+    keep: Option<PathBuf>,
 ) -> Result<(CertStore, tokio::task::JoinHandle<()>), ClientError> {
     let signer = Arc::new(GrpcSigner {
         addr,
@@ -310,7 +361,22 @@ pub async fn bootstrap(
         bootstrap_token,
         ttl: None,
     });
-    let mgr = Arc::new(CertManager::new(id, signer, RenewPolicy::default()).with_bundle(bundle));
+    let mut mgr = CertManager::new(id, signer, RenewPolicy::default()).with_bundle(bundle);
+    if let Some(dir) = keep {
+        mgr = mgr.with_keep(dir);
+    }
+    let mgr = Arc::new(mgr);
+    match mgr.resume() {
+        Ok(true) => {
+            tracing::info!(identity = %mgr.id, "started from the kept certificate");
+            let store = mgr.store();
+            return Ok((store, tokio::spawn(mgr.run())));
+        }
+        Ok(false) => {}
+        Err(why) => {
+            tracing::warn!(identity = %mgr.id, %why, "not using the kept certificate; asking with the join token");
+        }
+    }
     let mut delay = Duration::from_millis(200);
     let mut last = ClientError::BadAnswer("no attempt was made".into());
     for _ in 0..6 {
@@ -319,6 +385,16 @@ pub async fn bootstrap(
                 let store = mgr.store();
                 return Ok((store, tokio::spawn(mgr.run())));
             }
+            // A refusal of the token or CSR does not change by asking again.
+            Err(
+                e @ ClientError::Refused {
+                    code:
+                        tonic::Code::Unauthenticated
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::InvalidArgument,
+                    ..
+                },
+            ) => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "first certificate not issued yet; retrying");
                 last = e;

@@ -131,7 +131,9 @@ fn targets_in(dir: &Path) -> anyhow::Result<Vec<Target>> {
             .map(|c| {
                 let started = layout::Layout::new(dir, &c.name).pid_file().exists();
                 Target {
-                    chain: Some(certs_dir(dir, &c.name, "controller").join("chain.pem")),
+                    // Its roles hold their certificates from the CA
+                    // service: `check` asks the controller's /trust.
+                    chain: None,
                     name: Some(c.name),
                     admin: c.admin,
                     dns: Some(c.dns),
@@ -385,7 +387,7 @@ pub fn validity_finding(
             return Finding::fail(
                 "certificates",
                 format!("{what} {of} expired at {na}"),
-                "re-issue it (a role of `strait cluster up` gets a new one from the cluster's CA service when restarted)",
+                "with certificate files: re-issue them (strait ca issue); from the CA service: it renews by itself, so check that the cluster's CA service runs (strait cluster up starts it) and the component's log",
             );
         }
         if left < needed {

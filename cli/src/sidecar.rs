@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! DIR/clusters/<cluster>/sidecars/<namespace>.<name>/
-//!     join-token  bundle.pem  sidecar.yaml  sidecar.json  sidecar.log
+//!     join-token  bundle.pem  identity/  sidecar.yaml  sidecar.json  sidecar.log
 //! ```
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -186,7 +186,8 @@ fn config_yaml(
         "# Written by `strait sidecar add`; `strait proxy --help` lists every key.\n\
          trust_domain: {td}\n\
          # From the cluster's CA service: the join token once, then renewed with the certificate.\n\
-         identity: {{ ca: {{ address: \"{ca}\", spiffe_id: \"{}\", token_file: {h}/join-token, bundle: {h}/bundle.pem }} }}\n\
+         # `keep`: restarted by the same command, it starts from what it kept (no new token).\n\
+         identity: {{ ca: {{ address: \"{ca}\", spiffe_id: \"{}\", token_file: {h}/join-token, bundle: {h}/bundle.pem, keep: {h}/identity }} }}\n\
          listeners: {{ inbound: \"{}\", outbound: \"{}\", admin: \"{}\", bind_vips: false }}\n\
          controller: {{ address: \"{}\", cluster: {}",
         s.identity, s.inbound, s.outbound, s.admin, info.controller, s.cluster

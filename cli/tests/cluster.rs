@@ -484,3 +484,59 @@ fn check_and_diagnose_explain_what_they_cannot_reach() {
         "{help}"
     );
 }
+
+/// A role of `cluster up` gets its certificate with a one-time token and
+/// keeps it: `kill -9` and the same command again start from what it
+/// kept, while a copy without the kept files is refused the spent token.
+#[test]
+fn a_role_restarted_by_its_own_command_starts_from_the_certificate_it_kept() {
+    let mut mesh = Mesh::new();
+    mesh.up("solo", "127.152.5.1", "us-solo");
+    let home = mesh.dir.join("clusters/solo");
+    let kept = home.join("identity/controller");
+    assert!(kept.join("chain.pem").exists() && kept.join("key.pem").exists());
+    let trust = || -> serde_json::Value {
+        serde_json::from_str(&admin_get("127.152.5.1:8611", "/trust")).unwrap()
+    };
+    let before = trust();
+    let pid = cluster_pids(&mesh.dir, "solo")
+        .into_iter()
+        .find(|(role, _)| role == "controller")
+        .map(|(_, pid)| pid)
+        .unwrap();
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    eventually("the controller is gone", || {
+        if running(pid) {
+            Err("running".into())
+        } else {
+            Ok(())
+        }
+    });
+    let config = home.join("controller.yaml");
+    let _ctl = spawn(
+        &home,
+        &["controller", "--config", config.to_str().unwrap()],
+        "controller-again.log",
+    );
+    wait_for("127.152.5.1:8611".parse().unwrap());
+    let after = trust();
+    assert_eq!(after["spiffe_id"], before["spiffe_id"], "{after:#}");
+    assert_eq!(after["chain"], before["chain"], "the kept certificate");
+    // The same config without the kept files: the token was spent.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let fresh = text.replace(
+        kept.to_str().unwrap(),
+        home.join("nothing-kept").to_str().unwrap(),
+    );
+    assert_ne!(fresh, text);
+    let copy = home.join("controller-copy.yaml");
+    std::fs::write(&copy, fresh).unwrap();
+    let err = fails(&home, &["controller", "--config", copy.to_str().unwrap()]);
+    assert!(
+        err.contains("token_used") && err.contains("create a new one"),
+        "{err}"
+    );
+}

@@ -145,9 +145,62 @@ async fn bootstrap_gets_a_first_certificate_with_the_token() {
         .create("default", "web", Duration::from_secs(600))
         .unwrap();
     let (store, renew) =
-        strait_ca::manager::bootstrap(ca.bound.addr, id(WEB), token, ca.bundle.clone())
+        strait_ca::manager::bootstrap(ca.bound.addr, id(WEB), token, ca.bundle.clone(), None)
             .await
             .unwrap();
     assert_eq!(store.identity().unwrap(), id(WEB));
     renew.abort();
+}
+
+#[tokio::test]
+async fn a_restart_starts_from_the_kept_certificate_without_a_new_token() {
+    let ca = crate::grpc::start_ca().await;
+    let keep = tempfile::tempdir().unwrap();
+    let kept = keep.path().join("web");
+    let token = ca
+        .tokens
+        .create("default", "web", Duration::from_secs(600))
+        .unwrap();
+    let start = |token: String| {
+        strait_ca::manager::bootstrap(
+            ca.bound.addr,
+            id(WEB),
+            token,
+            ca.bundle.clone(),
+            Some(kept.clone()),
+        )
+    };
+    let (first, renew) = start(token.clone()).await.unwrap();
+    renew.abort();
+    let mode = |f: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(kept.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("key.pem"), 0o600);
+    // The token is spent; the second run starts from what the first kept.
+    let (second, renew) = start(token.clone()).await.unwrap();
+    renew.abort();
+    assert_eq!(serial(&second), serial(&first));
+    assert_eq!(second.identity().unwrap(), id(WEB));
+    // A kept certificate of another identity is not used: the spent token
+    // is tried, and the CA's refusal says why.
+    let db = ca.fx.ca.path().join("db");
+    ca.fx
+        .ca
+        .issue(
+            &ca.fx.cluster,
+            &id("spiffe://strait.local/ns/default/sa/db"),
+            Duration::from_secs(3600),
+            &db,
+        )
+        .unwrap();
+    for f in ["chain.pem", "key.pem"] {
+        std::fs::copy(db.join(f), kept.join(f)).unwrap();
+    }
+    let err = start(token).await.unwrap_err().to_string();
+    assert!(err.contains("token_used"), "{err}");
 }

@@ -196,6 +196,12 @@ fn discover(dir: &Path) -> anyhow::Result<Vec<Component>> {
             ]
             .map(|(who, address)| Component { who, address }),
         );
+        for s in sidecars.iter().filter(|s| !s.running && &s.cluster == n) {
+            progress(&format!(
+                "sidecar {}/{} of {n} is stopped and will not follow this rotation: once `drop` is done its kept certificate is no longer trusted; `strait sidecar rm` and `sidecar add` it again then",
+                s.namespace, s.name
+            ));
+        }
         out.extend(
             sidecars
                 .iter()

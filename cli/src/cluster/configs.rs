@@ -66,6 +66,9 @@ pub struct CaIdentity {
     pub spiffe_id: SpiffeId,
     pub token_file: PathBuf,
     pub bundle: PathBuf,
+    /// Where the role keeps its certificate between runs: restarted by its
+    /// own command, it needs no new token.
+    pub keep: PathBuf,
 }
 
 impl CaIdentity {
@@ -91,13 +94,14 @@ impl CaIdentity {
             spiffe_id: ca.trust_domain().workload_id("strait-system", sa)?,
             token_file,
             bundle: ca.bundle_path(),
+            keep: l.home().join("identity").join(file),
         })
     }
 
     fn yaml(&self) -> String {
         format!(
-            "{{ ca: {{ address: \"{}\", spiffe_id: \"{}\", token_file: {:?}, bundle: {:?} }} }}",
-            self.ca, self.spiffe_id, self.token_file, self.bundle
+            "{{ ca: {{ address: \"{}\", spiffe_id: \"{}\", token_file: {:?}, bundle: {:?}, keep: {:?} }} }}",
+            self.ca, self.spiffe_id, self.token_file, self.bundle, self.keep
         )
     }
 
@@ -112,6 +116,8 @@ impl CaIdentity {
             self.token_file.display().to_string(),
             "--bundle".into(),
             self.bundle.display().to_string(),
+            "--keep".into(),
+            self.keep.display().to_string(),
         ]
     }
 }

@@ -7,7 +7,8 @@
 //! DIR/clusters/<name>/cluster.json          addresses (kept across down/up)
 //! DIR/clusters/<name>/pids.json             running processes (removed by down)
 //! DIR/clusters/<name>/{controller,gateway,egress}.yaml, *.log
-//! DIR/clusters/<name>/join-tokens/<sa>     the roles' join tokens for the CA service (0600)
+//! DIR/clusters/<name>/join-tokens/<role>   the roles' one-time join tokens for the CA service (0600)
+//! DIR/clusters/<name>/identity/<role>/      what each role keeps of its certificate (key 0600) for a restart
 //! ```
 //!
 //! The certificate and state paths are the ones `strait demo` uses, so

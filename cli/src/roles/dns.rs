@@ -28,7 +28,8 @@ use strait_ca::identity::IdentitySource;
 /// got once with a join token and renewed by itself:
 ///   strait ca token create --cluster east --namespace strait-system --service-account dns > dns.token
 ///   strait dns --controller 127.0.0.1:8610 --cluster east --ca 127.0.0.1:8620 \
-///       --spiffe-id spiffe://strait.local/ns/strait-system/sa/dns --token-file dns.token --bundle ca/bundle.pem
+///       --spiffe-id spiffe://strait.local/ns/strait-system/sa/dns --token-file dns.token --bundle ca/bundle.pem \
+///       --keep ./dns-identity
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct DnsArgs {
@@ -77,6 +78,11 @@ pub struct DnsArgs {
     /// A file holding the join token (with --ca).
     #[arg(long, requires = "ca")]
     token_file: Option<PathBuf>,
+    /// Keep the certificate, key (0600) and roots in this directory (with
+    /// --ca): restarted with the same flags, it starts from them and needs
+    /// no new token.
+    #[arg(long, requires = "ca")]
+    keep: Option<PathBuf>,
 }
 
 /// The identity the flags name: files, or the CA service.
@@ -92,6 +98,7 @@ fn identity(args: &DnsArgs) -> anyhow::Result<(IdentitySource, strait_api::Trust
                     spiffe_id: spiffe_id.clone(),
                     token_file: token_file.clone(),
                     bundle: args.bundle.clone(),
+                    keep: args.keep.clone(),
                 },
                 spiffe_id.trust_domain(),
             ))
