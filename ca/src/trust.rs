@@ -50,6 +50,18 @@ impl TrustReport {
         }
     }
 
+    /// A report of roots and the presented root by fingerprint only (no
+    /// identity, no chain): what other components are compared against.
+    pub fn of_fingerprints(roots: Vec<String>, presented_root: Option<String>) -> Self {
+        Self {
+            spiffe_id: None,
+            trusted_roots: roots.len(),
+            roots,
+            presented_root,
+            chain: None,
+        }
+    }
+
     /// Whether the root with fingerprint `fp` is trusted.
     pub fn trusts(&self, fp: &str) -> bool {
         self.roots.iter().any(|r| r == fp)

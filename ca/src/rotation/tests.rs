@@ -186,12 +186,9 @@ fn shortfalls_name_what_is_missing() {
         old_roots: vec!["a".repeat(64)],
         new_root: "b".repeat(64),
     };
-    let r = |roots: &[&str], presented: Option<&str>| TrustReport {
-        spiffe_id: None,
-        trusted_roots: roots.len(),
-        roots: roots.iter().map(|s| s.repeat(64)).collect(),
-        presented_root: presented.map(|s| s.repeat(64)),
-        chain: None,
+    let r = |roots: &[&str], presented: Option<&str>| {
+        let fp = |s: &str| s.repeat(64);
+        TrustReport::of_fingerprints(roots.iter().map(|s| fp(s)).collect(), presented.map(fp))
     };
     assert!(
         e.shortfall(&r(&["a"], None))

@@ -123,12 +123,9 @@ fn a_local_service_needs_no_link_and_no_gateway() {
 
 #[test]
 fn trust_is_mutual_when_each_trusts_the_root_the_other_presents() {
-    let r = |roots: &[&str], presented: Option<&str>| TrustReport {
-        spiffe_id: None,
-        trusted_roots: roots.len(),
-        roots: roots.iter().map(|s| s.repeat(64)).collect(),
-        presented_root: presented.map(|s| s.repeat(64)),
-        chain: None,
+    let r = |roots: &[&str], presented: Option<&str>| {
+        let fp = |s: &str| s.repeat(64);
+        TrustReport::of_fingerprints(roots.iter().map(|s| fp(s)).collect(), presented.map(fp))
     };
     for (a, b, mutual) in [
         (r(&["o"], Some("o")), r(&["o"], Some("o")), true),
