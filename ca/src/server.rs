@@ -38,6 +38,7 @@ pub struct CaService {
     /// The cluster this CA signs for (its intermediate's OU): a renewal
     /// is accepted only from a certificate of this cluster.
     cluster: Option<strait_api::ClusterName>,
+    metrics: Option<crate::metrics::CaMetrics>,
 }
 
 impl std::fmt::Debug for CaService {
@@ -91,7 +92,16 @@ impl CaService {
             bundle,
             tokens,
             default_ttl: default_ttl.min(MAX_WORKLOAD_TTL),
+            metrics: None,
         }
+    }
+
+    /// Counts signings and refusals in `metrics` (and sets the issuer's expiry).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::CaMetrics) -> Self {
+        metrics.set_issuer_expiry(self.authority.not_after());
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Checks, authorizes and signs one request. `peer` is the caller's TLS
@@ -192,6 +202,12 @@ impl CertificateAuthority for CaService {
         let peer: Option<Vec<CertificateDer<'static>>> =
             peer.map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
         let res = Self::sign(self, request.get_ref(), peer.as_deref());
+        if let Some(m) = &self.metrics {
+            m.record(res.as_ref().err().map(|s| {
+                let reason = s.metadata().get("strait-reason");
+                reason.and_then(|v| v.to_str().ok()).unwrap_or("other")
+            }));
+        }
         if let Err(status) = &res {
             tracing::warn!(code = ?status.code(), message = status.message(), "refused signing request");
         }

@@ -23,6 +23,8 @@ pub enum Direction {
 pub struct TunnelLabels {
     pub source_cluster: String,
     pub destination_service: String,
+    /// The gateway's own cluster (where the tunnels lead).
+    pub destination_cluster: String,
     /// `ok`, or the refusal / failure reason.
     pub result: String,
 }
@@ -32,6 +34,8 @@ pub struct BytesLabels {
     /// The calling cluster: cross-cluster bytes per link (the egress bill).
     pub source_cluster: String,
     pub destination_service: String,
+    /// The gateway's own cluster: with `source_cluster`, one link.
+    pub destination_cluster: String,
     pub direction: Direction,
 }
 
@@ -44,6 +48,8 @@ pub struct ReasonLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The gateway's cluster, the `destination_cluster` of every tunnel.
+    cluster: String,
     pub tunnels_active: Gauge,
     pub tunnels: Family<TunnelLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
@@ -61,6 +67,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::for_cluster("")
+    }
+
+    /// The metrics of a gateway of `cluster`.
+    pub fn for_cluster(cluster: &str) -> Self {
         let mut registry = Registry::with_prefix("strait_gateway");
         let tunnels_active = Gauge::default();
         registry.register("tunnels_active", "Tunnels open now", tunnels_active.clone());
@@ -73,7 +84,7 @@ impl Metrics {
         let bytes = Family::default();
         registry.register(
             "bytes",
-            "Tunnel bytes by destination service; by direction (to_endpoint, from_endpoint)",
+            "Tunnel bytes by link (source and destination cluster), destination service and direction (to_endpoint, from_endpoint)",
             bytes.clone(),
         );
         // 50 us .. ~3 s
@@ -97,6 +108,7 @@ impl Metrics {
         );
         Self {
             registry,
+            cluster: cluster.to_owned(),
             tunnels_active,
             tunnels,
             bytes,
@@ -111,6 +123,7 @@ impl Metrics {
             .get_or_create(&TunnelLabels {
                 source_cluster: source_cluster.to_owned(),
                 destination_service: service.to_owned(),
+                destination_cluster: self.cluster.clone(),
                 result: result.to_owned(),
             })
             .inc();
@@ -136,6 +149,7 @@ impl Metrics {
             .get_or_create(&BytesLabels {
                 source_cluster: source_cluster.to_owned(),
                 destination_service: service.to_owned(),
+                destination_cluster: self.cluster.clone(),
                 direction,
             })
             .clone()
