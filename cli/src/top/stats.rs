@@ -89,7 +89,10 @@ fn parse_labels(body: &str) -> Result<(Vec<(String, String)>, &str), &'static st
             }
         };
         labels.push((key.trim().to_owned(), value));
-        rest = &quoted[end + 1..];
+        rest = quoted[end + 1..].trim_start();
+        if !rest.starts_with([',', '}']) {
+            return Err("unclosed label set");
+        }
     }
 }
 

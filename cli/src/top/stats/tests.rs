@@ -69,7 +69,8 @@ fn lines_parse_with_labels_escapes_and_special_values() {
 #[test]
 fn malformed_lines_are_refused_naming_the_line_and_the_fault() {
     let table = [
-        ("x{a=\"1\" 2", "unclosed label value"),
+        ("x{a=\"1\" 2", "unclosed label set"),
+        ("x{a=\"1 2", "unclosed label value"),
         ("x{a} 2", "label without '='"),
         ("x{a=1} 2", "label value not quoted"),
         ("x{a=\"1\"} many", "value is not a number"),
