@@ -39,6 +39,18 @@ pub struct BytesLabels {
     pub direction: Direction,
 }
 
+/// One link: the calling cluster and this gateway's.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkLabels {
+    pub source_cluster: String,
+    pub destination_cluster: String,
+}
+
+fn setup_histogram() -> Histogram {
+    // 50 us .. ~3 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
@@ -53,7 +65,8 @@ pub struct Metrics {
     pub tunnels_active: Gauge,
     pub tunnels: Family<TunnelLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
-    pub setup_seconds: Histogram,
+    /// Tunnel set-up time per link.
+    pub setup_seconds: Family<LinkLabels, Histogram, fn() -> Histogram>,
     /// Client connections refused before any stream (TLS failures).
     pub connections_refused: Family<ReasonLabels, Counter>,
     pub connections_active: Gauge,
@@ -87,8 +100,10 @@ impl Metrics {
             "Tunnel bytes by link (source and destination cluster), destination service and direction (to_endpoint, from_endpoint)",
             bytes.clone(),
         );
-        // 50 us .. ~3 s
-        let setup_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        let setup_seconds =
+            Family::<LinkLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                setup_histogram,
+            );
         registry.register(
             "tunnel_setup_seconds",
             "From CONNECT received to 200 sent (decision, limits, dial)",
@@ -153,6 +168,17 @@ impl Metrics {
                 direction,
             })
             .clone()
+    }
+
+    /// Observes one tunnel's set-up time, per calling cluster (once per
+    /// tunnel, not per request).
+    pub fn setup(&self, source_cluster: &str, took: std::time::Duration) {
+        self.setup_seconds
+            .get_or_create(&LinkLabels {
+                source_cluster: source_cluster.to_owned(),
+                destination_cluster: self.cluster.clone(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Prometheus text exposition.

@@ -62,7 +62,10 @@ async fn connect_pipes_bytes_to_an_exported_endpoint_and_counts_them_per_service
     assert!(metric(&m, to) >= 2.0 * (1 << 20) as f64, "{m}");
     assert!(metric(&m, from) >= 2.0 * (1 << 20) as f64, "{m}");
     assert_eq!(
-        metric(&m, "strait_gateway_tunnel_setup_seconds_count"),
+        metric(
+            &m,
+            r#"strait_gateway_tunnel_setup_seconds_count{source_cluster="east",destination_cluster="west"}"#
+        ),
         22.0,
         "{m}"
     );
