@@ -223,6 +223,9 @@ fn reference() -> BTreeMap<String, (String, BTreeSet<String>)> {
         .collect()
 }
 
+/// A job's targets of one cluster, from its address prefix and sidecars.
+type Ports<'a> = &'a dyn Fn(&str, &[String]) -> Vec<String>;
+
 /// Writes `targets/*.json` for this mesh ((cluster, address prefix, its
 /// sidecars' admin addresses)) and the shipped config with 1 s intervals
 /// into `dir`.
@@ -236,7 +239,7 @@ fn prometheus_files(dir: &Path, clusters: &[(&str, String, Vec<String>)]) {
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     std::fs::copy(mon.join("rules.yml"), dir.join("rules.yml")).unwrap();
     std::fs::create_dir_all(dir.join("targets")).unwrap();
-    let group = |port_of: &dyn Fn(&str, &[String]) -> Vec<String>| {
+    let group = |port_of: Ports<'_>| {
         let groups: Vec<serde_json::Value> = clusters
             .iter()
             .map(|(name, prefix, sidecars)| {
@@ -245,7 +248,7 @@ fn prometheus_files(dir: &Path, clusters: &[(&str, String, Vec<String>)]) {
             .collect();
         serde_json::to_string_pretty(&groups).unwrap()
     };
-    let files: [(&str, &dyn Fn(&str, &[String]) -> Vec<String>); 5] = [
+    let files: [(&str, Ports<'_>); 5] = [
         ("sidecars", &|p, s| {
             let mut t = s.to_vec();
             t.push(format!("{p}.1:15100"));

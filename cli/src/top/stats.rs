@@ -6,11 +6,17 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+/// A sample's labels, in exposition order.
+pub type Labels = Vec<(String, String)>;
+
+/// A series of one target: its name and labels.
+type Series<'a> = (&'a str, &'a [(String, String)]);
+
 /// One sample line: `name{labels} value`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub name: String,
-    pub labels: Vec<(String, String)>,
+    pub labels: Labels,
     pub value: f64,
 }
 
@@ -64,7 +70,7 @@ fn parse_line(line: &str) -> Result<Sample, &'static str> {
 }
 
 /// The labels after `{`, and what follows the closing `}`.
-fn parse_labels(body: &str) -> Result<(Vec<(String, String)>, &str), &'static str> {
+fn parse_labels(body: &str) -> Result<(Labels, &str), &'static str> {
     let mut labels = Vec::new();
     let mut rest = body;
     loop {
@@ -99,7 +105,7 @@ fn parse_labels(body: &str) -> Result<(Vec<(String, String)>, &str), &'static st
 /// What one target's counters grew by between two scrapes (a counter that
 /// went down was reset: its growth is its new value).
 pub fn growth(before: &[Sample], after: &[Sample]) -> Vec<Sample> {
-    let old: BTreeMap<(&str, &[(String, String)]), f64> = before
+    let old: BTreeMap<Series<'_>, f64> = before
         .iter()
         .map(|s| ((s.name.as_str(), s.labels.as_slice()), s.value))
         .collect();
@@ -252,9 +258,19 @@ fn parse_le(le: &str) -> Result<f64, ()> {
 }
 
 /// An f64 that sorts (bucket bounds are never NaN).
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, Copy)]
 struct OrdF64(f64);
+impl PartialEq for OrdF64 {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
 impl Eq for OrdF64 {}
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 impl Ord for OrdF64 {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)
