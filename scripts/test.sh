@@ -63,6 +63,22 @@ fi
 if kube_py_ok; then
   export STRAIT_REQUIRE_KUBE_VALIDATE=1
 fi
+# The monitoring test (cli/tests/monitoring.rs) runs the real Prometheus
+# server and promtool (Debian's prometheus package) against a running mesh.
+# Installed as root; without them that test skips with a message, unless
+# they were installed here (then it must run).
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing prometheus (monitoring test)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "note: prometheus/promtool missing and not root: the monitoring test will be skipped (apt-get install prometheus)"
+  fi
+fi
+if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+  export STRAIT_REQUIRE_PROMETHEUS=1
+fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy
 fi

@@ -11,7 +11,8 @@
 //! - [`manager`]: the workload-side `CertManager` that renews at 2/3 of
 //!   the certificate's life; [`reload`]: hot reload of identity files.
 //! - [`trust`]: what a component trusts and presents (`/trust` on admin
-//!   ports); [`rotation`]: staged root rotation of a CA directory and the
+//!   ports); [`metrics`]: the signing service's metrics and admin port;
+//!   [`rotation`]: staged root rotation of a CA directory and the
 //!   certificate directories it issued.
 //! - [`pipe`]: moving bytes on mesh hops (the tunnel pump and TLS write
 //!   batching), shared by the sidecar and the gateway.
@@ -29,6 +30,7 @@ mod error;
 pub mod follow;
 pub mod identity;
 pub mod manager;
+pub mod metrics;
 pub mod pem;
 pub mod pipe;
 pub mod reload;

@@ -59,6 +59,7 @@ pub struct CaService {
     /// Signings in progress (each on a blocking thread): a flood of
     /// requests waits here instead of taking every thread of the pool.
     signing: Arc<tokio::sync::Semaphore>,
+    metrics: Option<crate::metrics::CaMetrics>,
 }
 
 /// How many requests are signed at once.
@@ -115,6 +116,7 @@ impl CaService {
             tokens,
             default_ttl: default_ttl.min(MAX_WORKLOAD_TTL),
             signing: Arc::new(tokio::sync::Semaphore::new(SIGNING_AT_ONCE)),
+            metrics: None,
         }
     }
 
@@ -133,6 +135,17 @@ impl CaService {
             .issuer
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Issuer::new(authority);
+        if let Some(m) = &self.metrics {
+            m.set_issuer_expiry(self.issuer().authority.not_after());
+        }
+    }
+
+    /// Counts signings and refusals in `metrics` (and sets the issuer's expiry).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::CaMetrics) -> Self {
+        metrics.set_issuer_expiry(self.issuer().authority.not_after());
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The service's own certificate under the issuer it signs with now
@@ -281,6 +294,12 @@ impl CertificateAuthority for CaService {
         })
         .await
         .unwrap_or_else(|e| Err(refuse(Code::Internal, "sign_failed", e.to_string())));
+        if let Some(m) = &self.metrics {
+            m.record(res.as_ref().err().map(|s| {
+                let reason = s.metadata().get("strait-reason");
+                reason.and_then(|v| v.to_str().ok()).unwrap_or("other")
+            }));
+        }
         if let Err(status) = &res {
             tracing::warn!(code = ?status.code(), message = status.message(), "refused signing request");
         }

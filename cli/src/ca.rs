@@ -96,6 +96,10 @@ pub enum CaCommand {
         /// Default lifetime of the certificates it signs.
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
+        /// Admin HTTP address: `/metrics` (strait_ca_signings_total, ...),
+        /// `/ready`, `/live`. Off when unset.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Bootstrap tokens for the signing service.
     #[command(subcommand)]
@@ -285,7 +289,12 @@ pub fn run(cmd: CaCommand, format: Format) -> anyhow::Result<()> {
                 )
             })
         }
-        CaCommand::Serve { ca, listen, ttl } => serve(ca, listen, ttl),
+        CaCommand::Serve {
+            ca,
+            listen,
+            ttl,
+            admin,
+        } => serve(ca, listen, ttl, admin),
         CaCommand::Rotate(cmd) => rotate::run(cmd, format),
         CaCommand::Token(TokenCommand::Create {
             ca,
@@ -366,7 +375,12 @@ pub fn run(cmd: CaCommand, format: Format) -> anyhow::Result<()> {
     }
 }
 
-fn serve(ca: CaArgs, listen: std::net::SocketAddr, ttl: Duration) -> anyhow::Result<()> {
+fn serve(
+    ca: CaArgs,
+    listen: std::net::SocketAddr,
+    ttl: Duration,
+    admin: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let (dir, cluster) = ca.open()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -379,7 +393,8 @@ fn serve(ca: CaArgs, listen: std::net::SocketAddr, ttl: Duration) -> anyhow::Res
         // the follower (before it expires, and under a new intermediate).
         let (store, own_until) = strait_ca::follow::server_cert(&authority)?;
         let server_id = server::server_identity(dir.trust_domain());
-        let service = CaService::new(authority, bundle, tokens, ttl);
+        let metrics = strait_ca::metrics::CaMetrics::new();
+        let service = CaService::new(authority, bundle, tokens, ttl).with_metrics(metrics.clone());
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -394,6 +409,16 @@ fn serve(ca: CaArgs, listen: std::net::SocketAddr, ttl: Duration) -> anyhow::Res
             Duration::from_secs(1),
         ));
         let bound = server::serve(service, listener, store)?;
+        let admin = match admin {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("admin on {addr}"))?;
+                eprintln!("strait CA admin: http://{}/metrics", l.local_addr()?);
+                Some(tokio::spawn(strait_ca::metrics::serve_admin(l, metrics)))
+            }
+            None => None,
+        };
         eprintln!(
             "strait CA for cluster {cluster} serving on {} (identity {server_id}); Ctrl-C to stop",
             bound.addr
@@ -401,6 +426,9 @@ fn serve(ca: CaArgs, listen: std::net::SocketAddr, ttl: Duration) -> anyhow::Res
         crate::signal::wait_for_shutdown().await;
         bound.shutdown();
         follower.abort();
+        if let Some(a) = &admin {
+            a.abort();
+        }
         eprintln!("stopped");
         anyhow::Ok(())
     })

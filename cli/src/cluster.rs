@@ -370,8 +370,9 @@ fn render_up(r: &UpReport) -> String {
         c.trust_domain
     );
     out.push_str(&format!(
-        "  ca          {:<28} signs the roles' and sidecars' certificates  pid {}\n",
+        "  ca          {:<28} admin http://{}/metrics  pid {}  (signs the roles' and sidecars' certificates)\n",
         format!("{} (TLS)", configs::ca_addr(c)),
+        SocketAddr::new(c.ip, configs::CA_ADMIN_PORT),
         pid("ca")
     ));
     out.push_str(&format!(

@@ -24,6 +24,7 @@ mod runtime;
 mod sidecar;
 mod signal;
 mod status;
+mod top;
 
 use output::Format;
 
@@ -99,6 +100,8 @@ enum Command {
     #[command(subcommand)]
     Scenario(mesh_cmds::ScenarioCommand),
     Status(status::StatusArgs),
+    #[command(alias = "stat")]
+    Top(top::TopArgs),
     Controller(roles::ControllerArgs),
     Gateway(roles::GatewayArgs),
     Dns(roles::DnsArgs),
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => mesh_cmds::demo(args),
         Command::Scenario(cmd) => mesh_cmds::scenario(cmd, cli.output),
         Command::Status(args) => status::status(args, cli.output),
+        Command::Top(args) => top::run(args, cli.output),
         Command::Controller(args) => roles::run_controller(args),
         Command::Gateway(args) => roles::run_gateway(args),
         Command::Dns(args) => roles::run_dns(args),

@@ -23,6 +23,8 @@ pub enum Direction {
 pub struct TunnelLabels {
     pub source_cluster: String,
     pub destination_service: String,
+    /// The gateway's own cluster (where the tunnels lead).
+    pub destination_cluster: String,
     /// `ok`, or the refusal / failure reason.
     pub result: String,
 }
@@ -32,7 +34,21 @@ pub struct BytesLabels {
     /// The calling cluster: cross-cluster bytes per link (the egress bill).
     pub source_cluster: String,
     pub destination_service: String,
+    /// The gateway's own cluster: with `source_cluster`, one link.
+    pub destination_cluster: String,
     pub direction: Direction,
+}
+
+/// One link: the calling cluster and this gateway's.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkLabels {
+    pub source_cluster: String,
+    pub destination_cluster: String,
+}
+
+fn setup_histogram() -> Histogram {
+    // 50 us .. ~3 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,10 +60,13 @@ pub struct ReasonLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The gateway's cluster, the `destination_cluster` of every tunnel.
+    cluster: String,
     pub tunnels_active: Gauge,
     pub tunnels: Family<TunnelLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
-    pub setup_seconds: Histogram,
+    /// Tunnel set-up time per link.
+    pub setup_seconds: Family<LinkLabels, Histogram, fn() -> Histogram>,
     /// Client connections refused before any stream (TLS failures).
     pub connections_refused: Family<ReasonLabels, Counter>,
     pub connections_active: Gauge,
@@ -61,6 +80,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::for_cluster("")
+    }
+
+    /// The metrics of a gateway of `cluster`.
+    pub fn for_cluster(cluster: &str) -> Self {
         let mut registry = Registry::with_prefix("strait_gateway");
         let tunnels_active = Gauge::default();
         registry.register("tunnels_active", "Tunnels open now", tunnels_active.clone());
@@ -73,11 +97,13 @@ impl Metrics {
         let bytes = Family::default();
         registry.register(
             "bytes",
-            "Tunnel bytes by destination service; by direction (to_endpoint, from_endpoint)",
+            "Tunnel bytes by link (source and destination cluster), destination service and direction (to_endpoint, from_endpoint)",
             bytes.clone(),
         );
-        // 50 us .. ~3 s
-        let setup_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        let setup_seconds =
+            Family::<LinkLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                setup_histogram,
+            );
         registry.register(
             "tunnel_setup_seconds",
             "From CONNECT received to 200 sent (decision, limits, dial)",
@@ -97,6 +123,7 @@ impl Metrics {
         );
         Self {
             registry,
+            cluster: cluster.to_owned(),
             tunnels_active,
             tunnels,
             bytes,
@@ -111,6 +138,7 @@ impl Metrics {
             .get_or_create(&TunnelLabels {
                 source_cluster: source_cluster.to_owned(),
                 destination_service: service.to_owned(),
+                destination_cluster: self.cluster.clone(),
                 result: result.to_owned(),
             })
             .inc();
@@ -136,9 +164,21 @@ impl Metrics {
             .get_or_create(&BytesLabels {
                 source_cluster: source_cluster.to_owned(),
                 destination_service: service.to_owned(),
+                destination_cluster: self.cluster.clone(),
                 direction,
             })
             .clone()
+    }
+
+    /// Observes one tunnel's set-up time, per calling cluster (once per
+    /// tunnel, not per request).
+    pub fn setup(&self, source_cluster: &str, took: std::time::Duration) {
+        self.setup_seconds
+            .get_or_create(&LinkLabels {
+                source_cluster: source_cluster.to_owned(),
+                destination_cluster: self.cluster.clone(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Prometheus text exposition.

@@ -49,11 +49,12 @@ impl Shared {
         index: Index,
         tap: Option<Tap>,
     ) -> Self {
+        let metrics = Metrics::for_cluster(cfg.cluster.as_str());
         Self {
             cfg,
             certs,
             bundle,
-            metrics: Metrics::new(),
+            metrics,
             own,
             exports: RwLock::new(Arc::new(index)),
             generation: watch::channel(0).0,

@@ -144,10 +144,7 @@ pub(crate) async fn handle(
     };
     let _ = upstream.set_nodelay(true);
     shared.metrics.tunnel(cluster, &service, "ok");
-    shared
-        .metrics
-        .setup_seconds
-        .observe(started.elapsed().as_secs_f64());
+    shared.metrics.setup(cluster, started.elapsed());
     shared.active.fetch_add(1, Ordering::AcqRel);
     shared.metrics.tunnels_active.inc();
     tracing::debug!(peer = %peer.id, source_cluster = cluster, %service, %target, "tunnel open");

@@ -208,10 +208,9 @@ async fn passthrough(shared: Arc<Shared>, mut tcp: TcpStream, to: SocketAddr) {
         };
     let _ = tcp.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let labels = TcpLabels {
-        direction: Direction::outbound,
-        destination_service: "passthrough".to_owned(),
-    };
+    // Passthrough leaves the mesh: no destination cluster.
+    let source = shared.snapshot().local.cluster.clone();
+    let labels = TcpLabels::new(Direction::outbound, source.as_str(), "passthrough", "");
     shared.metrics.tcp_connections.get_or_create(&labels).inc();
     let (sent, received) =
         crate::copy::bidirectional(&mut tcp, &mut upstream, limits.idle_timeout).await;

@@ -15,7 +15,7 @@ use strait_api::snapshot::{Service, Snapshot};
 
 use crate::h2client::SendError;
 use crate::headers::{self, error};
-use crate::metrics::{Direction, ServiceReason};
+use crate::metrics::Direction;
 use crate::outlier::Outcome;
 use crate::retry::{self, Failure, RetryDecision};
 use crate::router::{Kind, Picked, ServiceHandle};
@@ -119,7 +119,8 @@ pub async fn forward(
                 if outcome == Outcome::Success || !replayable {
                     break (resp, Some(&picked.endpoint.cluster));
                 }
-                match decide(&shared, &svc, &route.retry, &parts, failure, retries) {
+                let at = &picked.endpoint.cluster;
+                match decide(&shared, &svc, &route.retry, &parts, (failure, at), retries) {
                     RetryDecision::Retry => {
                         retries += 1;
                         continue;
@@ -156,7 +157,8 @@ pub async fn forward(
         };
         let can_resend = replayable || body.is_some();
         let decision = if can_resend {
-            decide(&shared, &svc, &route.retry, &parts, failure, retries)
+            let at = &picked.endpoint.cluster;
+            decide(&shared, &svc, &route.retry, &parts, (failure, at), retries)
         } else {
             RetryDecision::NotRetryable
         };
@@ -364,14 +366,12 @@ fn finish(
     let addr = picked.endpoint.address;
     if let Some(ej) = svc.finish(addr, Kind::Request, outcome, rtt) {
         tracing::warn!(service = %svc.key(), endpoint = %addr, ejection = ?ej, "endpoint ejected by outlier detection");
+        let source = shared.snapshot().local.cluster.clone();
+        let reason = format!("{outcome:?}").to_lowercase();
+        let dest = picked.endpoint.cluster.as_str();
         shared
             .metrics
-            .ejections
-            .get_or_create(&ServiceReason {
-                destination_service: svc.key().to_string(),
-                reason: format!("{outcome:?}").to_lowercase(),
-            })
-            .inc();
+            .ejection(source.as_str(), svc.key(), dest, &reason);
     }
 }
 
@@ -380,7 +380,7 @@ fn decide(
     svc: &ServiceHandle,
     policy: &strait_api::snapshot::RetryPolicy,
     parts: &Parts,
-    failure: Failure,
+    (failure, failed_at): (Failure, &strait_api::ClusterName),
     retries: u32,
 ) -> RetryDecision {
     let d = svc.with_budget(|budget| {
@@ -393,13 +393,10 @@ fn decide(
             Instant::now(),
         )
     });
+    let source = shared.snapshot().local.cluster.clone();
+    let dest = failed_at.as_str();
     shared
         .metrics
-        .retries
-        .get_or_create(&ServiceReason {
-            destination_service: svc.key().to_string(),
-            reason: d.label().to_owned(),
-        })
-        .inc();
+        .retry(source.as_str(), svc.key(), dest, d.label());
     d
 }

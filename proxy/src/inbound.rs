@@ -333,6 +333,11 @@ async fn handle(
         );
     };
     let snapshot = shared.snapshot();
+    // Labels of the rare paths (refusals, upgrades), built only there.
+    let on = || {
+        let local = snapshot.local.cluster.as_str();
+        TcpLabels::new(Direction::inbound, peer.source_cluster(), service, local)
+    };
     let policies = shared
         .local_service(&snapshot)
         .map(|s| s.authorization.as_slice())
@@ -358,7 +363,7 @@ async fn handle(
             let msg = format!("{service}: the request path cannot be canonicalized: {e}");
             let resp = error(StatusCode::BAD_REQUEST, e.reason(), msg);
             if let Some(proto) = &upgrade {
-                crate::upgrade::count(&shared, Direction::inbound, service, proto, &resp);
+                crate::upgrade::count(&shared, &on(), proto, &resp);
             }
             return resp;
         }
@@ -381,7 +386,7 @@ async fn handle(
             format!("{source} may not call {service} on port {port}"),
         );
         if let Some(proto) = &upgrade {
-            crate::upgrade::count(&shared, Direction::inbound, service, proto, &resp);
+            crate::upgrade::count(&shared, &on(), proto, &resp);
         }
         return resp;
     }
@@ -398,15 +403,14 @@ async fn handle(
     }
     if is_connect {
         // Boxed, like the other rare paths: the request future stays small.
-        let service = service.to_owned();
-        return Box::pin(tunnel_to_app(shared, req, app.target(), service)).await;
+        return Box::pin(tunnel_to_app(shared, req, app.target(), on())).await;
     }
     let resp = match &upgrade {
         Some(proto) => {
             let (s, svc) = (shared.clone(), service.to_owned());
             let up = crate::upgrade::inbound(s, &peer, req, &app, svc, proto.clone());
             let resp = Box::pin(up).await;
-            crate::upgrade::count(&shared, Direction::inbound, service, proto, &resp);
+            crate::upgrade::count(&shared, &on(), proto, &resp);
             resp
         }
         None => forward_to_app(&shared, &peer, req, &app).await,
@@ -536,7 +540,7 @@ async fn tunnel_to_app(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     target: SocketAddr,
-    service: String,
+    labels: TcpLabels,
 ) -> Response<Body> {
     // Connect first, so a dead app is a 503 rather than an accepted stream
     // that closes at once.
@@ -553,10 +557,6 @@ async fn tunnel_to_app(
         );
     };
     let _ = app.set_nodelay(true);
-    let labels = TcpLabels {
-        direction: Direction::inbound,
-        destination_service: service,
-    };
     shared.metrics.tcp_connections.get_or_create(&labels).inc();
     let held = req.extensions().get::<OpenStreams>().cloned();
     tokio::spawn(async move {

@@ -35,10 +35,27 @@ pub struct DurationLabels {
     pub destination_cluster: String,
 }
 
+/// Opaque TCP and upgraded connections. `source_cluster` is the caller's
+/// cluster (inbound: the cluster that signed the peer's certificate),
+/// `destination_cluster` the serving endpoint's (empty for passthrough
+/// connections to addresses outside the mesh).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub direction: Direction,
+    pub source_cluster: String,
     pub destination_service: String,
+    pub destination_cluster: String,
+}
+
+impl TcpLabels {
+    pub fn new(direction: Direction, source: &str, service: &str, destination: &str) -> Self {
+        Self {
+            direction,
+            source_cluster: source.to_owned(),
+            destination_service: service.to_owned(),
+            destination_cluster: destination.to_owned(),
+        }
+    }
 }
 
 /// HTTP/1.1 upgrades: `protocol` is `websocket`, `h2c` or `other`;
@@ -47,7 +64,9 @@ pub struct TcpLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpgradeLabels {
     pub direction: Direction,
+    pub source_cluster: String,
     pub destination_service: String,
+    pub destination_cluster: String,
     pub protocol: String,
     pub result: String,
 }
@@ -58,10 +77,24 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Retries and ejections: the caller's cluster, the service, the cluster
+/// of the endpoint that failed, and the decision or outcome.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceReason {
+    pub source_cluster: String,
     pub destination_service: String,
+    pub destination_cluster: String,
     pub reason: String,
+}
+
+/// `strait_failover_active{service, from, to}`: 1 while this sidecar's
+/// traffic to `service` leaves its own cluster `from` (wholly or in part)
+/// for `to` although `from` serves the service; 0 once it came back.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    pub service: String,
+    pub from: String,
+    pub to: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -92,6 +125,8 @@ pub struct Metrics {
     pub refused: Family<ReasonLabels, Counter>,
     pub retries: Family<ServiceReason, Counter>,
     pub ejections: Family<ServiceReason, Counter>,
+    /// Services whose traffic fails over to another cluster now.
+    pub failover_active: Family<FailoverLabels, Gauge>,
     pub snapshot_version: Gauge,
     pub snapshot_rejected: Counter,
     pub cert_expiry_seconds: Gauge,
@@ -236,6 +271,12 @@ impl Metrics {
             "Endpoints ejected by outlier detection",
             ejections.clone(),
         );
+        let failover_active = Family::default();
+        registry.register(
+            "failover_active",
+            "1 while traffic to a service fails over (or spills) from this cluster to another",
+            failover_active.clone(),
+        );
         let snapshot_version = Gauge::default();
         registry.register(
             "snapshot_version",
@@ -268,6 +309,7 @@ impl Metrics {
             refused,
             retries,
             ejections,
+            failover_active,
             snapshot_version,
             snapshot_rejected,
             cert_expiry_seconds,
@@ -279,6 +321,31 @@ impl Metrics {
             .get_or_create(&ReasonLabels {
                 direction,
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one retry decision (failures only: never on a request's
+    /// success path).
+    pub fn retry(&self, source: &str, service: &str, destination: &str, decision: &str) {
+        self.retries
+            .get_or_create(&ServiceReason {
+                source_cluster: source.to_owned(),
+                destination_service: service.to_owned(),
+                destination_cluster: destination.to_owned(),
+                reason: decision.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one endpoint ejection.
+    pub fn ejection(&self, source: &str, service: &str, destination: &str, outcome: &str) {
+        self.ejections
+            .get_or_create(&ServiceReason {
+                source_cluster: source.to_owned(),
+                destination_service: service.to_owned(),
+                destination_cluster: destination.to_owned(),
+                reason: outcome.to_owned(),
             })
             .inc();
     }

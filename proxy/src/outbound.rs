@@ -311,10 +311,12 @@ async fn tcp_tunnel(shared: Arc<Shared>, mut tcp: TcpStream, vip: IpAddr, port: 
                     continue;
                 }
             };
-        let labels = TcpLabels {
-            direction: Direction::outbound,
-            destination_service: svc_name.clone(),
-        };
+        let labels = TcpLabels::new(
+            Direction::outbound,
+            snapshot.local.cluster.as_str(),
+            &svc_name,
+            picked.endpoint.cluster.as_str(),
+        );
         shared.metrics.tcp_connections.get_or_create(&labels).inc();
         let (sent, received) =
             crate::copy::bidirectional(&mut tcp, &mut tunnel, shared.cfg.limits.idle_timeout).await;

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use foldhash::HashMap;
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -16,7 +18,7 @@ use strait_api::snapshot::{Endpoint, Health, Service, Snapshot};
 
 use crate::balance::{Balancer, EndpointLoad, EwmaConfig};
 use crate::locality::{Plan, Reason};
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, FailoverLabels, Metrics};
 use crate::outlier::{Ejection, Outcome, OutlierDetector};
 use crate::retry::RetryBudget;
 use crate::route::{self, Hop, OutboundError};
@@ -44,6 +46,8 @@ struct ServiceState {
     durations: Vec<(Option<ClusterName>, Histogram)>,
     /// The last locality plan, reused while its inputs are unchanged.
     plan: Option<CachedPlan>,
+    /// (from, to) of the failover the gauge shows as active now.
+    failover: Option<(ClusterName, ClusterName)>,
 }
 
 /// A locality plan and what it was made from: the service of one snapshot
@@ -84,6 +88,7 @@ impl ServiceState {
             requests_from: None,
             durations: Vec::new(),
             plan: None,
+            failover: None,
         }
     }
 
@@ -147,6 +152,8 @@ struct Entry {
     /// `name.ns`, for labels and messages.
     key: Arc<str>,
     state: Mutex<ServiceState>,
+    /// `strait_failover_active` (shared with the sidecar's metrics).
+    failover: Family<FailoverLabels, Gauge>,
 }
 
 /// Routing state of every service, keyed by namespace, then name (looked
@@ -155,6 +162,7 @@ struct Entry {
 pub struct Router {
     services: Mutex<HashMap<String, HashMap<String, Arc<Entry>>>>,
     ewma: EwmaConfig,
+    failover: Family<FailoverLabels, Gauge>,
 }
 
 pub fn service_key(s: &Service) -> String {
@@ -162,6 +170,14 @@ pub fn service_key(s: &Service) -> String {
 }
 
 impl Router {
+    /// A router that shows failovers in `gauge` (`strait_failover_active`).
+    pub fn with_failover_gauge(gauge: Family<FailoverLabels, Gauge>) -> Self {
+        Self {
+            failover: gauge,
+            ..Self::default()
+        }
+    }
+
     /// The routing state of `service`, for the calls of one request or
     /// connection.
     pub fn handle(&self, service: &Service) -> ServiceHandle {
@@ -185,6 +201,7 @@ impl Router {
                 Arc::new(Entry {
                     state: Mutex::new(ServiceState::new(&key, service)),
                     key: key.into(),
+                    failover: self.failover.clone(),
                 })
             })
             .clone();
@@ -201,6 +218,7 @@ impl Router {
         for (ns, names) in map.iter_mut() {
             names.retain(|name, entry| {
                 let Some(s) = snapshot.service(ns, name) else {
+                    entry.note_failover(&mut entry.lock(), None);
                     return false;
                 };
                 entry.lock().sync(&entry.key, s);
@@ -243,6 +261,37 @@ impl Router {
 impl Entry {
     fn lock(&self) -> MutexGuard<'_, ServiceState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the failover gauge to `now` ((from, to), or none): the old
+    /// series drops to 0, the new one is 1.
+    fn note_failover(&self, st: &mut ServiceState, now: Option<(ClusterName, ClusterName)>) {
+        if st.failover == now {
+            return;
+        }
+        let labels = |(from, to): &(ClusterName, ClusterName)| FailoverLabels {
+            service: self.key.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+        };
+        if let Some(old) = st.failover.take() {
+            self.failover.get_or_create(&labels(&old)).set(0);
+        }
+        if let Some(new) = &now {
+            self.failover.get_or_create(&labels(new)).set(1);
+        }
+        st.failover = now;
+    }
+}
+
+/// The cluster traffic fails over (or spills) to, when the plan's reason
+/// says the caller's cluster serves the service but not all of it.
+pub fn failover_target(reason: &Reason) -> Option<&ClusterName> {
+    match reason {
+        Reason::FailedOverTo(to)
+        | Reason::Spilling { to, .. }
+        | Reason::DistributedWithFailover { to, .. } => Some(to),
+        _ => None,
     }
 }
 
@@ -311,6 +360,9 @@ impl ServiceHandle {
         if !st.plan.as_ref().is_some_and(fresh) {
             st.plan = None;
         }
+        // Only a first attempt's plan tells where traffic goes (a retry's
+        // plan marks the endpoints it tried as down).
+        let rebuilt = st.plan.is_none() && tried.is_empty();
         let cached = st.plan.get_or_insert_with(|| CachedPlan {
             endpoints: service.endpoints.as_ptr() as usize,
             version: snapshot.version,
@@ -333,6 +385,14 @@ impl ServiceHandle {
             hop: choice.hop,
         };
         st.reason = Some(choice.reason);
+        if rebuilt {
+            let to = st
+                .plan
+                .as_ref()
+                .and_then(|c| failover_target(&c.plan.reason));
+            let now = to.map(|to| (snapshot.local.cluster.clone(), to.clone()));
+            self.entry.note_failover(st, now);
+        }
         let load = st
             .loads
             .entry(picked.endpoint.address)

@@ -45,7 +45,7 @@ impl Shared {
         metrics
             .snapshot_version
             .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
-        let router = Router::default();
+        let router = Router::with_failover_gauge(metrics.failover_active.clone());
         let own_id = identity.id().map(|i| i.to_string()).unwrap_or_default();
         Self {
             cfg,

@@ -64,7 +64,13 @@ pub(crate) async fn outbound(
         code,
         started.elapsed(),
     );
-    count(&shared, Direction::outbound, &svc_name, &proto, &resp);
+    let on = TcpLabels::new(
+        Direction::outbound,
+        snapshot.local.cluster.as_str(),
+        &svc_name,
+        &dest_cluster,
+    );
+    count(&shared, &on, &proto, &resp);
     if shared.cfg.access_log {
         tracing::info!(target: "strait::access", direction = "outbound", service = %svc_name,
             method = %method, path = %path, status = code, upgrade = headers::upgrade_label(&proto),
@@ -172,10 +178,12 @@ async fn handshake(
             finish(shared, service, addr, outcome);
             return (ordinary(resp), cluster);
         }
-        let labels = TcpLabels {
-            direction: Direction::outbound,
-            destination_service: svc_name,
-        };
+        let labels = TcpLabels::new(
+            Direction::outbound,
+            snapshot.local.cluster.as_str(),
+            &svc_name,
+            &cluster,
+        );
         let (shared_c, service_c) = (shared.clone(), service.clone());
         let done = move || finish(&shared_c, &service_c, addr, Outcome::Success);
         let resp = switch(shared.clone(), resp, app_side, proto, labels, done);
@@ -302,10 +310,13 @@ pub(crate) async fn inbound(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return ordinary(resp);
     }
-    let labels = TcpLabels {
-        direction: Direction::inbound,
-        destination_service: service,
-    };
+    let local = shared.snapshot().local.cluster.clone();
+    let labels = TcpLabels::new(
+        Direction::inbound,
+        peer.source_cluster(),
+        &service,
+        local.as_str(),
+    );
     switch(shared, resp, peer_side, &proto, labels, move || drop(held))
 }
 
@@ -378,20 +389,23 @@ fn finish(shared: &Shared, service: &Service, addr: SocketAddr, outcome: Outcome
         .finish(service, addr, Kind::Connection, outcome, None);
     if let Some(ej) = ejected {
         tracing::warn!(service = %service_key(service), endpoint = %addr, ejection = ?ej, "endpoint ejected by outlier detection");
+        let dest = service.endpoints.iter().find(|e| e.address == addr);
+        let dest = dest.map_or("", |e| e.cluster.as_str());
+        let source = shared.snapshot().local.cluster.clone();
+        let reason = format!("{outcome:?}").to_lowercase();
+        let m = &shared.metrics;
+        m.ejection(source.as_str(), &service_key(service), dest, &reason);
     }
 }
 
-/// Counts one upgrade request by protocol and result.
-pub(crate) fn count(
-    shared: &Shared,
-    direction: Direction,
-    service: &str,
-    proto: &HeaderValue,
-    resp: &Response<Body>,
-) {
+/// Counts one upgrade request `on` (direction, clusters, service) by
+/// protocol and result.
+pub(crate) fn count(shared: &Shared, on: &TcpLabels, proto: &HeaderValue, resp: &Response<Body>) {
     let labels = UpgradeLabels {
-        direction,
-        destination_service: service.to_owned(),
+        direction: on.direction,
+        source_cluster: on.source_cluster.clone(),
+        destination_service: on.destination_service.clone(),
+        destination_cluster: on.destination_cluster.clone(),
         protocol: headers::upgrade_label(proto).to_owned(),
         result: result_label(resp).to_owned(),
     };

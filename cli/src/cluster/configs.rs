@@ -29,6 +29,9 @@ pub const DNS_ADMIN_PORT: u16 = 8654;
 /// renew their certificates there, with a join token the first time.
 pub const CA_PORT: u16 = 8620;
 
+/// The CA service's admin port (`/metrics`, `/ready`, `/live`).
+pub const CA_ADMIN_PORT: u16 = 8621;
+
 /// The CA signing service's address.
 pub fn ca_addr(info: &ClusterInfo) -> SocketAddr {
     SocketAddr::new(info.ip, CA_PORT)
@@ -36,10 +39,11 @@ pub fn ca_addr(info: &ClusterInfo) -> SocketAddr {
 
 /// The addresses of the CA service, DNS admin and egress sidecar, which
 /// `up` needs free beside [`ClusterInfo::listeners`].
-pub fn listeners(info: &ClusterInfo) -> [(&'static str, SocketAddr, bool); 5] {
+pub fn listeners(info: &ClusterInfo) -> [(&'static str, SocketAddr, bool); 6] {
     let at = |port| SocketAddr::new(info.ip, port);
     [
         ("ca service", ca_addr(info), false),
+        ("ca admin", at(CA_ADMIN_PORT), false),
         ("dns admin", at(DNS_ADMIN_PORT), false),
         ("egress inbound", at(EGRESS_INBOUND_PORT), false),
         ("egress outbound", at(EGRESS_OUTBOUND_PORT), false),

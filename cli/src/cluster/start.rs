@@ -77,6 +77,8 @@ pub(super) async fn start(
                 info.name.clone(),
                 "--listen".into(),
                 configs::ca_addr(info).to_string(),
+                "--admin".into(),
+                SocketAddr::new(info.ip, configs::CA_ADMIN_PORT).to_string(),
             ],
         ),
         (

@@ -57,7 +57,7 @@ async fn connect_to_anything_not_exported_is_refused_with_a_reason() {
         ("unknown", "self_target"),
     ] {
         let line = format!(
-            r#"strait_gateway_tunnels_total{{source_cluster="east",destination_service="{label}",result="{reason}"}}"#
+            r#"strait_gateway_tunnels_total{{source_cluster="east",destination_service="{label}",destination_cluster="west",result="{reason}"}}"#
         );
         assert!(metric(&m, &line) >= 1.0, "{line}\n{m}");
     }
@@ -137,6 +137,6 @@ async fn a_service_exported_to_named_clusters_is_refused_to_the_others() {
         assert!(a.stream.is_none());
     }
     assert!(gw.metrics().contains(
-        r#"strait_gateway_tunnels_total{source_cluster="central",destination_service="reviews.default",result="not_exported_to"} 2"#
+        r#"strait_gateway_tunnels_total{source_cluster="central",destination_service="reviews.default",destination_cluster="west",result="not_exported_to"} 2"#
     ));
 }

@@ -55,14 +55,17 @@ async fn connect_pipes_bytes_to_an_exported_endpoint_and_counts_them_per_service
     }
 
     let m = gw.metrics();
-    let ok = r#"strait_gateway_tunnels_total{source_cluster="east",destination_service="reviews.default",result="ok"}"#;
+    let ok = r#"strait_gateway_tunnels_total{source_cluster="east",destination_service="reviews.default",destination_cluster="west",result="ok"}"#;
     assert_eq!(metric(&m, ok), 22.0, "{m}");
-    let to = r#"strait_gateway_bytes_total{source_cluster="east",destination_service="reviews.default",direction="to_endpoint"}"#;
-    let from = r#"strait_gateway_bytes_total{source_cluster="east",destination_service="reviews.default",direction="from_endpoint"}"#;
+    let to = r#"strait_gateway_bytes_total{source_cluster="east",destination_service="reviews.default",destination_cluster="west",direction="to_endpoint"}"#;
+    let from = r#"strait_gateway_bytes_total{source_cluster="east",destination_service="reviews.default",destination_cluster="west",direction="from_endpoint"}"#;
     assert!(metric(&m, to) >= 2.0 * (1 << 20) as f64, "{m}");
     assert!(metric(&m, from) >= 2.0 * (1 << 20) as f64, "{m}");
     assert_eq!(
-        metric(&m, "strait_gateway_tunnel_setup_seconds_count"),
+        metric(
+            &m,
+            r#"strait_gateway_tunnel_setup_seconds_count{source_cluster="east",destination_cluster="west"}"#
+        ),
         22.0,
         "{m}"
     );
@@ -206,7 +209,7 @@ async fn each_source_cluster_has_its_own_stream_limit() {
     }
     assert!(ok, "slot released");
     let m = gw.metrics();
-    let limited = r#"strait_gateway_tunnels_total{source_cluster="east",destination_service="web.default",result="stream_limit"}"#;
+    let limited = r#"strait_gateway_tunnels_total{source_cluster="east",destination_service="web.default",destination_cluster="west",result="stream_limit"}"#;
     assert!(metric(&m, limited) >= 1.0, "{m}");
     assert!(m.contains(r#"source_cluster="central""#), "{m}");
 }
@@ -245,7 +248,7 @@ async fn each_peer_identity_has_its_own_stream_limit() {
     );
     assert_eq!(connect(&mut b, &t).await.unwrap().status, 200);
     let m = gw.metrics();
-    let limited = r#"strait_gateway_tunnels_total{source_cluster="east",destination_service="web.default",result="peer_stream_limit"}"#;
+    let limited = r#"strait_gateway_tunnels_total{source_cluster="east",destination_service="web.default",destination_cluster="west",result="peer_stream_limit"}"#;
     assert!(metric(&m, limited) >= 1.0, "{m}");
 }
 

@@ -139,3 +139,67 @@ fn outbound_metrics_use_kept_handles_with_the_right_labels() {
     assert!(text.contains("source_cluster=\"east2\""), "{text}");
     assert!(text.contains(&format!("{}2", line("east", 200))), "{text}");
 }
+
+#[test]
+fn failover_target_names_the_cluster_only_when_the_local_one_gives_traffic_away() {
+    let west = ClusterName::new("west").unwrap();
+    let from: strait_api::snapshot::LocalityPattern = "us-east/*".parse().unwrap();
+    let table = [
+        (Reason::FailedOverTo(west.clone()), Some(&west)),
+        (
+            Reason::Spilling {
+                to: west.clone(),
+                percent: 30,
+            },
+            Some(&west),
+        ),
+        (
+            Reason::DistributedWithFailover {
+                from: from.clone(),
+                to: west.clone(),
+            },
+            Some(&west),
+        ),
+        (Reason::RemoteOnly(west.clone()), None),
+        (Reason::LocalHealthy, None),
+        (Reason::Distributed { from }, None),
+        (Reason::StaleOnly, None),
+        (Reason::Panic, None),
+        (Reason::NoEndpoints, None),
+    ];
+    for (reason, want) in table {
+        assert_eq!(failover_target(&reason), want, "{reason:?}");
+    }
+}
+
+/// `strait_failover_active{service,from,to}` is 1 while the local
+/// endpoints are ejected and traffic goes to west, and 0 once it is back.
+#[test]
+fn the_failover_gauge_follows_the_plan_and_falls_back_to_zero() {
+    let metrics = Metrics::new();
+    let router = Router::with_failover_gauge(metrics.failover_active.clone());
+    let snap = snapshot(1, &format!("{EAST}{}", west("10.1.0.1")));
+    let svc = &snap.services[0];
+    let h = router.handle(svc);
+    let gauge = "strait_failover_active{service=\"web.shop\",from=\"east\",to=\"west\"}";
+    h.pick(&snap, svc, &[], Kind::Request).unwrap();
+    assert!(!metrics.encode().contains(gauge), "{}", metrics.encode());
+    for a in ["10.0.0.1:15006", "10.0.0.2:15006"] {
+        h.finish(addr(a), Kind::Request, Outcome::ConnectFailure, None);
+    }
+    let p = h.pick(&snap, svc, &[], Kind::Request).unwrap();
+    assert_eq!(p.endpoint.address, addr("10.1.0.1:15006"));
+    let text = metrics.encode();
+    assert!(text.contains(&format!("{gauge} 1\n")), "{text}");
+    // A retry's plan (endpoint tried) does not move the gauge.
+    h.pick(&snap, svc, &[2], Kind::Request).unwrap();
+    assert!(metrics.encode().contains(&format!("{gauge} 1\n")));
+    // A new snapshot without west: traffic stays home, the gauge drops
+    // to 0 (the series stays, so an alert sees it end).
+    let back = snapshot(2, EAST);
+    router.sync(&back);
+    let svc = &back.services[0];
+    router.pick(&back, svc, &[], Kind::Request).unwrap();
+    let text = metrics.encode();
+    assert!(text.contains(&format!("{gauge} 0\n")), "{text}");
+}

@@ -222,14 +222,14 @@ async fn http1_grpc_and_tcp_cross_from_east_to_a_service_that_exists_only_in_wes
     assert!(
         metric(
             &m,
-            r#"strait_gateway_tunnels_total{source_cluster="east",destination_service="unknown",result="unknown_endpoint"}"#
+            r#"strait_gateway_tunnels_total{source_cluster="east",destination_service="unknown",destination_cluster="west",result="unknown_endpoint"}"#
         ) >= 1.0,
         "{m}"
     );
     for svc in ["reviews.default", "echo.default", "db.default"] {
         assert!(tunnels_ok(&gw, svc) >= 1.0, "{svc}: {m}");
         let bytes = format!(
-            r#"strait_gateway_bytes_total{{source_cluster="east",destination_service="{svc}",direction="to_endpoint"}}"#
+            r#"strait_gateway_bytes_total{{source_cluster="east",destination_service="{svc}",destination_cluster="west",direction="to_endpoint"}}"#
         );
         assert!(metric(&m, &bytes) > 0.0, "{bytes}: {m}");
     }

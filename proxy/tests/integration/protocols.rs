@@ -253,6 +253,6 @@ async fn raw_tcp_crosses_the_pair_in_a_connect_stream() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let m = client.metrics();
     // (wait_listening opened one connection too.)
-    assert!(m.contains("strait_tcp_connections_total{direction=\"outbound\",destination_service=\"web.default\"} 2"), "{m}");
-    assert!(m.contains("strait_tcp_sent_bytes_total{direction=\"outbound\",destination_service=\"web.default\"} 1000000"), "{m}");
+    assert!(m.contains("strait_tcp_connections_total{direction=\"outbound\",source_cluster=\"east\",destination_service=\"web.default\",destination_cluster=\"east\"} 2"), "{m}");
+    assert!(m.contains("strait_tcp_sent_bytes_total{direction=\"outbound\",source_cluster=\"east\",destination_service=\"web.default\",destination_cluster=\"east\"} 1000000"), "{m}");
 }

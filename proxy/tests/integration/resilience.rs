@@ -73,7 +73,7 @@ async fn failed_requests_are_retried_on_another_endpoint() {
     assert!(
         client
             .metrics()
-            .contains("strait_retries_total{destination_service=\"web.default\",reason=\"retry\"}")
+            .contains("strait_retries_total{source_cluster=\"east\",destination_service=\"web.default\",destination_cluster=\"east\",reason=\"retry\"}")
     );
 }
 

@@ -171,7 +171,7 @@ async fn eventually_metric(proxy: &Proxy, line: &str, want: f64) {
 
 fn upgrades(direction: &str, protocol: &str, result: &str) -> String {
     format!(
-        "strait_upgrades_total{{direction=\"{direction}\",destination_service=\"web.default\",protocol=\"{protocol}\",result=\"{result}\"}}"
+        "strait_upgrades_total{{direction=\"{direction}\",source_cluster=\"east\",destination_service=\"web.default\",destination_cluster=\"east\",protocol=\"{protocol}\",result=\"{result}\"}}"
     )
 }
 
@@ -201,7 +201,9 @@ async fn websocket_upgrade_crosses_the_pair_and_bytes_flow_both_ways_until_half_
             metric(&proxy.metrics(), &upgrades(dir, "websocket", "switched")),
             1.0
         );
-        let labels = format!("{{direction=\"{dir}\",destination_service=\"web.default\"}}");
+        let labels = format!(
+            "{{direction=\"{dir}\",source_cluster=\"east\",destination_service=\"web.default\",destination_cluster=\"east\"}}"
+        );
         eventually_metric(
             proxy,
             &format!("strait_upgrade_sent_bytes_total{labels}"),
@@ -393,7 +395,7 @@ async fn an_upgrade_crosses_to_another_cluster_through_the_gateway() {
     let vip: SocketAddr = "127.77.65.1:8080".parse().unwrap();
     wait_listening(vip).await;
 
-    let tunnels = "strait_gateway_tunnels_total{source_cluster=\"east\",destination_service=\"web.default\",result=\"ok\"}";
+    let tunnels = "strait_gateway_tunnels_total{source_cluster=\"east\",destination_service=\"web.default\",destination_cluster=\"west\",result=\"ok\"}";
     let mut conn = open(TcpStream::connect(vip).await.unwrap()).await;
     let resp = send(&mut conn, upgrade_req("/chat", "websocket")).await;
     assert_eq!(resp.status(), 101, "{}", text(resp).await);

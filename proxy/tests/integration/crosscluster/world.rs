@@ -201,7 +201,7 @@ pub(super) fn tunnels_ok(gw: &Handle, service: &str) -> f64 {
     metric(
         &gw.metrics(),
         &format!(
-            r#"strait_gateway_tunnels_total{{source_cluster="east",destination_service="{service}",result="ok"}}"#
+            r#"strait_gateway_tunnels_total{{source_cluster="east",destination_service="{service}",destination_cluster="west",result="ok"}}"#
         ),
     )
 }
