@@ -5,5 +5,6 @@ mod csr;
 mod fixture;
 mod grpc;
 mod manager;
+mod metrics;
 mod mtls;
 mod verify;
