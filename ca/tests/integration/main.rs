@@ -6,5 +6,6 @@ mod fixture;
 mod follow;
 mod grpc;
 mod manager;
+mod metrics;
 mod mtls;
 mod verify;
