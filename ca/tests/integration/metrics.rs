@@ -78,13 +78,24 @@ async fn signings_and_refusals_by_reason_reach_the_admin_port() {
     let mut client = CaClient::connect(bound.addr, &bundle, &CertStore::empty())
         .await
         .unwrap();
-    for _ in 0..2 {
-        client
-            .sign(csr(vec![uri(WEB)], vec![]), &good, None)
-            .await
-            .unwrap();
-    }
-    for (token, n) in [("no-such-token", 3), (expired.as_str(), 1), ("", 2)] {
+    client
+        .sign(csr(vec![uri(WEB)], vec![]), &good, None)
+        .await
+        .unwrap();
+    // A token is good for one certificate: the second signing needs another.
+    let second = tokens
+        .create("default", "web", Duration::from_secs(600))
+        .unwrap();
+    client
+        .sign(csr(vec![uri(WEB)], vec![]), &second, None)
+        .await
+        .unwrap();
+    for (token, n) in [
+        ("no-such-token", 3),
+        (expired.as_str(), 1),
+        ("", 2),
+        (good.as_str(), 1),
+    ] {
         for _ in 0..n {
             client
                 .sign(csr(vec![uri(WEB)], vec![]), token, None)
@@ -117,6 +128,7 @@ async fn signings_and_refusals_by_reason_reach_the_admin_port() {
         "strait_ca_refusals_total{reason=\"token_unknown\"} 3".to_owned(),
         "strait_ca_refusals_total{reason=\"token_expired\"} 1".to_owned(),
         "strait_ca_refusals_total{reason=\"no_credentials\"} 2".to_owned(),
+        "strait_ca_refusals_total{reason=\"token_used\"} 1".to_owned(),
         "strait_ca_refusals_total{reason=\"csr_malformed\"} 1".to_owned(),
         format!("strait_ca_issuer_expiry_timestamp_seconds {not_after}"),
     ] {
