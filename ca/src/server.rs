@@ -38,6 +38,8 @@ pub struct CaService {
     /// The cluster this CA signs for (its intermediate's OU): a renewal
     /// is accepted only from a certificate of this cluster.
     cluster: Option<strait_api::ClusterName>,
+    /// Checks projected service account tokens (Kubernetes).
+    pub(crate) reviewer: Option<Arc<dyn crate::tokenreview::TokenReviewer>>,
 }
 
 impl std::fmt::Debug for CaService {
@@ -48,7 +50,7 @@ impl std::fmt::Debug for CaService {
     }
 }
 
-fn refuse(code: Code, reason: &'static str, message: String) -> Status {
+pub(crate) fn refuse(code: Code, reason: &'static str, message: String) -> Status {
     let mut status = Status::new(code, message);
     status.metadata_mut().insert(
         "strait-reason",
@@ -91,18 +93,23 @@ impl CaService {
             bundle,
             tokens,
             default_ttl: default_ttl.min(MAX_WORKLOAD_TTL),
+            reviewer: None,
         }
     }
 
     /// Checks, authorizes and signs one request. `peer` is the caller's TLS
-    /// chain, when it presented one.
+    /// chain, when it presented one; `reviewed` the identity a TokenReview
+    /// granted ([`crate::tokenreview`]).
     pub fn sign(
         &self,
         req: &SignRequest,
         peer: Option<&[CertificateDer<'static>]>,
+        reviewed: Option<&SpiffeId>,
     ) -> Result<SignResponse, Status> {
         let checked = csr::check(&req.csr_der, self.authority.trust_domain())?;
-        self.authorize(&checked.id, &req.bootstrap_token, peer)?;
+        if reviewed != Some(&checked.id) {
+            self.authorize(&checked.id, &req.bootstrap_token, peer)?;
+        }
         let ttl = match req.ttl_seconds {
             0 => self.default_ttl,
             s => Duration::from_secs(s).min(MAX_WORKLOAD_TTL),
@@ -191,7 +198,13 @@ impl CertificateAuthority for CaService {
         let peer = request.peer_certs();
         let peer: Option<Vec<CertificateDer<'static>>> =
             peer.map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
-        let res = Self::sign(self, request.get_ref(), peer.as_deref());
+        let (reviewer, td) = (self.reviewer.as_deref(), self.authority.trust_domain());
+        let reviewed = crate::tokenreview::review(reviewer, td, request.get_ref()).await;
+        let res = match reviewed {
+            Some(Err(refused)) => Err(refused),
+            Some(Ok(id)) => Self::sign(self, request.get_ref(), None, Some(&id)),
+            None => Self::sign(self, request.get_ref(), peer.as_deref(), None),
+        };
         if let Err(status) = &res {
             tracing::warn!(code = ?status.code(), message = status.message(), "refused signing request");
         }

@@ -17,7 +17,9 @@ use strait_federation::controller::{Controller, ControllerConfig};
 use strait_federation::snapshot::VipRange;
 use strait_gateway::{ExportTable, Gateway, GatewayConfig};
 
+mod catalog;
 mod dns;
+mod standby;
 
 pub use dns::{DnsArgs, run_dns};
 
@@ -47,6 +49,8 @@ pub use dns::{DnsArgs, run_dns};
 ///   vips: 127.77.0.0/16              # optional: the loopback /16 of service VIPs
 ///   default_health_check: true       # ask the sidecar of endpoints without health_check:
 ///   registration_lease: 15s          # a self-registered sidecar's endpoint outlives its stream this long
+///   catalog:                         # optional: the Kubernetes catalog instead of state_dir's files
+///     kubernetes: { kubeconfig: ./kubeconfig, namespaces: [shop], label_selector: mesh=strait }
 ///
 /// Every key, with its default: docs/config-reference.md.
 #[derive(Debug, Args)]
@@ -93,6 +97,9 @@ struct ControllerFile {
     /// config stream ended without a deregistration (crash, kill -9).
     #[serde(default, with = "strait_api::snapshot::duration_str::option")]
     registration_lease: Option<std::time::Duration>,
+    /// Where the local catalog comes from (default: `state_dir`'s files).
+    #[serde(default)]
+    catalog: Option<catalog::CatalogFile>,
 }
 
 fn yes() -> bool {
@@ -160,6 +167,8 @@ struct Loaded {
     dns: Option<strait_dns::DnsConfig>,
     /// Watched while it runs: a new certificate or bundle is swapped in.
     files: strait_ca::reload::IdentityFiles,
+    /// The Kubernetes catalog, started before the controller.
+    kube: Option<catalog::KubeCatalog>,
 }
 
 fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
@@ -213,6 +222,13 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
             ),
         ));
     }
+    let kube = match f.catalog {
+        Some(c) => Some(
+            c.validate(&f.cluster, &f.trust_domain, &locality)
+                .map_err(|(field, why)| bad(&field, why))?,
+        ),
+        None => None,
+    };
     let id = f.identity.files;
     let files = strait_ca::reload::IdentityFiles::new(id.chain, id.key, id.bundle, f.trust_domain)
         .expecting(expected);
@@ -238,6 +254,7 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
             c
         }),
         files,
+        kube,
     })
 }
 
@@ -246,7 +263,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let c = &loaded.config;
     if args.check {
         println!(
-            "config ok: cluster {} ({}), state {}, grpc {}, admin {}, {} gateway(s){}",
+            "config ok: cluster {} ({}), state {}, grpc {}, admin {}, {} gateway(s){}{}",
             c.cluster,
             c.locality,
             c.state_dir.display(),
@@ -257,12 +274,23 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             loaded
                 .dns
                 .map(|d| format!(", dns {}", d.listen))
+                .unwrap_or_default(),
+            loaded
+                .kube
+                .map(|k| format!(", {}", k.summary()))
                 .unwrap_or_default()
         );
         return Ok(());
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        let mut loaded = loaded;
+        let mut elector = None;
+        if let Some(k) = loaded.kube.take() {
+            let started = k.start(loaded.config.admin_listen).await?;
+            loaded.config.source = started.source;
+            elector = started.elector;
+        }
         let state_dir = loaded.config.state_dir.clone();
         let (certs, bundle) = (loaded.config.certs.clone(), loaded.config.bundle.clone());
         let (dns_certs, dns_bundle) = (certs.clone(), bundle.clone());
@@ -311,12 +339,17 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             );
             dns = Some(server);
         }
-        crate::signal::wait_for_shutdown().await;
+        let lost = catalog::shutdown_or_lost(elector.as_ref()).await;
         reload.abort();
         if let Some(d) = dns {
             let _ = d.shutdown().await;
         }
         handle.shutdown().await;
+        match elector {
+            Some(_) if lost => bail!("lost the leader-election lease (could not renew it in time); exiting so this replica restarts as a standby"),
+            Some(e) => e.release().await,
+            None => {}
+        }
         eprintln!("stopped");
         anyhow::Ok(())
     })
