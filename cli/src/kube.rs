@@ -138,7 +138,7 @@ pub fn install(cmd: InstallCommand) -> anyhow::Result<()> {
     let manifests = install::manifests(&opts)?;
     if opts.controller_replicas > 1 {
         eprintln!(
-            "note: {} controller replicas each keep their own links and exports until leader election exists; use --controller-replicas 1 for a cluster you link and export in (docs/kubernetes.md)",
+            "note: {} controller replicas: one leads (a Lease), but links and peering live in the leader pod's state directory and a new leader does not have them; use --controller-replicas 1 for a cluster you link, or re-link after a failover (docs/kubernetes.md)",
             opts.controller_replicas
         );
     }

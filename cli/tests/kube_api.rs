@@ -192,7 +192,7 @@ fn east_config(dir: &Path) -> String {
     format!(
         "cluster: east\nregion: us-east\nzone: us-east-1a\ntrust_domain: strait.local\n\
          state_dir: state/east-k8s\nlisten: 127.178.2.1:8610\nadmin_listen: 127.178.2.1:8611\n\
-         default_health_check: false\n{}\
+         gateways: [127.178.2.3:15443]\ndefault_health_check: false\n{}\
          catalog:\n  kubernetes:\n    kubeconfig: kubeconfig\n    namespaces: [shop]\n    label_selector: mesh=strait\n",
         identity_files("east-ctl")
     )

@@ -179,12 +179,14 @@ impl Inner {
     /// Creates or replaces an object: a new version, a uid, a creation
     /// time, and an ADDED or MODIFIED event on open watches. A CRD adds
     /// its kinds to discovery and is marked established.
-    pub(crate) fn put(
-        &self,
-        s: &mut State,
-        resource: &str,
-        mut obj: Value,
-    ) -> (&'static str, Value) {
+    pub(crate) fn put(&self, s: &mut State, resource: &str, obj: Value) -> (&'static str, Value) {
+        let (ev, obj) = Self::store(s, resource, obj);
+        self.publish(s, resource, ev, obj.clone());
+        (ev, obj)
+    }
+
+    /// Stores an object without telling any watch.
+    fn store(s: &mut State, resource: &str, mut obj: Value) -> (&'static str, Value) {
         s.rv += 1;
         let key = name_of(&obj);
         let old = s.objects.get(resource).and_then(|m| m.get(&key)).cloned();
@@ -217,7 +219,6 @@ impl Inner {
             "ADDED"
         };
         m.insert(key, obj.clone());
-        self.publish(s, resource, ev, obj.clone());
         (ev, obj)
     }
 
@@ -372,8 +373,7 @@ impl FakeApi {
         let mut s = self.inner.lock();
         for obj in lost {
             let resource = kinds::resource_of(&s.kinds, &obj);
-            // Applied, then the history that would carry it is dropped.
-            self.inner.put(&mut s, &resource, obj);
+            Inner::store(&mut s, &resource, obj);
         }
         s.history.clear();
         s.floor = s.rv;
