@@ -265,6 +265,62 @@ fn kubectl_applies_the_install_and_the_controller_serves_a_service_export_to_a_l
     );
     assert!(got.contains("deployment.apps/strait-controller"), "{got}");
 
+    // `install --check` on what was applied: the CRDs are established (the
+    // fake marks them), nothing runs (no kubelet), so every Deployment and
+    // the webhook fail, each named.
+    let check_args = [
+        "install",
+        "kubernetes",
+        "--cluster",
+        "east",
+        "--check",
+        "--kubeconfig",
+        "kubeconfig",
+    ];
+    let out = strait(dir, &check_args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for want in [
+        "ok    CustomResourceDefinition serviceexports.multicluster.x-k8s.io: established",
+        "FAIL  Deployment strait-system/strait-controller: 0/2 ready",
+        "FAIL  Deployment strait-system/strait-injector: 0/2 ready",
+        "FAIL  MutatingWebhookConfiguration strait-system-strait-injector: service strait-system/strait-injector has no ready endpoint",
+    ] {
+        assert!(text.contains(want), "{want}\n{text}");
+    }
+    // What the kubelet and the EndpointSlice controller would write.
+    for d in [
+        "strait-controller",
+        "strait-gateway",
+        "strait-dns",
+        "strait-injector",
+    ] {
+        kubectl_ok(
+            dir,
+            &[
+                "patch",
+                "deployment",
+                d,
+                "-n",
+                "strait-system",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"replicas":2,"readyReplicas":2}}"#,
+            ],
+            "",
+        );
+    }
+    kubectl_ok(
+        dir,
+        &["apply", "--server-side", "-f", "-"],
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: { name: strait-injector-x1, namespace: strait-system, labels: { kubernetes.io/service-name: strait-injector } }\n\
+         addressType: IPv4\nendpoints: [{ addresses: [127.178.2.9], conditions: { ready: true } }]\n",
+    );
+    let text = ok(dir, &check_args);
+    assert!(text.contains("install ok:"), "{text}");
+
     // 2. The app's objects, again with kubectl (the CRD's kind is now
     //    served, so ServiceExport resolves through discovery).
     kubectl_ok(dir, &["apply", "--server-side", "-f", "-"], APP);

@@ -11,12 +11,15 @@
 //! - [`patch`]: the JSON Patch between an object and its injected form.
 //! - [`injector`]: the mutating admission webhook (AdmissionReview v1 over
 //!   TLS) answering with that patch.
+//! - [`check`]: `strait install kubernetes --check` (CRDs established,
+//!   Deployments ready, the webhook's Service with a ready endpoint).
 //! - [`tokenreview`]: the CA's check of projected ServiceAccount tokens (a
 //!   `TokenReview` against the API server).
 //!
 //! What it is not: the controller's Kubernetes catalog and its leader
 //! election (that is `strait_federation::kube`).
 
+pub mod check;
 pub mod crds;
 pub mod inject;
 pub mod injector;
