@@ -217,7 +217,9 @@ mod tests {
             audiences: vec!["https://kubernetes.default.svc".into()],
             ..ok(sa)
         };
-        let table: Vec<(Result<ReviewStatus, &str>, Result<(), &str>)> = vec![
+        // (the review's answer, the reason refused or Ok)
+        type Row<'a> = (Result<ReviewStatus, &'a str>, Result<(), &'a str>);
+        let table: Vec<Row<'_>> = vec![
             (Ok(ok(sa)), Ok(())),
             (
                 Ok(ok("system:serviceaccount:shop:db")),

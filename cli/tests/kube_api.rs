@@ -172,10 +172,7 @@ fn status(dir: &Path, admin: &str) -> Value {
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> Option<String>) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let last = match f() {
-            None => return,
-            Some(l) => l,
-        };
+        let Some(last) = f() else { return };
         assert!(Instant::now() < deadline, "timed out: {what}\nlast: {last}");
         pause(200);
     }

@@ -259,6 +259,7 @@ fn discovery(inner: &Inner, path: &str) -> Option<Response<Body>> {
     Some(json_response(StatusCode::OK, &doc))
 }
 
+#[allow(clippy::result_large_err)]
 async fn read_body(body: Incoming) -> Result<Value, Response<Body>> {
     let bytes = Limited::new(body, MAX_BODY)
         .collect()
@@ -344,6 +345,8 @@ enum Write {
 }
 
 /// Fills in what the path says and the body may leave out.
+// The error is the response to send (test support; not a hot path).
+#[allow(clippy::result_large_err)]
 fn complete(s: &crate::State, t: &Target, obj: &mut Value) -> Result<(), Response<Body>> {
     if !obj.is_object() {
         return Err(failure(400, "BadRequest", "the body is not an object"));
