@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod clusters;
+pub mod kubeapi;
 pub mod root;
 pub mod sidecars;
 pub mod traffic;
