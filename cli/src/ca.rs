@@ -93,6 +93,11 @@ pub enum CaCommand {
         /// Default lifetime of the certificates it signs.
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
+        /// Also accept projected ServiceAccount tokens (audience `strait`),
+        /// checked by a TokenReview with this kubeconfig's credentials, or
+        /// the pod's service account with `in-cluster` (docs/kubernetes.md).
+        #[arg(long, value_name = "KUBECONFIG|in-cluster")]
+        token_review: Option<PathBuf>,
     },
     /// Bootstrap tokens for the signing service.
     #[command(subcommand)]
@@ -281,7 +286,12 @@ pub fn run(cmd: CaCommand, format: Format) -> anyhow::Result<()> {
                 )
             })
         }
-        CaCommand::Serve { ca, listen, ttl } => serve(ca, listen, ttl),
+        CaCommand::Serve {
+            ca,
+            listen,
+            ttl,
+            token_review,
+        } => serve(ca, listen, ttl, token_review),
         CaCommand::Rotate(cmd) => rotate::run(cmd, format),
         CaCommand::Token(TokenCommand::Create {
             ca,
@@ -362,7 +372,12 @@ pub fn run(cmd: CaCommand, format: Format) -> anyhow::Result<()> {
     }
 }
 
-fn serve(ca: CaArgs, listen: std::net::SocketAddr, ttl: Duration) -> anyhow::Result<()> {
+fn serve(
+    ca: CaArgs,
+    listen: std::net::SocketAddr,
+    ttl: Duration,
+    token_review: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let (dir, cluster) = ca.open()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -385,7 +400,16 @@ fn serve(ca: CaArgs, listen: std::net::SocketAddr, ttl: Duration) -> anyhow::Res
             &std::fs::read_to_string(&files.key)?,
         )?;
         drop(tmp);
-        let service = CaService::new(authority, bundle, tokens, ttl);
+        let mut service = CaService::new(authority, bundle, tokens, ttl);
+        if let Some(k) = token_review {
+            let kubeconfig = (k.as_os_str() != "in-cluster").then_some(k.as_path());
+            let client = strait_federation::kube::client(kubeconfig)
+                .await
+                .context("--token-review")?;
+            let reviewer = strait_k8s::tokenreview::KubeTokenReviewer::new(client);
+            service = service.with_token_review(Arc::new(reviewer));
+            eprintln!("accepting ServiceAccount tokens (audience strait) checked by TokenReview");
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

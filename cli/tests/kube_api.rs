@@ -279,3 +279,87 @@ fn a_bad_kubernetes_catalog_is_refused_by_check_naming_the_field() {
         assert!(err.contains(want), "{to}: {err}");
     }
 }
+
+#[test]
+fn strait_ca_serve_signs_for_a_service_account_token_after_a_token_review() {
+    use rustls_pki_types::UnixTime;
+    use strait_ca::client::{CaClient, ClientError};
+    use strait_ca::{CaDir, CertStore, SharedBundle};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ca(dir, &["east"]);
+    let api = Api::start(dir, "127.178.7.2");
+    // A projected token of shop/web for audience strait (JWT-shaped; the
+    // fake knows it by value).
+    let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ3ZWIifQ.c2lnLXdlYg";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    api.api.add_token(
+        token,
+        strait_k8s_fake::TokenFacts {
+            namespace: "shop".into(),
+            service_account: "web".into(),
+            audiences: vec!["strait".into()],
+            expires: now + 3600,
+        },
+    );
+    let _ca = spawn(
+        dir,
+        &[
+            "ca",
+            "serve",
+            "--ca-dir",
+            "ca",
+            "--cluster",
+            "east",
+            "--listen",
+            "127.178.7.1:8600",
+            "--token-review",
+            "kubeconfig",
+        ],
+        "ca.log",
+    );
+    wait_for("127.178.7.1:8600".parse().unwrap());
+    let bundle = SharedBundle::new(CaDir::open(&dir.join("ca")).unwrap().bundle().unwrap());
+    let csr = |id: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+        p.serialize_request(&key).unwrap().der().to_vec()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let addr = "127.178.7.1:8600".parse().unwrap();
+        let mut client = CaClient::connect(addr, &bundle, &CertStore::empty())
+            .await
+            .unwrap();
+        let signed = client
+            .sign(csr("spiffe://strait.local/ns/shop/sa/web"), token, None)
+            .await
+            .expect("signed after the token review");
+        let id = bundle
+            .get()
+            .verify(
+                &signed.chain,
+                UnixTime::now(),
+                strait_ca::verify::Usage::Client,
+            )
+            .unwrap();
+        assert_eq!(id.to_string(), "spiffe://strait.local/ns/shop/sa/web");
+        match client
+            .sign(csr("spiffe://strait.local/ns/shop/sa/db"), token, None)
+            .await
+        {
+            Err(ClientError::Refused {
+                reason, message, ..
+            }) => {
+                assert_eq!(reason, "token_wrong_identity", "{message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    });
+    let log = std::fs::read_to_string(dir.join("ca.log")).unwrap();
+    assert!(log.contains("checked by TokenReview"), "{log}");
+}
