@@ -79,6 +79,21 @@ fi
 if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
   export STRAIT_REQUIRE_PROMETHEUS=1
 fi
+# cli/tests/kube_api.rs drives the real kubectl against the fake API
+# server: as root install it (the `kubectl` package where the Kubernetes or
+# Google Cloud apt repository is configured, else Debian's
+# kubernetes-client); without it those tests print SKIPPED and pass.
+if ! command -v kubectl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing kubectl"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubectl >/dev/null 2>&1 \
+      || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null \
+      || echo "note: kubectl could not be installed; the kubectl tests will be skipped"
+  else
+    echo "note: kubectl missing and not root: the kubectl tests against the fake API server will be skipped"
+  fi
+fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy
 fi

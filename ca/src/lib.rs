@@ -39,6 +39,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod tokenreview;
 pub mod trust;
 pub mod verify;
 

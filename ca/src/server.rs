@@ -60,6 +60,8 @@ pub struct CaService {
     /// requests waits here instead of taking every thread of the pool.
     signing: Arc<tokio::sync::Semaphore>,
     metrics: Option<crate::metrics::CaMetrics>,
+    /// Checks projected service account tokens (Kubernetes).
+    pub(crate) reviewer: Option<Arc<dyn crate::tokenreview::TokenReviewer>>,
 }
 
 /// How many requests are signed at once.
@@ -73,7 +75,7 @@ impl std::fmt::Debug for CaService {
     }
 }
 
-fn refuse(code: Code, reason: &'static str, message: String) -> Status {
+pub(crate) fn refuse(code: Code, reason: &'static str, message: String) -> Status {
     let mut status = Status::new(code, message);
     status.metadata_mut().insert(
         "strait-reason",
@@ -117,6 +119,7 @@ impl CaService {
             default_ttl: default_ttl.min(MAX_WORKLOAD_TTL),
             signing: Arc::new(tokio::sync::Semaphore::new(SIGNING_AT_ONCE)),
             metrics: None,
+            reviewer: None,
         }
     }
 
@@ -165,11 +168,13 @@ impl CaService {
     }
 
     /// Checks, authorizes and signs one request. `peer` is the caller's TLS
-    /// chain, when it presented one.
+    /// chain, when it presented one; `reviewed` the identity a TokenReview
+    /// granted ([`crate::tokenreview`]).
     pub fn sign(
         &self,
         req: &SignRequest,
         peer: Option<&[CertificateDer<'static>]>,
+        reviewed: Option<&SpiffeId>,
     ) -> Result<SignResponse, Status> {
         let issuer = self.issuer();
         let checked = csr::check(&req.csr_der, issuer.authority.trust_domain())?;
@@ -186,7 +191,11 @@ impl CaService {
                 ),
             ));
         }
-        self.authorize(&issuer, &checked.id, &req.bootstrap_token, peer)?;
+        // A TokenReview already granted exactly this identity; anything
+        // else needs a bootstrap token or the caller's certificate.
+        if reviewed != Some(&checked.id) {
+            self.authorize(&issuer, &checked.id, &req.bootstrap_token, peer)?;
+        }
         let ttl = match req.ttl_seconds {
             0 => self.default_ttl,
             s => Duration::from_secs(s).min(MAX_WORKLOAD_TTL),
@@ -276,6 +285,25 @@ impl CertificateAuthority for CaService {
         let peer = request.peer_certs();
         let peer: Option<Vec<CertificateDer<'static>>> =
             peer.map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
+        // Kubernetes: a projected service account token, checked by a
+        // TokenReview (none configured: `None`, the usual paths).
+        let td = self.issuer().authority.trust_domain().clone();
+        let reviewed =
+            crate::tokenreview::review(self.reviewer.as_deref(), &td, request.get_ref()).await;
+        let (peer, reviewed) = match reviewed {
+            Some(Err(refused)) => {
+                tracing::warn!(code = ?refused.code(), message = refused.message(), "refused signing request");
+                if let Some(m) = &self.metrics {
+                    let reason = refused.metadata().get("strait-reason");
+                    m.record(Some(
+                        reason.and_then(|v| v.to_str().ok()).unwrap_or("other"),
+                    ));
+                }
+                return Err(refused);
+            }
+            Some(Ok(id)) => (None, Some(id)),
+            None => (peer, None),
+        };
         // Signing reads and writes the token table (file I/O, a lock file
         // shared with other processes): off the async workers.
         let (svc, req) = (self.clone(), request.into_inner());
@@ -290,7 +318,7 @@ impl CertificateAuthority for CaService {
         })?;
         let res = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            svc.sign(&req, peer.as_deref())
+            svc.sign(&req, peer.as_deref(), reviewed.as_ref())
         })
         .await
         .unwrap_or_else(|e| Err(refuse(Code::Internal, "sign_failed", e.to_string())));

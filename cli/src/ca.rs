@@ -100,6 +100,11 @@ pub enum CaCommand {
         /// `/ready`, `/live`. Off when unset.
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
+        /// Also accept projected ServiceAccount tokens (audience `strait`),
+        /// checked by a TokenReview with this kubeconfig's credentials, or
+        /// the pod's service account with `in-cluster` (docs/kubernetes.md).
+        #[arg(long, value_name = "KUBECONFIG|in-cluster")]
+        token_review: Option<PathBuf>,
     },
     /// Bootstrap tokens for the signing service.
     #[command(subcommand)]
@@ -294,7 +299,8 @@ pub fn run(cmd: CaCommand, format: Format) -> anyhow::Result<()> {
             listen,
             ttl,
             admin,
-        } => serve(ca, listen, ttl, admin),
+            token_review,
+        } => serve(ca, listen, ttl, admin, token_review),
         CaCommand::Rotate(cmd) => rotate::run(cmd, format),
         CaCommand::Token(TokenCommand::Create {
             ca,
@@ -380,6 +386,7 @@ fn serve(
     listen: std::net::SocketAddr,
     ttl: Duration,
     admin: Option<std::net::SocketAddr>,
+    token_review: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let (dir, cluster) = ca.open()?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -394,7 +401,17 @@ fn serve(
         let (store, own_until) = strait_ca::follow::server_cert(&authority)?;
         let server_id = server::server_identity(dir.trust_domain());
         let metrics = strait_ca::metrics::CaMetrics::new();
-        let service = CaService::new(authority, bundle, tokens, ttl).with_metrics(metrics.clone());
+        let mut service =
+            CaService::new(authority, bundle, tokens, ttl).with_metrics(metrics.clone());
+        if let Some(k) = token_review {
+            let kubeconfig = (k.as_os_str() != "in-cluster").then_some(k.as_path());
+            let client = strait_federation::kube::client(kubeconfig)
+                .await
+                .context("--token-review")?;
+            let reviewer = strait_k8s::tokenreview::KubeTokenReviewer::new(client);
+            service = service.with_token_review(Arc::new(reviewer));
+            eprintln!("accepting ServiceAccount tokens (audience strait) checked by TokenReview");
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

@@ -44,9 +44,9 @@ pub struct InstallArgs {
     /// The Strait image every Deployment and sidecar runs.
     #[arg(long, default_value = concat!("localhost/strait:", env!("CARGO_PKG_VERSION")))]
     image: String,
-    /// Controller replicas. Until leader election and Kubernetes-backed
-    /// state exist, each replica keeps its own links and exports: use 1
-    /// for a mesh you link and export in (docs/kubernetes.md).
+    /// Controller replicas; one leads (a Lease). Links live in the
+    /// leader pod until Kubernetes-backed state exists: use 1 for a mesh
+    /// whose links must survive a controller pod (docs/kubernetes.md).
     #[arg(long, default_value_t = 2)]
     controller_replicas: i32,
     /// Where Strait's objects go.
@@ -82,6 +82,14 @@ pub struct InstallArgs {
     /// Write one file per object into DIR instead of printing.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Check the running install these options describe (CRDs
+    /// established, Deployments ready, the webhook's Service with a ready
+    /// endpoint) instead of printing; exits 1 naming what is not.
+    #[arg(long, conflicts_with_all = ["out", "coredns"])]
+    check: bool,
+    /// The kubeconfig for --check [default: $KUBECONFIG, else ~/.kube/config].
+    #[arg(long, requires = "check")]
+    kubeconfig: Option<PathBuf>,
 }
 
 pub fn install(cmd: InstallCommand) -> anyhow::Result<()> {
@@ -136,9 +144,12 @@ pub fn install(cmd: InstallCommand) -> anyhow::Result<()> {
         ca,
     };
     let manifests = install::manifests(&opts)?;
+    if a.check {
+        return check(a.kubeconfig, &manifests);
+    }
     if opts.controller_replicas > 1 {
         eprintln!(
-            "note: {} controller replicas each keep their own links and exports until leader election exists; use --controller-replicas 1 for a cluster you link and export in (docs/kubernetes.md)",
+            "note: {} controller replicas: one leads (a Lease), but links and peering live in the leader pod's state directory and a new leader does not have them; use --controller-replicas 1 for a cluster you link, or re-link after a failover (docs/kubernetes.md)",
             opts.controller_replicas
         );
     }
@@ -158,6 +169,34 @@ pub fn install(cmd: InstallCommand) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `install kubernetes --check`.
+fn check(kubeconfig: Option<PathBuf>, manifests: &[install::Manifest]) -> anyhow::Result<()> {
+    let kubeconfig = kubeconfig
+        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube/config")))
+        .context("--kubeconfig: none given and no $KUBECONFIG or $HOME")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let findings = rt.block_on(async {
+        let client = strait_federation::kube::client(Some(&kubeconfig)).await?;
+        anyhow::Ok(strait_k8s::check::run(client, manifests).await)
+    })?;
+    let mut bad = 0;
+    for f in &findings {
+        match &f.result {
+            Ok(what) => println!("ok    {}: {what}", f.object),
+            Err(why) => {
+                bad += 1;
+                println!("FAIL  {}: {why}", f.object);
+            }
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} of {} checks failed", findings.len());
+    }
+    println!("install ok: {} checks", findings.len());
     Ok(())
 }
 

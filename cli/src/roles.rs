@@ -18,7 +18,9 @@ use strait_federation::controller::{Controller, ControllerConfig};
 use strait_federation::snapshot::VipRange;
 use strait_gateway::{ExportTable, Gateway, GatewayConfig};
 
+mod catalog;
 mod dns;
+mod standby;
 
 pub use dns::{DnsArgs, run_dns};
 
@@ -51,6 +53,8 @@ pub use dns::{DnsArgs, run_dns};
 ///   vips: 127.77.0.0/16              # optional: the loopback /16 of service VIPs
 ///   default_health_check: true       # ask the sidecar of endpoints without health_check:
 ///   registration_lease: 15s          # a self-registered sidecar's endpoint outlives its stream this long
+///   catalog:                         # optional: the Kubernetes catalog instead of state_dir's files
+///     kubernetes: { kubeconfig: ./kubeconfig, namespaces: [shop], label_selector: mesh=strait }
 ///
 /// Every key, with its default: docs/config-reference.md.
 #[derive(Debug, Args)]
@@ -97,6 +101,9 @@ struct ControllerFile {
     /// config stream ended without a deregistration (crash, kill -9).
     #[serde(default, with = "strait_api::snapshot::duration_str::option")]
     registration_lease: Option<std::time::Duration>,
+    /// Where the local catalog comes from (default: `state_dir`'s files).
+    #[serde(default)]
+    catalog: Option<catalog::CatalogFile>,
 }
 
 fn yes() -> bool {
@@ -161,6 +168,8 @@ struct Loaded {
     /// Started with the controller: files are watched (a new certificate or
     /// bundle is swapped in), a CA-issued certificate is renewed.
     identity: IdentitySource,
+    /// The Kubernetes catalog, started before the controller.
+    kube: Option<catalog::KubeCatalog>,
 }
 
 fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
@@ -242,6 +251,13 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
             (CertStore::empty(), SharedBundle::new(roots))
         }
     };
+    let kube = match f.catalog {
+        Some(c) => Some(
+            c.validate(&f.cluster, &f.trust_domain, &locality)
+                .map_err(|(field, why)| bad(&field, why))?,
+        ),
+        None => None,
+    };
     let mut config = ControllerConfig::new(f.cluster, f.state_dir, certs, bundle);
     config.locality = locality;
     config.listen = f.listen;
@@ -264,6 +280,7 @@ fn load_controller(path: &Path) -> anyhow::Result<Loaded> {
             c
         }),
         identity: f.identity,
+        kube,
     })
 }
 
@@ -272,7 +289,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let c = &loaded.config;
     if args.check {
         println!(
-            "config ok: cluster {} ({}), state {}, grpc {}, admin {}, {} gateway(s){}",
+            "config ok: cluster {} ({}), state {}, grpc {}, admin {}, {} gateway(s){}{}",
             c.cluster,
             c.locality,
             c.state_dir.display(),
@@ -283,12 +300,17 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             loaded
                 .dns
                 .map(|d| format!(", dns {}", d.listen))
+                .unwrap_or_default(),
+            loaded
+                .kube
+                .map(|k| format!(", {}", k.summary()))
                 .unwrap_or_default()
         );
         return Ok(());
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        let mut loaded = loaded;
         let mut config = loaded.config;
         let state_dir = config.state_dir.clone();
         let td = config.bundle.get().trust_domain().clone();
@@ -301,6 +323,12 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
         (config.certs, config.bundle) = (certs.clone(), bundle.clone());
         let (dns_certs, dns_bundle) = (certs, bundle);
+        let mut elector = None;
+        if let Some(k) = loaded.kube.take() {
+            let started = k.start(config.admin_listen).await?;
+            config.source = started.source;
+            elector = started.elector;
+        }
         let handle = Controller::start(config).await?;
         let admin = handle
             .admin_addr()
@@ -342,12 +370,17 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             );
             dns = Some(server);
         }
-        crate::signal::wait_for_shutdown().await;
+        let lost = catalog::shutdown_or_lost(elector.as_ref()).await;
         reload.abort();
         if let Some(d) = dns {
             let _ = d.shutdown().await;
         }
         handle.shutdown().await;
+        match elector {
+            Some(_) if lost => bail!("lost the leader-election lease (could not renew it in time); exiting so this replica restarts as a standby"),
+            Some(e) => e.release().await,
+            None => {}
+        }
         eprintln!("stopped");
         anyhow::Ok(())
     })

@@ -522,7 +522,14 @@ fn a_role_restarted_by_its_own_command_starts_from_the_certificate_it_kept() {
         "controller-again.log",
     );
     wait_for("127.152.5.1:8611".parse().unwrap());
-    let after = trust();
+    let after: serde_json::Value = eventually("the restarted controller answers /trust", || {
+        let body = admin_get("127.152.5.1:8611", "/trust");
+        serde_json::from_str(&body).map_err(|e| {
+            let log =
+                std::fs::read_to_string(home.join("controller-again.log")).unwrap_or_default();
+            format!("{e}: {body:?}; log: {log}")
+        })
+    });
     assert_eq!(after["spiffe_id"], before["spiffe_id"], "{after:#}");
     assert_eq!(after["chain"], before["chain"], "the kept certificate");
     // The same config without the kept files: the token was spent.

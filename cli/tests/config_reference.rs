@@ -90,6 +90,15 @@ fn the_config_reference_lists_every_key_every_role_accepts_and_no_other() {
                 ("", "bogus: 1"),
                 ("dns.", "dns: { bogus: 1 }"),
                 ("identity.", "identity: { bogus: 1 }"),
+                ("catalog.", "catalog: { bogus: 1 }"),
+                (
+                    "catalog.kubernetes.",
+                    "catalog: { kubernetes: { bogus: 1 } }",
+                ),
+                (
+                    "catalog.kubernetes.leader_election.",
+                    "catalog: { kubernetes: { leader_election: { bogus: 1 } } }",
+                ),
             ],
         ),
     ];

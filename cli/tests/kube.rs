@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+use strait_k8s_fake::{FakeApi, Options};
 use support::*;
 
 /// The Kubernetes version the schemas are pinned to.
@@ -309,6 +310,16 @@ fn the_installed_pods_and_an_injected_sidecar_start_and_pass_their_probes() {
         ("strait-dns", "127.165.0.3"),
         ("strait-injector", "127.165.0.4"),
     ];
+    // The controller's catalog is the Kubernetes API: in a pod through its
+    // service account, here through a kubeconfig for the fake API server.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(FakeApi::start_with(Options::secure(
+        "127.178.30.1:0".parse().unwrap(),
+        "controller-token",
+    )));
+    let kubeconfig = tmp.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, "controller-token", "strait-system")
+        .unwrap();
     let mut procs = Vec::new();
     for (name, ip) in pods {
         let root = tmp.path().join(format!("pod-{name}"));
@@ -323,6 +334,13 @@ fn the_installed_pods_and_an_injected_sidecar_start_and_pass_their_probes() {
                 rewrite: true,
             },
         );
+        if name == "strait-controller" {
+            let file = root.join("etc/strait/controller/controller.yaml");
+            let text = std::fs::read_to_string(&file).unwrap();
+            let with = format!("  kubernetes:\n    kubeconfig: {}\n", kubeconfig.display());
+            assert!(text.contains("  kubernetes:\n"), "{text}");
+            std::fs::write(&file, text.replace("  kubernetes:\n", &with)).unwrap();
+        }
         procs.push(spawn_in(&workdir, &args, &root.join("log")));
         probe_passes(&c, ip);
         if name == "strait-controller" {
@@ -412,6 +430,20 @@ fn the_installed_pods_and_an_injected_sidecar_start_and_pass_their_probes() {
         pause(200);
     }
     drop(procs);
+    // The installed controller led: it holds the Lease.
+    let lease = api
+        .get(
+            "coordination.k8s.io/leases",
+            "strait-system",
+            "strait-controller",
+        )
+        .expect("the controller took the lease");
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{lease}"
+    );
 }
 
 /// `kubectl exec deploy/strait-controller -- strait peering token`: the

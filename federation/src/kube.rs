@@ -5,7 +5,13 @@
 //! It watches Services, EndpointSlices (`discovery.k8s.io/v1`), Pods, the
 //! MCS `ServiceExport` (`multicluster.x-k8s.io/v1alpha1`) and Strait's CRDs
 //! `GlobalService` and `TrafficPolicy` (`strait.io/v1alpha1`, see
-//! [`crd::crd_yaml`]). Each resource has a reflector cache fed by a watcher
+//! [`crd::crd_yaml`]), in the configured namespaces (one watch per kind and
+//! namespace; all namespaces when none are named), plus Nodes cluster-wide
+//! as metadata only (their topology labels). Watches are scoped: Services
+//! by the configured label selector, EndpointSlices by the
+//! `kubernetes.io/service-name` label; Pods are cut down to their metadata,
+//! service account and node before caching (containers, volumes and status
+//! are never kept). Each resource has a reflector cache fed by a watcher
 //! (list, then watch from the list's `resourceVersion`, bookmarks on;
 //! resumed from the last seen version when a watch ends; re-listed on
 //! `410 Gone`; retried with exponential backoff when the API server is
@@ -20,16 +26,18 @@
 //! Conventions: endpoint address = pod IP : sidecar inbound port (15006,
 //! the proxy's default, or the pod annotation `strait.io/inbound-port`);
 //! identity = `spiffe://<td>/ns/<ns>/sa/<serviceAccountName>`; locality from
-//! `topology.kubernetes.io/region|zone` (pod label or annotation; the
-//! EndpointSlice `zone` wins for the zone); only ready endpoints; port
+//! `topology.kubernetes.io/region|zone` (pod label or annotation, else the
+//! node's label; the EndpointSlice `zone` wins for the zone); only ready
+//! endpoints; port
 //! protocol from `appProtocol` or the port name (see [`map`]); exported iff
 //! a `ServiceExport` of the same name exists, to the peers its
 //! `GlobalService` names (default all).
 //!
 //! What it is not: it writes nothing to the cluster (no status, no events),
 //! and it is tested against a fake API server on loopback serving real
-//! Kubernetes JSON (list, watch streams, bookmarks, `410 Gone`, outages),
-//! not against a real cluster.
+//! Kubernetes JSON (list, watch streams, bookmarks, `410 Gone`, outages;
+//! `strait-k8s-fake`), not against a real cluster. [`leader`] is the
+//! controller replicas' election on a Lease.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,9 +50,11 @@ use tokio::task::JoinHandle;
 use crate::catalog::{CatalogSource, LocalCatalog};
 
 pub mod crd;
+pub mod leader;
 pub mod map;
 mod watch_loop;
 
+pub use ::kube::Client;
 pub use crd::{GlobalService, ServiceExport, TrafficPolicy, crd_yaml};
 pub use map::Problem;
 
@@ -63,6 +73,14 @@ pub enum KubeError {
     },
     #[error("cannot build the kubernetes client: {0}")]
     Client(#[source] ::kube::Error),
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: ::kube::config::KubeconfigError,
+    },
+    #[error("in-cluster config (no kubeconfig given): {0}")]
+    InCluster(#[source] ::kube::config::InClusterError),
 }
 
 /// Exponential backoff of a failing watch: `initial`, doubling, capped at
@@ -90,8 +108,15 @@ pub struct KubeSourceConfig {
     pub trust_domain: TrustDomain,
     /// The cluster's locality: its region is the default region of pods.
     pub locality: Locality,
-    /// Watch one namespace; `None` watches all.
-    pub namespace: Option<String>,
+    /// Watch these namespaces (one watch per kind and namespace); empty
+    /// watches all.
+    pub namespaces: Vec<String>,
+    /// Only Services with these labels become catalog entries (a
+    /// Kubernetes label selector, sent to the API server).
+    pub label_selector: Option<String>,
+    /// Read nodes' `topology.kubernetes.io/region|zone` labels (a
+    /// metadata-only watch of Nodes; a 403 counts as no nodes).
+    pub node_locality: bool,
     /// Sidecar inbound port of endpoints without the pod annotation.
     pub inbound_port: u16,
     /// Wait this long after a change before rebuilding (coalesces bursts).
@@ -105,7 +130,9 @@ impl KubeSourceConfig {
             cluster,
             trust_domain,
             locality: Locality::default(),
-            namespace: None,
+            namespaces: Vec::new(),
+            label_selector: None,
+            node_locality: true,
             inbound_port: DEFAULT_INBOUND_PORT,
             debounce: Duration::from_millis(50),
             backoff: Backoff::default(),
@@ -122,6 +149,38 @@ pub fn plain_client(url: &str) -> Result<::kube::Client, KubeError> {
         source,
     })?;
     ::kube::Client::try_from(::kube::Config::new(uri)).map_err(KubeError::Client)
+}
+
+/// A client from a kubeconfig file (its current context), or, with none,
+/// from the pod's service account (`KUBERNETES_SERVICE_HOST` and
+/// `/var/run/secrets/kubernetes.io/serviceaccount/`).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<::kube::Client, KubeError> {
+    use ::kube::config::{KubeConfigOptions, Kubeconfig};
+    let config = match kubeconfig {
+        Some(path) => {
+            let bad = |source| KubeError::Kubeconfig {
+                path: path.to_owned(),
+                source,
+            };
+            let kc = Kubeconfig::read_from(path).map_err(bad)?;
+            ::kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(bad)?
+        }
+        None => ::kube::Config::incluster().map_err(KubeError::InCluster)?,
+    };
+    ::kube::Client::try_from(config).map_err(KubeError::Client)
+}
+
+/// Reads and parses a kubeconfig file (for a config check; [`client`]
+/// reads it again when it connects).
+pub fn check_kubeconfig(path: &std::path::Path) -> Result<(), KubeError> {
+    ::kube::config::Kubeconfig::read_from(path)
+        .map(drop)
+        .map_err(|source| KubeError::Kubeconfig {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// State the watch tasks share with the handle.

@@ -11,16 +11,21 @@
 //! - [`patch`]: the JSON Patch between an object and its injected form.
 //! - [`injector`]: the mutating admission webhook (AdmissionReview v1 over
 //!   TLS) answering with that patch.
+//! - [`check`]: `strait install kubernetes --check` (CRDs established,
+//!   Deployments ready, the webhook's Service with a ready endpoint).
+//! - [`tokenreview`]: the CA's check of projected ServiceAccount tokens (a
+//!   `TokenReview` against the API server).
 //!
-//! What it is not: the controller's Kubernetes catalog (that is
-//! `strait_federation::kube`), workload identity by ServiceAccount token or
-//! leader election (not built yet; see `docs/kubernetes.md`).
+//! What it is not: the controller's Kubernetes catalog and its leader
+//! election (that is `strait_federation::kube`).
 
+pub mod check;
 pub mod crds;
 pub mod inject;
 pub mod injector;
 pub mod install;
 pub mod patch;
+pub mod tokenreview;
 pub mod yaml;
 
 /// Label and annotation keys Strait reads and writes.

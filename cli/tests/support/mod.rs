@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod clusters;
+pub mod kubeapi;
 pub mod prometheus;
 pub mod root;
 pub mod sidecars;

@@ -18,10 +18,11 @@
 //!   an endpoint whose target pod is not cached yet is left out until it
 //!   is; an endpoint with no pod target takes the registration default;
 //! - locality: region from the pod label (or annotation)
-//!   `topology.kubernetes.io/region`, else the cluster's region; zone from
-//!   the EndpointSlice endpoint's `zone`, else the pod label (or
-//!   annotation) `topology.kubernetes.io/zone`; with neither, the cluster's
-//!   default locality applies;
+//!   `topology.kubernetes.io/region`, else the node's label of that name
+//!   (the endpoint's `nodeName`, else the pod's), else the cluster's
+//!   region; zone from the EndpointSlice endpoint's `zone`, else the pod
+//!   label (or annotation) `topology.kubernetes.io/zone`, else the node's;
+//!   with none of them, the cluster's default locality applies;
 //! - exported when a `ServiceExport` of the same name exists; a
 //!   `GlobalService` of the same name narrows the peers and adds a check.
 
@@ -29,8 +30,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use kube::core::PartialObjectMeta;
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
 use strait_api::snapshot::{
@@ -71,6 +73,8 @@ pub struct Objects {
     pub exports: Vec<Arc<ServiceExport>>,
     pub globals: Vec<Arc<GlobalService>>,
     pub policies: Vec<Arc<TrafficPolicy>>,
+    /// Nodes, metadata only (their topology labels).
+    pub nodes: Vec<Arc<PartialObjectMeta<Node>>>,
 }
 
 /// An object left out of the catalog, and why.
@@ -104,6 +108,11 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 /// Builds the catalog from the cached objects.
 pub fn build(objects: &Objects, cfg: &KubeSourceConfig) -> Built {
     let mut out = Built::default();
+    let nodes: Nodes<'_> = objects
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref()?)))
+        .collect();
     let pods: HashMap<ServiceKey, &Pod> = objects
         .pods
         .iter()
@@ -152,6 +161,7 @@ pub fn build(objects: &Objects, cfg: &KubeSourceConfig) -> Built {
             &key,
             slices.get(&key).map_or(&[][..], Vec::as_slice),
             &pods,
+            &nodes,
             cfg,
             &mut problem,
         );
@@ -262,6 +272,7 @@ fn endpoints_of(
     key: &ServiceKey,
     slices: &[&EndpointSlice],
     pods: &HashMap<ServiceKey, &Pod>,
+    nodes: &Nodes<'_>,
     cfg: &KubeSourceConfig,
     problem: &mut dyn FnMut(String),
 ) -> Vec<EndpointSpec> {
@@ -304,7 +315,12 @@ fn endpoints_of(
                 }
                 None => None,
             };
-            let locality = match locality_of(ep, pod, &cfg.locality) {
+            let node = ep
+                .node_name
+                .as_deref()
+                .or_else(|| pod.and_then(|p| p.spec.as_ref()?.node_name.as_deref()))
+                .and_then(|n| nodes.get(n).copied());
+            let locality = match locality_of(ep, pod, node, &cfg.locality) {
                 Ok(l) => l,
                 Err(why) => {
                     problem(why);
@@ -379,17 +395,25 @@ fn identity_of(pod: &Pod, cfg: &KubeSourceConfig) -> Result<SpiffeId, String> {
     })
 }
 
+/// Node name -> its labels.
+type Nodes<'a> = HashMap<&'a str, &'a BTreeMap<String, String>>;
+
 fn locality_of(
     ep: &Endpoint,
     pod: Option<&Pod>,
+    node: Option<&BTreeMap<String, String>>,
     default: &Locality,
 ) -> Result<Option<Locality>, String> {
-    let region = pod.and_then(|p| label_or_annotation(p, REGION_LABEL));
+    let node_label = |k: &str| node.and_then(|n| n.get(k)).map(String::as_str);
+    let region = pod
+        .and_then(|p| label_or_annotation(p, REGION_LABEL))
+        .or_else(|| node_label(REGION_LABEL));
     let zone = ep
         .zone
         .as_deref()
         .filter(|z| !z.is_empty())
-        .or_else(|| pod.and_then(|p| label_or_annotation(p, ZONE_LABEL)));
+        .or_else(|| pod.and_then(|p| label_or_annotation(p, ZONE_LABEL)))
+        .or_else(|| node_label(ZONE_LABEL));
     if region.is_none() && zone.is_none() {
         return Ok(None);
     }

@@ -8,8 +8,9 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::Backoff as KubeBackoff;
@@ -46,24 +47,51 @@ impl KubeBackoff for Doubling {
     }
 }
 
-/// One reflector's cache and whether it has been listed once.
+/// One resource kind's caches (one per watched namespace) and whether
+/// each has been listed once.
 struct Cache<K: Resource<DynamicType = ()> + 'static> {
-    store: Store<K>,
-    settled: Arc<AtomicBool>,
+    parts: Vec<(Store<K>, Arc<AtomicBool>)>,
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Cache<K> {
     fn state(&self) -> Vec<Arc<K>> {
-        self.store.state()
+        self.parts.iter().flat_map(|(s, _)| s.state()).collect()
+    }
+
+    fn settled(&self) -> bool {
+        self.parts.iter().all(|(_, s)| s.load(Ordering::Acquire))
     }
 }
 
-/// Starts one reflector task; returns its cache.
+/// How one kind is watched.
+struct Watch<K> {
+    kind: &'static str,
+    config: watcher::Config,
+    /// Applied to every object before it is cached (drop what the
+    /// catalog never reads).
+    prune: fn(&mut K),
+    /// Refused by RBAC (403) counts as "none", as a missing CRD (404) does.
+    optional: bool,
+}
+
+impl<K> Watch<K> {
+    fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            config: watcher::Config::default(),
+            prune: |_| {},
+            optional: false,
+        }
+    }
+}
+
+/// Starts one reflector task per watched namespace (one for all when the
+/// config names none); returns their caches.
 fn reflect<K>(
     client: &Client,
     cfg: &KubeSourceConfig,
-    kind: &'static str,
-    changed: Arc<Notify>,
+    w: Watch<K>,
+    changed: &Arc<Notify>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Cache<K>
 where
@@ -75,45 +103,119 @@ where
         + Sync
         + 'static,
 {
-    let api: Api<K> = match &cfg.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let apis: Vec<Api<K>> = if cfg.namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        cfg.namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
     };
+    let mut parts = Vec::new();
+    for api in apis {
+        let (store, writer) = reflector::store();
+        let settled = Arc::new(AtomicBool::new(false));
+        let stream = kube::runtime::watcher(api, w.config.clone())
+            .modify(w.prune)
+            .backoff(Doubling::new(cfg.backoff))
+            .reflect(writer);
+        tasks.push(tokio::spawn(drive(
+            stream,
+            w.kind,
+            w.optional,
+            settled.clone(),
+            changed.clone(),
+        )));
+        parts.push((store, settled));
+    }
+    Cache { parts }
+}
+
+/// Nodes, metadata only (their labels), cluster-wide.
+fn reflect_nodes(
+    client: &Client,
+    cfg: &KubeSourceConfig,
+    changed: &Arc<Notify>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Cache<PartialObjectMeta<Node>> {
     let (store, writer) = reflector::store();
     let settled = Arc::new(AtomicBool::new(false));
-    let flag = settled.clone();
-    let backoff = Doubling::new(cfg.backoff);
-    tasks.push(tokio::spawn(async move {
+    if cfg.node_locality {
+        // `Api<PartialObjectMeta<_>>` asks for metadata only.
+        let api: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
         let stream = kube::runtime::watcher(api, watcher::Config::default())
-            .backoff(backoff)
+            .modify(|n: &mut PartialObjectMeta<Node>| n.metadata.managed_fields = None)
+            .backoff(Doubling::new(cfg.backoff))
             .reflect(writer);
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(Event::Init) => tracing::debug!(resource = kind, "listing"),
-                Ok(Event::InitApply(_)) => {}
-                Ok(Event::InitDone) => {
-                    tracing::debug!(resource = kind, "listed");
-                    flag.store(true, Ordering::Release);
+        tasks.push(tokio::spawn(drive(
+            stream,
+            "nodes",
+            true,
+            settled.clone(),
+            changed.clone(),
+        )));
+    } else {
+        settled.store(true, Ordering::Release);
+    }
+    Cache {
+        parts: vec![(store, settled)],
+    }
+}
+
+/// Runs one reflector stream: marks it settled once listed (or absent)
+/// and wakes the builder on every change.
+async fn drive<K, S>(
+    stream: S,
+    kind: &'static str,
+    optional: bool,
+    flag: Arc<AtomicBool>,
+    changed: Arc<Notify>,
+) where
+    S: futures_util::Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(Event::Init) => tracing::debug!(resource = kind, "listing"),
+            Ok(Event::InitApply(_)) => {}
+            Ok(Event::InitDone) => {
+                tracing::debug!(resource = kind, "listed");
+                flag.store(true, Ordering::Release);
+                changed.notify_one();
+            }
+            Ok(Event::Apply(_) | Event::Delete(_)) => changed.notify_one(),
+            Err(e) => {
+                if is_absent(&e, optional) && !flag.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(resource = kind, error = %e, "resource not served (crd not installed?) or not allowed; treating it as empty");
                     changed.notify_one();
-                }
-                Ok(Event::Apply(_) | Event::Delete(_)) => changed.notify_one(),
-                Err(e) => {
-                    if is_not_found(&e) && !flag.swap(true, Ordering::AcqRel) {
-                        tracing::warn!(resource = kind, "resource not served (crd not installed?); treating it as empty");
-                        changed.notify_one();
-                    } else {
-                        tracing::warn!(resource = kind, error = %e, "watch failed; retrying with backoff");
-                    }
+                } else {
+                    tracing::warn!(resource = kind, error = %e, "watch failed; retrying with backoff");
                 }
             }
         }
-    }));
-    Cache { store, settled }
+    }
 }
 
-fn is_not_found(e: &watcher::Error) -> bool {
-    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404)
+/// 404 on the first list (a CRD not installed); also 403 when the kind is
+/// optional (nodes without the RBAC rule).
+fn is_absent(e: &watcher::Error, optional: bool) -> bool {
+    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s))
+        if s.code == 404 || (optional && s.code == 403))
+}
+
+/// What the catalog reads of a pod: its metadata (labels, annotations),
+/// service account and node. The rest (containers, volumes, status) is
+/// dropped before caching.
+fn prune_pod(p: &mut Pod) {
+    p.metadata.managed_fields = None;
+    p.status = None;
+    if let Some(spec) = p.spec.take() {
+        p.spec = Some(PodSpec {
+            service_account_name: spec.service_account_name,
+            node_name: spec.node_name,
+            ..PodSpec::default()
+        });
+    }
 }
 
 struct Caches {
@@ -123,20 +225,18 @@ struct Caches {
     exports: Cache<ServiceExport>,
     globals: Cache<GlobalService>,
     policies: Cache<TrafficPolicy>,
+    nodes: Cache<PartialObjectMeta<Node>>,
 }
 
 impl Caches {
     fn settled(&self) -> bool {
-        [
-            &self.services.settled,
-            &self.slices.settled,
-            &self.pods.settled,
-            &self.exports.settled,
-            &self.globals.settled,
-            &self.policies.settled,
-        ]
-        .iter()
-        .all(|s| s.load(Ordering::Acquire))
+        self.services.settled()
+            && self.slices.settled()
+            && self.pods.settled()
+            && self.exports.settled()
+            && self.globals.settled()
+            && self.policies.settled()
+            && self.nodes.settled()
     }
 
     fn objects(&self) -> Objects {
@@ -147,6 +247,7 @@ impl Caches {
             exports: self.exports.state(),
             globals: self.globals.state(),
             policies: self.policies.state(),
+            nodes: self.nodes.state(),
         }
     }
 }
@@ -160,13 +261,24 @@ pub(super) fn spawn(
     let changed = Arc::new(Notify::new());
     let mut tasks = Vec::new();
     let c = &changed;
+    let t = &mut tasks;
+    let mut services = Watch::new("services");
+    if let Some(sel) = &cfg.label_selector {
+        services.config = services.config.labels(sel);
+    }
+    let mut slices = Watch::new("endpointslices");
+    // Only slices that belong to a Service (the catalog reads no others).
+    slices.config = slices.config.labels(map::SERVICE_NAME_LABEL);
+    let mut pods = Watch::new("pods");
+    pods.prune = prune_pod;
     let caches = Caches {
-        services: reflect(&client, &cfg, "services", c.clone(), &mut tasks),
-        slices: reflect(&client, &cfg, "endpointslices", c.clone(), &mut tasks),
-        pods: reflect(&client, &cfg, "pods", c.clone(), &mut tasks),
-        exports: reflect(&client, &cfg, "serviceexports", c.clone(), &mut tasks),
-        globals: reflect(&client, &cfg, "globalservices", c.clone(), &mut tasks),
-        policies: reflect(&client, &cfg, "trafficpolicies", c.clone(), &mut tasks),
+        services: reflect(&client, &cfg, services, c, t),
+        slices: reflect(&client, &cfg, slices, c, t),
+        pods: reflect(&client, &cfg, pods, c, t),
+        exports: reflect(&client, &cfg, Watch::new("serviceexports"), c, t),
+        globals: reflect(&client, &cfg, Watch::new("globalservices"), c, t),
+        policies: reflect(&client, &cfg, Watch::new("trafficpolicies"), c, t),
+        nodes: reflect_nodes(&client, &cfg, c, t),
     };
     tasks.push(tokio::spawn(build_loop(caches, cfg, changed, out)));
     tasks

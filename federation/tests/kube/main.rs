@@ -3,7 +3,6 @@
 //! list, watch events, and the watch restarts a real API server causes
 //! (bookmarks, streams that end, `410 Gone`, outages).
 
-mod fake;
 mod objects;
 mod restarts;
 mod source;
@@ -15,7 +14,7 @@ use strait_api::{ClusterName, Locality, TrustDomain};
 use strait_federation::catalog::{CatalogSource, LocalCatalog, ServiceKey};
 use strait_federation::kube::{Backoff, KubeSourceConfig, KubernetesSource, plain_client};
 
-use fake::FakeApi;
+use strait_k8s_fake::FakeApi;
 
 /// How long a test waits for the catalog to converge.
 const PATIENCE: Duration = Duration::from_secs(15);

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use strait_federation::catalog::Export;
 
-use crate::fake::FakeApi;
 use crate::objects::*;
 use crate::{Harness, addresses, key, seed};
+use strait_k8s_fake::FakeApi;
 
 const SERVICES: &str = "/services";
 

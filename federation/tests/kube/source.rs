@@ -4,9 +4,9 @@ use strait_api::snapshot::{Protocol, ServicePort};
 use strait_api::{ClusterName, Locality, SpiffeId};
 use strait_federation::catalog::{EndpointSpec, Export, Registration};
 
-use crate::fake::FakeApi;
 use crate::objects::*;
 use crate::{Harness, addresses, key, seed};
+use strait_k8s_fake::FakeApi;
 
 fn reviews_endpoint(ip: &str, zone: &str) -> EndpointSpec {
     EndpointSpec {

@@ -30,10 +30,11 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// What the controller reads cluster-wide: the catalog sources.
+/// What the controller reads cluster-wide: the catalog sources (nodes
+/// for their topology labels, read as metadata only).
 pub fn controller_cluster_rules() -> Vec<PolicyRule> {
     vec![
-        rule("", &["services", "pods"], READ),
+        rule("", &["services", "pods", "nodes"], READ),
         rule("discovery.k8s.io", &["endpointslices"], READ),
         rule("multicluster.x-k8s.io", &["serviceexports"], READ),
         rule("strait.io", &["globalservices", "trafficpolicies"], READ),

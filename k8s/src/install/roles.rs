@@ -78,6 +78,27 @@ pub struct ControllerFile {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<SocketAddr>,
     pub identity: Identity,
+    pub catalog: Catalog,
+}
+
+/// `catalog:`: the Kubernetes catalog with the pod's service account, and
+/// leader election among the replicas on a Lease in the install's
+/// namespace.
+#[derive(Debug, Serialize)]
+pub struct Catalog {
+    pub kubernetes: KubernetesCatalog,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KubernetesCatalog {
+    pub leader_election: LeaderElection,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LeaderElection {
+    pub namespace: String,
+    pub name: &'static str,
+    pub lease: &'static str,
 }
 
 /// `gateway.yaml` (the keys `strait gateway --config` reads; the
@@ -259,6 +280,15 @@ pub fn controller_config(o: &InstallOptions) -> Result<String, InstallError> {
             gateways: o.gateway_addresses.clone(),
             identity: Identity {
                 files: IDENTITY_FILES,
+            },
+            catalog: Catalog {
+                kubernetes: KubernetesCatalog {
+                    leader_election: LeaderElection {
+                        namespace: o.namespace.clone(),
+                        name: CONTROLLER,
+                        lease: "15s",
+                    },
+                },
             },
         },
     )

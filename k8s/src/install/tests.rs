@@ -124,6 +124,7 @@ fn rbac_names_no_wildcard_and_only_what_is_watched() {
         [
             "ClusterRole:endpointslices",
             "ClusterRole:globalservices",
+            "ClusterRole:nodes",
             "ClusterRole:pods",
             "ClusterRole:serviceexports",
             "ClusterRole:services",

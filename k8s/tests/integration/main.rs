@@ -3,6 +3,8 @@
 //! Patch with an independent implementation (the `json-patch` crate) and
 //! comparing with what `strait inject` makes of the same object.
 
+mod tokenreview;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -361,3 +361,96 @@ fn traffic_policy_routes_map_and_a_bad_one_is_reported() {
     );
     assert!(reasons[1].contains("routes[0].timeout"), "{reasons:?}");
 }
+
+fn node(name: &str, labels: serde_json::Value) -> Arc<PartialObjectMeta<Node>> {
+    obj(
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+               "metadata": {"name": name, "labels": labels}}),
+    )
+}
+
+#[test]
+fn locality_comes_from_pod_then_slice_then_node_labels() {
+    // (pod labels, slice zone, endpoint nodeName, pod nodeName, want)
+    let west = json!({REGION_LABEL: "us-west", ZONE_LABEL: "us-west-2c"});
+    let table = [
+        // Only the node knows: both from the node (via the endpoint's nodeName).
+        (
+            json!({}),
+            None,
+            Some("n-west"),
+            None,
+            Some("us-west/us-west-2c"),
+        ),
+        // The pod's nodeName when the endpoint names none.
+        (
+            json!({}),
+            None,
+            None,
+            Some("n-west"),
+            Some("us-west/us-west-2c"),
+        ),
+        // The slice's zone wins over the node's zone; the region stays the node's.
+        (
+            json!({}),
+            Some("us-west-2a"),
+            Some("n-west"),
+            None,
+            Some("us-west/us-west-2a"),
+        ),
+        // Pod labels win over the node.
+        (
+            west.clone(),
+            None,
+            Some("n-east"),
+            None,
+            Some("us-west/us-west-2c"),
+        ),
+        // A node with only a zone: the cluster's region.
+        (
+            json!({}),
+            None,
+            Some("n-zone"),
+            None,
+            Some("us-east/us-east-1c"),
+        ),
+        // An unknown or unlabelled node: the cluster's default.
+        (json!({}), None, Some("n-gone"), None, None),
+        (json!({}), None, Some("n-bare"), None, None),
+    ];
+    for (labels, zone, ep_node, pod_node, want) in table {
+        let mut e = ep("10.0.0.1", "p", None, zone);
+        e["nodeName"] = json!(ep_node);
+        let mut p = pod("p", "sa", labels.clone(), json!({}));
+        Arc::make_mut(&mut p).spec.as_mut().unwrap().node_name = pod_node.map(str::to_owned);
+        let objects = Objects {
+            services: vec![service("a", json!([{"port": 80}]))],
+            slices: vec![slice("a", json!([e]))],
+            pods: vec![p],
+            nodes: vec![
+                node(
+                    "n-west",
+                    json!({REGION_LABEL: "us-west", ZONE_LABEL: "us-west-2c"}),
+                ),
+                node(
+                    "n-east",
+                    json!({REGION_LABEL: "us-east", ZONE_LABEL: "us-east-1b"}),
+                ),
+                node("n-zone", json!({ZONE_LABEL: "us-east-1c"})),
+                node("n-bare", json!({"kubernetes.io/hostname": "n-bare"})),
+            ],
+            ..Objects::default()
+        };
+        let built = build(&objects, &cfg());
+        assert!(built.problems.is_empty(), "{:?}", built.problems);
+        let got = built.catalog.services[&key("a")].endpoints[0]
+            .locality
+            .as_ref()
+            .map(ToString::to_string);
+        assert_eq!(
+            got.as_deref(),
+            want,
+            "{labels} {zone:?} {ep_node:?} {pod_node:?}"
+        );
+    }
+}
