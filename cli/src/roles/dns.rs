@@ -93,6 +93,7 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
             node_id: format!("dns {}", args.listen),
             locality: None,
             registration: None,
+            scope: Vec::new(),
         };
         let following = strait_dns::role::Following {
             target,
