@@ -393,6 +393,6 @@ pub fn controller_main(rest: &[String]) -> anyhow::Result<()> {
                 out.flush()?;
             }
             drop(server);
-            Ok(())
+            Ok::<(), anyhow::Error>(())
         })
 }

@@ -97,6 +97,11 @@ pub(super) async fn delta_session(
     let mut warm = inner.warm.clone();
     let _ = warm.wait_for(|w| *w).await;
     let mut world = inner.world.clone();
+    // The version the node holds (what a delta applies on), and `held`:
+    // the latest version whose services in scope equal the node's, which
+    // planning starts from (changes outside the scope move it on without
+    // a message, so a quiet scoped node never falls out of the history).
+    let mut node_version = held.version;
     let mut dirty = true;
     let mut in_flight: Option<InFlight> = None;
     'session: loop {
@@ -112,7 +117,9 @@ pub(super) async fn delta_session(
                 &table.services,
                 |k: &ServiceKey| scope.contains(&k.namespace, &k.name),
             );
-            if !p.is_empty() {
+            if p.is_empty() {
+                held.version = table.version;
+            } else {
                 let permit = match &p.full {
                     Some(reason) => {
                         tracing::debug!(proxy = id, %reason, "sending the full state");
@@ -120,7 +127,7 @@ pub(super) async fn delta_session(
                     }
                     None => None,
                 };
-                for m in messages(&table, &p, &inner.epoch, held.version, &place) {
+                for m in messages(&table, &p, &inner.epoch, node_version, &place) {
                     if tx.send(Ok(m)).await.is_err() {
                         break 'session;
                     }
@@ -147,6 +154,7 @@ pub(super) async fn delta_session(
                 };
                 if m.error.is_empty() {
                     held = Held { epoch: inner.epoch.clone(), version: f.version };
+                    node_version = f.version;
                     inner.metrics.push("ack");
                     inner.update(id, |s| {
                         s.acked_version = s.acked_version.max(f.version);
