@@ -247,8 +247,8 @@ async fn run_once(
     Ok(got_any)
 }
 
-/// Partial messages one version may take (a full state of a million
-/// services at the controller's 200 per message).
+/// Partial messages one version may take (a full state of half a million
+/// services at the controller's 100 per message).
 const MAX_PARTS: usize = 5_000;
 
 fn newer(version: u64, stream_version: Option<u64>) -> Result<(), String> {

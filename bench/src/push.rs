@@ -258,7 +258,12 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         child,
     };
     let addr: SocketAddr = ctl.expect("ready")?.parse()?;
-    let json_bytes: u64 = ctl.expect("json_bytes")?.parse()?;
+    // What an old client would get instead, built here (not in the
+    // controller child, whose memory is measured).
+    let json_bytes = {
+        let w = world::Bench::new(args.services, args.endpoints);
+        w.json_len(&w.publish())
+    };
     let first: u64 = ctl.expect("version")?.parse()?;
     let load_before = loadavg();
     let stats = Arc::new(Stats {
@@ -368,10 +373,8 @@ pub fn controller_main(rest: &[String]) -> anyhow::Result<()> {
                 &bundle,
                 tonic::service::Routes::new(push.server()),
             )?;
-            let json = w.json_len(&tx.borrow());
             let mut out = std::io::stdout().lock();
             writeln!(out, "ready {}", server.addr)?;
-            writeln!(out, "json_bytes {json}")?;
             writeln!(out, "version {}", tx.borrow().world.version)?;
             out.flush()?;
             drop(out);

@@ -25,11 +25,11 @@ use super::{Inner, Nack};
 use crate::catalog::ServiceKey;
 
 /// Services per message of a full state.
-pub const CHUNK: usize = 200;
+pub const CHUNK: usize = 100;
 
 /// Sessions that may send a full state at once (each holds at most the
 /// channel's few messages of [`CHUNK`] services in memory).
-pub const FULL_AT_ONCE: usize = 32;
+pub const FULL_AT_ONCE: usize = 8;
 
 /// The messages that carry `plan` (from `base`) to a node at `place`,
 /// built one at a time as they are sent (a full state is never held whole
