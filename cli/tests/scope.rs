@@ -23,7 +23,13 @@ fn services(admin: &str) -> Vec<String> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|s| format!("{}.{}", s["name"].as_str().unwrap_or(""), s["namespace"].as_str().unwrap_or("")))
+                .map(|s| {
+                    format!(
+                        "{}.{}",
+                        s["name"].as_str().unwrap_or(""),
+                        s["namespace"].as_str().unwrap_or("")
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -69,7 +75,11 @@ fn a_scoped_sidecar_never_receives_services_outside_its_scope_and_fails_over_wit
     )
     .unwrap();
     let config = home.join("sidecar.yaml").display().to_string();
-    let _client = spawn(&clusters.dir, &["proxy", "--config", &config], "client-sidecar.log");
+    let _client = spawn(
+        &clusters.dir,
+        &["proxy", "--config", &config],
+        "client-sidecar.log",
+    );
     wait_for(format!("{ip}:15001").parse().unwrap());
     clusters.wait_healthy("east", &["east", "west"]);
     let status = clusters.status("east");
@@ -79,7 +89,10 @@ fn a_scoped_sidecar_never_receives_services_outside_its_scope_and_fails_over_wit
         .iter()
         .filter_map(|s| s["name"].as_str())
         .collect();
-    assert!(all.contains(&"other"), "east's controller knows other: {all:?}");
+    assert!(
+        all.contains(&"other"),
+        "east's controller knows other: {all:?}"
+    );
     let admin = format!("{ip}:15000");
     let started = Instant::now();
     while services(&admin) != ["echo.demo"] {
@@ -102,8 +115,13 @@ fn a_scoped_sidecar_never_receives_services_outside_its_scope_and_fails_over_wit
     drop(east_app.app.take());
     let to_west = load.settled_on(t, "west", Duration::from_secs(3));
     let (f, n) = load.failed(t, Instant::now());
-    eprintln!("on east after {on_east:?}; east's app killed: on west after {to_west:?}; {f} of {n} requests failed");
-    assert!(to_west <= Duration::from_secs(3), "failover took {to_west:?}");
+    eprintln!(
+        "on east after {on_east:?}; east's app killed: on west after {to_west:?}; {f} of {n} requests failed"
+    );
+    assert!(
+        to_west <= Duration::from_secs(3),
+        "failover took {to_west:?}"
+    );
     assert_eq!(services(&admin), ["echo.demo"]);
     east_app.app = Some(App::start(&dir, "east", &east_app.ip));
 }

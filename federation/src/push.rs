@@ -263,6 +263,29 @@ async fn session(
     inner.session_ended(id);
 }
 
+/// What a node may receive: its declared scope plus its own registered
+/// service (the policies its inbound side enforces), or every service.
+/// Scopes and deltas go together; gateways take full snapshots.
+fn node_scope(node: &strait_api::proto::config::Node, role: Role) -> Result<Scope, Status> {
+    if node.deltas && role == Role::Gateway {
+        return Err(Status::invalid_argument(
+            "a gateway takes full snapshots (they carry the export table); leave node.deltas unset",
+        ));
+    }
+    let declared = node.scope.as_ref().map_or(&[][..], |s| &s.services[..]);
+    if !declared.is_empty() && !node.deltas {
+        return Err(Status::invalid_argument(
+            "node.scope needs node.deltas: full JSON snapshots carry every service",
+        ));
+    }
+    let scope = Scope::parse(declared)
+        .map_err(|e| Status::invalid_argument(format!("node {:?}: {e}", node.id)))?;
+    Ok(match &node.registration {
+        Some(r) => scope.with(&r.namespace, &r.name),
+        None => scope,
+    })
+}
+
 #[tonic::async_trait]
 impl ConfigDiscovery for PushService {
     type StreamSnapshotsStream = ReceiverStream<Result<SnapshotResponse, Status>>;
@@ -343,29 +366,7 @@ impl ConfigDiscovery for PushService {
                 ));
             }
         };
-        let scope = match (node.deltas, role, &node.scope) {
-            (_, _, None) => Scope::all(),
-            (true, Role::Proxy, Some(s)) => Scope::parse(&s.services)
-                .map_err(|e| Status::invalid_argument(format!("node {:?}: {e}", node.id)))?,
-            (false, _, Some(s)) if s.services.is_empty() => Scope::all(),
-            (false, _, Some(_)) => {
-                return Err(Status::invalid_argument(
-                    "node.scope needs node.deltas: full JSON snapshots carry every service",
-                ));
-            }
-            (true, Role::Gateway, Some(_)) => Scope::all(),
-        };
-        if node.deltas && role == Role::Gateway {
-            return Err(Status::invalid_argument(
-                "a gateway takes full snapshots (they carry the export table); leave node.deltas unset",
-            ));
-        }
-        // A sidecar always hears about its own service (the policies its
-        // inbound side enforces).
-        let scope = match &node.registration {
-            Some(r) => scope.with(&r.namespace, &r.name),
-            None => scope,
-        };
+        let scope = node_scope(&node, role)?;
         let place = LocalPlace {
             cluster: self.inner.cluster.clone(),
             locality,

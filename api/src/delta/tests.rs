@@ -65,12 +65,13 @@ fn a_full_delta_replaces_the_state_and_a_delta_changes_only_what_it_names() {
     assert_eq!(held.version, 10);
     assert_eq!(held.local.cluster.as_str(), "east");
     assert_eq!(held.clusters.len(), 1);
-    let cases: Vec<(
-        &str,
-        Option<&Snapshot>,
+    type Case<'a> = (
+        &'static str,
+        Option<&'a Snapshot>,
         pb::Delta,
-        Result<Vec<&Service>, &str>,
-    )> = vec![
+        Result<Vec<&'a Service>, &'static str>,
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             "full from nothing",
             None,

@@ -275,7 +275,7 @@ mod tests {
                 .unwrap_err()
                 .contains("older than the 3 versions")
         );
-        assert!(h.since(11_5).unwrap_err().contains("newer"));
+        assert!(h.since(115).unwrap_err().contains("newer"));
         let mut h = h;
         h.push(20, set(&["d"]));
         assert!(h.since(10).unwrap_err().contains("older"), "10 fell out");
@@ -299,7 +299,14 @@ mod tests {
         };
         // (held, scope, full reason contains, upserts, removals)
         type Scope = fn(&&str) -> bool;
-        let cases: Vec<(Held, Scope, Option<&str>, Vec<&str>, Vec<&str>)> = vec![
+        type Case = (
+            Held,
+            Scope,
+            Option<&'static str>,
+            Vec<&'static str>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 held("", 0),
                 all as Scope,
