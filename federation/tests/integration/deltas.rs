@@ -402,8 +402,12 @@ async fn old_full_snapshot_clients_are_served_and_bad_delta_requests_refused_cle
         ..SnapshotRequest::default()
     };
     let mut client = ConfigDiscoveryClient::new(chan);
+    // The request side stays open (a closed one ends the session).
     let mut rx = client
-        .stream_snapshots(tokio_stream::iter(vec![hello(old.clone())]))
+        .stream_snapshots(tokio_stream::StreamExt::chain(
+            tokio_stream::iter(vec![hello(old.clone())]),
+            tokio_stream::pending(),
+        ))
         .await
         .unwrap()
         .into_inner();
