@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use strait_api::delta::ScopePattern;
 use strait_api::proto::config::config_discovery_client::ConfigDiscoveryClient;
-use strait_api::proto::config::{Node, Registration};
+use strait_api::proto::config::{Node, Registration, Scope};
 use strait_api::snapshot::Snapshot;
 use strait_api::{ClusterName, Locality, TrustDomain};
 use strait_ca::tls::ExpectedServer;
@@ -47,6 +48,16 @@ impl ControllerRef {
     }
 }
 
+/// `scope:` in a sidecar's config: the services it calls. The controller
+/// then sends only those (and the sidecar's own service); left out, every
+/// service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    /// `name.namespace` or `*.namespace`; at least one.
+    pub services: Vec<ScopePattern>,
+}
+
 /// What a subscriber is; the controller sends each its own view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -81,6 +92,8 @@ pub struct Target {
     /// A sidecar's own workload, registered while it follows
     /// (`Node.registration`).
     pub registration: Option<Registration>,
+    /// The services a sidecar calls; empty: every service.
+    pub scope: Vec<ScopePattern>,
 }
 
 impl Target {
@@ -96,6 +109,12 @@ impl Target {
                 .unwrap_or_default(),
             role: self.role.as_str().to_owned(),
             registration: self.registration.clone(),
+            // Gateways take full snapshots (the export table); every other
+            // role takes protobuf deltas.
+            deltas: self.role != Role::Gateway,
+            scope: (!self.scope.is_empty()).then(|| Scope {
+                services: self.scope.iter().map(ToString::to_string).collect(),
+            }),
         }
     }
 
@@ -207,12 +226,27 @@ mod tests {
             node_id: "gateway-0".into(),
             locality: Some("us-east/a".parse().unwrap()),
             registration: None,
+            scope: Vec::new(),
         };
         let n = t.node();
         assert_eq!(
             (n.role.as_str(), n.cluster.as_str(), n.locality.as_str()),
             ("gateway", "east", "us-east/a")
         );
+        assert!(
+            !n.deltas && n.scope.is_none(),
+            "a gateway takes full snapshots"
+        );
+        let proxy = Target {
+            role: Role::Proxy,
+            scope: vec!["web.shop".parse().unwrap(), "*.pay".parse().unwrap()],
+            ..t.clone()
+        };
+        let n = proxy.node();
+        assert!(n.deltas);
+        assert_eq!(n.scope.unwrap().services, ["web.shop", "*.pay"]);
+        let e = serde_yaml_ng::from_str::<ScopeConfig>("{ services: [web] }").unwrap_err();
+        assert!(e.to_string().contains("name.namespace"), "{e}");
         assert_eq!(
             t.expected(),
             ExpectedServer::Id(

@@ -16,5 +16,5 @@
 mod follow;
 pub mod subscribe;
 
-pub use follow::{ControllerRef, Role, Target, deregister, follow, follow_owner};
+pub use follow::{ControllerRef, Role, ScopeConfig, Target, deregister, follow, follow_owner};
 pub use subscribe::{AcceptFn, Options, Subscription, subscribe};

@@ -6,9 +6,15 @@
 //! jittered exponential back-off and the receiver keeps the last good
 //! snapshot.
 //!
+//! A node that asks for deltas (`Node.deltas`, every role but the gateway)
+//! gets protobuf deltas: it applies each to the snapshot it holds
+//! (`strait_api::delta::apply`), checks the result like a full snapshot,
+//! and tells the controller on reconnect which version (and controller
+//! epoch) it holds, so it is sent only what changed since.
+//!
 //! Versions must grow within one stream; the first snapshot of a new
-//! stream is taken even if its version is lower (a controller restored from
-//! backup), since the controller is the authority.
+//! stream (or a full delta) is taken even if its version is lower (a
+//! controller restored from backup), since the controller is the authority.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use std::time::Duration;
 
 use strait_api::backoff::Backoff;
 use strait_api::proto::config::config_discovery_client::ConfigDiscoveryClient;
-use strait_api::proto::config::{Node, SnapshotRequest};
+use strait_api::proto::config::{Delta, Node, SnapshotRequest, SnapshotResponse};
 use strait_api::snapshot::Snapshot;
 use strait_ca::tls::{self, ExpectedServer};
 use strait_ca::{CertStore, SharedBundle};
@@ -99,9 +105,10 @@ pub fn subscribe(
     let (up_tx, connected) = watch::channel(false);
     let task = tokio::spawn(async move {
         let mut backoff = Backoff::new(options.min_backoff, options.max_backoff);
+        let mut epoch = String::new();
         loop {
             let got_any = run_once(
-                addr, &certs, &bundle, &expected, &node, &options, &snap_tx, &up_tx,
+                addr, &certs, &bundle, &expected, &node, &options, &snap_tx, &up_tx, &mut epoch,
             )
             .await;
             up_tx.send_replace(false);
@@ -154,6 +161,7 @@ async fn run_once(
     options: &Options,
     snap_tx: &watch::Sender<Option<Arc<Snapshot>>>,
     up_tx: &watch::Sender<bool>,
+    epoch: &mut String,
 ) -> Result<bool, String> {
     let channel = connect(addr, certs, bundle, expected).await?;
     let mut client = ConfigDiscoveryClient::new(channel);
@@ -163,6 +171,7 @@ async fn run_once(
         node: Some(node.clone()),
         version: held,
         error: String::new(),
+        epoch: epoch.clone(),
     };
     tx.send(hello).await.map_err(|e| e.to_string())?;
     let mut inbound = client
@@ -173,51 +182,61 @@ async fn run_once(
     up_tx.send_replace(true);
     let mut stream_version = None::<u64>;
     let mut got_any = false;
-    while let Some(msg) = inbound
+    let mut pieces: Vec<Delta> = Vec::new();
+    while let Some(mut msg) = inbound
         .message()
         .await
         .map_err(|s| s.message().to_owned())?
     {
-        let verdict = serde_json::from_slice::<Snapshot>(&msg.snapshot_json)
-            .map_err(|e| format!("snapshot is not valid json: {e}"))
-            .and_then(|snap| {
-                if snap.version != msg.version {
+        let verdict = match msg.delta.take() {
+            Some(d) if d.partial => {
+                pieces.push(d);
+                if pieces.len() > MAX_PARTS {
                     return Err(format!(
-                        "snapshot carries version {} inside a message of version {}",
-                        snap.version, msg.version
+                        "more than {MAX_PARTS} partial messages for version {}",
+                        msg.version
                     ));
                 }
-                if stream_version.is_some_and(|v| snap.version <= v) {
-                    return Err(format!(
-                        "version {} is not newer than {}",
-                        snap.version,
-                        stream_version.unwrap_or(0)
-                    ));
-                }
-                snap.validate().map_err(|e| e.to_string())?;
-                if let Some(accept) = &options.accept {
-                    accept(&snap)?;
-                }
-                Ok(snap)
-            });
+                continue;
+            }
+            Some(d) => {
+                pieces.push(d);
+                let held = snap_tx.borrow().clone();
+                let parts = std::mem::take(&mut pieces);
+                from_delta(held.as_deref(), &msg, &parts, stream_version).map(|s| (s, Some(parts)))
+            }
+            None => from_json(&msg, stream_version).map(|s| (s, None)),
+        }
+        .and_then(|(snap, parts)| {
+            snap.validate().map_err(|e| e.to_string())?;
+            if let Some(accept) = &options.accept {
+                accept(&snap)?;
+            }
+            Ok((snap, parts))
+        });
         let reply = match verdict {
-            Ok(snap) => {
+            Ok((snap, parts)) => {
                 stream_version = Some(snap.version);
                 got_any = true;
+                if let Some(first) = parts.as_ref().and_then(|p| p.first()) {
+                    epoch.clone_from(&first.epoch);
+                    if first.full {
+                        tracing::info!(version = snap.version, reason = %first.full_reason, services = snap.services.len(), "took the full state");
+                    }
+                }
                 tracing::debug!(version = snap.version, "accepted snapshot");
                 snap_tx.send_replace(Some(Arc::new(snap)));
                 SnapshotRequest {
-                    node: None,
                     version: msg.version,
-                    error: String::new(),
+                    ..SnapshotRequest::default()
                 }
             }
             Err(error) => {
                 tracing::warn!(version = msg.version, %error, "refused snapshot; keeping the previous one");
                 SnapshotRequest {
-                    node: None,
                     version: msg.version,
                     error,
+                    ..SnapshotRequest::default()
                 }
             }
         };
@@ -226,4 +245,43 @@ async fn run_once(
         }
     }
     Ok(got_any)
+}
+
+/// Partial messages one version may take (a full state of half a million
+/// services at the controller's 100 per message).
+const MAX_PARTS: usize = 5_000;
+
+fn newer(version: u64, stream_version: Option<u64>) -> Result<(), String> {
+    match stream_version {
+        Some(v) if version <= v => Err(format!("version {version} is not newer than {v}")),
+        _ => Ok(()),
+    }
+}
+
+/// A full JSON snapshot (nodes without deltas).
+fn from_json(msg: &SnapshotResponse, stream_version: Option<u64>) -> Result<Snapshot, String> {
+    let snap = serde_json::from_slice::<Snapshot>(&msg.snapshot_json)
+        .map_err(|e| format!("snapshot is not valid json: {e}"))?;
+    if snap.version != msg.version {
+        return Err(format!(
+            "snapshot carries version {} inside a message of version {}",
+            snap.version, msg.version
+        ));
+    }
+    newer(snap.version, stream_version)?;
+    Ok(snap)
+}
+
+/// The held snapshot with a delta applied.
+fn from_delta(
+    held: Option<&Snapshot>,
+    msg: &SnapshotResponse,
+    parts: &[Delta],
+    stream_version: Option<u64>,
+) -> Result<Snapshot, String> {
+    let full = parts.first().is_some_and(|d| d.full);
+    if !full {
+        newer(msg.version, stream_version.or(held.map(|h| h.version)))?;
+    }
+    strait_api::delta::apply(held, msg.version, parts).map_err(|e| e.to_string())
 }

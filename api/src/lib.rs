@@ -8,6 +8,7 @@
 pub mod authority;
 pub mod backoff;
 pub mod cluster;
+pub mod delta;
 pub mod exports;
 pub mod identity;
 pub mod label;

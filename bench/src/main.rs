@@ -7,12 +7,16 @@
 //! - `strait-bench memory --strait PATH`: RSS of an idle sidecar holding a
 //!   1,000-service snapshot;
 //! - `strait-bench tunnel ...`: what opening a cross-cluster tunnel costs,
-//!   against a running gateway and sidecar.
+//!   against a running gateway and sidecar;
+//! - `strait-bench push [--services N] [--sessions N]`: config push with
+//!   many proxies (a controller child, `push-controller`, and N delta
+//!   sessions; see `push`).
 //!
 //! It is a measuring tool, not a test: nothing here asserts.
 
 mod loadgen;
 mod micro;
+mod push;
 mod tunnel;
 
 use std::path::PathBuf;
@@ -22,7 +26,7 @@ use anyhow::bail;
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {
-        bail!("usage: strait-bench oha|tls|memory|tunnel ... (see the crate docs)");
+        bail!("usage: strait-bench oha|tls|memory|tunnel|push ... (see the crate docs)");
     };
     let out = match cmd.as_str() {
         "oha" => {
@@ -33,6 +37,14 @@ fn main() -> anyhow::Result<()> {
                 .block_on(loadgen::run(args))?
         }
         "tls" => micro::tls()?,
+        "push" => {
+            let args = push::parse(rest)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(push::run(args))?
+        }
+        "push-controller" => return push::controller_main(rest),
         "tunnel" => {
             let args = tunnel::parse(rest)?;
             tokio::runtime::Builder::new_current_thread()
@@ -53,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             }
             micro::memory(&strait, services)?
         }
-        other => bail!("unknown command {other:?}; use oha, tls, memory or tunnel"),
+        other => bail!("unknown command {other:?}; use oha, tls, memory, tunnel or push"),
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

@@ -352,6 +352,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 node_id: "dns (in the controller)".into(),
                 locality: None,
                 registration: None,
+                scope: Vec::new(),
             };
             let following = strait_dns::role::Following {
                 target,

@@ -73,6 +73,7 @@ fn the_config_reference_lists_every_key_every_role_accepts_and_no_other() {
                 ("egress.", "egress: { bogus: 1 }"),
                 ("app[].", "app: [{ bogus: 1 }]"),
                 ("controller.", "controller: { bogus: 1 }"),
+                ("scope.", "scope: { bogus: 1 }"),
             ],
         ),
         (

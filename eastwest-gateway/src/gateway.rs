@@ -136,6 +136,7 @@ fn follow_controller(
         node_id: format!("gateway {listener}"),
         locality: c.locality.clone(),
         registration: None,
+        scope: Vec::new(),
     };
     let (certs, bundle) = (shared.certs.clone(), shared.bundle.clone());
     Ok(Some(strait_agent::follow_owner(

@@ -1,11 +1,16 @@
 //! Config push: the controller side of `strait.config.v1.ConfigDiscovery`.
 //!
-//! A proxy opens a stream and names its node (cluster, locality). The
-//! controller sends the full snapshot for that node, then a new one each
-//! time the snapshot *for that node* changes (never the same content
-//! twice). The proxy ACKs or NACKs each version; a NACK is logged, counted
+//! A proxy opens a stream and names its node (cluster, locality, and
+//! whether it takes deltas). A node with `deltas` gets protobuf deltas
+//! scoped to the services it may call ([`stream`]: resumable from the
+//! version it holds, one in flight at a time, built from a table of
+//! resources encoded once per version, [`table`], by pure planning,
+//! [`plan`]). Any other node (gateways, old clients) gets the full JSON
+//! snapshot for that node, then a new one each time the snapshot *for that
+//! node* changes (never the same content twice). The proxy ACKs or NACKs
+//! each version; a NACK is logged, counted
 //! (`strait_config_pushes_total{result="nack"}`) and shown in status, and
-//! the proxy keeps its previous snapshot.
+//! the proxy keeps its previous state.
 //!
 //! Versions are the controller's world versions, which start from the wall
 //! clock (milliseconds × 1000) when the controller starts, so a restarted
@@ -18,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use strait_api::delta::Scope;
 use strait_api::proto::config::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use strait_api::proto::config::{
     DeregisterAck, EndpointHealthAck, EndpointHealthReport, Registration, SnapshotRequest,
@@ -25,7 +31,7 @@ use strait_api::proto::config::{
 };
 use strait_api::snapshot::LocalPlace;
 use strait_api::{ClusterName, Locality};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -34,6 +40,10 @@ use crate::catalog::live::{LiveCatalog, admit};
 use crate::health::{DEFAULT_PASSIVE_HOLD, HealthTable, report};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::snapshot::{MergedView, World, gateway_snapshot, snapshot_for};
+
+pub mod plan;
+pub mod stream;
+pub mod table;
 
 /// How long a proxy has to send its node after opening a stream.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,6 +91,12 @@ struct Inner {
     live: Arc<LiveCatalog>,
     /// Health reports per reporter.
     reports: report::RateLimiter,
+    /// This controller run, for delta resumption.
+    epoch: String,
+    /// The resources of the latest version, shared by delta sessions.
+    tables: Mutex<table::Tables>,
+    /// Delta sessions sending a full state now ([`stream::FULL_AT_ONCE`]).
+    full_permits: Arc<Semaphore>,
 }
 
 /// The config push service; cheap to clone.
@@ -111,6 +127,9 @@ impl PushService {
                 next_id: AtomicU64::new(1),
                 live,
                 reports: report::RateLimiter::default(),
+                epoch: format!("{:016x}", rand::random::<u64>()),
+                tables: Mutex::default(),
+                full_permits: Arc::new(Semaphore::new(stream::FULL_AT_ONCE)),
             }),
         }
     }
@@ -134,6 +153,22 @@ impl Inner {
         if let Some(s) = self.lock().get_mut(&id) {
             f(s);
         }
+    }
+
+    /// The resource table of `published` (built once per version).
+    fn table(&self, published: &Arc<Published>) -> Arc<table::Table> {
+        self.tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(published)
+    }
+
+    fn session_ended(&self, id: u64) {
+        self.lock().remove(&id);
+        // A registration outlives its stream by the lease, unless the
+        // sidecar deregistered (it then is gone already).
+        self.live.session_ended(id);
+        self.metrics.config_clients.dec();
     }
 }
 
@@ -197,7 +232,7 @@ async fn session(
                 if last.as_ref().map(AsRef::as_ref) == Some(digest.as_ref()) {
                     continue;
                 }
-                let msg = SnapshotResponse { version, snapshot_json: json };
+                let msg = SnapshotResponse { version, snapshot_json: json, delta: None };
                 if tx.send(Ok(msg)).await.is_err() {
                     break;
                 }
@@ -225,11 +260,30 @@ async fn session(
             () = tx.closed() => break,
         }
     }
-    inner.lock().remove(&id);
-    // A registration outlives its stream by the lease, unless the sidecar
-    // deregistered (it then is gone already).
-    inner.live.session_ended(id);
-    inner.metrics.config_clients.dec();
+    inner.session_ended(id);
+}
+
+/// What a node may receive: its declared scope plus its own registered
+/// service (the policies its inbound side enforces), or every service.
+/// Scopes and deltas go together; gateways take full snapshots.
+fn node_scope(node: &strait_api::proto::config::Node, role: Role) -> Result<Scope, Status> {
+    if node.deltas && role == Role::Gateway {
+        return Err(Status::invalid_argument(
+            "a gateway takes full snapshots (they carry the export table); leave node.deltas unset",
+        ));
+    }
+    let declared = node.scope.as_ref().map_or(&[][..], |s| &s.services[..]);
+    if !declared.is_empty() && !node.deltas {
+        return Err(Status::invalid_argument(
+            "node.scope needs node.deltas: full JSON snapshots carry every service",
+        ));
+    }
+    let scope = Scope::parse(declared)
+        .map_err(|e| Status::invalid_argument(format!("node {:?}: {e}", node.id)))?;
+    Ok(match &node.registration {
+        Some(r) => scope.with(&r.namespace, &r.name),
+        None => scope,
+    })
 }
 
 #[tonic::async_trait]
@@ -312,6 +366,7 @@ impl ConfigDiscovery for PushService {
                 ));
             }
         };
+        let scope = node_scope(&node, role)?;
         let place = LocalPlace {
             cluster: self.inner.cluster.clone(),
             locality,
@@ -336,7 +391,23 @@ impl ConfigDiscovery for PushService {
         self.inner.metrics.config_clients.inc();
         tracing::info!(node = %node.id, %identity, locality = %place.locality, "proxy subscribed to config");
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(session(self.inner.clone(), id, place, role, inbound, tx));
+        if node.deltas {
+            let held = plan::Held {
+                epoch: first.epoch.clone(),
+                version: first.version,
+            };
+            tokio::spawn(stream::delta_session(
+                self.inner.clone(),
+                id,
+                place,
+                scope,
+                held,
+                inbound,
+                tx,
+            ));
+        } else {
+            tokio::spawn(session(self.inner.clone(), id, place, role, inbound, tx));
+        }
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

@@ -208,26 +208,10 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 
 /// The snapshot for a proxy at `place`, from a merged view.
 pub fn snapshot_for(world: &World, view: &MergedView, place: &LocalPlace) -> Snapshot {
-    let known = |c: &ClusterName| *c == world.cluster || world.peers.contains_key(c);
     let services = view
         .services
         .values()
-        .map(|m| {
-            let policy = world.catalog.policies.get(&m.key);
-            Service {
-                name: m.key.name.clone(),
-                namespace: m.key.namespace.clone(),
-                vip: m.vip,
-                ports: m.ports.clone(),
-                endpoints: m.endpoints.clone(),
-                routes: policy.map(|p| p.routes.clone()).unwrap_or_default(),
-                traffic: policy.map(|p| p.to_traffic(&known)).unwrap_or_default(),
-                outlier_detection: policy
-                    .and_then(|p| p.outlier_detection.clone())
-                    .unwrap_or_default(),
-                authorization: m.authorization.clone(),
-            }
-        })
+        .map(|m| service_for(world, m))
         .collect();
     Snapshot {
         version: world.version,
@@ -235,6 +219,27 @@ pub fn snapshot_for(world: &World, view: &MergedView, place: &LocalPlace) -> Sna
         clusters: world.peers.keys().cloned().collect(),
         services,
         exports: None,
+    }
+}
+
+/// One merged service as every proxy of the cluster sees it: its local
+/// policy's routes, traffic (failover only to known clusters), outlier
+/// detection and authorization.
+pub fn service_for(world: &World, m: &Merged) -> Service {
+    let known = |c: &ClusterName| *c == world.cluster || world.peers.contains_key(c);
+    let policy = world.catalog.policies.get(&m.key);
+    Service {
+        name: m.key.name.clone(),
+        namespace: m.key.namespace.clone(),
+        vip: m.vip,
+        ports: m.ports.clone(),
+        endpoints: m.endpoints.clone(),
+        routes: policy.map(|p| p.routes.clone()).unwrap_or_default(),
+        traffic: policy.map(|p| p.to_traffic(&known)).unwrap_or_default(),
+        outlier_detection: policy
+            .and_then(|p| p.outlier_detection.clone())
+            .unwrap_or_default(),
+        authorization: m.authorization.clone(),
     }
 }
 

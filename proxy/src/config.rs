@@ -206,6 +206,11 @@ pub struct ProxyConfig {
     /// controller is away. `cluster:` is required here.
     #[serde(default)]
     pub controller: Option<strait_agent::ControllerRef>,
+    /// The services this workload calls (`name.namespace`, `*.namespace`):
+    /// the controller then sends only those, plus `local_service`. Left
+    /// out: every service. Needs `controller:`.
+    #[serde(default)]
+    pub scope: Option<strait_agent::ScopeConfig>,
     #[serde(default)]
     pub limits: Limits,
     /// One structured log line per request (target `strait::access`).

@@ -301,6 +301,24 @@ fn controller_target(cfg: &ProxyConfig, inbound: SocketAddr) -> Result<Option<Ta
             })
         }
     };
+    let mut scope = Vec::new();
+    if let Some(sc) = &cfg.scope {
+        if sc.services.is_empty() {
+            return Err(StartError::Controller(
+                "scope.services is empty: list the services this workload calls, or leave scope out to receive every service".into(),
+            ));
+        }
+        scope.clone_from(&sc.services);
+        // The sidecar's own service guards its inbound side.
+        if let Some(own) = &cfg.local_service {
+            let own: strait_api::delta::ScopePattern = own
+                .parse()
+                .map_err(|e| StartError::Controller(format!("local_service {own:?}: {e}")))?;
+            if !scope.contains(&own) {
+                scope.push(own);
+            }
+        }
+    }
     Ok(Some(Target {
         address: c.address,
         cluster: c.cluster_or(None).map_err(StartError::Controller)?,
@@ -312,6 +330,7 @@ fn controller_target(cfg: &ProxyConfig, inbound: SocketAddr) -> Result<Option<Ta
         },
         locality: c.locality.clone(),
         registration,
+        scope,
     }))
 }
 

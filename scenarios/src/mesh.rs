@@ -292,6 +292,7 @@ impl Mesh {
             node_id: "dns".into(),
             locality: None,
             registration: None,
+            scope: Vec::new(),
         };
         let following = strait_dns::role::Following {
             target: dns_target,

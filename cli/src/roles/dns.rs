@@ -141,6 +141,7 @@ pub fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
             node_id: format!("dns {}", args.listen),
             locality: None,
             registration: None,
+            scope: Vec::new(),
         };
         let trust = (certs.clone(), bundle.clone());
         let following = strait_dns::role::Following {

@@ -3,6 +3,7 @@
 mod authz;
 mod cluster;
 mod controller;
+mod deltas;
 mod fixture;
 mod mesh;
 mod push;

@@ -21,7 +21,7 @@ use tonic::service::Routes;
 
 use crate::fixture::{Mesh, c, eventually, td};
 
-fn world(version: u64, services: &[(&str, u16)]) -> Arc<Published> {
+pub(crate) fn world(version: u64, services: &[(&str, u16)]) -> Arc<Published> {
     let mut catalog = LocalCatalog::default();
     for (name, port) in services {
         let reg = Registration {
@@ -65,17 +65,17 @@ fn node(id: &str, cluster: &str) -> Node {
     }
 }
 
-struct Setup {
-    mesh: Mesh,
-    tx: watch::Sender<Arc<Published>>,
-    push: PushService,
+pub(crate) struct Setup {
+    pub(crate) mesh: Mesh,
+    pub(crate) tx: watch::Sender<Arc<Published>>,
+    pub(crate) push: PushService,
     metrics: Arc<Metrics>,
-    server: Option<strait_federation::grpc::GrpcServer>,
-    addr: std::net::SocketAddr,
+    pub(crate) server: Option<strait_federation::grpc::GrpcServer>,
+    pub(crate) addr: std::net::SocketAddr,
 }
 
 impl Setup {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let mesh = Mesh::new(&["east"]);
         let (tx, rx) = watch::channel(world(1, &[("web", 1001)]));
         let metrics = Arc::new(Metrics::default());
@@ -106,7 +106,7 @@ impl Setup {
         me
     }
 
-    async fn start(&mut self) {
+    pub(crate) async fn start(&mut self) {
         let l = TcpListener::bind(self.addr).await.unwrap();
         let routes = Routes::new(self.push.server());
         let server = strait_federation::grpc::serve(
@@ -131,7 +131,7 @@ impl Setup {
         )
     }
 
-    fn pushes(&self, result: &'static str) -> u64 {
+    pub(crate) fn pushes(&self, result: &'static str) -> u64 {
         use strait_federation::metrics::ResultLabels;
         self.metrics
             .config_pushes
@@ -225,6 +225,7 @@ async fn a_node_of_another_cluster_is_refused_with_a_clear_message() {
         node: Some(node("web", "west")),
         version: 0,
         error: String::new(),
+        epoch: String::new(),
     };
     let err = client
         .stream_snapshots(tokio_stream::iter(vec![hello]))

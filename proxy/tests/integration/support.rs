@@ -74,6 +74,7 @@ impl Mesh {
             local_service: local_service.map(str::to_owned),
             snapshot_file: None,
             controller: None,
+            scope: None,
             limits: Limits::default(),
             access_log: false,
             capture: Default::default(),

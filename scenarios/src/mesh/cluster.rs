@@ -115,6 +115,7 @@ pub(super) fn proxy_config(
         local_service,
         snapshot_file: None,
         controller: None,
+        scope: None,
         limits: Limits {
             connect_timeout: Duration::from_millis(500),
             ..Limits::default()

@@ -97,6 +97,7 @@ impl World {
             local_service: app.map(|_| format!("{sa}.default")),
             snapshot_file: None,
             controller: None,
+            scope: None,
             limits: config::Limits::default(),
             access_log: false,
             capture: Default::default(),
