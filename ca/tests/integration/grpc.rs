@@ -23,31 +23,27 @@ pub struct Running {
 }
 
 pub async fn start_ca() -> Running {
+    start_ca_with(None).await
+}
+
+/// A CA service on loopback (its own certificate as `strait ca serve`
+/// makes it), counting in `metrics` when given.
+pub async fn start_ca_with(metrics: Option<strait_ca::metrics::CaMetrics>) -> Running {
     let fx = fixture();
     let authority = fx.ca.intermediate(&fx.cluster).unwrap();
     let bundle = SharedBundle::new(fx.ca.bundle().unwrap());
     let tokens =
         Arc::new(TokenStore::open(&fx.ca.cluster_dir(&fx.cluster).join("tokens.json")).unwrap());
-    let service = CaService::new(
+    let (store, _) = strait_ca::follow::server_cert(&authority).unwrap();
+    let mut service = CaService::new(
         authority,
         bundle.clone(),
         tokens.clone(),
         Duration::from_secs(3600),
     );
-    let out = fx.ca.path().join("ca-server");
-    fx.ca
-        .issue(
-            &fx.cluster,
-            &server::server_identity(&td()),
-            Duration::from_secs(3600),
-            &out,
-        )
-        .unwrap();
-    let store = CertStore::from_pem(
-        &std::fs::read_to_string(out.join("chain.pem")).unwrap(),
-        &std::fs::read_to_string(out.join("key.pem")).unwrap(),
-    )
-    .unwrap();
+    if let Some(m) = metrics {
+        service = service.with_metrics(m);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bound = server::serve(service, listener, store).unwrap();
     Running {

@@ -3,16 +3,13 @@
 //! admin port's answers.
 
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
+use strait_ca::CertStore;
 use strait_ca::client::CaClient;
 use strait_ca::metrics::CaMetrics;
-use strait_ca::server::{self, CaService};
-use strait_ca::token::TokenStore;
-use strait_ca::{CertStore, SharedBundle};
 
-use crate::fixture::{csr, fixture, td, uri};
+use crate::fixture::{csr, uri};
 
 const WEB: &str = "spiffe://strait.local/ns/default/sa/web";
 
@@ -33,40 +30,16 @@ fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 
 #[tokio::test]
 async fn signings_and_refusals_by_reason_reach_the_admin_port() {
-    let fx = fixture();
-    let authority = fx.ca.intermediate(&fx.cluster).unwrap();
-    let not_after = authority.not_after().unix_timestamp();
-    let bundle = SharedBundle::new(fx.ca.bundle().unwrap());
-    let tokens =
-        Arc::new(TokenStore::open(&fx.ca.cluster_dir(&fx.cluster).join("tokens.json")).unwrap());
     let metrics = CaMetrics::new();
-    let service = CaService::new(
-        authority,
-        bundle.clone(),
-        tokens.clone(),
-        Duration::from_secs(3600),
-    )
-    .with_metrics(metrics.clone());
-    let out = fx.ca.path().join("ca-server");
-    fx.ca
-        .issue(
-            &fx.cluster,
-            &server::server_identity(&td()),
-            Duration::from_secs(3600),
-            &out,
-        )
-        .unwrap();
-    let store = CertStore::from_pem(
-        &std::fs::read_to_string(out.join("chain.pem")).unwrap(),
-        &std::fs::read_to_string(out.join("key.pem")).unwrap(),
-    )
-    .unwrap();
-    let bound = server::serve(
-        service,
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        store,
-    )
-    .unwrap();
+    let ca = crate::grpc::start_ca_with(Some(metrics.clone())).await;
+    let not_after = ca
+        .fx
+        .ca
+        .intermediate(&ca.fx.cluster)
+        .unwrap()
+        .not_after()
+        .unix_timestamp();
+    let (bound, bundle, tokens) = (&ca.bound, &ca.bundle, &ca.tokens);
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
     let admin_task = tokio::spawn(strait_ca::metrics::serve_admin(admin, metrics));
@@ -135,5 +108,5 @@ async fn signings_and_refusals_by_reason_reach_the_admin_port() {
         assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
     }
     admin_task.abort();
-    bound.shutdown();
+    drop(ca);
 }
