@@ -48,7 +48,7 @@ async fn signings_and_refusals_by_reason_reach_the_admin_port() {
         .create("default", "web", Duration::from_secs(600))
         .unwrap();
     let expired = tokens.create("default", "web", Duration::ZERO).unwrap();
-    let mut client = CaClient::connect(bound.addr, &bundle, &CertStore::empty())
+    let mut client = CaClient::connect(bound.addr, bundle, &CertStore::empty())
         .await
         .unwrap();
     client
