@@ -10,15 +10,14 @@ use strait_api::proto::config::config_discovery_client::ConfigDiscoveryClient;
 use strait_api::proto::config::{Delta, Node, Scope, SnapshotRequest, SnapshotResponse};
 use strait_api::snapshot::{Health, Protocol, ServicePort, Snapshot};
 use strait_ca::tls::ExpectedServer;
-use strait_federation::catalog::{EndpointSpec, Export, LocalCatalog, Registration};
 use strait_federation::push::Published;
-use strait_federation::snapshot::{ImportedEndpoint, ImportedService, PeerView, World, merge};
+use strait_federation::snapshot::{ImportedEndpoint, ImportedService, PeerView, merge};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use crate::fixture::{Mesh, c, eventually, td};
-use crate::push::{Setup, world};
+use crate::push::{Setup, local_catalog, published, world};
 
 fn delta_node(id: &str, scope: &[&str]) -> Node {
     Node {
@@ -39,15 +38,20 @@ struct Raw {
     rx: Streaming<SnapshotResponse>,
 }
 
+/// A channel to east's controller as east's `web` workload.
+fn web_channel(s: &Setup) -> tonic::transport::Channel {
+    strait_federation::grpc::channel(
+        s.addr,
+        &s.mesh.certs("east", "default", "web"),
+        &s.mesh.bundle(),
+        ExpectedServer::Id(Mesh::controller_id("east")),
+    )
+    .unwrap()
+}
+
 impl Raw {
     async fn open(s: &Setup, node: Node, version: u64, epoch: &str) -> Result<Self, tonic::Status> {
-        let chan = strait_federation::grpc::channel(
-            s.addr,
-            &s.mesh.certs("east", "default", "web"),
-            &s.mesh.bundle(),
-            ExpectedServer::Id(Mesh::controller_id("east")),
-        )
-        .unwrap();
+        let chan = web_channel(s);
         let (tx, rx) = mpsc::channel(8);
         tx.send(SnapshotRequest {
             node: Some(node),
@@ -238,26 +242,7 @@ async fn a_nacked_delta_keeps_the_last_good_state_and_the_next_delta_builds_on_i
 /// East serves `web`, `secret`, and `db` (one local endpoint; west has
 /// another, through its gateway).
 fn failover_world(version: u64, local_db: Health) -> Arc<Published> {
-    let mut catalog = LocalCatalog::default();
-    for (name, port) in [("web", 1001), ("db", 1002), ("secret", 1003)] {
-        let reg = Registration {
-            name: name.into(),
-            namespace: "default".into(),
-            ports: vec![ServicePort {
-                port: 80,
-                protocol: Protocol::Http1,
-            }],
-            endpoints: vec![EndpointSpec {
-                address: format!("127.0.0.1:{port}").parse().unwrap(),
-                locality: None,
-                identity: None,
-                weight: 1,
-            }],
-            export: Export::None,
-            health_check: None,
-        };
-        catalog.services.insert(reg.key(), reg);
-    }
+    let catalog = local_catalog(&[("web", 1001), ("db", 1002), ("secret", 1003)]);
     let db = strait_federation::catalog::ServiceKey::new("default", "db");
     let mut health = BTreeMap::new();
     health.insert((db.clone(), "127.0.0.1:1002".parse().unwrap()), local_db);
@@ -281,18 +266,12 @@ fn failover_world(version: u64, local_db: Health) -> Arc<Published> {
             }],
         },
     );
-    let world = World {
+    published(
         version,
-        cluster: c("east"),
-        trust_domain: td(),
-        locality: "us-east/a".parse().unwrap(),
-        catalog: Arc::new(catalog),
+        catalog,
         health,
-        peers: [(c("west"), Arc::new(west))].into_iter().collect(),
-        vips: Default::default(),
-    };
-    let view = merge(&world);
-    Arc::new(Published { world, view })
+        [(c("west"), Arc::new(west))].into_iter().collect(),
+    )
 }
 
 fn db_shares(snap: &Snapshot) -> BTreeMap<String, f64> {
@@ -390,13 +369,7 @@ async fn old_full_snapshot_clients_are_served_and_bad_delta_requests_refused_cle
         cluster: "east".into(),
         ..Node::default()
     };
-    let chan = strait_federation::grpc::channel(
-        s.addr,
-        &s.mesh.certs("east", "default", "web"),
-        &s.mesh.bundle(),
-        ExpectedServer::Id(Mesh::controller_id("east")),
-    )
-    .unwrap();
+    let chan = web_channel(&s);
     let hello = |node| SnapshotRequest {
         node: Some(node),
         ..SnapshotRequest::default()

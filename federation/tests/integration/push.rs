@@ -2,19 +2,21 @@
 //! and the last snapshot kept while the controller is down.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use strait_agent::subscribe::Options;
+use strait_api::ClusterName;
 use strait_api::proto::config::config_discovery_client::ConfigDiscoveryClient;
 use strait_api::proto::config::{Node, SnapshotRequest};
-use strait_api::snapshot::{Protocol, ServicePort};
+use strait_api::snapshot::{Health, Protocol, ServicePort};
 use strait_ca::tls::ExpectedServer;
-use strait_federation::catalog::{EndpointSpec, Export, LocalCatalog, Registration};
+use strait_federation::catalog::{EndpointSpec, Export, LocalCatalog, Registration, ServiceKey};
 use strait_federation::health::HealthTable;
 use strait_federation::metrics::Metrics;
 use strait_federation::push::{Published, PushService};
-use strait_federation::snapshot::{World, merge};
+use strait_federation::snapshot::{PeerView, World, merge};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::Routes;
@@ -22,6 +24,16 @@ use tonic::service::Routes;
 use crate::fixture::{Mesh, c, eventually, td};
 
 pub(crate) fn world(version: u64, services: &[(&str, u16)]) -> Arc<Published> {
+    published(
+        version,
+        local_catalog(services),
+        BTreeMap::new(),
+        BTreeMap::new(),
+    )
+}
+
+/// East's own services, one local endpoint each on 127.0.0.1:`port`.
+pub(crate) fn local_catalog(services: &[(&str, u16)]) -> LocalCatalog {
     let mut catalog = LocalCatalog::default();
     for (name, port) in services {
         let reg = Registration {
@@ -42,14 +54,24 @@ pub(crate) fn world(version: u64, services: &[(&str, u16)]) -> Arc<Published> {
         };
         catalog.services.insert(reg.key(), reg);
     }
+    catalog
+}
+
+/// East's published view of `catalog`, `health` and `peers`.
+pub(crate) fn published(
+    version: u64,
+    catalog: LocalCatalog,
+    health: BTreeMap<(ServiceKey, SocketAddr), Health>,
+    peers: BTreeMap<ClusterName, Arc<PeerView>>,
+) -> Arc<Published> {
     let world = World {
         version,
         cluster: c("east"),
         trust_domain: td(),
         locality: "us-east/a".parse().unwrap(),
         catalog: Arc::new(catalog),
-        health: BTreeMap::new(),
-        peers: BTreeMap::new(),
+        health,
+        peers,
         vips: Default::default(),
     };
     let view = merge(&world);
