@@ -50,29 +50,6 @@ fn plaintext_at(addr: &str) {
     let _ = s.read_to_end(&mut sink);
 }
 
-/// `strait sidecar add` through the binary: the JSON it prints.
-fn add(clusters: &Clusters, name: &str, cluster: &str, app: Option<&str>) -> serde_json::Value {
-    let d = clusters.dir.display().to_string();
-    let mut args = vec![
-        "-o",
-        "json",
-        "sidecar",
-        "add",
-        name,
-        "-n",
-        "demo",
-        "--cluster",
-        cluster,
-        "--dir",
-        &d,
-    ];
-    if let Some(a) = app {
-        args.extend(["--app", a, "--port", "8080/http1", "--export", "all"]);
-    }
-    let out = ok(&clusters.dir, &args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 /// `strait top` through the binary, as JSON.
 fn top(dir: &Path, extra: &[&str]) -> serde_json::Value {
     let d = dir.display().to_string();
@@ -112,9 +89,9 @@ fn a_running_mesh_is_seen_by_strait_top_and_by_prometheus_with_the_shipped_rules
     clusters.link("east", "west");
     let mut east_app = Some(App::start(&dir, "east", &format!("{NET}.1.5")));
     let _west_app = App::start(&dir, "west", &format!("{NET}.2.5"));
-    let east_echo = add(&clusters, "echo", "east", Some(&format!("{NET}.1.5:18080")));
-    let west_echo = add(&clusters, "echo", "west", Some(&format!("{NET}.2.5:18080")));
-    let client = add(&clusters, "client", "east", None);
+    let east_echo = clusters.add_sidecar("echo", "east", Some(&format!("{NET}.1.5:18080")));
+    let west_echo = clusters.add_sidecar("echo", "west", Some(&format!("{NET}.2.5:18080")));
+    let client = clusters.add_sidecar("client", "east", None);
     clusters.wait_healthy("east", &["east", "west"]);
     let outbound = client["outbound"].as_str().unwrap().parse().unwrap();
     let load = Load::start(outbound);

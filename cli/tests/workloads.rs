@@ -124,26 +124,8 @@ fn workloads_join_with_one_command_register_themselves_and_leave_cleanly() {
     let dir = tmp.path().join("mesh");
     let d = dir.display().to_string();
     let clusters = Clusters::east_west_central(&dir, NET);
-    let add = |name: &str, cluster: &str, app: Option<&str>| -> serde_json::Value {
-        let mut args = vec![
-            "-o",
-            "json",
-            "sidecar",
-            "add",
-            name,
-            "-n",
-            "demo",
-            "--cluster",
-            cluster,
-            "--dir",
-            &d,
-        ];
-        if let Some(a) = app {
-            args.extend(["--app", a, "--port", "8080/http1", "--export", "all"]);
-        }
-        let out = ok(&dir, &args);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-    };
+    let add =
+        |name: &str, cluster: &str, app: Option<&str>| clusters.add_sidecar(name, cluster, app);
     let west_app_addr = format!("{NET}.2.5:18080");
     let mut west_app = Some(App::start(&dir, "west", &format!("{NET}.2.5")));
     let _central_app = App::start(&dir, "central", &format!("{NET}.3.5"));

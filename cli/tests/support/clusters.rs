@@ -70,6 +70,31 @@ pub struct Clusters {
 }
 
 impl Clusters {
+    /// `strait sidecar add NAME -n demo --cluster CLUSTER` through the
+    /// binary (with `--app APP --port 8080/http1 --export all` when an app
+    /// is given): the JSON it prints.
+    pub fn add_sidecar(&self, name: &str, cluster: &str, app: Option<&str>) -> serde_json::Value {
+        let d = self.dir.display().to_string();
+        let mut args = vec![
+            "-o",
+            "json",
+            "sidecar",
+            "add",
+            name,
+            "-n",
+            "demo",
+            "--cluster",
+            cluster,
+            "--dir",
+            &d,
+        ];
+        if let Some(a) = app {
+            args.extend(["--app", a, "--port", "8080/http1", "--export", "all"]);
+        }
+        let out = ok(&self.dir, &args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
     /// Brings up `(name, region)` number i (from 1) on `<net>.<i>.1`.
     pub fn up(dir: &Path, net: &str, clusters: &[(&'static str, &str)]) -> Self {
         let mut me = Self {
