@@ -23,7 +23,6 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use strait_api::{ClusterName, TrustDomain};
 use strait_ca::CaDir;
-use strait_ca::token::TokenStore;
 
 use crate::cluster::layout::{ClusterInfo, Layout};
 use crate::cluster::procs;
@@ -264,7 +263,6 @@ async fn add(a: AddArgs) -> anyhow::Result<Sidecar> {
     // certificate there, and renews it, by itself.
     let ca =
         CaDir::open(&dir.join("ca")).with_context(|| format!("the CA of {}", dir.display()))?;
-    let cluster = ClusterName::new(&a.cluster)?;
     let ca_addr = crate::cluster::configs::ca_addr(&info);
     if tokio::net::TcpStream::connect(ca_addr).await.is_err() {
         bail!(
@@ -274,11 +272,14 @@ async fn add(a: AddArgs) -> anyhow::Result<Sidecar> {
             dir.display()
         );
     }
-    let tokens = TokenStore::open(&ca.cluster_dir(&cluster).join("tokens.json"))?;
-    let token = tokens.create(&a.namespace, &a.name, TOKEN_TTL)?;
-    std::fs::create_dir_all(&home).with_context(|| home.display().to_string())?;
-    strait_ca::store::write_atomic(&home.join("join-token"), token.as_bytes(), 0o600)
-        .context("writing the join token")?;
+    crate::cluster::configs::write_join_token(
+        &ca,
+        &a.cluster,
+        &a.namespace,
+        &a.name,
+        TOKEN_TTL,
+        &home.join("join-token"),
+    )?;
     std::fs::copy(ca.bundle_path(), home.join("bundle.pem")).context("copying the trust bundle")?;
     let ip = a.ip.unwrap_or(info.ip);
     let [pi, po, pa] = free_ports(ip)?;

@@ -6,7 +6,7 @@
 //! renew them there, and follow a root rotation, by themselves.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -75,6 +75,28 @@ pub struct CaIdentity {
     pub keep: PathBuf,
 }
 
+/// Creates a join token for `namespace`/`service_account` at `cluster`'s
+/// CA (good for one certificate, for `ttl`) and writes it owner-only to
+/// `path` (its directory is made). `cluster up`'s roles and `sidecar add`
+/// start this way.
+pub fn write_join_token(
+    ca: &CaDir,
+    cluster: &str,
+    namespace: &str,
+    service_account: &str,
+    ttl: Duration,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let cluster = ClusterName::new(cluster)?;
+    let tokens = TokenStore::open(&ca.cluster_dir(&cluster).join("tokens.json"))?;
+    let token = tokens.create(namespace, service_account, ttl)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    strait_ca::store::write_atomic(path, token.as_bytes(), 0o600)
+        .with_context(|| format!("writing the join token {}", path.display()))
+}
+
 impl CaIdentity {
     /// A fresh join token for `sa` (namespace `strait-system`), written
     /// owner-only to `join-tokens/<file>` under the cluster's home.
@@ -85,14 +107,16 @@ impl CaIdentity {
         sa: &str,
         file: &str,
     ) -> anyhow::Result<Self> {
-        let cluster = ClusterName::new(&info.name)?;
-        let tokens = TokenStore::open(&ca.cluster_dir(&cluster).join("tokens.json"))?;
-        let token = tokens.create("strait-system", sa, JOIN_TOKEN_TTL)?;
         let dir = l.home().join("join-tokens");
-        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
         let token_file = dir.join(file);
-        strait_ca::store::write_atomic(&token_file, token.as_bytes(), 0o600)
-            .with_context(|| token_file.display().to_string())?;
+        write_join_token(
+            ca,
+            &info.name,
+            "strait-system",
+            sa,
+            JOIN_TOKEN_TTL,
+            &token_file,
+        )?;
         Ok(Self {
             ca: ca_addr(info),
             spiffe_id: ca.trust_domain().workload_id("strait-system", sa)?,
