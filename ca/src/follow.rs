@@ -46,8 +46,10 @@ fn chain_of(store: &CertStore) -> Vec<CertificateDer<'static>> {
 /// What [`follow`] last loaded, and last refused (each warned about once).
 #[derive(Default)]
 struct Seen {
+    /// The bundle file's bytes whose roots the service holds (so an
+    /// unchanged file is not parsed every tick; the intermediate is
+    /// compared with the service's own).
     bundle: Vec<u8>,
-    intermediate: Vec<u8>,
     refused_bundle: Vec<u8>,
     refused_intermediate: Vec<u8>,
 }
@@ -112,9 +114,7 @@ pub async fn follow(
         let intermediate = read(intermediate_path.clone());
         let same = crate::pem::one_cert(&String::from_utf8_lossy(&intermediate))
             .is_some_and(|c| c == service.issuer_cert());
-        if same {
-            seen.intermediate = intermediate;
-        } else if intermediate != seen.intermediate && intermediate != seen.refused_intermediate {
+        if !same && intermediate != seen.refused_intermediate {
             match dir.intermediate(&cluster) {
                 Ok(authority) => match server_cert(&authority) {
                     Ok((fresh, until))
@@ -126,7 +126,6 @@ pub async fn follow(
                             server.set_certified(ck);
                         }
                         service.replace_issuer(authority);
-                        seen.intermediate = intermediate;
                         own_until = until;
                     }
                     Ok(_) => refuse_once(
