@@ -222,14 +222,7 @@ impl CertManager {
         let key_pem = key.serialize_pem();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         self.store.set_parts(signed.chain.clone(), key)?;
-        if let Some(dir) = &self.keep {
-            let roots = self.bundle.as_ref().map(|b| b.get().roots().to_vec());
-            let kept = keep::save_identity(dir, &signed.chain, &key_pem)
-                .and_then(|()| roots.map_or(Ok(()), |r| keep::save_roots(dir, &r)));
-            if let Err(e) = kept {
-                tracing::warn!(identity = %self.id, error = %e, "cannot keep the certificate for a restart");
-            }
-        }
+        self.keep_now(Some((&signed.chain, &key_pem)));
         self.status.send_modify(|s| {
             s.renewals += 1;
             s.not_after = Some(signed.not_after);
@@ -242,17 +235,18 @@ impl CertManager {
     /// Trusts `roots` from now on, when they differ from the bundle's and
     /// `chain` (the certificate it presents then) verifies under them: a
     /// bundle that would leave it unable to prove itself is refused.
+    /// `Ok(true)`: the bundle changed.
     fn adopt_roots(
         &self,
         roots: &[CertificateDer<'static>],
         chain: &[CertificateDer<'static>],
-    ) -> Result<(), ClientError> {
+    ) -> Result<bool, ClientError> {
         let Some(bundle) = &self.bundle else {
-            return Ok(());
+            return Ok(false);
         };
         let current = bundle.get();
         if roots.is_empty() || current.roots() == roots {
-            return Ok(());
+            return Ok(false);
         }
         let next = TrustBundle::new(current.trust_domain().clone(), roots.to_vec())
             .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
@@ -264,12 +258,25 @@ impl CertManager {
         }
         bundle.set(next);
         tracing::info!(identity = %self.id, roots = roots.len(), "trust bundle changed at the CA; adopted");
-        if let Some(dir) = &self.keep {
-            if let Err(e) = keep::save_roots(dir, roots) {
-                tracing::warn!(identity = %self.id, error = %e, "cannot keep the trust bundle for a restart");
-            }
+        Ok(true)
+    }
+
+    /// With `keep`: writes the roots trusted now, and `identity` (a new
+    /// chain and its key) when given. A failure is logged; the workload
+    /// goes on with what it holds.
+    fn keep_now(&self, identity: Option<(&[CertificateDer<'static>], &str)>) {
+        let Some(dir) = &self.keep else {
+            return;
+        };
+        let roots = self.bundle.as_ref().map(|b| b.get().roots().to_vec());
+        let kept = identity
+            .map_or(Ok(()), |(chain, key_pem)| {
+                keep::save_identity(dir, chain, key_pem)
+            })
+            .and_then(|()| roots.map_or(Ok(()), |r| keep::save_roots(dir, &r)));
+        if let Err(e) = kept {
+            tracing::warn!(identity = %self.id, error = %e, "cannot keep the certificate for a restart");
         }
-        Ok(())
     }
 
     /// Sleeps until `due`, asking the CA every `check_every` meanwhile;
@@ -300,8 +307,12 @@ impl CertManager {
                 .current()
                 .map(|ck| ck.cert.clone())
                 .unwrap_or_default();
-            if let Err(e) = self.adopt_roots(&trust.roots, &chain) {
-                tracing::warn!(identity = %self.id, error = %e, "the CA's trust bundle is unusable");
+            match self.adopt_roots(&trust.roots, &chain) {
+                Ok(true) => self.keep_now(None),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(identity = %self.id, error = %e, "the CA's trust bundle is unusable");
+                }
             }
             let ours = chain.get(1).cloned();
             if trust.issuer.is_some() && trust.issuer != ours {
