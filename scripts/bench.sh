@@ -3,15 +3,18 @@
 # builds): a Strait sidecar pair (mTLS) measured side by side with a
 # direct connection to nginx and HAProxy configured as the equivalent mTLS
 # proxy pair, by the same load generators, pinned to separate cores:
-#   wrk (HTTP/1.1 capacity), strait-bench oha (open-loop fixed rate,
-#   latency-corrected), h2load (HTTP/2), iperf3 (one TCP stream), plus TLS
+#   wrk (HTTP/1.1 capacity), oha from crates.io (open-loop fixed rate,
+#   latency-corrected; `cargo install oha` here when missing), h2load
+#   (HTTP/2), iperf3 (one TCP stream), plus TLS
 #   micro-benchmarks and the idle memory of a sidecar with 1,000 services.
 # Paths: direct, the Strait pair, the Strait cross-cluster path (east
 #   sidecar -> west gateway -> west sidecar), HAProxy hop and pairs; wrk also
 #   at 1 and 10 connections; strait-bench tunnel times opening a tunnel.
-# Strait is the binary to deploy, built by scripts/build-production.sh
-# (production profile with PGO; about 30 minutes from cold, PGO=0 skips the
-# training; STRAIT_BIN=path measures a given binary). Writes target/bench/results.md, target/bench/results.json and
+# Strait is the build users get by default: `cargo build --release -p
+# strait-cli` (fat LTO, one codegen unit, mimalloc). PGO=1 measures
+# scripts/build-production.sh's build instead (release plus profile-guided
+# optimization; about 30 minutes from cold); STRAIT_BIN=path measures a
+# given binary. Writes target/bench/results.md, target/bench/results.json and
 # docs/performance.md.
 # Capture vs explicit (bench/capture.sh, root only): the same sidecar pair
 #   reached through its VIP and through transparent capture (nftables
@@ -24,7 +27,8 @@
 # pairs, CAPTURE_DIAG=1 and CAPTURE_CLOSE=1 (more ways, see
 # bench/capture.sh); ONLY=capture runs the capture comparison alone and rewrites only its
 # section of docs/performance.md; BENCH_BIN=path uses a given strait-bench
-# instead of building it; BUILD_NOTE="..." says in the report what
+# instead of building it; OHA=path a given oha (OHA=strait-bench: the
+# project's own open-loop generator, same flags, instead of oha); BUILD_NOTE="..." says in the report what
 # STRAIT_BIN is (e.g. "release profile, cargo build --release -p strait-cli").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,9 +56,9 @@ fi
 if [ -n "${BENCH_BIN:-}" ]; then
   B=$BENCH_BIN
 else
-  echo "==> building strait-bench (production profile)"
-  cargo build --profile production -q -p strait-bench
-  B=${CARGO_TARGET_DIR:-$ROOT/target}/production/strait-bench
+  echo "==> building strait-bench (release profile)"
+  cargo build --release -q -p strait-bench
+  B=${CARGO_TARGET_DIR:-$ROOT/target}/release/strait-bench
 fi
 # Why the capture comparison cannot run here, if it cannot.
 CAPTURE_SKIP=
@@ -70,18 +74,34 @@ case "$ONLY" in ""|capture) ;; *) echo "error: ONLY=$ONLY: the only part that ru
 if [ "$ONLY" = capture ] && [ -n "$CAPTURE_SKIP" ]; then
   echo "error: ONLY=capture, but the capture comparison $CAPTURE_SKIP" >&2; exit 1
 fi
-# The binary to deploy: production profile with PGO (PGO=0: without).
-# STRAIT_BIN=path measures that binary as it is (a second run of a build
-# already made, without the half hour of building and training). The PGO
-# build is target/pgo-use/<host>/production/strait; target/production/strait
-# is only a plain production build, if one was ever made.
+# The binary measured: the release build (PGO=1: with profile-guided
+# optimization, scripts/build-production.sh, target/pgo-use/<host>/production/strait).
+# STRAIT_BIN=path measures that binary as it is.
 if [ -n "${STRAIT_BIN:-}" ]; then
   S=$STRAIT_BIN; BUILD="${BUILD_NOTE:-given binary: $S}"
-else
+elif [ "${PGO:-0}" = 1 ]; then
   S=$(scripts/build-production.sh)
-  if [ "${PGO:-1}" = 0 ]; then BUILD="production profile (fat LTO), no PGO"; else BUILD="production profile (fat LTO) with PGO (scripts/build-production.sh)"; fi
+  BUILD="release profile with PGO (scripts/build-production.sh)"
+else
+  echo "==> building strait (release profile: cargo build --release -p strait-cli)"
+  cargo build --release -q -p strait-cli
+  S=${CARGO_TARGET_DIR:-$ROOT/target}/release/strait
+  BUILD="release profile (cargo build --release -p strait-cli: fat LTO, one codegen unit, mimalloc), no PGO"
 fi
-BUILD="$BUILD, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' with local changes')"
+# The fixed-rate load generator: oha from crates.io (installed here when
+# missing), or the project's own with OHA=strait-bench.
+if [ "${OHA:-}" = strait-bench ]; then
+  OHA_BIN=; LOADGEN="strait-bench oha (the project's own open-loop generator)"
+else
+  OHA_BIN=${OHA:-$(command -v oha || true)}
+  if [ -z "$OHA_BIN" ]; then
+    echo "==> installing oha from crates.io (cargo install oha --locked; a few minutes, once)"
+    cargo install -q oha --locked
+    OHA_BIN=$(command -v oha || echo "${CARGO_HOME:-$HOME/.cargo}/bin/oha")
+  fi
+  LOADGEN="oha $("$OHA_BIN" --version 2>/dev/null | awk '{print $2}') from crates.io"
+fi
+BUILD="$BUILD; fixed-rate load generator: $LOADGEN; commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' with local changes')"
 OUT=$ROOT/target/bench
 rm -rf "$OUT"; mkdir -p "$OUT"
 W=$(mktemp -d -t strait-bench.XXXXXX)
@@ -91,7 +111,7 @@ echo "==> certificates and sidecar configs in $W"
 # shellcheck source=../bench/mesh.sh
 source "$ROOT/bench/mesh.sh"
 mesh_configs
-printf '#!/bin/sh\nexec %s oha "$@"\n' "$B" > "$W/oha"; chmod +x "$W/oha"
+if [ -n "$OHA_BIN" ]; then ln -s "$OHA_BIN" "$W/oha"; else printf '#!/bin/sh\nexec %s oha "$@"\n' "$B" > "$W/oha"; chmod +x "$W/oha"; fi
 
 # Capture vs explicit, in namespaces of its own (bench/capture.sh removes
 # them on exit, also on failure).

@@ -23,6 +23,11 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
+// The shipped `strait` binary's allocator (cli/src/main.rs): the push
+// controller child's RSS and the TLS micro-benchmarks depend on it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {

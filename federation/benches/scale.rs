@@ -36,6 +36,11 @@ use strait_federation::catalog::{EndpointSpec, Export, FixedCatalog, LocalCatalo
 use strait_federation::controller::admin_api::token_path;
 use strait_federation::controller::{Controller, ControllerConfig, Source};
 
+// The allocator of the shipped `strait` binary (cli/src/main.rs), so each
+// child's RSS is what a controller process holds.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const CHILD_ENV: &str = "STRAIT_SCALE_CHILD";
