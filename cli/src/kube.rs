@@ -294,6 +294,9 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<()> {
 ///   namespace: strait-system         # never injected
 ///   tls: { cert: identity/tls.crt, key: identity/tls.key }
 ///   inject: { image: localhost/strait:0.1.0 }
+///   # or: inject: { image: ..., identity: token, token_seconds: 3600 }
+///   #   (sidecars get their certificate from the CA with their
+///   #   projected ServiceAccount token; see `strait inject --help`)
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct InjectorArgs {

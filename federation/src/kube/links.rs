@@ -51,6 +51,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A link to one peer cluster, kept by that cluster's controller in its
 /// own namespace; the object is named after the peer.
+// Two `printcolumn(...)` with the same keys are two columns, not a
+// duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "strait.io",
