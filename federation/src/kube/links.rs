@@ -446,7 +446,8 @@ mod tests {
 
     #[test]
     fn a_bad_spec_is_refused_naming_the_field() {
-        let table: [(&str, fn(&mut StraitLinkSpec), &str); 6] = [
+        type Edit = fn(&mut StraitLinkSpec);
+        let table: [(&str, Edit, &str); 6] = [
             (
                 "west",
                 |s| s.controller = "nowhere".into(),
