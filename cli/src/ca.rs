@@ -77,6 +77,20 @@ pub enum CaCommand {
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
     },
+    /// Lay out a CA directory for one cluster from the files of the
+    /// install's `strait-ca` Secret (ca.json, bundle.pem, intermediate.pem,
+    /// intermediate.key), with the key 0600: the init step of the CA's pod
+    /// (a Secret volume cannot give a non-root user that mode).
+    ///
+    ///   strait ca unpack --from /etc/strait/ca-secret --ca-dir ca --cluster east
+    #[command(verbatim_doc_comment)]
+    Unpack {
+        /// The directory holding the Secret's files.
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        ca: UnpackArgs,
+    },
     /// Run the cluster's CA signing service (gRPC over TLS) until Ctrl-C.
     ///
     /// Workloads get their first certificate with a bootstrap token
@@ -155,6 +169,16 @@ pub enum TokenCommand {
         #[arg(long)]
         service_account: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct UnpackArgs {
+    /// The CA directory to write.
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// The cluster whose intermediate the Secret holds.
+    #[arg(long)]
+    cluster: String,
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +318,15 @@ pub fn run(cmd: CaCommand, format: Format) -> anyhow::Result<()> {
                 )
             })
         }
+        CaCommand::Unpack { from, ca } => {
+            let cluster = ClusterName::new(&ca.cluster).context("--cluster")?;
+            unpack(&from, &ca.ca_dir, &cluster)?;
+            println!(
+                "CA directory {} ready for cluster {cluster}",
+                ca.ca_dir.display()
+            );
+            Ok(())
+        }
         CaCommand::Serve {
             ca,
             listen,
@@ -379,6 +412,44 @@ pub fn run(cmd: CaCommand, format: Format) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// Writes `from`'s Secret files as the CA directory `to` and checks it
+/// opens with a usable intermediate for `cluster`.
+fn unpack(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    cluster: &ClusterName,
+) -> anyhow::Result<()> {
+    let read = |name: &str| {
+        let p = from.join(name);
+        std::fs::read(&p).with_context(|| format!("--from: cannot read {}", p.display()))
+    };
+    let cluster_dir = to.join("clusters").join(cluster.as_str());
+    std::fs::create_dir_all(&cluster_dir)
+        .with_context(|| format!("--ca-dir: cannot create {}", cluster_dir.display()))?;
+    let write = |path: std::path::PathBuf, bytes: Vec<u8>, mode: u32| {
+        strait_ca::store::write_atomic(&path, &bytes, mode)
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    write(to.join("ca.json"), read("ca.json")?, 0o644)?;
+    write(to.join("bundle.pem"), read("bundle.pem")?, 0o644)?;
+    write(
+        cluster_dir.join("intermediate.pem"),
+        read("intermediate.pem")?,
+        0o644,
+    )?;
+    write(
+        cluster_dir.join("intermediate.key"),
+        read("intermediate.key")?,
+        0o600,
+    )?;
+    let dir = CaDir::open(to)?;
+    dir.intermediate(cluster).with_context(|| {
+        format!("the Secret's intermediate is not usable for cluster {cluster}")
+    })?;
+    dir.bundle()?;
+    Ok(())
 }
 
 fn serve(

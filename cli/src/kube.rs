@@ -238,6 +238,17 @@ pub struct InjectArgs {
     /// The Strait image the sidecar runs.
     #[arg(long, default_value = concat!("localhost/strait:", env!("CARGO_PKG_VERSION")))]
     image: String,
+    /// How the sidecar gets its certificate: `secret` (files of the Secret
+    /// strait-identity-<serviceaccount>) or `token` (from the cluster's CA
+    /// with the pod's projected ServiceAccount token, audience strait; the
+    /// sidecar config then names `identity: { ca: { token_file:
+    /// token/token, keep: identity, ... } }`). The pod annotation
+    /// strait.io/identity overrides it.
+    #[arg(long, default_value = "secret")]
+    identity: strait_k8s::inject::IdentityMode,
+    /// Lifetime of the projected token in seconds (600 to 172800).
+    #[arg(long, default_value_t = 3600)]
+    token_seconds: i64,
 }
 
 pub fn inject(args: InjectArgs) -> anyhow::Result<()> {
@@ -255,8 +266,13 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<()> {
         .file
         .as_deref()
         .map_or_else(|| "stdin".to_owned(), |p| p.display().to_string());
-    let (out, outcomes) = strait_k8s::inject::inject_yaml(&text, &InjectOptions::new(args.image))
-        .with_context(|| source.clone())?;
+    let mut opts = InjectOptions::new(args.image);
+    opts.identity = args.identity;
+    opts.token_seconds = args.token_seconds;
+    opts.check()
+        .map_err(|e| anyhow::anyhow!("--{}", e.replace('_', "-")))?;
+    let (out, outcomes) =
+        strait_k8s::inject::inject_yaml(&text, &opts).with_context(|| source.clone())?;
     print!("{out}");
     for o in outcomes {
         match o.result {
@@ -278,6 +294,9 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<()> {
 ///   namespace: strait-system         # never injected
 ///   tls: { cert: identity/tls.crt, key: identity/tls.key }
 ///   inject: { image: localhost/strait:0.1.0 }
+///   # or: inject: { image: ..., identity: token, token_seconds: 3600 }
+///   #   (sidecars get their certificate from the CA with their
+///   #   projected ServiceAccount token; see `strait inject --help`)
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct InjectorArgs {

@@ -327,6 +327,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         if let Some(k) = loaded.kube.take() {
             let started = k.start(config.admin_listen).await?;
             config.source = started.source;
+            config.link_backend = Some(started.links);
             elector = started.elector;
         }
         let handle = Controller::start(config).await?;

@@ -366,6 +366,39 @@ fn the_installed_pods_and_an_injected_sidecar_start_and_pass_their_probes() {
             );
         }
     }
+    // The CA: its init container lays the Secret out as a CA directory,
+    // then it serves (TokenReviews through the fake's kubeconfig instead
+    // of the pod's service account).
+    let ca_ip = "127.183.9.6";
+    let root = tmp.path().join("pod-strait-ca");
+    let (spec, c) = deployment_pod(&all, "strait-ca");
+    let net = Net {
+        pod_ip: ca_ip,
+        rewrite: true,
+    };
+    let init = spec["initContainers"][0].clone();
+    let (workdir, args) = materialize(&root, &all, &spec, &init, &net);
+    let unpacked = Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(&args)
+        .current_dir(&workdir)
+        .output()
+        .unwrap();
+    assert!(
+        unpacked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unpacked.stderr)
+    );
+    let (workdir, mut args) = materialize(&root, &all, &spec, &c, &net);
+    for a in &mut args {
+        if a == "in-cluster" {
+            *a = kubeconfig.display().to_string();
+        }
+    }
+    procs.push(spawn_in(&workdir, &args, &root.join("log")));
+    probe_passes(&c, ca_ip);
+    let log = std::fs::read_to_string(root.join("log")).unwrap_or_default();
+    assert!(log.contains("checked by TokenReview"), "{log}");
+
     // An app injected by `strait inject`, with the sidecar ConfigMap of the
     // docs and an identity Secret for its ServiceAccount.
     issue(
@@ -587,12 +620,23 @@ fn every_manifest_and_injected_workload_validates_against_the_kubernetes_schemas
     std::fs::write(t.join("coredns.yaml"), coredns).unwrap();
     let app = std::fs::read_to_string(example("app.yaml")).unwrap();
     std::fs::write(t.join("injected.yaml"), inject_stdin(t, &app)).unwrap();
-    let files =
-        ["install.yaml", "coredns.yaml", "injected.yaml"].map(|f| t.join(f).display().to_string());
+    let app_file = example("app.yaml").display().to_string();
+    let with_token = ok(t, &["inject", "-f", &app_file, "--identity", "token"]);
+    assert!(with_token.contains("serviceAccountToken"), "{with_token}");
+    std::fs::write(t.join("injected-token.yaml"), with_token).unwrap();
+    let files = [
+        "install.yaml",
+        "coredns.yaml",
+        "injected.yaml",
+        "injected-token.yaml",
+    ]
+    .map(|f| t.join(f).display().to_string());
     let sidecar = example("sidecar-config.yaml").display().to_string();
+    let sidecar_token = example("sidecar-config-token.yaml").display().to_string();
     let mut args = vec!["k8s", K8S_VERSION];
     args.extend(files.iter().map(String::as_str));
     args.push(&sidecar);
+    args.push(&sidecar_token);
     let Some((ok_, out)) = validate(&args) else {
         return;
     };

@@ -102,6 +102,7 @@ fn kubectl_applies_the_install_and_the_controller_serves_a_service_export_to_a_l
         "ok    CustomResourceDefinition serviceexports.multicluster.x-k8s.io: established",
         "FAIL  Deployment strait-system/strait-controller: 0/2 ready",
         "FAIL  Deployment strait-system/strait-injector: 0/2 ready",
+        "FAIL  Deployment strait-system/strait-ca: 0/2 ready",
         "FAIL  MutatingWebhookConfiguration strait-system-strait-injector: service strait-system/strait-injector has no ready endpoint",
     ] {
         assert!(text.contains(want), "{want}\n{text}");
@@ -112,6 +113,7 @@ fn kubectl_applies_the_install_and_the_controller_serves_a_service_export_to_a_l
         "strait-gateway",
         "strait-dns",
         "strait-injector",
+        "strait-ca",
     ] {
         kubectl_ok(
             dir,
@@ -148,7 +150,7 @@ fn kubectl_applies_the_install_and_the_controller_serves_a_service_export_to_a_l
     let check = ok(dir, &["controller", "--config", "east.yaml", "--check"]);
     assert!(
         check.contains(
-            "catalog kubernetes (kubeconfig kubeconfig, namespaces shop, services mesh=strait)"
+            "catalog kubernetes (kubeconfig kubeconfig, namespaces shop, services mesh=strait, links in the client's namespace)"
         ),
         "{check}"
     );

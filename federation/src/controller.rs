@@ -125,6 +125,9 @@ pub struct ControllerConfig {
     /// config-push stream when it left without deregistering
     /// ([`crate::catalog::live`]).
     pub registration_lease: Duration,
+    /// Where links and pending peering secrets are kept; `None`: files
+    /// under `state_dir` ([`crate::peering::DirectoryBackend`]).
+    pub link_backend: Option<Arc<dyn crate::peering::LinkBackend>>,
 }
 
 impl ControllerConfig {
@@ -151,6 +154,7 @@ impl ControllerConfig {
             vips: VipRange::default(),
             default_health_check: false,
             registration_lease: crate::catalog::live::DEFAULT_LEASE,
+            link_backend: None,
         }
     }
 }
@@ -261,7 +265,10 @@ impl Controller {
             Some(config.state_dir.join("live-exports.json")),
         );
         let source: Arc<dyn CatalogSource> = live.clone();
-        let links = Arc::new(LinkStore::open(&config.state_dir)?);
+        let links = Arc::new(match &config.link_backend {
+            Some(b) => LinkStore::with_backend(b.clone())?,
+            None => LinkStore::open(&config.state_dir)?,
+        });
         let listener =
             TcpListener::bind(config.listen)
                 .await

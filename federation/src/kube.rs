@@ -51,11 +51,13 @@ use crate::catalog::{CatalogSource, LocalCatalog};
 
 pub mod crd;
 pub mod leader;
+pub mod links;
 pub mod map;
 mod watch_loop;
 
 pub use ::kube::Client;
 pub use crd::{GlobalService, ServiceExport, TrafficPolicy, crd_yaml};
+pub use links::{KubeLinkBackend, StraitLink};
 pub use map::Problem;
 
 /// The sidecar's inbound (mTLS) port, the proxy's default.

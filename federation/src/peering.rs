@@ -7,13 +7,20 @@
 //! After `Establish` consumed the secret, both sides hold a [`Link`] and
 //! speak only mTLS with their controller identities.
 //!
+//! The [`LinkStore`] keeps both in memory and writes every change through
+//! to a [`LinkBackend`] before it takes effect. On plain hosts that is
+//! [`DirectoryBackend`]:
+//!
 //! ```text
 //! STATE/links/<peer>.json        one link per peer (atomic writes)
 //! STATE/peering-secrets.json     pending token secrets (hashes, 0600)
 //! ```
+//!
+//! In Kubernetes mode it is `kube::links::KubeLinkBackend` (`StraitLink`
+//! objects and one Secret in the controller's namespace), so a replica
+//! that becomes leader loads the links the previous leader made.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,8 +33,11 @@ use strait_api::{ClusterName, SpiffeId, TrustDomain};
 use strait_ca::TrustBundle;
 use tokio::sync::watch;
 
+mod backend;
 #[cfg(test)]
 mod tests;
+
+pub use backend::{DirectoryBackend, LinkBackend, Stored};
 
 /// Why linking failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +81,8 @@ pub enum PeeringError {
     Read { path: PathBuf, reason: String },
     #[error("cannot write link state: {0}")]
     Write(#[source] strait_ca::CaError),
+    #[error("link store {store}: {reason}")]
+    Store { store: String, reason: String },
 }
 
 /// What happens to a peer's imported endpoints when its lease runs out.
@@ -198,58 +210,45 @@ fn hash(secret: &str) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Secrets {
-    /// SHA-256 (hex) -> expiry (unix seconds).
-    pending: BTreeMap<String, u64>,
+/// Pending token secrets: SHA-256 (hex) of each unused secret -> its
+/// expiry (unix seconds). Only hashes are ever stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSecrets {
+    pub pending: BTreeMap<String, u64>,
 }
 
-/// Links and pending token secrets, on disk under the state directory.
+/// Links and pending token secrets, kept in memory and written through to
+/// a [`LinkBackend`]: files under the state directory
+/// ([`DirectoryBackend`]) or Kubernetes objects (`kube::links`).
 #[derive(Debug)]
 pub struct LinkStore {
-    dir: PathBuf,
-    secrets_path: PathBuf,
-    secrets: Mutex<Secrets>,
+    backend: Arc<dyn LinkBackend>,
+    secrets: Mutex<PendingSecrets>,
     tx: watch::Sender<Arc<BTreeMap<ClusterName, Link>>>,
     write: Mutex<()>,
 }
 
 impl LinkStore {
+    /// The store on files under `state_dir` (see the module docs).
     pub fn open(state_dir: &Path) -> Result<Self, PeeringError> {
-        let dir = state_dir.join("links");
-        let read_err = |path: &Path, reason: String| PeeringError::Read {
-            path: path.to_owned(),
-            reason,
-        };
-        fs::create_dir_all(&dir).map_err(|e| read_err(&dir, e.to_string()))?;
-        let mut links = BTreeMap::new();
-        let entries = fs::read_dir(&dir).map_err(|e| read_err(&dir, e.to_string()))?;
-        for entry in entries.filter_map(Result::ok) {
-            let path = entry.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with('.') || !name.ends_with(".json") {
-                continue;
-            }
-            let raw = fs::read(&path).map_err(|e| read_err(&path, e.to_string()))?;
-            let link: Link =
-                serde_json::from_slice(&raw).map_err(|e| read_err(&path, e.to_string()))?;
-            links.insert(link.peer.clone(), link);
-        }
-        let secrets_path = state_dir.join("peering-secrets.json");
-        let secrets = match fs::read(&secrets_path) {
-            Ok(raw) => {
-                serde_json::from_slice(&raw).map_err(|e| read_err(&secrets_path, e.to_string()))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Secrets::default(),
-            Err(e) => return Err(read_err(&secrets_path, e.to_string())),
-        };
+        Self::with_backend(Arc::new(DirectoryBackend::new(state_dir)))
+    }
+
+    /// The store on `backend`, loaded from it now.
+    pub fn with_backend(backend: Arc<dyn LinkBackend>) -> Result<Self, PeeringError> {
+        let Stored { links, secrets } = backend.load()?;
+        tracing::info!(links = links.len(), store = %backend.describe(), "link store opened");
         Ok(Self {
-            dir,
-            secrets_path,
+            backend,
             secrets: Mutex::new(secrets),
             tx: watch::channel(Arc::new(links)).0,
             write: Mutex::new(()),
         })
+    }
+
+    /// Where links are kept, for logs and status.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
     }
 
     pub fn watch(&self) -> watch::Receiver<Arc<BTreeMap<ClusterName, Link>>> {
@@ -277,9 +276,7 @@ impl LinkStore {
     /// Writes `link` and publishes it; the caller holds the write lock.
     fn store(&self, link: &Link) -> Result<(), PeeringError> {
         let link = link.clone();
-        let path = self.dir.join(format!("{}.json", link.peer));
-        let json = serde_json::to_vec_pretty(&link).unwrap_or_default();
-        strait_ca::store::write_atomic(&path, &json, 0o600).map_err(PeeringError::Write)?;
+        self.backend.put_link(&link)?;
         tracing::info!(peer = %link.peer, identity = %link.peer_identity, "link stored");
         self.tx.send_modify(|m| {
             Arc::make_mut(m).insert(link.peer.clone(), link);
@@ -293,20 +290,7 @@ impl LinkStore {
         let link = self
             .get(peer)
             .ok_or_else(|| PeeringError::NotLinked(peer.clone()))?;
-        let path = self.dir.join(format!("{peer}.json"));
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(PeeringError::Read {
-                    path,
-                    reason: e.to_string(),
-                });
-            }
-        }
-        if let Ok(d) = fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        self.backend.delete_link(peer)?;
         tracing::info!(%peer, "link removed");
         self.tx.send_modify(|m| {
             Arc::make_mut(m).remove(peer);
@@ -382,10 +366,8 @@ impl LinkStore {
         s.pending.values().filter(|exp| **exp > now).count()
     }
 
-    fn save_secrets(&self, s: &Secrets) -> Result<(), PeeringError> {
-        let json = serde_json::to_vec_pretty(s).unwrap_or_default();
-        strait_ca::store::write_atomic(&self.secrets_path, &json, 0o600)
-            .map_err(PeeringError::Write)
+    fn save_secrets(&self, s: &PendingSecrets) -> Result<(), PeeringError> {
+        self.backend.put_secrets(s)
     }
 
     /// Remembers a new token secret (its hash) until `ttl` passes.

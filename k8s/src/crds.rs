@@ -1,5 +1,6 @@
 //! The CustomResourceDefinitions an install carries: Strait's own
-//! (`GlobalService`, `TrafficPolicy`, from `strait_federation::kube::crd`)
+//! (`GlobalService`, `TrafficPolicy`, from `strait_federation::kube::crd`;
+//! `StraitLink`, the controller's links, from `strait_federation::kube::links`)
 //! and the Multi-Cluster Services `ServiceExport`
 //! (`multicluster.x-k8s.io/v1alpha1`), written here as a typed object
 //! with an OpenAPI schema following the MCS API's definition (an empty
@@ -14,7 +15,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::CustomResourceExt;
-use strait_federation::kube::{GlobalService, TrafficPolicy};
+use strait_federation::kube::{GlobalService, StraitLink, TrafficPolicy};
 
 fn typed(t: &str) -> JSONSchemaProps {
     JSONSchemaProps {
@@ -127,5 +128,10 @@ pub fn service_export() -> CustomResourceDefinition {
 
 /// Every CRD of an install, Strait's first.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![GlobalService::crd(), TrafficPolicy::crd(), service_export()]
+    vec![
+        GlobalService::crd(),
+        TrafficPolicy::crd(),
+        StraitLink::crd(),
+        service_export(),
+    ]
 }

@@ -20,7 +20,7 @@ use crate::keys;
 
 pub mod pod;
 
-pub use pod::{InjectOptions, SIDECAR_NAME};
+pub use pod::{IdentityMode, InjectOptions, SIDECAR_NAME};
 
 /// Why an object could not be injected.
 #[derive(Debug, thiserror::Error)]

@@ -110,6 +110,7 @@ impl InjectorConfig {
         if f.inject.image.trim().is_empty() {
             return Err(bad("inject.image: empty".into()));
         }
+        f.inject.check().map_err(|e| bad(format!("inject.{e}")))?;
         let tls = server_tls(&read(&f.tls.cert)?, &read(&f.tls.key)?).map_err(|e| {
             bad(format!(
                 "tls: {} / {}: {e}",

@@ -4,9 +4,10 @@
 //! The roles' ConfigMaps hold configs those roles really parse (`strait
 //! controller --config ... --check` and the others validate them in
 //! tests); the container command lines are real `strait` invocations.
-//! Identities come from Secrets (`--ca-dir` issues them; otherwise the
-//! operator creates them with `strait ca issue`), because certificate
-//! bootstrap by ServiceAccount token is not built yet.
+//! The roles' identities come from Secrets (`--ca-dir` issues them;
+//! otherwise the operator creates them with `strait ca issue`); the CA
+//! Deployment ([`ca`]) signs injected sidecars' certificates against their
+//! ServiceAccount tokens.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -14,6 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 use strait_api::{ClusterName, TrustDomain};
 
+pub mod ca;
 pub mod common;
 pub mod coredns;
 pub mod rbac;
@@ -46,8 +48,8 @@ pub struct InstallOptions {
     /// Where Strait's own objects go (default `strait-system`).
     pub namespace: String,
     pub image: String,
-    /// 2 is the target (with leader election, not built yet); until then
-    /// each replica keeps its own links and exports (docs/kubernetes.md).
+    /// Replicas elect a leader on a Lease; links live in `StraitLink`
+    /// objects, so a new leader has them (docs/kubernetes.md).
     pub controller_replicas: i32,
     pub region: Option<String>,
     pub zone: Option<String>,
@@ -168,6 +170,7 @@ pub fn manifests(opts: &InstallOptions) -> Result<Vec<Manifest>, InstallError> {
     out.extend(roles::controller(opts)?);
     out.extend(roles::gateway(opts)?);
     out.extend(roles::dns(opts)?);
+    out.extend(ca::objects(opts)?);
     out.extend(webhook::objects(opts)?);
     Ok(out)
 }

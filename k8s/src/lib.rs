@@ -39,6 +39,9 @@ pub mod keys {
     pub const PROXY_CONFIG: &str = "strait.io/proxy-config";
     /// The Secret holding the sidecar's `chain.pem`, `key.pem`, `bundle.pem`.
     pub const IDENTITY_SECRET: &str = "strait.io/identity-secret";
+    /// How the sidecar gets its certificate: `secret` (the Secret's
+    /// files) or `token` (the CA, with the projected ServiceAccount token).
+    pub const IDENTITY: &str = "strait.io/identity";
     /// Sidecar resource overrides, e.g. `100m` and `64Mi`.
     pub const PROXY_CPU: &str = "strait.io/proxy-cpu-request";
     pub const PROXY_MEMORY: &str = "strait.io/proxy-memory-limit";

@@ -10,6 +10,9 @@
 //!       label_selector: "mesh=strait"   # optional: only these Services
 //!       inbound_port: 15006             # optional: sidecar inbound port of endpoints
 //!       node_locality: true             # region/zone from nodes' topology labels
+//!       state_namespace: strait-system  # optional: where links live (StraitLink objects,
+//!                                       # Secret strait-peering); default: leader_election's
+//!                                       # namespace, else the client's (pod's or kubeconfig's)
 //!       leader_election:                # optional: one of several replicas leads
 //!         namespace: strait-system      # the Lease's namespace and name
 //!         name: strait-controller
@@ -19,9 +22,14 @@
 //! With `leader_election`, a replica first stands by: it serves only
 //! `/live` (200) and `/ready` (503, naming the leader) on its admin port and
 //! watches, pushes and syncs nothing. Once it holds the Lease it starts the
-//! catalog and the controller; when it cannot renew for a whole lease it
-//! exits (so the pod restarts as a standby), and on SIGTERM it hands the
-//! Lease back.
+//! catalog and the controller; when it cannot renew within two thirds of
+//! the lease (before another replica may take it) it stops and exits (so
+//! the pod restarts as a standby), and on SIGTERM it hands the Lease back.
+//!
+//! In Kubernetes mode links and pending peering-token secrets live in
+//! Kubernetes objects (`strait_federation::kube::links`), not in
+//! `state_dir`, so a replica that takes over has the links the previous
+//! leader made.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +43,8 @@ use strait_api::{ClusterName, Locality, TrustDomain};
 use strait_federation::catalog::CatalogSource;
 use strait_federation::controller::Source;
 use strait_federation::kube::leader::{Elector, LeaseConfig};
-use strait_federation::kube::{KubeSourceConfig, KubernetesSource};
+use strait_federation::kube::{KubeLinkBackend, KubeSourceConfig, KubernetesSource};
+use strait_federation::peering::LinkBackend;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +65,8 @@ struct KubernetesFile {
     inbound_port: Option<u16>,
     #[serde(default = "yes")]
     node_locality: bool,
+    #[serde(default)]
+    state_namespace: Option<String>,
     #[serde(default)]
     leader_election: Option<LeaderFile>,
 }
@@ -108,12 +119,15 @@ pub(super) struct KubeCatalog {
     kubeconfig: Option<PathBuf>,
     source: KubeSourceConfig,
     leader: Option<LeaseConfig>,
+    /// Where links are stored; `None`: the client's default namespace.
+    state_namespace: Option<String>,
 }
 
 /// A running Kubernetes catalog (and election, when configured).
 pub(super) struct Started {
     pub source: Source,
     pub elector: Option<Elector>,
+    pub links: Arc<dyn LinkBackend>,
 }
 
 /// One requirement of a label selector: `k`, `!k`, `k=v`, `k==v`, `k!=v`
@@ -210,6 +224,15 @@ impl CatalogFile {
             }
             None => None,
         };
+        if let Some(ns) = k.state_namespace.as_ref().filter(|n| !is_dns_label(n)) {
+            return Err((
+                field("state_namespace"),
+                format!("{ns:?} is not a namespace name (a DNS label)"),
+            ));
+        }
+        let state_namespace = k
+            .state_namespace
+            .or_else(|| leader.as_ref().map(|l| l.namespace.clone()));
         if k.inbound_port == Some(0) {
             return Err((field("inbound_port"), "0 is not a port".into()));
         }
@@ -225,6 +248,7 @@ impl CatalogFile {
             kubeconfig: k.kubeconfig,
             source,
             leader,
+            state_namespace,
         })
     }
 }
@@ -260,7 +284,11 @@ impl KubeCatalog {
                 )
             })
             .unwrap_or_default();
-        format!("catalog kubernetes ({from}, {ns}{sel}{lease})")
+        let links = self.state_namespace.as_ref().map_or_else(
+            || "the client's namespace".to_owned(),
+            |n| format!("namespace {n}"),
+        );
+        format!("catalog kubernetes ({from}, {ns}{sel}{lease}, links in {links})")
     }
 
     /// Connects, starts the watches and waits until every resource has
@@ -272,6 +300,13 @@ impl KubeCatalog {
         let client = strait_federation::kube::client(self.kubeconfig.as_deref())
             .await
             .context("catalog.kubernetes")?;
+        let state_ns = self
+            .state_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let links: Arc<dyn LinkBackend> = Arc::new(
+            KubeLinkBackend::new(client.clone(), &state_ns).context("catalog.kubernetes")?,
+        );
         let elector = match self.leader {
             Some(cfg) => Some(super::standby::until_leader(client.clone(), cfg, admin).await?),
             None => None,
@@ -298,6 +333,7 @@ impl KubeCatalog {
         Ok(Started {
             source: Source::Custom(Arc::new(source)),
             elector,
+            links,
         })
     }
 }
@@ -374,6 +410,10 @@ mod tests {
                 "kubernetes: { leader_election: { namespace: S } }",
                 "catalog.kubernetes.leader_election.namespace",
             ),
+            (
+                "kubernetes: { state_namespace: Strait_System }",
+                "catalog.kubernetes.state_namespace",
+            ),
         ];
         for (yaml, field) in table {
             assert_eq!(file(yaml).unwrap_err().0, field, "{yaml}");
@@ -382,6 +422,18 @@ mod tests {
         assert_eq!(ok.source.namespaces, ["shop"]);
         assert!(ok.summary().contains("service account"), "{}", ok.summary());
         let le = file("kubernetes: { leader_election: { namespace: strait-system } }").unwrap();
+        assert!(
+            le.summary().contains("links in namespace strait-system"),
+            "links live beside the Lease by default: {}",
+            le.summary()
+        );
+        let own = file("kubernetes: { state_namespace: mesh, leader_election: { namespace: s } }")
+            .unwrap();
+        assert!(
+            own.summary().contains("links in namespace mesh"),
+            "{}",
+            own.summary()
+        );
         let l = le.leader.unwrap();
         assert_eq!(
             (l.name.as_str(), l.duration),

@@ -220,7 +220,11 @@ pub struct CrdYamlError(#[source] serde_yaml_ng::Error);
 /// `ServiceExport` CRD comes from the MCS API project and is not included.
 pub fn crd_yaml() -> Result<String, CrdYamlError> {
     let mut out = String::new();
-    for crd in [GlobalService::crd(), TrafficPolicy::crd()] {
+    for crd in [
+        GlobalService::crd(),
+        TrafficPolicy::crd(),
+        super::links::StraitLink::crd(),
+    ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml_ng::to_string(&crd).map_err(CrdYamlError)?);
     }
@@ -233,7 +237,7 @@ mod tests {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
     #[test]
-    fn crd_yaml_parses_back_into_both_definitions() {
+    fn crd_yaml_parses_back_into_every_definition() {
         let yaml = crd_yaml().unwrap();
         let crds: Vec<CustomResourceDefinition> = serde_yaml_ng::Deserializer::from_str(&yaml)
             .map(|d| CustomResourceDefinition::deserialize(d).unwrap())
@@ -244,7 +248,11 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["globalservices.strait.io", "trafficpolicies.strait.io"]
+            [
+                "globalservices.strait.io",
+                "trafficpolicies.strait.io",
+                "straitlinks.strait.io"
+            ]
         );
         for crd in &crds {
             assert_eq!(crd.spec.group, "strait.io");

@@ -7,14 +7,23 @@
 //!
 //! [`decide`] is the pure decision (acquire, renew or stand by, from the
 //! Lease's fields and now); [`Elector`] runs it against the API server.
-//! A leader that cannot renew for a whole lease duration reports the loss
-//! ([`Elector::wait_lost`]): by then another may hold the Lease, so it must
-//! stop acting as leader (the `strait controller` binary exits).
 //!
-//! What it is not: no fencing. Between a leader's last renewal and its
-//! step-down (at most one lease duration) an old and a new leader may both
-//! push config; pushes are versioned snapshots of the same objects, so
-//! proxies converge on the newest.
+//! Fencing by time, as client-go's `renewDeadline`: a leader that has not
+//! renewed within [`LeaseConfig::renew_deadline`] (two thirds of the
+//! lease) of its last renewal's start reports the loss
+//! ([`Elector::wait_lost`]) and must stop acting as leader (the `strait
+//! controller` binary stops its gRPC service and exits). Another candidate
+//! may take the Lease only at `renewTime + lease`, a third of the lease
+//! later (5 s of the install's 15 s). A renewal that hangs is cut off at
+//! the deadline; after a failed renewal the leader retries four times as
+//! often until then. [`after_failure`] is that decision.
+//!
+//! What it is not: a fencing token. The margin holds while the leader's
+//! step-down takes less than a third of the lease and the candidates'
+//! clocks agree to within it; a process paused past it (or a clock that
+//! jumps) can still overlap a new leader. Pushes are versioned snapshots
+//! of the same objects, and link writes carry `resourceVersion`
+//! ([`super::links`]), so an overlap converges instead of corrupting.
 
 use std::time::{Duration, SystemTime};
 
@@ -100,6 +109,27 @@ impl LeaseConfig {
             retry: duration / 3,
         }
     }
+
+    /// How long after a renewal began the leader may go without the next
+    /// one before it steps down: two thirds of the lease.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+}
+
+/// What a candidate is after a round that could not read or write the
+/// Lease: `since_renewal` is the time since its last successful renewal
+/// began (`None`: it never led).
+pub fn after_failure(
+    current: &Role,
+    since_renewal: Option<Duration>,
+    renew_deadline: Duration,
+) -> Role {
+    match since_renewal {
+        Some(t) if t >= renew_deadline => Role::Lost,
+        Some(_) => Role::Leader,
+        None => current.clone(),
+    }
 }
 
 /// Where a candidate stands.
@@ -111,7 +141,8 @@ pub enum Role {
         holder: String,
     },
     Leader,
-    /// Was leader and could not renew for a lease duration.
+    /// Was leader and could not renew before the renew deadline (or
+    /// another holds the Lease).
     Lost,
 }
 
@@ -209,10 +240,21 @@ impl Elector {
         let (a, cfg) = (api.clone(), config.clone());
         let task = tokio::spawn(async move {
             let mut renewed: Option<tokio::time::Instant> = None;
+            let deadline = cfg.renew_deadline();
             loop {
-                let next = match round(&a, &cfg).await {
+                let started = tokio::time::Instant::now();
+                // A leader's round may not outlast its renew deadline.
+                let result = match renewed {
+                    Some(r) => tokio::time::timeout_at(r + deadline, round(&a, &cfg))
+                        .await
+                        .map_err(|_| "no answer before the renew deadline".to_owned())
+                        .and_then(|r| r.map_err(|e| e.to_string())),
+                    None => round(&a, &cfg).await.map_err(|e| e.to_string()),
+                };
+                let failed = result.is_err();
+                let next = match result {
                     Ok(None) => {
-                        renewed = Some(tokio::time::Instant::now());
+                        renewed = Some(started);
                         Role::Leader
                     }
                     Ok(Some(holder)) if renewed.is_none() => Role::Standby { holder },
@@ -222,11 +264,8 @@ impl Elector {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, lease = %cfg.name, "cannot read or write the lease");
-                        match renewed {
-                            Some(t) if t.elapsed() >= cfg.duration => Role::Lost,
-                            Some(_) => Role::Leader,
-                            None => tx.borrow().clone(),
-                        }
+                        let current = tx.borrow().clone();
+                        after_failure(&current, renewed.map(|r| r.elapsed()), deadline)
                     }
                 };
                 let lost = next == Role::Lost;
@@ -240,9 +279,15 @@ impl Elector {
                     }
                 });
                 if lost {
+                    tracing::warn!(lease = %cfg.name, deadline = ?deadline, "could not renew the lease before the renew deadline; stepping down");
                     return;
                 }
-                tokio::time::sleep(cfg.retry).await;
+                let pause = if failed && renewed.is_some() {
+                    cfg.retry / 4
+                } else {
+                    cfg.retry
+                };
+                tokio::time::sleep(pause).await;
             }
         });
         Self {
@@ -306,6 +351,40 @@ impl Drop for Elector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_steps_down_at_two_thirds_of_the_lease_before_another_may_acquire() {
+        let cfg = LeaseConfig::new("ns", "l", "a", Duration::from_secs(15));
+        assert_eq!(cfg.renew_deadline(), Duration::from_secs(10));
+        let s = Duration::from_secs;
+        let standby = Role::Standby { holder: "b".into() };
+        let table = [
+            (Role::Leader, Some(s(5)), Role::Leader),
+            (Role::Leader, Some(s(9)), Role::Leader),
+            (Role::Leader, Some(s(10)), Role::Lost),
+            (Role::Leader, Some(s(14)), Role::Lost),
+            (Role::Candidate, None, Role::Candidate),
+            (standby.clone(), None, standby),
+        ];
+        for (current, since, want) in table {
+            assert_eq!(
+                after_failure(&current, since, cfg.renew_deadline()),
+                want,
+                "{current:?} {since:?}"
+            );
+        }
+        // The step-down comes before any other candidate may acquire.
+        let t0 = SystemTime::UNIX_EPOCH + s(1_000_000);
+        let lease = LeaseState {
+            holder: Some("a".into()),
+            renewed: Some(t0),
+            duration: Some(cfg.duration),
+        };
+        assert!(matches!(
+            decide(Some(&lease), "b", cfg.duration, t0 + cfg.renew_deadline()),
+            Decision::Standby { .. }
+        ));
+    }
 
     #[test]
     fn decisions_from_lease_fields_and_now() {

@@ -3,6 +3,7 @@
 //! list, watch events, and the watch restarts a real API server causes
 //! (bookmarks, streams that end, `410 Gone`, outages).
 
+mod links;
 mod objects;
 mod restarts;
 mod source;

@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, SecretVolumeSource, Volume,
-    VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    ProjectedVolumeSource, SecretVolumeSource, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use serde_json::{Map, Value};
 
@@ -18,6 +19,12 @@ pub const SIDECAR_NAME: &str = "strait-proxy";
 /// Volume names the injector owns.
 pub const IDENTITY_VOLUME: &str = "strait-identity";
 pub const CONFIG_VOLUME: &str = "strait-proxy-config";
+/// The projected ServiceAccount token (identity `token` only).
+pub const TOKEN_VOLUME: &str = "strait-token";
+/// Where the sidecar finds its projected token: `TOKEN_DIR/token`.
+pub const TOKEN_DIR: &str = "/var/run/strait/token";
+/// The audience the CA's TokenReview asks for.
+pub const TOKEN_AUDIENCE: &str = "strait";
 /// Where the sidecar finds its config and identity.
 pub const CONFIG_DIR: &str = "/etc/strait/proxy";
 pub const IDENTITY_DIR: &str = "/var/run/strait/identity";
@@ -38,7 +45,49 @@ pub struct InjectOptions {
     /// Memory limit (and twice less as request), e.g. `256Mi`.
     #[serde(default = "default_memory")]
     pub memory_limit: String,
+    /// How the sidecar gets its certificate (pod annotation
+    /// `strait.io/identity` overrides it).
+    #[serde(default)]
+    pub identity: IdentityMode,
+    /// Lifetime of the projected token (`token` identity), 600 s to 48 h;
+    /// the kubelet refreshes it at 80 %.
+    #[serde(default = "default_token_seconds")]
+    pub token_seconds: i64,
 }
+
+/// Where an injected sidecar's certificate comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentityMode {
+    /// Files of the Secret `strait-identity-<serviceaccount>`.
+    #[default]
+    Secret,
+    /// From the cluster's CA with the pod's projected ServiceAccount token
+    /// (audience `strait`): the sidecar's config names
+    /// `identity: { ca: { token_file: token/token, keep: identity, ... } }`;
+    /// `identity/` is then an `emptyDir` where the certificate is kept.
+    Token,
+}
+
+impl std::str::FromStr for IdentityMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "secret" => Ok(Self::Secret),
+            "token" => Ok(Self::Token),
+            other => Err(format!(
+                "{other:?} is not an identity mode (secret or token)"
+            )),
+        }
+    }
+}
+
+fn default_token_seconds() -> i64 {
+    3600
+}
+
+/// The shortest and longest projected token the API server issues.
+pub const TOKEN_SECONDS_RANGE: (i64, i64) = (600, 172_800);
 
 fn default_cpu() -> String {
     "50m".into()
@@ -53,7 +102,21 @@ impl InjectOptions {
             image: image.into(),
             cpu_request: default_cpu(),
             memory_limit: default_memory(),
+            identity: IdentityMode::Secret,
+            token_seconds: default_token_seconds(),
         }
+    }
+
+    /// Checks what a config file may get wrong.
+    pub fn check(&self) -> Result<(), String> {
+        let (lo, hi) = TOKEN_SECONDS_RANGE;
+        if !(lo..=hi).contains(&self.token_seconds) {
+            return Err(format!(
+                "token_seconds: {} is out of range ({lo} to {hi}, what the API server issues)",
+                self.token_seconds
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -115,10 +178,16 @@ pub fn sidecar(opts: &InjectOptions) -> Container {
         "1",
         &opts.memory_limit,
     ));
-    c.volume_mounts = Some(vec![
+    let mut mounts = vec![
         mount(CONFIG_VOLUME, CONFIG_DIR),
         mount(IDENTITY_VOLUME, IDENTITY_DIR),
-    ]);
+    ];
+    if opts.identity == IdentityMode::Token {
+        // The kept certificate is written here.
+        mounts[1].read_only = None;
+        mounts.push(mount(TOKEN_VOLUME, TOKEN_DIR));
+    }
+    c.volume_mounts = Some(mounts);
     c
 }
 
@@ -154,26 +223,62 @@ fn mount(name: &str, path: &str) -> VolumeMount {
 /// files are mode 0444: only the sidecar mounts the volume, and it runs as
 /// a different user than the Secret's owner (root) without an fsGroup we
 /// would have to impose on the app's pod.
-pub fn volumes(config_map: &str, secret: &str) -> Vec<Volume> {
-    vec![
-        Volume {
-            name: CONFIG_VOLUME.into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config_map.into(),
-                ..Default::default()
-            }),
+///
+/// With the `token` identity the identity volume is an `emptyDir` (the
+/// sidecar keeps the CA's certificate there) and a third volume projects
+/// the ServiceAccount token for audience `strait`.
+pub fn volumes(config_map: &str, secret: &str, opts: &InjectOptions) -> Vec<Volume> {
+    let config = Volume {
+        name: CONFIG_VOLUME.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.into(),
             ..Default::default()
-        },
-        Volume {
-            name: IDENTITY_VOLUME.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.into()),
-                default_mode: Some(0o444),
+        }),
+        ..Default::default()
+    };
+    match opts.identity {
+        IdentityMode::Secret => vec![
+            config,
+            Volume {
+                name: IDENTITY_VOLUME.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.into()),
+                    default_mode: Some(0o444),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        },
-    ]
+            },
+        ],
+        IdentityMode::Token => vec![
+            config,
+            Volume {
+                name: IDENTITY_VOLUME.into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    medium: Some("Memory".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Volume {
+                name: TOKEN_VOLUME.into(),
+                projected: Some(ProjectedVolumeSource {
+                    // Readable by the sidecar's user without an fsGroup.
+                    default_mode: Some(0o444),
+                    sources: Some(vec![VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            audience: Some(TOKEN_AUDIENCE.into()),
+                            expiration_seconds: Some(opts.token_seconds),
+                            path: "token".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ],
+    }
 }
 
 fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, String> {
@@ -204,6 +309,11 @@ pub fn inject_template(template: &mut Value, opts: &InjectOptions) -> Result<(),
     if let Some(mem) = annotation(annotations, keys::PROXY_MEMORY) {
         opts.memory_limit = mem;
     }
+    if let Some(mode) = annotation(annotations, keys::IDENTITY) {
+        opts.identity = mode
+            .parse()
+            .map_err(|e| format!("annotation {}: {e}", keys::IDENTITY))?;
+    }
     annotations.insert(keys::INJECTED.into(), Value::String(opts.image.clone()));
 
     let spec = object_at(t, "spec")?;
@@ -227,7 +337,11 @@ pub fn inject_template(template: &mut Value, opts: &InjectOptions) -> Result<(),
     let inits = array_at(spec, "initContainers")?;
     upsert_by_name(inits, to_value(&sidecar(&opts))?, true);
     let vols = array_at(spec, "volumes")?;
-    for v in volumes(&config_map, &secret) {
+    if opts.identity == IdentityMode::Secret {
+        // Back from `token`: its projected token goes.
+        vols.retain(|v| v.get("name").and_then(Value::as_str) != Some(TOKEN_VOLUME));
+    }
+    for v in volumes(&config_map, &secret, &opts) {
         upsert_by_name(vols, to_value(&v)?, false);
     }
     Ok(())

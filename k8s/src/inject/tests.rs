@@ -190,3 +190,69 @@ fn annotations_choose_config_identity_and_resources() {
     assert_eq!(r["requests"]["memory"], "256Mi");
     assert_eq!(r["limits"]["memory"], "512Mi");
 }
+
+fn token_opts() -> InjectOptions {
+    let mut o = opts();
+    o.identity = IdentityMode::Token;
+    o
+}
+
+#[test]
+fn the_token_identity_projects_a_service_account_token_for_the_ca() {
+    let (out, _) = inject_yaml(DEPLOYMENT, &token_opts()).unwrap();
+    let d = &crate::yaml::documents(&out).unwrap()[0];
+    let spec = &d["spec"]["template"]["spec"];
+    let vols = spec["volumes"].as_array().unwrap();
+    let names: Vec<_> = vols.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["strait-proxy-config", "strait-identity", "strait-token"]
+    );
+    assert_eq!(vols[1]["emptyDir"], json!({"medium": "Memory"}), "{vols:?}");
+    assert!(vols[1].get("secret").is_none(), "no identity Secret");
+    assert_eq!(
+        vols[2]["projected"],
+        json!({"defaultMode": 0o444, "sources": [{"serviceAccountToken":
+            {"audience": "strait", "expirationSeconds": 3600, "path": "token"}}]})
+    );
+    let mounts = spec["initContainers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap();
+    assert!(mounts.contains(&json!({"name": "strait-token",
+        "mountPath": "/var/run/strait/token", "readOnly": true})));
+    assert!(
+        mounts
+            .contains(&json!({"name": "strait-identity", "mountPath": "/var/run/strait/identity"})),
+        "the kept certificate is written there: {mounts:?}"
+    );
+    // Idempotent, and the annotation and a re-injection switch modes in place.
+    let (again, _) = inject_yaml(&out, &token_opts()).unwrap();
+    assert_eq!(again, out);
+    let (back, _) = inject_yaml(&out, &opts()).unwrap();
+    let (plain, _) = inject_yaml(DEPLOYMENT, &opts()).unwrap();
+    assert_eq!(back, plain, "back to the Secret: the token volume goes");
+    let annotated = DEPLOYMENT.replace(
+        "      labels: { app: web }\n",
+        "      labels: { app: web }\n      annotations: { strait.io/identity: token }\n",
+    );
+    let (by_pod, _) = inject_yaml(&annotated, &opts()).unwrap();
+    assert!(by_pod.contains("serviceAccountToken"), "{by_pod}");
+}
+
+#[test]
+fn bad_identity_settings_are_refused_by_name() {
+    let annotated = DEPLOYMENT.replace(
+        "      labels: { app: web }\n",
+        "      labels: { app: web }\n      annotations: { strait.io/identity: jwt }\n",
+    );
+    let err = inject_yaml(&annotated, &opts()).unwrap_err().to_string();
+    assert!(
+        err.contains("annotation strait.io/identity") && err.contains("\"jwt\""),
+        "{err}"
+    );
+    for (secs, ok) in [(599, false), (600, true), (172_800, true), (172_801, false)] {
+        let mut o = token_opts();
+        o.token_seconds = secs;
+        assert_eq!(o.check().is_ok(), ok, "{secs}");
+    }
+}

@@ -15,8 +15,8 @@ pub const CONTROLLER_SA: &str = "strait-controller";
 pub const GATEWAY_SA: &str = "strait-gateway";
 pub const DNS_SA: &str = "strait-dns";
 pub const INJECTOR_SA: &str = "strait-injector";
-/// For the CA signing service once it checks ServiceAccount tokens
-/// (TokenReview); no Deployment runs as it yet.
+/// The CA signing service's (`install::ca`): it checks ServiceAccount
+/// tokens with TokenReviews.
 pub const CA_SA: &str = "strait-ca";
 
 const READ: &[&str] = &["get", "list", "watch"];
@@ -42,14 +42,27 @@ pub fn controller_cluster_rules() -> Vec<PolicyRule> {
 }
 
 /// What the controller keeps in its own namespace: the leader-election
-/// Lease and the Secrets of links and peering.
+/// Lease, its links (`StraitLink`) and the Secret of pending peering
+/// secrets. Secrets: only `strait-peering` may be read or replaced
+/// (`create` cannot be limited by name in RBAC).
 pub fn controller_namespace_rules() -> Vec<PolicyRule> {
     let write = &[
         "get", "list", "watch", "create", "update", "patch", "delete",
     ];
+    let mut peering = rule("", &["secrets"], &["get", "update"]);
+    peering.resource_names = Some(vec![
+        strait_federation::kube::links::PEERING_SECRET.to_owned(),
+    ]);
     vec![
         rule("coordination.k8s.io", &["leases"], write),
-        rule("", &["secrets"], write),
+        rule(
+            "strait.io",
+            &["straitlinks"],
+            &["get", "list", "create", "update", "delete"],
+        ),
+        rule("strait.io", &["straitlinks/status"], &["patch"]),
+        peering,
+        rule("", &["secrets"], &["create"]),
     ]
 }
 

@@ -238,7 +238,11 @@ pub fn deployment(
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(sa.into()),
-                    automount_service_account_token: Some(sa == CONTROLLER_SA),
+                    // Only the controller (catalog, Lease, links) and the CA
+                    // (TokenReviews) talk to the API server.
+                    automount_service_account_token: Some(
+                        sa == CONTROLLER_SA || sa == super::rbac::CA_SA,
+                    ),
                     security_context: Some(common::pod_security_context()),
                     containers: vec![container],
                     volumes: Some(volumes),

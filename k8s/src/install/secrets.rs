@@ -1,8 +1,8 @@
-//! The cluster's CA material as Secrets: the intermediate and bundle (for
-//! the CA signing service once it runs in the cluster) and the identities
+//! The cluster's CA material as Secrets: the intermediate, bundle and
+//! `ca.json` (for the CA signing service, `install::ca`) and the identities
 //! of the controller, gateway and DNS server, issued offline from the CA
-//! dir (`strait ca issue` does the same) because certificate bootstrap by
-//! ServiceAccount token is not built yet.
+//! dir (`strait ca issue` does the same): those roles do not bootstrap by
+//! ServiceAccount token yet.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,6 +36,8 @@ pub struct CaMaterial {
     pub intermediate_cert: String,
     pub intermediate_key: String,
     pub bundle: String,
+    /// The CA directory's `ca.json` (its trust domain), as it is.
+    pub ca_json: String,
     pub identities: Vec<IssuedPem>,
 }
 
@@ -69,6 +71,7 @@ impl CaMaterial {
         let intermediate_cert = read(dir.join("intermediate.pem"))?;
         let intermediate_key = read(dir.join("intermediate.key"))?;
         let bundle = read(ca.bundle_path())?;
+        let ca_json = read(ca.path().join("ca.json"))?;
         let td = ca.trust_domain().clone();
         let mut identities = Vec::new();
         for (secret, id) in role_ids(&td, cluster) {
@@ -86,6 +89,7 @@ impl CaMaterial {
             intermediate_cert,
             intermediate_key,
             bundle,
+            ca_json,
             identities,
         })
     }
@@ -99,6 +103,7 @@ impl CaMaterial {
                 ("intermediate.pem", &self.intermediate_cert),
                 ("intermediate.key", &self.intermediate_key),
                 ("bundle.pem", &self.bundle),
+                ("ca.json", &self.ca_json),
             ],
         ))?];
         for i in &self.identities {

@@ -38,13 +38,15 @@ fn every_object_the_install_needs_is_there_in_apply_order() {
     let all = manifests(&options()).unwrap();
     let kinds: Vec<&str> = all.iter().map(|m| m.kind.as_str()).collect();
     assert_eq!(kinds[0], "Namespace");
-    assert_eq!(&kinds[1..4], ["CustomResourceDefinition"; 3]);
+    assert_eq!(&kinds[1..5], ["CustomResourceDefinition"; 4]);
     assert_eq!(*kinds.last().unwrap(), "MutatingWebhookConfiguration");
     for (kind, name) in [
         ("Deployment", "strait-controller"),
         ("Deployment", "strait-gateway"),
         ("Deployment", "strait-dns"),
         ("Deployment", "strait-injector"),
+        ("Deployment", "strait-ca"),
+        ("Service", "strait-ca"),
         ("Service", "strait-gateway"),
         ("Service", "strait-dns"),
         ("Service", "strait-injector"),
@@ -132,13 +134,36 @@ fn rbac_names_no_wildcard_and_only_what_is_watched() {
             "ClusterRole:trafficpolicies",
             "Role:leases",
             "Role:secrets",
+            "Role:secrets",
+            "Role:straitlinks",
+            "Role:straitlinks/status",
         ]
     );
-    // Only the controller's pods carry an API token.
+    // Secrets: create (RBAC cannot name what does not exist yet), and
+    // read or replace only the peering Secret; never list or watch them.
+    let role = all.iter().find(|m| m.kind == "Role").unwrap();
+    let secret_rules: Vec<_> = role.value["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"][0] == "secrets")
+        .collect();
+    for r in &secret_rules {
+        let verbs = r["verbs"].to_string();
+        assert!(!verbs.contains("list") && !verbs.contains("watch"), "{r}");
+        if r["verbs"] != serde_json::json!(["create"]) {
+            assert_eq!(
+                r["resourceNames"],
+                serde_json::json!(["strait-peering"]),
+                "{r}"
+            );
+        }
+    }
+    // Only the controller's and the CA's pods carry an API token.
     for (name, spec) in pod_specs(&all) {
         assert_eq!(
             spec["automountServiceAccountToken"],
-            name == "strait-controller",
+            name == "strait-controller" || name == "strait-ca",
             "{name}"
         );
     }
@@ -209,4 +234,40 @@ fn coredns_block_forwards_clusterset_local_to_the_fixed_dns_ip() {
         find(&all, "Service", "strait-dns")["spec"]["clusterIP"],
         "10.96.0.53"
     );
+}
+
+#[test]
+fn the_ca_serves_token_reviews_from_the_secret_unpacked_by_its_init_container() {
+    let all = manifests(&options()).unwrap();
+    let spec = &find(&all, "Deployment", "strait-ca")["spec"]["template"]["spec"];
+    assert_eq!(spec["serviceAccountName"], "strait-ca");
+    let init = &spec["initContainers"][0];
+    assert_eq!(
+        init["args"],
+        serde_json::json!([
+            "ca",
+            "unpack",
+            "--from",
+            "/etc/strait/ca-secret",
+            "--ca-dir",
+            "ca",
+            "--cluster",
+            "east"
+        ])
+    );
+    let c = &spec["containers"][0];
+    let args = c["args"].to_string();
+    assert!(
+        args.contains("\"--token-review\",\"in-cluster\"") && args.contains("0.0.0.0:8600"),
+        "{args}"
+    );
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 8601);
+    // The Secret is only in the init container; the CA reads the copy.
+    let mounts = c["volumeMounts"].to_string();
+    assert!(!mounts.contains("ca-secret"), "{mounts}");
+    let vols = spec["volumes"].as_array().unwrap();
+    assert_eq!(vols[0]["secret"]["secretName"], "strait-ca");
+    assert_eq!(vols[1]["emptyDir"]["medium"], "Memory");
+    let svc = &find(&all, "Service", "strait-ca")["spec"];
+    assert_eq!(svc["ports"][0]["port"], 8600);
 }
