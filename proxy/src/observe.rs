@@ -157,12 +157,13 @@ impl Observed {
         if self.log {
             let trace_id = self.trace.map(|t| t.trace_id());
             tracing::info!(target: "strait::access", direction = self.direction,
-                method = %self.method, authority = %self.authority, path = %self.path,
-                status = self.status, duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
+                method = %self.method, authority = self.authority.as_str(),
+                path = self.path.as_str(), status = self.status,
+                duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
                 request_bytes, response_bytes = self.resp_bytes, retries = self.retries,
-                service = %self.service, peer = %self.peer,
-                source_cluster = %self.source_cluster,
-                destination_cluster = %self.destination_cluster,
+                service = self.service.as_str(), peer = %self.peer,
+                source_cluster = self.source_cluster.as_str(),
+                destination_cluster = self.destination_cluster.as_str(),
                 strait_error = error,
                 trace_id = trace_id.map(tracing::field::display));
         }

@@ -241,8 +241,15 @@ async fn resolve_and_send(
     if let Some(proto) = crate::headers::upgrade_of(req.version(), req.headers()) {
         // Boxed (like every rare path of a request): the request future
         // stays small, and it is built and moved once per request.
-        let up =
-            crate::upgrade::outbound(shared.clone(), snapshot.clone(), service, port, req, proto);
+        let up = crate::upgrade::outbound(
+            shared.clone(),
+            snapshot.clone(),
+            service,
+            port,
+            req,
+            proto,
+            observed,
+        );
         return Box::pin(up).await;
     }
     crate::forward::forward(
