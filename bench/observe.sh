@@ -58,6 +58,17 @@ http {
 }
 EOF
 ids() { echo "identity: { files: { chain: $W/$1/chain.pem, key: $W/$1/key.pem, bundle: $W/$1/bundle.pem } }"; }
+cat > "$D/snapshot.yaml" <<EOF
+version: 1
+local: { cluster: bench, locality: local/a }
+services:
+  - name: bench
+    namespace: default
+    vip: $VIP
+    ports: [{ port: 19082, protocol: http1 }]
+    endpoints:
+      - { address: "$IP:19743", cluster: bench, locality: local/a, identity: spiffe://strait.local/ns/default/sa/server }
+EOF
 observed="access_log: true
 tracing: { otlp: \"http://$IP:19417\", sampling: 0.01 }"
 for variant in plain observed; do
@@ -80,17 +91,6 @@ EOF
   "$S" proxy --config "$D/server-$variant.yaml" --check > /dev/null
   "$S" proxy --config "$D/client-$variant.yaml" --check > /dev/null
 done
-cat > "$D/snapshot.yaml" <<EOF
-version: 1
-local: { cluster: bench, locality: local/a }
-services:
-  - name: bench
-    namespace: default
-    vip: $VIP
-    ports: [{ port: 19082, protocol: http1 }]
-    endpoints:
-      - { address: "$IP:19743", cluster: bench, locality: local/a, identity: spiffe://strait.local/ns/default/sa/server }
-EOF
 
 ready() { # what, command...: retries for 15 s
   local what=$1; shift
