@@ -10,6 +10,9 @@
 # Paths: direct, the Strait pair, the Strait cross-cluster path (east
 #   sidecar -> west gateway -> west sidecar), HAProxy hop and pairs; wrk also
 #   at 1 and 10 connections; strait-bench tunnel times opening a tunnel.
+# Observability overhead (bench/observe.sh): the sidecar pair with access
+#   logs and tracing at 1% sampling (to strait-bench otlp-sink) against the
+#   same pair without, alternating, as a throughput ratio (observe.json).
 # Strait is the build users get by default: `cargo build --release -p
 # strait-cli` (fat LTO, one codegen unit, mimalloc). PGO=1 measures
 # scripts/build-production.sh's build instead (release plus profile-guided
@@ -150,6 +153,10 @@ cp -r "$W/ref/raw" "$OUT/raw"
 # A failed capture comparison does not cost the rest of the run: it is
 # reported at the end, and the exit status says so.
 capture_part || { CAPTURE_FAILED=1; rm -f "$OUT/capture/runs.tsv"; echo "==> capture vs explicit FAILED (log: $OUT/capture.log); going on" >&2; }
+
+echo "==> observability overhead (sidecar pair: access log + tracing at 1% against neither)"
+S=$S B=$B W=$W OUT=$OUT DURATION="${DURATION:-8s}" bash bench/observe.sh 2>&1 | tee "$OUT/observe.log" \
+  || { echo "error: the observability overhead run failed (log: $OUT/observe.log)" >&2; exit 1; }
 
 echo "==> TLS micro-benchmarks (one core)"
 taskset -c 1 "$B" tls > "$OUT/tls.json"

@@ -15,6 +15,7 @@
 
 mod follow;
 pub mod subscribe;
+pub mod trace;
 
 pub use follow::{ControllerRef, Role, ScopeConfig, Target, deregister, follow, follow_owner};
 pub use subscribe::{AcceptFn, Options, Subscription, subscribe};

@@ -10,12 +10,15 @@
 //!   against a running gateway and sidecar;
 //! - `strait-bench push [--services N] [--sessions N]`: config push with
 //!   many proxies (a controller child, `push-controller`, and N delta
-//!   sessions; see `push`).
+//!   sessions; see `push`);
+//! - `strait-bench otlp-sink --listen ADDR`: an OTLP trace collector that
+//!   accepts and drops (the tracing-overhead run).
 //!
 //! It is a measuring tool, not a test: nothing here asserts.
 
 mod loadgen;
 mod micro;
+mod otlp_sink;
 mod push;
 mod tunnel;
 
@@ -31,7 +34,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {
-        bail!("usage: strait-bench oha|tls|memory|tunnel|push ... (see the crate docs)");
+        bail!("usage: strait-bench oha|tls|memory|tunnel|push|otlp-sink ... (see the crate docs)");
     };
     let out = match cmd.as_str() {
         "oha" => {
@@ -50,6 +53,14 @@ fn main() -> anyhow::Result<()> {
                 .block_on(push::run(args))?
         }
         "push-controller" => return push::controller_main(rest),
+        "otlp-sink" => {
+            let listen = otlp_sink::parse(rest)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?
+                .block_on(otlp_sink::run(listen))?
+        }
         "tunnel" => {
             let args = tunnel::parse(rest)?;
             tokio::runtime::Builder::new_current_thread()
@@ -70,7 +81,9 @@ fn main() -> anyhow::Result<()> {
             }
             micro::memory(&strait, services)?
         }
-        other => bail!("unknown command {other:?}; use oha, tls, memory, tunnel or push"),
+        other => {
+            bail!("unknown command {other:?}; use oha, tls, memory, tunnel, push or otlp-sink")
+        }
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

@@ -67,7 +67,7 @@ struct Cli {
     output: Format,
 
     /// Log filter (tracing syntax), e.g. `info` or `strait_ca=debug`
-    /// [default: warn; error for `demo`].
+    /// [default: `warn,strait::access=info`; `error` for `demo`].
     #[arg(long, global = true, env = "STRAIT_LOG")]
     log: Option<String>,
 
@@ -136,10 +136,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The access log (`access_log: true`) shows at the default level.
     let default_log = if matches!(cli.command, Command::Demo(_)) {
         "error"
     } else {
-        "warn"
+        "warn,strait::access=info"
     };
     let filter = cli.log.as_deref().unwrap_or(default_log);
     let filter = tracing_subscriber::EnvFilter::try_new(filter)

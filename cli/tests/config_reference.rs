@@ -74,6 +74,7 @@ fn the_config_reference_lists_every_key_every_role_accepts_and_no_other() {
                 ("app[].", "app: [{ bogus: 1 }]"),
                 ("controller.", "controller: { bogus: 1 }"),
                 ("scope.", "scope: { bogus: 1 }"),
+                ("tracing.", "tracing: { bogus: 1 }"),
             ],
         ),
         (
@@ -83,6 +84,7 @@ fn the_config_reference_lists_every_key_every_role_accepts_and_no_other() {
                 ("listeners.", "listeners: { bogus: 1 }"),
                 ("limits.", "limits: { bogus: 1 }"),
                 ("controller.", "controller: { bogus: 1 }"),
+                ("tracing.", "tracing: { bogus: 1 }"),
             ],
         ),
         (

@@ -133,6 +133,10 @@ pub struct GatewayConfig {
     /// table and the linked peers from it.
     #[serde(default)]
     pub controller: Option<strait_agent::ControllerRef>,
+    /// Spans over OTLP, one per tunnel: `tracing: { otlp: http://host:4317,
+    /// sampling: 0.01 }` (off when absent).
+    #[serde(default)]
+    pub tracing: Option<strait_agent::trace::TracingConfig>,
 }
 
 impl GatewayConfig {
@@ -152,6 +156,10 @@ impl GatewayConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(t) = &self.tracing {
+            t.validate()
+                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        }
         let l = &self.limits;
         for (field, v) in [
             ("limits.max_streams_per_cluster", l.max_streams_per_cluster),

@@ -42,6 +42,8 @@ pub enum StartError {
     Tls(#[from] strait_ca::tls::TlsError),
     #[error("controller: {0}")]
     Controller(String),
+    #[error("{0}")]
+    Tracing(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -92,14 +94,25 @@ async fn start(
     let admin = bind(cfg.listeners.admin).await?;
     let listener = public.local_addr().unwrap_or(cfg.listeners.public);
     let admin_addr = admin.local_addr().unwrap_or(cfg.listeners.admin);
-    let shared = Arc::new(Shared::new(
+    let tracer = match &cfg.tracing {
+        Some(t) => {
+            let attrs = vec![("strait.cluster", cfg.cluster.to_string())];
+            let tracer = strait_agent::trace::Tracer::start(t, "strait-gateway", attrs)
+                .map_err(|e| StartError::Tracing(e.to_string()))?;
+            Some(tracer)
+        }
+        None => None,
+    };
+    let mut shared = Shared::new(
         cfg,
         certs,
         bundle,
         vec![listener, admin_addr],
         Index::from(exports),
         tap,
-    ));
+    );
+    shared.tracer = tracer;
+    let shared = Arc::new(shared);
     let following = follow_controller(&shared, listener)?;
     tasks.push(tokio::spawn(crate::admin::serve(shared.clone(), admin)));
     let accept = tokio::spawn(accept_loop(shared.clone(), public, acceptor));

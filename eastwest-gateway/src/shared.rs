@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub active: AtomicUsize,
     pub draining: watch::Sender<bool>,
     pub tap: Option<Tap>,
+    /// Span export, when the config has `tracing:`.
+    pub tracer: Option<strait_agent::trace::Tracer>,
 }
 
 impl Shared {
@@ -65,6 +67,7 @@ impl Shared {
             active: AtomicUsize::new(0),
             draining: watch::channel(false).0,
             tap,
+            tracer: None,
         }
     }
 

@@ -17,6 +17,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use strait_agent::trace::{self, Span, SpanKind};
 use strait_api::SpiffeId;
 use strait_ca::pipe::{self, End, Side};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -50,11 +51,60 @@ fn refuse(status: StatusCode, reason: &'static str, message: String) -> Response
     r
 }
 
+/// The gateway's span name for a tunnel (`docs/observability.md`).
+pub const SPAN_TUNNEL: &str = "strait.tunnel";
+
 /// Answers one stream of a client connection.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     peer: Arc<Peer>,
     req: Request<Incoming>,
+) -> Response<Body> {
+    // A `CONNECT` is traced as a child of its `traceparent` (the client
+    // sidecar's span) when tracing is on; the payload stays opaque.
+    let mut span = match &shared.tracer {
+        Some(t) if req.method() == Method::CONNECT => {
+            let parent = trace::from_headers(req.headers());
+            let mut span = t.span(SPAN_TUNNEL, SpanKind::Server, parent.as_ref());
+            if span.is_recording() {
+                let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+                span.set("strait.authority", authority.unwrap_or_default());
+                span.set("strait.source_cluster", peer.cluster.clone());
+                span.set("strait.destination_cluster", shared.cfg.cluster.to_string());
+                span.set("strait.peer_identity", peer.id.to_string());
+            }
+            Some(span)
+        }
+        _ => None,
+    };
+    let resp = connect(shared, peer, req, &mut span).await;
+    // The span covers the `CONNECT` (admission, limits, the dial) and ends
+    // with its answer: the tunnel itself is pooled by the client sidecar
+    // and carries later requests of other traces.
+    if let Some(mut span) = span {
+        if span.is_recording() {
+            let status = resp.status().as_u16();
+            span.set("http.response.status_code", i64::from(status));
+            if status != 200 {
+                let reason = resp
+                    .headers()
+                    .get(ERROR_HEADER)
+                    .and_then(|v| v.to_str().ok());
+                let reason = reason.unwrap_or_default().to_owned();
+                span.set("strait.error", reason.clone());
+                span.fail(reason);
+            }
+        }
+        span.end();
+    }
+    resp
+}
+
+async fn connect(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    req: Request<Incoming>,
+    span: &mut Option<Span>,
 ) -> Response<Body> {
     let started = Instant::now();
     let cluster = peer.cluster.as_str();
@@ -149,6 +199,14 @@ pub(crate) async fn handle(
     shared.metrics.tunnels_active.inc();
     tracing::debug!(peer = %peer.id, source_cluster = cluster, %service, %target, "tunnel open");
     let guard = ActiveGuard(shared.clone());
+    // Admitted: the client sidecar learns the span's context
+    // (`traceresponse`) to parent the request that opened the tunnel on it.
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    if let Some(s) = span.as_mut() {
+        resp.headers_mut()
+            .insert(trace::TRACERESPONSE, s.context().header());
+        s.set("strait.service", service.clone());
+    }
     tokio::spawn(async move {
         let _guard = guard;
         let _permit = permit;
@@ -169,7 +227,7 @@ pub(crate) async fn handle(
             }
         }
     });
-    Response::new(Full::new(Bytes::new()))
+    resp
 }
 
 /// Resolves when a new admission index no longer admits `cluster` to

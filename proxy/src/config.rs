@@ -216,6 +216,10 @@ pub struct ProxyConfig {
     /// One structured log line per request (target `strait::access`).
     #[serde(default)]
     pub access_log: bool,
+    /// Spans over OTLP: `tracing: { otlp: http://host:4317, sampling: 0.01 }`
+    /// (off when absent).
+    #[serde(default)]
+    pub tracing: Option<strait_agent::trace::TracingConfig>,
     /// Transparent capture: where redirected connections arrive, and what
     /// to do with unknown destinations ([`crate::capture`]).
     #[serde(default)]
@@ -277,6 +281,10 @@ impl ProxyConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(t) = &self.tracing {
+            t.validate()
+                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.app.iter().enumerate() {
             if p.port == 0 {

@@ -16,19 +16,24 @@ use strait_api::snapshot::{Service, Snapshot};
 use crate::h2client::SendError;
 use crate::headers::{self, error};
 use crate::metrics::Direction;
+use crate::observe::{self, CountRequest, Observed};
 use crate::outlier::Outcome;
 use crate::retry::{self, Failure, RetryDecision};
 use crate::router::{Kind, Picked, ServiceHandle};
 use crate::state::Shared;
 use crate::transport::{Blame, Body, boxed, empty};
+use strait_agent::trace::TraceParent;
 
 /// Forwards `req` (already resolved to `service` and `port`) into the mesh.
-pub async fn forward(
+/// `observed` (the access log or tracing is on) gets the outcome; the
+/// request already carries its span's context.
+pub(crate) async fn forward(
     shared: Arc<Shared>,
     snapshot: Arc<Snapshot>,
     service: &Service,
     port: u16,
     req: Request<Incoming>,
+    observed: &mut Option<Box<Observed>>,
 ) -> Response<Body> {
     let started = Instant::now();
     let svc = shared.router.handle(service);
@@ -49,10 +54,20 @@ pub async fn forward(
     if let Err(why) = prepare(&mut parts, &svc, port) {
         return error(StatusCode::BAD_REQUEST, "bad_request", why);
     }
+    // The request carries this sidecar's span's context; a tunnel it
+    // opens replaces it with the gateway's span (see `attempt`).
+    let trace = observed.as_mut().and_then(|o| {
+        o.service = svc_name.to_string();
+        o.source_cluster = snapshot.local.cluster.to_string();
+        o.child()
+    });
     let route = service.route_for(&crate::path::for_routing(parts.uri.path()));
     let deadline = tokio::time::Instant::now() + route.timeout;
     let replayable = body.is_end_stream();
-    let mut body = Some(boxed(body));
+    let counter = observed.as_ref().map(|o| o.req_bytes.clone());
+    let mut body = Some(boxed(CountRequest::new(body, counter)));
+    // The identity of the last endpoint tried (for the access log).
+    let mut last_peer: Option<&strait_api::SpiffeId> = None;
     // Endpoints behind gateways that are down are not tried at all.
     let mut tried: Vec<usize> = behind_down_gateways(&shared, service);
     let mut retries = 0u32;
@@ -83,10 +98,11 @@ pub async fn forward(
             }
         };
         tried.push(picked.index);
+        last_peer = Some(&picked.endpoint.identity);
         let try_started = Instant::now();
         let result = tokio::time::timeout_at(
             deadline,
-            attempt(&shared, &picked, &parts, replayable, &mut body),
+            attempt(&shared, &picked, &parts, replayable, &mut body, trace),
         )
         .await;
         let failure = match result {
@@ -191,10 +207,10 @@ pub async fn forward(
         code,
         started.elapsed(),
     );
-    if shared.cfg.access_log {
-        tracing::info!(target: "strait::access", direction = "outbound", service = %svc_name,
-            method = %parts.method, path = %parts.uri.path(), status = code,
-            retries, duration_ms = started.elapsed().as_secs_f64() * 1e3);
+    if let Some(o) = observed.as_mut() {
+        o.destination_cluster = dest_cluster.map(ToString::to_string).unwrap_or_default();
+        o.peer = last_peer.map(ToString::to_string).unwrap_or_default();
+        o.retries = retries;
     }
     resp
 }
@@ -299,10 +315,15 @@ async fn attempt(
     parts: &Parts,
     replayable: bool,
     body: &mut Option<Body>,
+    trace: Option<TraceParent>,
 ) -> Result<Response<Body>, TryError> {
     let identity = &picked.endpoint.identity;
     let target = picked.endpoint.address;
-    let (mut send, hop) = match shared.pool.get_hop(picked.endpoint, picked.hop).await {
+    let got = shared
+        .pool
+        .get_hop_traced(picked.endpoint, picked.hop, trace)
+        .await;
+    let (mut send, hop, tunnel_span) = match got {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(endpoint = %target, hop = ?picked.hop, error = %e, "connect failed");
@@ -325,6 +346,11 @@ async fn attempt(
     };
     let mut req = Request::from_parts(parts.clone(), req_body);
     *req.extensions_mut() = http::Extensions::new();
+    // This request opened a traced tunnel: the gateway's span is its
+    // parent on the far side.
+    if let Some(t) = &tunnel_span {
+        observe::propagate(req.headers_mut(), t);
+    }
     match send.send(req).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();

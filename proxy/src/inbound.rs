@@ -37,6 +37,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::authz::{self, HttpRequest};
 use crate::headers::{self, error};
 use crate::metrics::{Direction, ReasonLabels, TcpLabels};
+use crate::observe::{self, CountRequest, Observed, ReqBytes};
 use crate::sniff::{self, Detected};
 use crate::state::Shared;
 use crate::transport::{ALPN_H2, ALPN_HTTP1, Body, Held, boxed};
@@ -150,10 +151,11 @@ async fn connection(
                 let streams = match streams {
                     Ok(s) => OpenStreams(Arc::new(s)),
                     Err(refused) => {
-                        if shared.cfg.access_log {
-                            let path = req.uri().path();
-                            access_log(&from, req.method(), path, &refused, Instant::now());
-                        }
+                        let mut req = req;
+                        let refused = match start_observing(&shared, &from, &mut req) {
+                            Some(o) => o.finish(*refused),
+                            None => *refused,
+                        };
                         return Ok::<_, Infallible>(refused.map(|b| Held::new(b, None)));
                     }
                 };
@@ -161,18 +163,14 @@ async fn connection(
                 // its own hold from the request.
                 let mut req = req;
                 req.extensions_mut().insert(streams.clone());
-                // What the access log needs, taken only when it is on.
-                let logged = shared.cfg.access_log.then(|| {
-                    (
-                        Instant::now(),
-                        req.method().clone(),
-                        req.uri().path().to_owned(),
-                    )
-                });
+                // What the access log and the span need, taken only when
+                // either is on.
+                let observed = start_observing(&shared, &from, &mut req);
                 let res = Box::pin(handle(shared, from.clone(), req, http1)).await;
-                if let Some((started, method, path)) = logged {
-                    access_log(&from, &method, &path, &res, started);
-                }
+                let res = match observed {
+                    Some(o) => o.finish(res),
+                    None => res,
+                };
                 // The places stay taken until the body ends (no second box:
                 // hyper serves the held body as it is).
                 Ok(res.map(|b| Held::new(b, Some(streams))))
@@ -273,17 +271,28 @@ fn streams_of(
     Ok((peer, cluster))
 }
 
-/// One access-log line of an inbound request (target `strait::access`, at
-/// info), like the outbound side's.
-fn access_log(peer: &Peer, method: &Method, path: &str, res: &Response<Body>, started: Instant) {
-    let error = res
-        .headers()
-        .get(headers::ERROR_NAME)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    tracing::info!(target: "strait::access", direction = "inbound", method = %method, path,
-        status = res.status().as_u16(), duration_ms = started.elapsed().as_secs_f64() * 1e3,
-        peer = %peer.id, source_cluster = peer.source_cluster(), strait_error = error);
+/// Starts observing an inbound request when the access log or tracing is
+/// on: the caller and clusters are noted, the server span's context goes
+/// to the app as `traceparent`, and the request body's counter rides in
+/// the request's extensions to [`forward_to_app`].
+fn start_observing(
+    shared: &Shared,
+    peer: &Peer,
+    req: &mut Request<Incoming>,
+) -> Option<Box<Observed>> {
+    let mut o = Observed::start(shared, "inbound", req.method(), req.uri(), req.headers())?;
+    o.peer = peer.id.to_string();
+    o.source_cluster = peer.source_cluster().to_owned();
+    o.destination_cluster = shared.snapshot().local.cluster.to_string();
+    if let Some(dst) = req.headers().get(headers::DST_NAME) {
+        let dst = dst.to_str().unwrap_or_default();
+        o.service = dst.rsplit_once(':').map_or(dst, |(s, _)| s).to_owned();
+    }
+    if let Some(ctx) = o.child() {
+        observe::propagate(req.headers_mut(), &ctx);
+    }
+    req.extensions_mut().insert(o.req_bytes.clone());
+    Some(o)
 }
 
 /// One request from a peer; `http1` when it came on an ALPN `http/1.1`
@@ -487,7 +496,8 @@ async fn forward_to_app(
                 parts.uri = uri;
             }
             parts.version = http::Version::HTTP_2;
-            let req = Request::from_parts(parts, boxed(headers::StripTrailers::new(body)));
+            let counted = CountRequest::new(body, parts.extensions.get::<ReqBytes>().cloned());
+            let req = Request::from_parts(parts, boxed(headers::StripTrailers::new(counted)));
             shared
                 .app_h2
                 .send(target, req)
@@ -507,7 +517,8 @@ async fn forward_to_app(
                     }
                 }
             }
-            let req = Request::from_parts(parts, boxed(headers::StripTrailers::new(body)));
+            let counted = CountRequest::new(body, parts.extensions.get::<ReqBytes>().cloned());
+            let req = Request::from_parts(parts, boxed(headers::StripTrailers::new(counted)));
             shared
                 .app_http1
                 .send(target, req)

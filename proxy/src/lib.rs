@@ -29,6 +29,7 @@ mod h2stream;
 pub mod headers;
 pub mod inbound;
 pub mod metrics;
+mod observe;
 pub mod outbound;
 mod proxy;
 pub mod router;

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use crate::h2stream::H2Stream;
 use crate::headers::error;
 use crate::metrics::{Direction, TcpLabels};
+use crate::observe::Observed;
 use crate::outlier::Outcome;
 use crate::route::{self, Hop};
 use crate::router::{Kind, service_key};
@@ -177,7 +178,30 @@ async fn serve_http(shared: Arc<Shared>, tcp: TcpStream, target: Target, detecte
     }
 }
 
-async fn request(shared: Arc<Shared>, target: Target, req: Request<Incoming>) -> Response<Body> {
+async fn request(
+    shared: Arc<Shared>,
+    target: Target,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    // Only with the access log or tracing on (nothing is allocated
+    // otherwise): the client span's context goes on with the request.
+    let mut observed = Observed::start(&shared, "outbound", req.method(), req.uri(), req.headers());
+    if let Some(ctx) = observed.as_ref().and_then(|o| o.child()) {
+        crate::observe::propagate(req.headers_mut(), &ctx);
+    }
+    let resp = resolve_and_send(shared, target, req, &mut observed).await;
+    match observed {
+        Some(o) => o.finish(resp),
+        None => resp,
+    }
+}
+
+async fn resolve_and_send(
+    shared: Arc<Shared>,
+    target: Target,
+    req: Request<Incoming>,
+    observed: &mut Option<Box<Observed>>,
+) -> Response<Body> {
     let snapshot = shared.snapshot();
     let resolved = match target {
         Target::Vip(vip, port) => route::find_service(&snapshot, vip, port)
@@ -217,11 +241,26 @@ async fn request(shared: Arc<Shared>, target: Target, req: Request<Incoming>) ->
     if let Some(proto) = crate::headers::upgrade_of(req.version(), req.headers()) {
         // Boxed (like every rare path of a request): the request future
         // stays small, and it is built and moved once per request.
-        let up =
-            crate::upgrade::outbound(shared.clone(), snapshot.clone(), service, port, req, proto);
+        let up = crate::upgrade::outbound(
+            shared.clone(),
+            snapshot.clone(),
+            service,
+            port,
+            req,
+            proto,
+            observed,
+        );
         return Box::pin(up).await;
     }
-    crate::forward::forward(shared.clone(), snapshot.clone(), service, port, req).await
+    crate::forward::forward(
+        shared.clone(),
+        snapshot.clone(),
+        service,
+        port,
+        req,
+        observed,
+    )
+    .await
 }
 
 /// Finds the service an explicit-proxy request names in its authority:

@@ -37,6 +37,8 @@ pub enum StartError {
     Snapshot(#[from] SnapshotError),
     #[error("controller: {0}")]
     Controller(String),
+    #[error("{0}")]
+    Tracing(String),
 }
 
 fn read(path: &Path) -> Result<String, StartError> {
@@ -138,7 +140,22 @@ impl Proxy {
             local(&outbound, cfg.listeners.outbound),
             local(&admin, cfg.listeners.admin),
         );
-        let shared = Arc::new(Shared::new(cfg, identity, snapshot));
+        let tracer = match &cfg.tracing {
+            Some(t) => {
+                let own = identity.id().map(|i| i.to_string()).unwrap_or_default();
+                let attrs = vec![
+                    ("strait.cluster", snapshot.local.cluster.to_string()),
+                    ("strait.identity", own),
+                ];
+                let tracer = strait_agent::trace::Tracer::start(t, "strait-sidecar", attrs)
+                    .map_err(|e| StartError::Tracing(e.to_string()))?;
+                Some(tracer)
+            }
+            None => None,
+        };
+        let mut shared = Shared::new(cfg, identity, snapshot);
+        shared.tracer = tracer;
+        let shared = Arc::new(shared);
         tasks.push(tokio::spawn(crate::inbound::serve(shared.clone(), inbound)));
         tasks.push(tokio::spawn(crate::outbound::serve_proxy(
             shared.clone(),

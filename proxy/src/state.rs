@@ -28,6 +28,8 @@ pub struct Shared {
     pub app_h2: Http2Conns,
     /// Requests waiting for an upstream (circuit breaking).
     pending: AtomicUsize,
+    /// Span export, when the config has `tracing:`.
+    pub tracer: Option<strait_agent::trace::Tracer>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -58,6 +60,7 @@ impl Shared {
             app_http1,
             app_h2,
             pending: AtomicUsize::new(0),
+            tracer: None,
         }
     }
 

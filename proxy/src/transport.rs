@@ -6,6 +6,7 @@ use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use strait_agent::trace::TraceParent;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -236,17 +237,35 @@ impl PeerPool {
         endpoint: &Endpoint,
         hop: Hop,
     ) -> Result<(Sender, Hop), ConnectError> {
+        let (send, hop, _) = self.get_hop_traced(endpoint, hop, None).await?;
+        Ok((send, hop))
+    }
+
+    /// [`Self::get_hop`] for a traced request: a gateway tunnel it opens
+    /// carries `trace`, and the gateway's tunnel span comes back (see
+    /// [`GatewayPool::get`]).
+    pub async fn get_hop_traced(
+        &self,
+        endpoint: &Endpoint,
+        hop: Hop,
+        trace: Option<TraceParent>,
+    ) -> Result<(Sender, Hop, Option<TraceParent>), ConnectError> {
         match hop {
-            Hop::Direct(addr) => Ok((self.get(addr, &endpoint.identity).await?, hop)),
+            Hop::Direct(addr) => Ok((self.get(addr, &endpoint.identity).await?, hop, None)),
             Hop::Gateway { gateway, target } => {
                 let cfg = self.client_config(&endpoint.identity, ALPN_H2)?;
                 // Boxed: tunnel set-up is a large future that the direct
                 // path would otherwise carry in every request.
-                let get =
-                    self.gateways
-                        .get(&endpoint.gateways, gateway, target, &endpoint.identity, cfg);
-                let (send, gateway) = Box::pin(get).await?;
-                Ok((send, Hop::Gateway { gateway, target }))
+                let get = self.gateways.get(
+                    &endpoint.gateways,
+                    gateway,
+                    target,
+                    &endpoint.identity,
+                    cfg,
+                    trace,
+                );
+                let ((send, span), gateway) = Box::pin(get).await?;
+                Ok((send, Hop::Gateway { gateway, target }, span))
             }
         }
     }

@@ -28,6 +28,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use strait_agent::trace::{self, TraceParent};
 use strait_api::SpiffeId;
 use strait_ca::pipe::{self, Coalesced};
 use strait_ca::tls::{self, ExpectedServer};
@@ -117,6 +118,11 @@ impl GatewayPool {
     /// A ready HTTP/2 sender to the sidecar at `target` (which must present
     /// `identity`) through `preferred` or, if it fails, another of
     /// `replicas`. Returns the gateway that carried it.
+    ///
+    /// `trace`, when the request is traced, goes on a `CONNECT` this call
+    /// opens as its `traceparent`; the gateway's tunnel span (its
+    /// `traceresponse`) comes back with the sender then, to be the parent
+    /// of the request that opened the tunnel.
     pub async fn get(
         &self,
         replicas: &[SocketAddr],
@@ -124,9 +130,10 @@ impl GatewayPool {
         target: SocketAddr,
         identity: &SpiffeId,
         inner_config: Arc<ClientConfig>,
-    ) -> Result<(Sender, SocketAddr), ConnectError> {
+        trace: Option<TraceParent>,
+    ) -> Result<((Sender, Option<TraceParent>), SocketAddr), ConnectError> {
         self.each_replica(replicas, preferred, target, |gateway| {
-            self.get_via(gateway, target, identity, inner_config.clone())
+            self.get_via(gateway, target, identity, inner_config.clone(), trace)
         })
         .await
     }
@@ -248,7 +255,8 @@ impl GatewayPool {
         target: SocketAddr,
         identity: &SpiffeId,
         inner_config: Arc<ClientConfig>,
-    ) -> Result<Sender, ConnectError> {
+        trace: Option<TraceParent>,
+    ) -> Result<(Sender, Option<TraceParent>), ConnectError> {
         let slot = lock(&self.inner)
             .entry((gateway, target, identity.clone()))
             .or_default()
@@ -256,17 +264,17 @@ impl GatewayPool {
         let mut guard = slot.lock().await;
         if let Some(inner) = guard.as_ref() {
             if inner.is_live() {
-                return Ok(inner.send.clone());
+                return Ok((inner.send.clone(), None));
             }
         }
         let outer = self.outer(gateway).await?;
         let inner = tokio::time::timeout(
             self.connect_timeout,
-            self.open_tunnel(outer.send.clone(), gateway, target, inner_config),
+            self.open_tunnel(outer.send.clone(), gateway, target, inner_config, trace),
         )
         .await
         .map_err(|_| ConnectError::Timeout { addr: target })?;
-        let send = match inner {
+        let (send, span) = match inner {
             Ok(s) => s,
             Err(e) => {
                 if !outer.is_usable() {
@@ -279,7 +287,7 @@ impl GatewayPool {
             send: send.clone(),
             outer,
         });
-        Ok(send)
+        Ok((send, span))
     }
 
     async fn dedicated_via(
@@ -292,13 +300,13 @@ impl GatewayPool {
         let outer = self.outer(gateway).await?;
         let opened = tokio::time::timeout(
             self.connect_timeout,
-            open_inner_tls(outer.send.clone(), gateway, target, inner_config),
+            open_inner_tls(outer.send.clone(), gateway, target, inner_config, None),
         )
         .await
         .map_err(|_| ConnectError::Timeout { addr: target })
         .and_then(|r| r);
         match opened {
-            Ok(tls) => {
+            Ok((tls, _)) => {
                 check_alpn(tls.get_ref().1.alpn_protocol(), alpn, target)?;
                 Ok(Box::new(tls))
             }
@@ -319,9 +327,10 @@ impl GatewayPool {
         gateway: SocketAddr,
         target: SocketAddr,
         inner_config: Arc<ClientConfig>,
-    ) -> Result<Sender, ConnectError> {
-        let tls = open_inner_tls(outer, gateway, target, inner_config).await?;
-        handshake_h2(tls, target).await
+        trace: Option<TraceParent>,
+    ) -> Result<(Sender, Option<TraceParent>), ConnectError> {
+        let (tls, span) = open_inner_tls(outer, gateway, target, inner_config, trace).await?;
+        Ok((handshake_h2(tls, target).await?, span))
     }
 
     /// The pooled outer connection to `gateway`, connecting if needed.
@@ -449,25 +458,34 @@ fn watch_drain(outer: Outer, gateway: SocketAddr, inner: InnerMap) {
 }
 
 /// `CONNECT target` on the gateway connection, then the inner mTLS session
-/// with the destination sidecar inside the stream.
+/// with the destination sidecar inside the stream. With `trace`, the
+/// `CONNECT` carries it as `traceparent`, and the gateway's
+/// `traceresponse` (its tunnel span) is returned.
 async fn open_inner_tls(
     mut outer: SendRequest<Body>,
     gateway: SocketAddr,
     target: SocketAddr,
     inner_config: Arc<ClientConfig>,
+    trace: Option<TraceParent>,
 ) -> Result<
-    tokio_rustls::client::TlsStream<Coalesced<TokioIo<hyper::upgrade::Upgraded>>>,
+    (
+        tokio_rustls::client::TlsStream<Coalesced<TokioIo<hyper::upgrade::Upgraded>>>,
+        Option<TraceParent>,
+    ),
     ConnectError,
 > {
     let io_err = |e: String| ConnectError::Io {
         addr: gateway,
         source: std::io::Error::other(e),
     };
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(Method::CONNECT)
         .uri(target.to_string())
         .body(empty())
         .map_err(|e| io_err(e.to_string()))?;
+    if let Some(t) = &trace {
+        req.headers_mut().insert(trace::TRACEPARENT, t.header());
+    }
     let resp = outer
         .send_request(req)
         .await
@@ -489,14 +507,21 @@ async fn open_inner_tls(
             reason,
         });
     }
+    // The gateway's span, when it traced the tunnel (a gateway without
+    // tracing sends none; the inner request then keeps the client span).
+    let span = trace.and_then(|_| {
+        let v = resp.headers().get(trace::TRACERESPONSE)?;
+        TraceParent::parse(v.as_bytes())
+    });
     let upgraded = hyper::upgrade::on(resp)
         .await
         .map_err(|e| io_err(e.to_string()))?;
     let name = ServerName::try_from("sidecar.strait.invalid").map_err(|e| io_err(e.to_string()))?;
-    pipe::tls_connect(inner_config.into(), name, TokioIo::new(upgraded))
+    let tls = pipe::tls_connect(inner_config.into(), name, TokioIo::new(upgraded))
         .await
         .map_err(|source| ConnectError::Tls {
             addr: target,
             source,
-        })
+        })?;
+    Ok((tls, span))
 }

@@ -51,10 +51,10 @@ pub(crate) async fn outbound(
     port: u16,
     req: Request<Incoming>,
     proto: HeaderValue,
+    observed: &mut Option<Box<crate::observe::Observed>>,
 ) -> Response<Body> {
     let started = Instant::now();
     let svc_name = service_key(service);
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let (resp, dest_cluster) = handshake(&shared, &snapshot, service, port, req, &proto).await;
     let code = resp.status().as_u16();
     shared.metrics.outbound_request(
@@ -71,10 +71,10 @@ pub(crate) async fn outbound(
         &dest_cluster,
     );
     count(&shared, &on, &proto, &resp);
-    if shared.cfg.access_log {
-        tracing::info!(target: "strait::access", direction = "outbound", service = %svc_name,
-            method = %method, path = %path, status = code, upgrade = headers::upgrade_label(&proto),
-            duration_ms = started.elapsed().as_secs_f64() * 1e3);
+    if let Some(o) = observed.as_mut() {
+        o.service = svc_name;
+        o.source_cluster = snapshot.local.cluster.to_string();
+        o.destination_cluster = dest_cluster;
     }
     resp
 }

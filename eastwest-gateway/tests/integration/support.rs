@@ -84,6 +84,7 @@ impl Pki {
             },
             limits,
             controller: None,
+            tracing: None,
         }
     }
 

@@ -77,6 +77,7 @@ impl Mesh {
             scope: None,
             limits: Limits::default(),
             access_log: false,
+            tracing: None,
             capture: Default::default(),
             service: None,
             egress: None,
@@ -123,6 +124,7 @@ impl Mesh {
             },
             limits: strait_gateway::Limits::default(),
             controller: None,
+            tracing: None,
         };
         let exports = strait_gateway::ExportTable {
             services: vec![strait_gateway::ExportedService {

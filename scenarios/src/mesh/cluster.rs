@@ -121,6 +121,7 @@ pub(super) fn proxy_config(
             ..Limits::default()
         },
         access_log: false,
+        tracing: None,
         capture: Default::default(),
         service: None,
         egress: None,

@@ -100,6 +100,7 @@ impl World {
             scope: None,
             limits: config::Limits::default(),
             access_log: false,
+            tracing: None,
             capture: Default::default(),
             service: None,
             egress: None,
@@ -127,6 +128,7 @@ impl World {
             },
             limits: Limits::default(),
             controller: None,
+            tracing: None,
         }
     }
 

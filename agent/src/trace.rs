@@ -1,0 +1,423 @@
+//! W3C trace context and spans over OTLP, for the sidecar and the gateway.
+//!
+//! What it is: [`TraceParent`], a strict parser and writer of the W3C
+//! `traceparent` header (malformed values are `None`: the caller starts a
+//! new trace, never fails the request), and [`Tracer`], an OpenTelemetry
+//! tracer that batches spans to an OTLP/gRPC collector ([`TracingConfig`]:
+//! endpoint and sampling ratio). Sampling is parent-based: a caller's
+//! sampled flag is honoured, traces that start here are sampled at the
+//! configured ratio.
+//!
+//! What it is not: no `tracestate` handling (it travels unchanged, which
+//! W3C allows a participant that adds no entry) and no tracing-subscriber
+//! layer: spans are built explicitly around requests and tunnels, so a
+//! role with tracing off pays nothing.
+
+use std::fmt;
+use std::time::Duration;
+
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
+};
+use serde::Deserialize;
+
+pub use opentelemetry::trace::SpanKind;
+
+/// The `traceparent` header's name.
+pub const TRACEPARENT: &str = "traceparent";
+/// The W3C Trace Context Level 2 response header: the gateway names its
+/// tunnel span to the client sidecar with it on the `CONNECT` answer.
+pub const TRACERESPONSE: &str = "traceresponse";
+
+/// A parsed `traceparent` (version 00 fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: u128,
+    pub parent_id: u64,
+    pub flags: u8,
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> Option<u128> {
+    bytes
+        .iter()
+        .try_fold(0u128, |acc, b| Some(acc << 4 | u128::from(hex_digit(*b)?)))
+}
+
+impl TraceParent {
+    /// Parses a `traceparent` value as W3C Trace Context says: lowercase
+    /// hex, version `ff` invalid, all-zero ids invalid; a version above 00
+    /// may append fields after a `-`. `None` for anything else.
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        if value.len() < 55 {
+            return None;
+        }
+        let version = hex(&value[0..2])?;
+        let exact = value.len() == 55;
+        if version == 0xff || (version == 0 && !exact) || (!exact && value[55] != b'-') {
+            return None;
+        }
+        if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+            return None;
+        }
+        let trace_id = hex(&value[3..35])?;
+        let parent_id = u64::try_from(hex(&value[36..52])?).ok()?;
+        let flags = u8::try_from(hex(&value[53..55])?).ok()?;
+        if trace_id == 0 || parent_id == 0 {
+            return None;
+        }
+        Some(Self {
+            trace_id,
+            parent_id,
+            flags,
+        })
+    }
+
+    /// Whether the caller sampled this trace.
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
+    /// The header value (version 00) for this context.
+    pub fn header(&self) -> http::HeaderValue {
+        let v = format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.parent_id, self.flags
+        );
+        // Only hex digits and dashes: always a valid header value.
+        http::HeaderValue::from_str(&v).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+    }
+
+    /// The trace id as 32 hex digits (for logs).
+    pub fn trace_id(&self) -> TraceIdHex {
+        TraceIdHex(self.trace_id)
+    }
+
+    fn span_context(&self) -> SpanContext {
+        SpanContext::new(
+            TraceId::from(self.trace_id),
+            SpanId::from(self.parent_id),
+            TraceFlags::new(self.flags),
+            true,
+            TraceState::NONE,
+        )
+    }
+}
+
+/// A trace id that prints as 32 lowercase hex digits, without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceIdHex(pub u128);
+
+impl fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// The `traceparent` of `headers`, if present and well formed.
+pub fn from_headers(headers: &http::HeaderMap) -> Option<TraceParent> {
+    headers
+        .get(TRACEPARENT)
+        .and_then(|v| TraceParent::parse(v.as_bytes()))
+}
+
+/// The `tracing:` block of a sidecar or gateway config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/gRPC collector, `http://host:port` (plaintext; put the
+    /// collector on loopback or a node-local agent).
+    pub otlp: String,
+    /// Share of new traces (started here, not continued) that are sampled,
+    /// 0.0 to 1.0. Default 1.0.
+    #[serde(default = "one")]
+    pub sampling: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Why tracing cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TraceError {
+    #[error("tracing.otlp: {value:?} is not an http://host:port collector address: {why}")]
+    Endpoint { value: String, why: String },
+    #[error("tracing.sampling: {0} is not a ratio between 0.0 and 1.0")]
+    Sampling(f64),
+    #[error("tracing: the OTLP exporter cannot start: {0}")]
+    Exporter(String),
+}
+
+impl TracingConfig {
+    /// Checks the endpoint and the ratio.
+    pub fn validate(&self) -> Result<(), TraceError> {
+        if !(0.0..=1.0).contains(&self.sampling) {
+            return Err(TraceError::Sampling(self.sampling));
+        }
+        let bad = |why: &str| TraceError::Endpoint {
+            value: self.otlp.clone(),
+            why: why.to_owned(),
+        };
+        let uri: http::Uri = self.otlp.parse().map_err(|_| bad("not a URI"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad("the scheme must be http"));
+        }
+        if uri.port_u16().is_none() {
+            return Err(bad("a port is needed (4317 for OTLP/gRPC)"));
+        }
+        Ok(())
+    }
+}
+
+/// A tracer that batches spans to an OTLP collector. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Tracer {
+    tracer: SdkTracer,
+    provider: SdkTracerProvider,
+}
+
+/// How long spans wait in the batch before they are sent.
+const EXPORT_EVERY: Duration = Duration::from_millis(500);
+
+impl Tracer {
+    /// Starts the exporter (call inside a Tokio runtime; the connection to
+    /// the collector is made lazily). `service` is the resource's
+    /// `service.name`; `attributes` go on the resource too (cluster,
+    /// identity).
+    pub fn start(
+        cfg: &TracingConfig,
+        service: &'static str,
+        attributes: Vec<(&'static str, String)>,
+    ) -> Result<Self, TraceError> {
+        cfg.validate()?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(cfg.otlp.clone())
+            .with_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| TraceError::Exporter(e.to_string()))?;
+        let batch = BatchConfigBuilder::default()
+            .with_scheduled_delay(EXPORT_EVERY)
+            .build();
+        let processor = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batch)
+            .build();
+        let resource = Resource::builder_empty()
+            .with_attributes(
+                std::iter::once(KeyValue::new("service.name", service))
+                    .chain(attributes.into_iter().map(|(k, v)| KeyValue::new(k, v))),
+            )
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                cfg.sampling,
+            ))))
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("strait");
+        Ok(Self { tracer, provider })
+    }
+
+    /// A span named `name`, child of `parent` (a remote context) or the
+    /// root of a new trace. Unsampled spans record nothing but still carry
+    /// the ids to send on.
+    pub fn span(&self, name: &'static str, kind: SpanKind, parent: Option<&TraceParent>) -> Span {
+        let cx = match parent {
+            Some(p) => Context::new().with_remote_span_context(p.span_context()),
+            None => Context::new(),
+        };
+        let inner = self
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .start_with_context(&self.tracer, &cx);
+        Span { inner }
+    }
+
+    /// Sends the spans still in the batch (on shutdown).
+    pub fn flush(&self) {
+        let _ = self.provider.force_flush();
+    }
+}
+
+/// A span in progress; it ends (and is queued for export when sampled)
+/// when [`Span::end`] is called or it is dropped.
+#[derive(Debug)]
+pub struct Span {
+    inner: opentelemetry_sdk::trace::Span,
+}
+
+impl Span {
+    /// The context to send on: this span as the parent.
+    pub fn context(&self) -> TraceParent {
+        let sc = self.inner.span_context();
+        TraceParent {
+            trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+            parent_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+            flags: sc.trace_flags().to_u8(),
+        }
+    }
+
+    /// Whether the span records (sampled): attributes are only worth
+    /// building then.
+    pub fn is_recording(&self) -> bool {
+        self.inner.is_recording()
+    }
+
+    /// Sets a string attribute.
+    pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        self.inner.set_attribute(KeyValue::new(key, value));
+    }
+
+    /// Marks the span failed with `why`.
+    pub fn fail(&mut self, why: impl Into<std::borrow::Cow<'static, str>>) {
+        self.inner.set_status(Status::error(why));
+    }
+
+    /// Ends the span now.
+    pub fn end(mut self) {
+        self.inner.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn traceparent_parsing_accepts_only_well_formed_values() {
+        let ok = Some(TraceParent {
+            trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+            parent_id: 0x00f067aa0ba902b7,
+            flags: 1,
+        });
+        let cases: &[(&str, Option<TraceParent>)] = &[
+            (GOOD, ok),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+                ok.map(|t| TraceParent { flags: 0, ..t }),
+            ),
+            // A later version may append fields after a dash.
+            (
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what",
+                ok,
+            ),
+            ("", None),
+            ("garbage", None),
+            // Version 00 has exactly 55 characters.
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+                None,
+            ),
+            (
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+                None,
+            ),
+            (
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                None,
+            ),
+            // Uppercase hex is not allowed.
+            (
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                None,
+            ),
+            (
+                "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+                None,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-\u{e9}",
+                None,
+            ),
+        ];
+        for (value, want) in cases {
+            assert_eq!(TraceParent::parse(value.as_bytes()), *want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn traceparent_writes_back_what_it_read() {
+        let t = TraceParent::parse(GOOD.as_bytes()).expect("valid");
+        assert_eq!(t.header(), GOOD);
+        assert_eq!(t.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(t.sampled());
+    }
+
+    #[test]
+    fn config_names_the_bad_field() {
+        let cfg = |otlp: &str, sampling| TracingConfig {
+            otlp: otlp.into(),
+            sampling,
+        };
+        assert!(cfg("http://127.0.0.1:4317", 0.01).validate().is_ok());
+        let e = cfg("http://127.0.0.1:4317", 1.5).validate().unwrap_err();
+        assert!(e.to_string().contains("tracing.sampling: 1.5"), "{e}");
+        let e = cfg("https://c:4317", 1.0).validate().unwrap_err();
+        assert!(e.to_string().contains("tracing.otlp"), "{e}");
+        let e = cfg("http://c", 1.0).validate().unwrap_err();
+        assert!(e.to_string().contains("port"), "{e}");
+        let e = cfg("not a uri", 1.0).validate().unwrap_err();
+        assert!(e.to_string().contains("not a URI"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_span_continues_the_callers_trace_or_starts_one() {
+        let tracer = Tracer::start(
+            &TracingConfig {
+                otlp: "http://127.182.0.1:9".into(),
+                sampling: 0.0,
+            },
+            "test",
+            Vec::new(),
+        )
+        .expect("starts");
+        let parent = TraceParent::parse(GOOD.as_bytes()).expect("valid");
+        let span = tracer.span("s", SpanKind::Client, Some(&parent));
+        let cx = span.context();
+        assert_eq!(cx.trace_id, parent.trace_id);
+        assert_ne!(cx.parent_id, parent.parent_id);
+        // The caller sampled it: honoured although the ratio is 0.
+        assert!(cx.sampled() && span.is_recording());
+        span.end();
+        let root = tracer.span("s", SpanKind::Client, None);
+        assert!(!root.context().sampled() && !root.is_recording());
+        assert_ne!(root.context().trace_id, 0);
+        root.end();
+    }
+}

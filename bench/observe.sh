@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The cost of observability on the sidecar pair (issue 23): the same
+# client sidecar -> server sidecar (mTLS) -> nginx path, run alternately
+#   plain:    no access log, no tracing (the defaults);
+#   observed: `access_log: true` on both sidecars (JSON lines to a file)
+#             and `tracing: { otlp: <sink>, sampling: 0.01 }`, exporting to
+#             `strait-bench otlp-sink`, a live OTLP/gRPC collector that
+#             accepts and drops (an unreachable collector would measure the
+#             export failure path instead);
+# with wrk (HTTP/1.1 keep-alive) through the client sidecar's VIP, the
+# sidecars on SERVER_CPUS and wrk on LOADGEN_CPUS. Reports the median
+# requests/s of each variant and their ratio (observed / plain) in
+# $OUT/observe.json; the observed runs must have written access lines and
+# the sink must have received spans, or the run fails.
+#
+# Called by scripts/bench.sh; standalone: S=strait B=strait-bench W=<dir
+# with the certificates of bench/mesh.sh> OUT=<dir> bash bench/observe.sh
+# Knobs: OBS_ROUNDS (3) DURATION (8s) WARMUP (2s) CONNS (50) THREADS (2)
+# OBS_IP (127.0.0.1: listeners, nginx, sink) OBS_VIP (127.77.0.3)
+# LOADGEN_CPUS (0) SERVER_CPUS (1).
+set -euo pipefail
+: "${S:?strait binary}" "${B:?strait-bench binary}" "${W:?mesh certificates dir}" "${OUT:?output dir}"
+ROUNDS=${OBS_ROUNDS:-3}
+DURATION=${DURATION:-8s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-50}
+THREADS=${THREADS:-2}
+IP=${OBS_IP:-127.0.0.1}
+VIP=${OBS_VIP:-127.77.0.3}
+LOADGEN_CPUS=${LOADGEN_CPUS:-0}
+SERVER_CPUS=${SERVER_CPUS:-1}
+D=$W/observe
+rm -rf "$D"; mkdir -p "$D/logs" "$D/tmp" "$OUT"
+
+die() { echo "observe: $*" >&2; exit 1; }
+PIDS=()
+stop_all() {
+  for p in "${PIDS[@]}"; do kill "$p" 2> /dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2> /dev/null || true; done
+  PIDS=()
+}
+SINK=
+trap 'stop_all; [ -n "$SINK" ] && kill "$SINK" 2> /dev/null; true' EXIT
+
+BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
+cat > "$D/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $D/nginx.pid;
+error_log $D/logs/nginx_error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $D/tmp/cb; proxy_temp_path $D/tmp/px; fastcgi_temp_path $D/tmp/fc;
+  uwsgi_temp_path $D/tmp/uw; scgi_temp_path $D/tmp/sc;
+  keepalive_requests 10000000; keepalive_timeout 120s;
+  server { listen $IP:18180; location / { default_type text/plain; return 200 "$BODY"; } }
+}
+EOF
+ids() { echo "identity: { files: { chain: $W/$1/chain.pem, key: $W/$1/key.pem, bundle: $W/$1/bundle.pem } }"; }
+cat > "$D/snapshot.yaml" <<EOF
+version: 1
+local: { cluster: bench, locality: local/a }
+services:
+  - name: bench
+    namespace: default
+    vip: $VIP
+    ports: [{ port: 19082, protocol: http1 }]
+    endpoints:
+      - { address: "$IP:19743", cluster: bench, locality: local/a, identity: spiffe://strait.local/ns/default/sa/server }
+EOF
+observed="access_log: true
+tracing: { otlp: \"http://$IP:19417\", sampling: 0.01 }"
+for variant in plain observed; do
+  extra=; [ "$variant" = observed ] && extra=$observed
+  cat > "$D/server-$variant.yaml" <<EOF
+trust_domain: strait.local
+$(ids server)
+listeners: { inbound: "$IP:19743", outbound: "$IP:19701", admin: "$IP:19700", bind_vips: false }
+local_service: bench.default
+app: [{ port: 19082, protocol: http1, target: "$IP:18180" }]
+$extra
+EOF
+  cat > "$D/client-$variant.yaml" <<EOF
+trust_domain: strait.local
+$(ids client)
+listeners: { inbound: "$IP:19744", outbound: "$IP:19702", admin: "$IP:19703", bind_vips: true }
+snapshot_file: $D/snapshot.yaml
+$extra
+EOF
+  "$S" proxy --config "$D/server-$variant.yaml" --check > /dev/null
+  "$S" proxy --config "$D/client-$variant.yaml" --check > /dev/null
+done
+
+ready() { # what, command...: retries for 15 s
+  local what=$1; shift
+  for _ in $(seq 150); do "$@" > /dev/null 2>&1 && return 0; sleep 0.1; done
+  die "$what does not answer; logs in $D/logs: $(tail -5 "$D"/logs/*.log)"
+}
+taskset -c "$SERVER_CPUS" nginx -p "$D" -e "$D/logs/nginx_error.log" -c "$D/nginx.conf" > "$D/logs/nginx.log" 2>&1 &
+NGINX=$!
+trap 'stop_all; kill "$NGINX" 2> /dev/null; [ -n "$SINK" ] && kill "$SINK" 2> /dev/null; true' EXIT
+ready nginx curl -sf "http://$IP:18180/"
+taskset -c "$LOADGEN_CPUS" "$B" otlp-sink --listen "$IP:19417" > "$D/logs/sink.out" 2> "$D/logs/sink.log" &
+SINK=$!
+
+URL=http://$VIP:19082/
+# One measurement: both sidecars of VARIANT, a warm-up, then wrk; prints
+# requests/s. The access logs go to a file, as with a log collector.
+measure() { # variant round
+  local v=$1 r=$2 f=$OUT/observe-raw/wrk_$1_$2.txt
+  mkdir -p "$OUT/observe-raw"
+  taskset -c "$SERVER_CPUS" "$S" proxy --log-format json --config "$D/server-$v.yaml" 2> "$D/logs/server-$v.log" > /dev/null &
+  PIDS+=($!)
+  taskset -c "$SERVER_CPUS" "$S" proxy --log-format json --config "$D/client-$v.yaml" 2> "$D/logs/client-$v.log" > /dev/null &
+  PIDS+=($!)
+  ready "the $v pair" curl -sf "$URL"
+  taskset -c "$LOADGEN_CPUS" wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$URL" > /dev/null 2>&1 || die "wrk $v (warm-up) failed"
+  taskset -c "$LOADGEN_CPUS" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "$URL" > "$f" 2>&1 || die "wrk $v failed: $(tail -3 "$f")"
+  stop_all
+  if [ "$v" = observed ]; then
+    local lines
+    lines=$(grep -c '"strait::access"' "$D/logs/client-$v.log" || true)
+    [ "${lines:-0}" -gt 0 ] || die "the observed client sidecar wrote no access lines"
+    echo "  $v round $r: $lines access lines on the client side" >&2
+  fi
+  rm -f "$D"/logs/*-"$v".log
+  awk '/^Requests\/sec:/ {print $2}' "$f"
+}
+
+declare -a PLAIN OBSERVED
+for r in $(seq "$ROUNDS"); do
+  PLAIN+=("$(measure plain "$r")")
+  OBSERVED+=("$(measure observed "$r")")
+  echo "  round $r: plain ${PLAIN[-1]} req/s, observed ${OBSERVED[-1]} req/s" >&2
+done
+# The sink prints its count every 5 s: let it print the last one.
+sleep 6
+kill "$SINK" 2> /dev/null || true
+wait "$SINK" 2> /dev/null || true
+SINK=
+spans=$(awk '/spans received/ {n=$2} END {print n+0}' "$D/logs/sink.log")
+[ "$spans" -gt 0 ] || die "the OTLP sink received no spans from the observed runs"
+python3 - "$OUT/observe.json" "$spans" "${PLAIN[*]}" "${OBSERVED[*]}" <<'EOF'
+import json, statistics, sys
+out, spans, plain, observed = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split()
+plain = [float(x) for x in plain]; observed = [float(x) for x in observed]
+p, o = statistics.median(plain), statistics.median(observed)
+r = {"path": "sidecar pair, wrk HTTP/1.1 keep-alive",
+     "observed": "access_log on both sidecars (JSON to a file) + tracing sampling 0.01 to a live OTLP sink",
+     "plain_rps": plain, "observed_rps": observed,
+     "plain_median_rps": p, "observed_median_rps": o,
+     "ratio": round(o / p, 4) if p else None, "spans_received": spans}
+json.dump(r, open(out, "w"), indent=2)
+print(f"observability overhead: observed/plain = {r['ratio']} ({o:.0f} vs {p:.0f} req/s, median of {len(plain)}); {spans} spans at the sink")
+EOF
