@@ -22,6 +22,8 @@ CAND = "strait_2hop_mtls"
 XC = "strait_xcluster_mtls"
 tunnel_path = os.path.join(out, "tunnel.json")
 tunnel = json.load(open(tunnel_path)) if os.path.exists(tunnel_path) else {}
+observe_path = os.path.join(out, "observe.json")
+observe = json.load(open(observe_path)) if os.path.exists(observe_path) else {}
 host_path = os.path.join(out, "host.json")
 hostinfo = json.load(open(host_path)) if os.path.exists(host_path) else {}
 
@@ -203,6 +205,8 @@ if capture and "wrk" in capture:
     lines.append(f"| transparent capture vs the explicit VIP, same pair, wrk req/s | {f(capture['wrk']['rps_ratio'],3)}x (section below) | | >= 0.95x |")
 if capture and "oha" in capture:
     lines.append(f"| transparent capture vs the explicit VIP, added p50 at fixed rate | {capture['oha']['p50_added_ms']:+.4f} ms | | <= +0.02 ms |")
+if observe:
+    lines.append(f"| access log + tracing at 1% sampling vs neither, same pair, throughput (bench/observe.sh) | {f(observe.get('ratio'),3)}x ({f(observe.get('observed_median_rps'),0)} vs {f(observe.get('plain_median_rps'),0)} req/s, medians, {observe.get('spans_received')} spans exported) | | >= 0.95x |")
 lines.append(f"| server-side full mTLS handshake CPU | {f(s.get('strait_server_handshake_cpu_ms'),3)} ms (in memory) | {f(s.get('haproxy_server_handshake_cpu_ms'),3)} ms (s_time) | <= 0.4 ms |")
 lines.append(f"| idle sidecar RSS, 1,000-service snapshot ({mem.get('services')} VIP listeners) | {f(mem.get('idle_rss_mib'),1)} MiB | | <= 20 MiB |")
 if capture:

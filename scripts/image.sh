@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Strait image with podman or buildah (docker where its engine
 # runs), prints its size, extracts the binary and runs `strait --version`.
-# Not part of the test suite (a release build takes minutes).
+# `scripts/test.sh` (and so CI) runs it last; it builds the release
+# profile, several minutes on two cores.
 #
 #   scripts/image.sh                         # tag localhost/strait:<version>
 #   STRAIT_IMAGE=registry.example/strait:1 scripts/image.sh

@@ -104,3 +104,8 @@ echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
+# The image (issue #22): built from the release build with podman or
+# buildah when one is installed, its binary extracted and run with
+# --version; without an engine image.sh says so and the suite passes.
+echo "==> image (scripts/image.sh)"
+scripts/image.sh
