@@ -13,6 +13,7 @@ mod check;
 mod cluster;
 mod diagnose;
 mod kube;
+mod logs;
 mod mesh_cmds;
 mod meshdir;
 mod ops;
@@ -147,7 +148,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(logs::Writers::start());
     match cli.log_format {
         LogFormat::Json => logs.json().init(),
         // Colour only for a person at a terminal: log files, pipes and
@@ -184,6 +185,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => kube::inject(args),
         Command::Injector(args) => kube::injector(args),
     };
+    logs::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -263,15 +263,19 @@ fn paths_that_canonicalize_onto_a_denied_path_are_denied_and_the_app_gets_the_ca
             "{port} {path}: want strait-error {reason}: {head}{body}"
         );
     }
-    // The inbound access log names the denial, the caller and its cluster.
-    let log = std::fs::read_to_string(mesh.dir.path().join("echo.log")).unwrap_or_default();
+    // The inbound access log names the denial, the caller and its cluster
+    // (access lines reach the log within 200 ms: they are written in batches).
+    let read = || std::fs::read_to_string(mesh.dir.path().join("echo.log")).unwrap_or_default();
+    let denial = |l: &&str| {
+        l.contains("strait::access")
+            && l.contains("direction=\"inbound\"")
+            && l.contains("strait_error=\"denied\"")
+    };
+    support::holds_within(5, || read().lines().any(|l| denial(&l)));
+    let log = read();
     let line = log
         .lines()
-        .find(|l| {
-            l.contains("strait::access")
-                && l.contains("direction=\"inbound\"")
-                && l.contains("strait_error=\"denied\"")
-        })
+        .find(denial)
         .unwrap_or_else(|| panic!("no inbound access line for a denial:\n{log}"));
     assert!(
         line.contains("status=403") && line.contains("source_cluster=\"east\""),

@@ -21,8 +21,14 @@ struct Row {
 fn reference() -> BTreeMap<String, Row> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/observability.md");
     let text = std::fs::read_to_string(path).expect("docs/observability.md");
+    // Only the reference's own section (other tables name fields such as
+    // the access log's `strait_error`).
+    let section = text
+        .split("\n## ")
+        .find(|s| s.starts_with("Metrics reference"))
+        .expect("a \"## Metrics reference\" section in docs/observability.md");
     let mut rows = BTreeMap::new();
-    for line in text.lines().filter(|l| l.starts_with("| `strait_")) {
+    for line in section.lines().filter(|l| l.starts_with("| `strait_")) {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         // ["", name, type, labels, component, meaning, ""]
         assert!(cells.len() >= 6, "malformed row: {line}");

@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -312,18 +312,6 @@ fn access_lines(dir: &Path, log: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Waits up to `secs` for `f` to hold.
-fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        pause(100);
-    }
-    f()
-}
-
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
@@ -337,7 +325,7 @@ fn one_cross_cluster_request_is_one_trace_client_then_gateway_then_server() {
     assert_eq!((status, body.as_str()), (200, "west"), "the request failed");
 
     let all = || spans.0.lock().unwrap().clone();
-    let ok = eventually(10, || all().len() >= 3);
+    let ok = holds_within(10, || all().len() >= 3);
     let got = all();
     assert!(ok, "three spans expected, the collector has: {got:#?}");
     let by_name = |n: &str| {
@@ -385,7 +373,7 @@ fn one_cross_cluster_request_is_one_trace_client_then_gateway_then_server() {
     // Both sidecars logged the request with its trace id.
     let d = mesh.dir.path();
     let line = |log: &str| {
-        let ok = eventually(5, || !access_lines(d, log).is_empty());
+        let ok = holds_within(5, || !access_lines(d, log).is_empty());
         let lines = access_lines(d, log);
         assert!(ok && lines.len() == 1, "{log}: one access line: {lines:?}");
         lines[0].clone()
@@ -435,7 +423,7 @@ fn sampling_zero_exports_nothing_but_the_context_still_travels() {
     let saw = mesh.app_saw.lock().unwrap().clone();
     assert_eq!(saw.len(), 5, "{saw:?}");
     let d = mesh.dir.path();
-    eventually(5, || access_lines(d, "echo.log").len() == 5);
+    holds_within(5, || access_lines(d, "echo.log").len() == 5);
     let inbound: Vec<_> = access_lines(d, "echo.log")
         .iter()
         .map(|l| l["trace_id"].as_str().unwrap_or("").to_owned())
