@@ -3,9 +3,8 @@
 //! written in batches: when [`FLUSH_AT`] bytes are waiting, every
 //! [`FLUSH_EVERY`] from a small thread, and when the process ends.
 //!
-//! Why: an access line per request written on its own costs a `write(2)`
-//! per request on the data path (about a tenth of a sidecar core at 30,000
-//! requests/s). Envoy and HAProxy buffer their access logs the same way. So
+//! Why: an access line written on its own costs a `write(2)` per request
+//! on the data path; Envoy buffers its access logs the same way. So
 //! an access line reaches stderr at most [`FLUSH_EVERY`] after its request
 //! ended, possibly after warnings logged later; a process killed with
 //! SIGKILL loses at most that much of it.
