@@ -30,11 +30,14 @@ static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Writers;
 
-impl Writers {
-    /// The writers, and the thread that flushes waiting access lines (its
-    /// own OS thread, never an async worker: sleeping is all it does).
-    #[allow(clippy::disallowed_methods)]
-    pub fn start() -> Self {
+/// Starts, once, the thread that flushes waiting access lines: on the
+/// first access line, so a process that writes none (every command but a
+/// sidecar with `access_log: true`) has no such thread. Its own OS thread,
+/// never an async worker: sleeping is all it does.
+#[allow(clippy::disallowed_methods)]
+fn start_flusher() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
         let _ = std::thread::Builder::new()
             .name("strait-access-log".into())
             .spawn(|| {
@@ -43,8 +46,7 @@ impl Writers {
                     flush();
                 }
             });
-        Self
-    }
+    });
 }
 
 /// Writes every waiting access line to stderr.
@@ -67,6 +69,7 @@ pub struct Access;
 
 impl Write for Access {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        start_flusher();
         let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
         pending.extend_from_slice(buf);
         if pending.len() >= FLUSH_AT {

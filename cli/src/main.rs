@@ -148,7 +148,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(logs::Writers::start());
+        .with_writer(logs::Writers);
     match cli.log_format {
         LogFormat::Json => logs.json().init(),
         // Colour only for a person at a terminal: log files, pipes and
