@@ -51,15 +51,16 @@ fn start_flusher() {
 
 /// Writes every waiting access line to stderr.
 pub fn flush() {
-    let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
-    write_out(&mut pending);
+    let lines = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|p| p.into_inner()));
+    write_out(&lines);
 }
 
-fn write_out(pending: &mut Vec<u8>) {
-    if !pending.is_empty() {
+/// Writes `lines` with the buffer's lock released, so other access lines
+/// are not held up behind the `write(2)`.
+fn write_out(lines: &[u8]) {
+    if !lines.is_empty() {
         // stderr gone: nothing to do but drop the lines.
-        let _ = io::stderr().write_all(pending);
-        pending.clear();
+        let _ = io::stderr().write_all(lines);
     }
 }
 
@@ -70,10 +71,13 @@ pub struct Access;
 impl Write for Access {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         start_flusher();
-        let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
-        pending.extend_from_slice(buf);
-        if pending.len() >= FLUSH_AT {
-            write_out(&mut pending);
+        let full = {
+            let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+            pending.extend_from_slice(buf);
+            (pending.len() >= FLUSH_AT).then(|| std::mem::take(&mut *pending))
+        };
+        if let Some(lines) = full {
+            write_out(&lines);
         }
         Ok(buf.len())
     }
