@@ -10,15 +10,11 @@
 //! CA directory in an in-memory `emptyDir` the CA then serves from. A new
 //! intermediate reaches the CA when its pods restart.
 
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, SecretVolumeSource, ServicePort, Volume,
-    VolumeMount,
-};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, SecretVolumeSource, Volume};
 
 use super::common::{self, Probe};
 use super::rbac::CA_SA;
-use super::roles::{deployment, service};
+use super::roles::{deployment, mount, port, service, service_port};
 use super::secrets::CA_SECRET;
 use super::{InstallError, InstallOptions, Manifest};
 
@@ -31,15 +27,6 @@ pub const CA_ADMIN_PORT: u16 = 8601;
 /// working directory) the init container writes.
 pub const CA_SECRET_DIR: &str = "/etc/strait/ca-secret";
 pub const CA_DIR: &str = "ca";
-
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
-    VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        read_only: read_only.then_some(true),
-        ..Default::default()
-    }
-}
 
 /// `strait ca unpack ...` of the init container.
 pub fn unpack_args(o: &InstallOptions) -> Vec<String> {
@@ -122,18 +109,8 @@ pub fn objects(o: &InstallOptions) -> Result<Vec<Manifest>, InstallError> {
     unpack.resources = Some(common::resources("10m", "16Mi", "1", "64Mi"));
     let mut c = strait("ca", o, &serve_args(o));
     c.ports = Some(vec![
-        ContainerPort {
-            name: Some("grpc".into()),
-            container_port: i32::from(CA_PORT),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        },
-        ContainerPort {
-            name: Some("admin".into()),
-            container_port: i32::from(CA_ADMIN_PORT),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        },
+        port("grpc", CA_PORT, "TCP"),
+        port("admin", CA_ADMIN_PORT, "TCP"),
     ]);
     let probe = Probe::http(CA_ADMIN_PORT, common::ADMIN_PROBE);
     c.readiness_probe = Some(probe.readiness());
@@ -148,13 +125,7 @@ pub fn objects(o: &InstallOptions) -> Result<Vec<Manifest>, InstallError> {
         CA,
         ns,
         "ClusterIP",
-        vec![ServicePort {
-            name: Some("grpc".into()),
-            port: i32::from(CA_PORT),
-            target_port: Some(IntOrString::Int(i32::from(CA_PORT))),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }],
+        vec![service_port("grpc", CA_PORT, CA_PORT, "TCP")],
     );
     Ok(vec![Manifest::new(&svc)?, Manifest::new(&dep)?])
 }

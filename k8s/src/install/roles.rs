@@ -145,7 +145,7 @@ fn config_map(name: &str, ns: &str, key: &str, text: String) -> ConfigMap {
     }
 }
 
-fn port(name: &str, p: u16, protocol: &str) -> ContainerPort {
+pub(super) fn port(name: &str, p: u16, protocol: &str) -> ContainerPort {
     ContainerPort {
         name: Some(name.into()),
         container_port: i32::from(p),
@@ -154,7 +154,7 @@ fn port(name: &str, p: u16, protocol: &str) -> ContainerPort {
     }
 }
 
-fn service_port(name: &str, p: u16, target: u16, protocol: &str) -> ServicePort {
+pub(super) fn service_port(name: &str, p: u16, target: u16, protocol: &str) -> ServicePort {
     ServicePort {
         name: Some(name.into()),
         port: i32::from(p),
@@ -172,7 +172,7 @@ fn env(name: &str, value: &str) -> EnvVar {
     }
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path.into(),
