@@ -33,12 +33,7 @@ pub enum ClientError {
 
 impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> Self {
-        let reason = s
-            .metadata()
-            .get("strait-reason")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let reason = crate::server::reason_of(&s).to_owned();
         Self::Refused {
             code: s.code(),
             message: s.message().to_owned(),

@@ -75,13 +75,62 @@ impl std::fmt::Debug for CaService {
     }
 }
 
+/// The metadata key naming why a request was refused.
+const REASON: &str = "strait-reason";
+
+impl CaService {
+    /// One signing request: the TokenReview when configured, then the
+    /// signing on a blocking thread (refusals are counted and logged by
+    /// the caller, [`CertificateAuthority::sign`]).
+    async fn review_and_sign(&self, request: Request<SignRequest>) -> Result<SignResponse, Status> {
+        let peer = request.peer_certs();
+        let peer: Option<Vec<CertificateDer<'static>>> =
+            peer.map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
+        // Kubernetes: a projected service account token, checked by a
+        // TokenReview (none configured: `None`, the usual paths).
+        let td = self.issuer().authority.trust_domain().clone();
+        let reviewed =
+            crate::tokenreview::review(self.reviewer.as_deref(), &td, request.get_ref()).await;
+        let (peer, reviewed) = match reviewed.transpose()? {
+            Some(id) => (None, Some(id)),
+            None => (peer, None),
+        };
+        // Signing reads and writes the token table (file I/O, a lock file
+        // shared with other processes): off the async workers.
+        let (svc, req) = (self.clone(), request.into_inner());
+        // The permit goes with the blocking task: a caller that gives up
+        // does not free its place while the signing still runs.
+        let permit = self.signing.clone().acquire_owned().await.map_err(|_| {
+            refuse(
+                Code::Unavailable,
+                "shutting_down",
+                "the CA is stopping".into(),
+            )
+        })?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            svc.sign(&req, peer.as_deref(), reviewed.as_ref())
+        })
+        .await
+        .unwrap_or_else(|e| Err(refuse(Code::Internal, "sign_failed", e.to_string())))
+    }
+}
+
 pub(crate) fn refuse(code: Code, reason: &'static str, message: String) -> Status {
     let mut status = Status::new(code, message);
-    status.metadata_mut().insert(
-        "strait-reason",
-        tonic::metadata::MetadataValue::from_static(reason),
-    );
     status
+        .metadata_mut()
+        .insert(REASON, tonic::metadata::MetadataValue::from_static(reason));
+    status
+}
+
+/// The `strait-reason` of a refusal (empty when it has none).
+pub(crate) fn reason_of(status: &Status) -> &str {
+    status
+        .metadata()
+        .get(REASON)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 impl From<CsrError> for Status {
@@ -282,50 +331,11 @@ impl CaService {
 #[tonic::async_trait]
 impl CertificateAuthority for CaService {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
-        let peer = request.peer_certs();
-        let peer: Option<Vec<CertificateDer<'static>>> =
-            peer.map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
-        // Kubernetes: a projected service account token, checked by a
-        // TokenReview (none configured: `None`, the usual paths).
-        let td = self.issuer().authority.trust_domain().clone();
-        let reviewed =
-            crate::tokenreview::review(self.reviewer.as_deref(), &td, request.get_ref()).await;
-        let (peer, reviewed) = match reviewed {
-            Some(Err(refused)) => {
-                tracing::warn!(code = ?refused.code(), message = refused.message(), "refused signing request");
-                if let Some(m) = &self.metrics {
-                    let reason = refused.metadata().get("strait-reason");
-                    m.record(Some(
-                        reason.and_then(|v| v.to_str().ok()).unwrap_or("other"),
-                    ));
-                }
-                return Err(refused);
-            }
-            Some(Ok(id)) => (None, Some(id)),
-            None => (peer, None),
-        };
-        // Signing reads and writes the token table (file I/O, a lock file
-        // shared with other processes): off the async workers.
-        let (svc, req) = (self.clone(), request.into_inner());
-        // The permit goes with the blocking task: a caller that gives up
-        // does not free its place while the signing still runs.
-        let permit = self.signing.clone().acquire_owned().await.map_err(|_| {
-            refuse(
-                Code::Unavailable,
-                "shutting_down",
-                "the CA is stopping".into(),
-            )
-        })?;
-        let res = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            svc.sign(&req, peer.as_deref(), reviewed.as_ref())
-        })
-        .await
-        .unwrap_or_else(|e| Err(refuse(Code::Internal, "sign_failed", e.to_string())));
+        let res = self.review_and_sign(request).await;
         if let Some(m) = &self.metrics {
-            m.record(res.as_ref().err().map(|s| {
-                let reason = s.metadata().get("strait-reason");
-                reason.and_then(|v| v.to_str().ok()).unwrap_or("other")
+            m.record(res.as_ref().err().map(|s| match reason_of(s) {
+                "" => "other",
+                reason => reason,
             }));
         }
         if let Err(status) = &res {
