@@ -14,7 +14,9 @@
 //! does the one thing the sidecar needs.
 //!
 //! For an app port that speaks HTTP/2 (h2c, gRPC), [`Http2Conns`] keeps
-//! one multiplexed connection per app address instead.
+//! one multiplexed connection per app address instead; requests the app
+//! never processed (past its GOAWAY, or refused) are sent again on a new
+//! one when they have no body.
 //!
 //! What it is not: no upgrades (those dial their own connection), no idle
 //! reaper: connections the app closes are dropped when next met.
@@ -193,6 +195,11 @@ const APP_H2: Settings = Settings {
     keep_alive: None,
 };
 
+/// How many times a request the app never processed is sent: a
+/// connection that goes away under many streams can refuse the retries
+/// of the one before it too.
+const SENDS: usize = 3;
+
 /// One multiplexed HTTP/2 prior-knowledge (h2c) connection per app
 /// address; concurrent requests that find none wait for one connect.
 #[derive(Debug)]
@@ -210,8 +217,13 @@ impl Http2Conns {
     }
 
     /// Sends `req` (an absolute URI) to the app at `addr`. A request the
-    /// connection could not send (the app had closed it) is sent once more
-    /// on a new connection.
+    /// app never processed is sent again (up to [`SENDS`] times in all) on
+    /// a new connection: one the
+    /// connection could not send (the app had closed it), and one without
+    /// a body that the app refused (`REFUSED_STREAM`) or that went out
+    /// after the app's GOAWAY (nginx closes each h2c connection after
+    /// `http2_max_requests`). A request whose body was being sent when it
+    /// failed is not sent again: that body is gone.
     pub async fn send(
         &self,
         addr: SocketAddr,
@@ -221,38 +233,36 @@ impl Http2Conns {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots.entry(addr).or_default().clone()
         };
-        let mut send = self.sender(&slot, addr, false).await?;
-        match send.send(req).await {
-            Ok(resp) => Ok(resp),
-            Err(SendError::NotSent {
-                head: Some(head),
-                body: Some(body),
-                ..
-            }) => {
-                let mut send = self.sender(&slot, addr, true).await?;
-                send.send(Request::from_parts(*head, body))
-                    .await
-                    .map_err(|e| AppError::H2 {
-                        addr,
-                        source: e.into_h2(),
-                    })
-            }
-            Err(e) => Err(AppError::H2 {
-                addr,
-                source: e.into_h2(),
-            }),
+        let h2 = |e: SendError| AppError::H2 {
+            addr,
+            source: e.into_h2(),
+        };
+        let mut req = req;
+        for _ in 1..SENDS {
+            let again = head_only_copy(&req);
+            req = match self.sender(&slot, addr).await?.send(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(SendError::NotSent {
+                    head: Some(head),
+                    body: Some(body),
+                    ..
+                }) => Request::from_parts(*head, body),
+                Err(e) if e.never_processed() => match again {
+                    Some(req) => req,
+                    None => return Err(h2(e)),
+                },
+                Err(e) => return Err(h2(e)),
+            };
+            // The failed connection is marked closed: the next try takes a
+            // new one (or the one another request has made meanwhile).
         }
+        self.sender(&slot, addr).await?.send(req).await.map_err(h2)
     }
 
-    /// The slot's open connection, or a new one (always new with `fresh`).
-    async fn sender(
-        &self,
-        slot: &H2Slot,
-        addr: SocketAddr,
-        fresh: bool,
-    ) -> Result<Sender, AppError> {
+    /// The slot's open connection, or a new one.
+    async fn sender(&self, slot: &H2Slot, addr: SocketAddr) -> Result<Sender, AppError> {
         let mut guard = slot.lock().await;
-        if let Some(send) = guard.as_ref().filter(|s| !fresh && !s.is_closed()) {
+        if let Some(send) = guard.as_ref().filter(|s| !s.is_closed()) {
             return Ok(send.clone());
         }
         *guard = None;
@@ -268,6 +278,21 @@ impl Http2Conns {
             .await
             .map_err(|source| AppError::H2 { addr, source })
     }
+}
+
+/// A copy of a request without a body (its method, URI, version and
+/// headers), to send again if the app did not process it; `None` when the
+/// request has a body.
+fn head_only_copy(req: &Request<Body>) -> Option<Request<Body>> {
+    if !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(crate::transport::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// A response body that hands its connection back to the pool once the
@@ -476,6 +501,72 @@ mod tests {
         let resp = conns.send(addr, h2_get()).await.unwrap();
         assert_eq!(text(resp.map(boxed)).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// An h2c app that, like nginx with `http2_max_requests`, says GOAWAY
+    /// after `per_conn` requests on a connection: streams the caller
+    /// opened past the GOAWAY's last stream id were never processed.
+    async fn h2c_app_going_away(per_conn: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    let mut served = 0;
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        served += 1;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            let mut send = respond.send_response(Response::new(()), false)?;
+                            send.send_data(Bytes::from_static(b"ok"), true)
+                        });
+                        if served == per_conn {
+                            conn.graceful_shutdown();
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn h2c_streams_past_an_apps_goaway_are_sent_again_on_a_new_connection() {
+        let addr = h2c_app_going_away(20).await;
+        let conns = Arc::new(Http2Conns::new(Duration::from_secs(1)));
+        let mut requests = tokio::task::JoinSet::new();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(100));
+        for _ in 0..400 {
+            let conns = conns.clone();
+            let permit = in_flight.clone().acquire_owned().await.unwrap();
+            requests.spawn(async move {
+                let _permit = permit;
+                let req = Request::builder()
+                    .uri(format!("http://{addr}/"))
+                    .body(empty())
+                    .unwrap();
+                match conns.send(addr, req).await {
+                    Ok(resp) => Ok(text(resp.map(boxed)).await),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(done) = requests.join_next().await {
+            match done.unwrap() {
+                Ok(body) => assert_eq!(body, "ok"),
+                Err(e) => failed.push(e),
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "{} of 400 failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(3)]
+        );
     }
 
     #[tokio::test]

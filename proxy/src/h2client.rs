@@ -73,12 +73,47 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// True when the peer cannot have processed the request, so it is safe
+    /// to send again (RFC 9113 8.7): nothing was sent, or the peer refused
+    /// the stream, or the stream was above the last one the peer's
+    /// graceful GOAWAY said it would process.
+    pub fn never_processed(&self) -> bool {
+        match self {
+            Self::NotSent { .. } => true,
+            Self::Failed(e) => never_processed(Ended {
+                remote: e.is_remote(),
+                go_away: e.is_go_away(),
+                reset: e.is_reset(),
+                reason: e.reason(),
+            }),
+        }
+    }
+
     /// The HTTP/2 error underneath.
     pub fn into_h2(self) -> h2::Error {
         match self {
             Self::NotSent { source, .. } | Self::Failed(source) => source,
         }
     }
+}
+
+/// How an opened stream ended, as [`never_processed`] reads it.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    remote: bool,
+    go_away: bool,
+    reset: bool,
+    reason: Option<h2::Reason>,
+}
+
+/// A peer's `REFUSED_STREAM` reset, and the error h2 gives streams above
+/// the last stream id of a GOAWAY with `NO_ERROR`, mean the stream was not
+/// processed. A GOAWAY with an error code ends processed streams too.
+fn never_processed(e: Ended) -> bool {
+    use h2::Reason;
+    e.remote
+        && ((e.reset && e.reason == Some(Reason::REFUSED_STREAM))
+            || (e.go_away && e.reason == Some(Reason::NO_ERROR)))
 }
 
 impl Sender {
@@ -102,6 +137,7 @@ impl Sender {
         let (answer, stream) = match self.send.send_request(Request::from_parts(head, ()), end) {
             Ok(opened) => opened,
             Err(source) => {
+                self.closed.store(true, Ordering::Relaxed);
                 return Err(SendError::NotSent {
                     head: None,
                     body: Some(body),
@@ -112,7 +148,13 @@ impl Sender {
         if !end {
             tokio::spawn(pipe_body(body, stream));
         }
-        let resp = answer.await.map_err(SendError::Failed)?;
+        let resp = answer.await.map_err(|e| {
+            // The peer is going away: no new streams on this connection.
+            if e.is_go_away() {
+                self.closed.store(true, Ordering::Relaxed);
+            }
+            SendError::Failed(e)
+        })?;
         let (parts, recv) = resp.into_parts();
         Ok(Response::from_parts(parts, boxed(RecvBody::new(recv))))
     }

@@ -127,3 +127,38 @@ async fn a_closed_connection_gives_the_body_back_unsent() {
         other => panic!("expected NotSent with the body, got {other:?}"),
     }
 }
+
+#[test]
+fn only_streams_the_peer_never_processed_may_be_sent_again() {
+    use h2::Reason;
+    let ended = |remote, go_away, reset, reason| Ended {
+        remote,
+        go_away,
+        reset,
+        reason: Some(reason),
+    };
+    let rows = [
+        // remote, go_away, reset, reason -> never processed
+        (ended(true, true, false, Reason::NO_ERROR), true),
+        (ended(true, false, true, Reason::REFUSED_STREAM), true),
+        // A GOAWAY with an error ends streams the peer was processing.
+        (ended(true, true, false, Reason::INTERNAL_ERROR), false),
+        (ended(true, true, false, Reason::PROTOCOL_ERROR), false),
+        // Any other reset may come after the app acted on the request.
+        (ended(true, false, true, Reason::CANCEL), false),
+        (ended(true, false, true, Reason::NO_ERROR), false),
+        // Our own side's errors say nothing of what the peer did.
+        (ended(false, true, false, Reason::NO_ERROR), false),
+        (ended(false, false, true, Reason::REFUSED_STREAM), false),
+    ];
+    for (e, want) in rows {
+        assert_eq!(never_processed(e), want, "{e:?}");
+    }
+    let io = Ended {
+        remote: false,
+        go_away: false,
+        reset: false,
+        reason: None,
+    };
+    assert!(!never_processed(io));
+}
