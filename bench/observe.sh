@@ -17,7 +17,8 @@
 # with the certificates of bench/mesh.sh> OUT=<dir> bash bench/observe.sh
 # Knobs: OBS_ROUNDS (3) DURATION (8s) WARMUP (2s) CONNS (50) THREADS (2)
 # OBS_IP (127.0.0.1: listeners, nginx, sink) OBS_VIP (127.77.0.3)
-# LOADGEN_CPUS (0) SERVER_CPUS (1).
+# LOADGEN_CPUS (0) SERVER_CPUS (1) OBS_SPLIT (set: also the access log
+# alone and tracing alone, printed per round).
 set -euo pipefail
 : "${S:?strait binary}" "${B:?strait-bench binary}" "${W:?mesh certificates dir}" "${OUT:?output dir}"
 ROUNDS=${OBS_ROUNDS:-3}
@@ -71,8 +72,14 @@ services:
 EOF
 observed="access_log: true
 tracing: { otlp: \"http://$IP:19417\", sampling: 0.01 }"
-for variant in plain observed; do
-  extra=; [ "$variant" = observed ] && extra=$observed
+# Two more variants split the cost (OBS_SPLIT=1): `logged` (the access
+# log alone) and `traced` (tracing alone).
+logged="access_log: true"
+traced="tracing: { otlp: \"http://$IP:19417\", sampling: 0.01 }"
+VARIANTS="plain observed"
+[ -n "${OBS_SPLIT:-}" ] && VARIANTS="plain observed logged traced"
+for variant in $VARIANTS; do
+  case $variant in observed) extra=$observed ;; logged) extra=$logged ;; traced) extra=$traced ;; *) extra= ;; esac
   cat > "$D/server-$variant.yaml" <<EOF
 trust_domain: strait.local
 $(ids server)
@@ -133,6 +140,9 @@ for r in $(seq "$ROUNDS"); do
   PLAIN+=("$(measure plain "$r")")
   OBSERVED+=("$(measure observed "$r")")
   echo "  round $r: plain ${PLAIN[-1]} req/s, observed ${OBSERVED[-1]} req/s" >&2
+  if [ -n "${OBS_SPLIT:-}" ]; then
+    echo "  round $r: access log alone $(measure logged "$r") req/s, tracing alone $(measure traced "$r") req/s" >&2
+  fi
 done
 # The sink prints its count every 5 s: let it print the last one.
 sleep 6

@@ -13,7 +13,6 @@ mod check;
 mod cluster;
 mod diagnose;
 mod kube;
-mod logs;
 mod mesh_cmds;
 mod meshdir;
 mod ops;
@@ -148,7 +147,9 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(logs::Writers);
+        .with_writer(std::io::stderr);
+    // Access lines are encoded by the proxy's own writer, in this format.
+    strait_proxy::access::set_format(matches!(cli.log_format, LogFormat::Json));
     match cli.log_format {
         LogFormat::Json => logs.json().init(),
         // Colour only for a person at a terminal: log files, pipes and
@@ -185,7 +186,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => kube::inject(args),
         Command::Injector(args) => kube::injector(args),
     };
-    logs::flush();
+    strait_proxy::access::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -17,6 +17,7 @@
 //! `authz`, `route`) are pure functions in `strait-routing`, re-exported
 //! here under their old paths.
 
+pub mod access;
 pub mod admin;
 pub mod app;
 pub mod capture;

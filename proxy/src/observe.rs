@@ -1,4 +1,4 @@
-//! Per-request observation: the access-log line (target `strait::access`)
+//! Per-request observation: the access-log line ([`crate::access`])
 //! and the request's span, both written when the response body ends.
 //!
 //! What it is: [`Observed`], made for a request only when the access log
@@ -21,9 +21,9 @@ use http::{HeaderMap, HeaderValue, Method};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use strait_agent::trace::{self, Span, SpanKind, TraceParent};
 
-use crate::headers;
 use crate::state::Shared;
 use crate::transport::{Body, boxed};
+use crate::{access, headers};
 
 /// Request body bytes, shared by the request body's counter and the
 /// request's [`Observed`].
@@ -64,7 +64,7 @@ impl Observed {
         uri: &http::Uri,
         headers: &HeaderMap,
     ) -> Option<Box<Self>> {
-        let log = shared.cfg.access_log;
+        let log = shared.cfg.access_log && access::enabled();
         if !log && shared.tracer.is_none() {
             return None;
         }
@@ -155,17 +155,25 @@ impl Observed {
             span.end();
         }
         if self.log {
-            let trace_id = self.trace.map(|t| t.trace_id());
-            tracing::info!(target: "strait::access", direction = self.direction,
-                method = %self.method, authority = self.authority.as_str(),
-                path = self.path.as_str(), status = self.status,
-                duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
-                request_bytes, response_bytes = self.resp_bytes, retries = self.retries,
-                service = self.service.as_str(), peer = %self.peer,
-                source_cluster = self.source_cluster.as_str(),
-                destination_cluster = self.destination_cluster.as_str(),
-                strait_error = error,
-                trace_id = trace_id.map(tracing::field::display));
+            let mut line = access::Line::new();
+            line.str("direction", self.direction)
+                .token("method", self.method.as_str())
+                .str("authority", &self.authority)
+                .str("path", &self.path)
+                .num("status", u64::from(self.status))
+                .millis("duration_ms", self.started.elapsed())
+                .num("request_bytes", request_bytes)
+                .num("response_bytes", self.resp_bytes)
+                .num("retries", u64::from(self.retries))
+                .str("service", &self.service)
+                .token("peer", &self.peer)
+                .str("source_cluster", &self.source_cluster)
+                .str("destination_cluster", &self.destination_cluster)
+                .str("strait_error", error);
+            if let Some(t) = self.trace {
+                line.hex128("trace_id", t.trace_id);
+            }
+            line.write();
         }
     }
 }
