@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,16 +68,17 @@ fn validate_label(what: &'static str, value: &str, max: usize) -> Result<(), Nam
 }
 
 /// A cluster's name: a DNS label of at most 63 characters, e.g. `east`.
+/// Shared when cloned (every endpoint of a cluster carries its name).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ClusterName(String);
+pub struct ClusterName(Arc<str>);
 
 impl ClusterName {
     pub const MAX_LEN: usize = 63;
 
     pub fn new(name: &str) -> Result<Self, NameError> {
         validate_label("cluster name", name, Self::MAX_LEN)?;
-        Ok(Self(name.to_owned()))
+        Ok(Self(name.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -106,7 +108,7 @@ impl TryFrom<String> for ClusterName {
 
 impl From<ClusterName> for String {
     fn from(c: ClusterName) -> Self {
-        c.0
+        c.0.as_ref().to_owned()
     }
 }
 
