@@ -217,13 +217,13 @@ impl Http2Conns {
     }
 
     /// Sends `req` (an absolute URI) to the app at `addr`. A request the
-    /// app never processed is sent again (up to [`SENDS`] times in all) on
-    /// a new connection: one the
-    /// connection could not send (the app had closed it), and one without
-    /// a body that the app refused (`REFUSED_STREAM`) or that went out
-    /// after the app's GOAWAY (nginx closes each h2c connection after
-    /// `http2_max_requests`). A request whose body was being sent when it
-    /// failed is not sent again: that body is gone.
+    /// app never processed is sent again, up to [`SENDS`] times in all:
+    /// one the connection could not send (the app had closed it), and one
+    /// without a body that the app refused (`REFUSED_STREAM`) or that went
+    /// out after the app's GOAWAY (nginx closes each h2c connection after
+    /// `http2_max_requests`); after a GOAWAY, on a new connection. A
+    /// request whose body was being sent when it failed is not sent
+    /// again: that body is gone.
     pub async fn send(
         &self,
         addr: SocketAddr,

@@ -79,7 +79,9 @@ impl SendError {
     /// graceful GOAWAY said it would process.
     pub fn never_processed(&self) -> bool {
         match self {
-            Self::NotSent { .. } => true,
+            // Refused by the connection, not by our own request's faults
+            // (a malformed head fails the same way on any connection).
+            Self::NotSent { source, .. } => !is_ours(source),
             Self::Failed(e) => never_processed(Ended {
                 remote: e.is_remote(),
                 go_away: e.is_go_away(),
@@ -116,6 +118,13 @@ fn never_processed(e: Ended) -> bool {
             || (e.go_away && e.reason == Some(Reason::NO_ERROR)))
 }
 
+/// An error of our own making (h2's user errors: a malformed head, a
+/// stream opened out of turn) rather than of the connection or the peer:
+/// it carries no reason and is no I/O error.
+fn is_ours(e: &h2::Error) -> bool {
+    e.reason().is_none() && !e.is_io()
+}
+
 impl Sender {
     /// True once the connection has ended; the pool then makes a new one.
     pub fn is_closed(&self) -> bool {
@@ -137,7 +146,11 @@ impl Sender {
         let (answer, stream) = match self.send.send_request(Request::from_parts(head, ()), end) {
             Ok(opened) => opened,
             Err(source) => {
-                self.closed.store(true, Ordering::Relaxed);
+                // The connection failed or is going away: no new streams
+                // on it. A request it refused as malformed leaves it open.
+                if !is_ours(&source) {
+                    self.closed.store(true, Ordering::Relaxed);
+                }
                 return Err(SendError::NotSent {
                     head: None,
                     body: Some(body),

@@ -162,3 +162,25 @@ fn only_streams_the_peer_never_processed_may_be_sent_again() {
     };
     assert!(!never_processed(io));
 }
+
+#[tokio::test]
+async fn our_own_errors_are_told_from_the_connections() {
+    // A malformed head (h2 refuses connection-specific headers) is ours:
+    // sending it again, or on a new connection, would fail the same way.
+    let (client_io, _server_io) = tokio::io::duplex(64 * 1024);
+    let (mut send, _conn) = h2::client::handshake(client_io).await.unwrap();
+    let mut req = Request::new(());
+    *req.uri_mut() = "http://app/".parse().unwrap();
+    req.headers_mut()
+        .insert("connection", HeaderValue::from_static("close"));
+    let ours = send.send_request(req, true).unwrap_err();
+    assert!(is_ours(&ours), "{ours:?}");
+    let failed = SendError::NotSent {
+        head: None,
+        body: None,
+        source: ours,
+    };
+    assert!(!failed.never_processed());
+    // The peer's errors are not.
+    assert!(!is_ours(&h2::Error::from(h2::Reason::REFUSED_STREAM)));
+}
