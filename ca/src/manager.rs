@@ -54,6 +54,27 @@ pub struct GrpcSigner {
     pub bundle: SharedBundle,
     pub bootstrap_token: String,
     pub ttl: Option<Duration>,
+    /// The connection the trust checks (every [`CHECK_EVERY`]) share: one
+    /// mTLS handshake per workload, not one per check; dropped after a
+    /// failed check, so the next one dials again.
+    checks: Arc<tokio::sync::Mutex<Option<CaClient>>>,
+}
+
+impl GrpcSigner {
+    pub fn new(
+        addr: SocketAddr,
+        bundle: SharedBundle,
+        bootstrap_token: String,
+        ttl: Option<Duration>,
+    ) -> Self {
+        Self {
+            addr,
+            bundle,
+            bootstrap_token,
+            ttl,
+            checks: Arc::default(),
+        }
+    }
 }
 
 impl Signer for GrpcSigner {
@@ -79,8 +100,14 @@ impl Signer for GrpcSigner {
         current: &'a CertStore,
     ) -> Pin<Box<dyn Future<Output = Result<Option<CaTrust>, ClientError>> + Send + 'a>> {
         Box::pin(async move {
-            let mut client = CaClient::connect(self.addr, &self.bundle, current).await?;
-            client.trust().await.map(Some)
+            let mut held = self.checks.lock().await;
+            let mut client = match held.take() {
+                Some(client) => client,
+                None => CaClient::connect(self.addr, &self.bundle, current).await?,
+            };
+            let trust = client.trust().await?;
+            *held = Some(client);
+            Ok(Some(trust))
         })
     }
 }
@@ -366,12 +393,7 @@ pub async fn bootstrap(
     bundle: SharedBundle,
     keep: Option<PathBuf>,
 ) -> Result<(CertStore, tokio::task::JoinHandle<()>), ClientError> {
-    let signer = Arc::new(GrpcSigner {
-        addr,
-        bundle: bundle.clone(),
-        bootstrap_token,
-        ttl: None,
-    });
+    let signer = Arc::new(GrpcSigner::new(addr, bundle.clone(), bootstrap_token, None));
     let mut mgr = CertManager::new(id, signer, RenewPolicy::default()).with_bundle(bundle);
     if let Some(dir) = keep {
         mgr = mgr.with_keep(dir);

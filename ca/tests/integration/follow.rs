@@ -65,12 +65,7 @@ async fn a_rotation_reaches_the_service_and_its_workloads_without_restarts() {
     let token = tokens
         .create("default", "web", Duration::from_secs(60))
         .unwrap();
-    let signer = Arc::new(GrpcSigner {
-        addr: bound.addr,
-        bundle: wl_bundle.clone(),
-        bootstrap_token: token,
-        ttl: None,
-    });
+    let signer = Arc::new(GrpcSigner::new(bound.addr, wl_bundle.clone(), token, None));
     let policy = RenewPolicy {
         check_every: Some(Duration::from_millis(100)),
         ..RenewPolicy::default()

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use strait_ca::client::{ClientError, SignedChain};
@@ -120,12 +120,12 @@ async fn grpc_signer_bootstraps_with_a_token_then_renews_with_its_cert() {
         .tokens
         .create("default", "web", Duration::from_secs(600))
         .unwrap();
-    let signer = Arc::new(GrpcSigner {
-        addr: ca.bound.addr,
-        bundle: ca.bundle.clone(),
-        bootstrap_token: token,
-        ttl: None,
-    });
+    let signer = Arc::new(GrpcSigner::new(
+        ca.bound.addr,
+        ca.bundle.clone(),
+        token,
+        None,
+    ));
     let mgr =
         CertManager::new(id(WEB), signer, RenewPolicy::default()).with_bundle(ca.bundle.clone());
     mgr.renew_once().await.unwrap();
@@ -135,6 +135,49 @@ async fn grpc_signer_bootstraps_with_a_token_then_renews_with_its_cert() {
     mgr.renew_once().await.unwrap();
     assert_ne!(serial(&mgr.store()), first);
     assert_eq!(mgr.status().borrow().renewals, 2);
+}
+
+/// A TCP forwarder to `to` that counts the connections it accepted.
+async fn counting_forwarder(to: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn trust_checks_share_one_connection_to_the_ca() {
+    let ca = crate::grpc::start_ca().await;
+    let token = ca
+        .tokens
+        .create("default", "web", Duration::from_secs(600))
+        .unwrap();
+    let (via, dialed) = counting_forwarder(ca.bound.addr).await;
+    let signer = Arc::new(GrpcSigner::new(via, ca.bundle.clone(), token, None));
+    let mgr = CertManager::new(id(WEB), signer.clone(), RenewPolicy::default())
+        .with_bundle(ca.bundle.clone());
+    mgr.renew_once().await.unwrap();
+    assert_eq!(dialed.load(Ordering::SeqCst), 1, "the signing");
+    for _ in 0..3 {
+        let trust = signer.trust(&mgr.store()).await.unwrap().unwrap();
+        assert!(!trust.roots.is_empty());
+    }
+    assert_eq!(
+        dialed.load(Ordering::SeqCst),
+        2,
+        "one connection for three checks"
+    );
 }
 
 #[tokio::test]
