@@ -92,14 +92,26 @@ impl TraceParent {
         self.flags & 1 == 1
     }
 
-    /// The header value (version 00) for this context.
+    /// The header value (version 00) for this context. Marked sensitive,
+    /// which HTTP/2 encodes as a literal never indexed: a value that
+    /// changes on every request would only push the headers that repeat
+    /// out of the HPACK table.
     pub fn header(&self) -> http::HeaderValue {
-        let v = format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.parent_id, self.flags
-        );
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let mut put = |at: usize, n: usize, value: u128| {
+            for i in 0..n {
+                v[at + i] = DIGITS[(value >> (4 * (n - 1 - i)) & 0xf) as usize];
+            }
+        };
+        put(3, 32, self.trace_id);
+        put(36, 16, u128::from(self.parent_id));
+        put(53, 2, u128::from(self.flags));
         // Only hex digits and dashes: always a valid header value.
-        http::HeaderValue::from_str(&v).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+        let mut value = http::HeaderValue::from_bytes(&v)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("-"));
+        value.set_sensitive(true);
+        value
     }
 
     /// The trace id as 32 hex digits (for logs).
@@ -375,6 +387,16 @@ mod tests {
     fn traceparent_writes_back_what_it_read() {
         let t = TraceParent::parse(GOOD.as_bytes()).expect("valid");
         assert_eq!(t.header(), GOOD);
+        assert!(t.header().is_sensitive(), "never indexed by HPACK");
+        let edges = TraceParent {
+            trace_id: u128::MAX,
+            parent_id: 1,
+            flags: 0,
+        };
+        assert_eq!(
+            edges.header(),
+            "00-ffffffffffffffffffffffffffffffff-0000000000000001-00"
+        );
         assert_eq!(t.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(t.sampled());
     }
