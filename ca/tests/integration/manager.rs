@@ -113,13 +113,19 @@ async fn renews_at_two_thirds_and_survives_ca_outage() {
     task.abort();
 }
 
-#[tokio::test]
-async fn grpc_signer_bootstraps_with_a_token_then_renews_with_its_cert() {
+/// A CA service and a bootstrap token for `default/web` (10 minutes).
+async fn ca_with_web_token() -> (crate::grpc::Running, String) {
     let ca = crate::grpc::start_ca().await;
     let token = ca
         .tokens
         .create("default", "web", Duration::from_secs(600))
         .unwrap();
+    (ca, token)
+}
+
+#[tokio::test]
+async fn grpc_signer_bootstraps_with_a_token_then_renews_with_its_cert() {
+    let (ca, token) = ca_with_web_token().await;
     let signer = Arc::new(GrpcSigner::new(
         ca.bound.addr,
         ca.bundle.clone(),
@@ -158,11 +164,7 @@ async fn counting_forwarder(to: std::net::SocketAddr) -> (std::net::SocketAddr, 
 
 #[tokio::test]
 async fn trust_checks_share_one_connection_to_the_ca() {
-    let ca = crate::grpc::start_ca().await;
-    let token = ca
-        .tokens
-        .create("default", "web", Duration::from_secs(600))
-        .unwrap();
+    let (ca, token) = ca_with_web_token().await;
     let (via, dialed) = counting_forwarder(ca.bound.addr).await;
     let signer = Arc::new(GrpcSigner::new(via, ca.bundle.clone(), token, None));
     let mgr = CertManager::new(id(WEB), signer.clone(), RenewPolicy::default())
@@ -182,11 +184,7 @@ async fn trust_checks_share_one_connection_to_the_ca() {
 
 #[tokio::test]
 async fn bootstrap_gets_a_first_certificate_with_the_token() {
-    let ca = crate::grpc::start_ca().await;
-    let token = ca
-        .tokens
-        .create("default", "web", Duration::from_secs(600))
-        .unwrap();
+    let (ca, token) = ca_with_web_token().await;
     let (store, renew) =
         strait_ca::manager::bootstrap(ca.bound.addr, id(WEB), token, ca.bundle.clone(), None)
             .await
@@ -197,13 +195,9 @@ async fn bootstrap_gets_a_first_certificate_with_the_token() {
 
 #[tokio::test]
 async fn a_restart_starts_from_the_kept_certificate_without_a_new_token() {
-    let ca = crate::grpc::start_ca().await;
+    let (ca, token) = ca_with_web_token().await;
     let keep = tempfile::tempdir().unwrap();
     let kept = keep.path().join("web");
-    let token = ca
-        .tokens
-        .create("default", "web", Duration::from_secs(600))
-        .unwrap();
     let start = |token: String| {
         strait_ca::manager::bootstrap(
             ca.bound.addr,
