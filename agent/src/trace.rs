@@ -97,16 +97,10 @@ impl TraceParent {
     /// changes on every request would only push the headers that repeat
     /// out of the HPACK table.
     pub fn header(&self) -> http::HeaderValue {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        let mut put = |at: usize, n: usize, value: u128| {
-            for i in 0..n {
-                v[at + i] = DIGITS[(value >> (4 * (n - 1 - i)) & 0xf) as usize];
-            }
-        };
-        put(3, 32, self.trace_id);
-        put(36, 16, u128::from(self.parent_id));
-        put(53, 2, u128::from(self.flags));
+        put_hex(&mut v[3..35], self.trace_id);
+        put_hex(&mut v[36..52], u128::from(self.parent_id));
+        put_hex(&mut v[53..55], u128::from(self.flags));
         // Only hex digits and dashes: always a valid header value.
         let mut value = http::HeaderValue::from_bytes(&v)
             .unwrap_or_else(|_| http::HeaderValue::from_static("-"));
@@ -116,7 +110,9 @@ impl TraceParent {
 
     /// The trace id as 32 hex digits (for logs).
     pub fn trace_id(&self) -> TraceIdHex {
-        TraceIdHex(self.trace_id)
+        let mut hex = [b'0'; 32];
+        put_hex(&mut hex, self.trace_id);
+        TraceIdHex(hex)
     }
 
     fn span_context(&self) -> SpanContext {
@@ -132,11 +128,28 @@ impl TraceParent {
 
 /// A trace id that prints as 32 lowercase hex digits, without allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceIdHex(pub u128);
+pub struct TraceIdHex([u8; 32]);
+
+impl TraceIdHex {
+    pub fn as_str(&self) -> &str {
+        // Only hex digits (see `put_hex`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
 
 impl fmt::Display for TraceIdHex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+/// Writes the low `out.len()` hex digits of `value` into `out`, lowercase
+/// and zero-padded (what `traceparent` and the logs use).
+fn put_hex(out: &mut [u8], value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let n = out.len();
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = DIGITS[(value >> (4 * (n - 1 - i)) & 0xf) as usize];
     }
 }
 

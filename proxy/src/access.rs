@@ -114,15 +114,6 @@ impl Line {
         self
     }
 
-    /// A 128-bit id as 32 lowercase hex digits (a trace id): quoted in
-    /// JSON, bare in text.
-    pub fn hex128(&mut self, key: &str, value: u128) -> &mut Self {
-        self.key(key);
-        let q = if self.json { "\"" } else { "" };
-        let _ = write!(self.buf, "{q}{value:032x}{q}");
-        self
-    }
-
     /// A number field.
     pub fn num(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
@@ -241,7 +232,7 @@ fn start_flusher() {
 }
 
 /// Queues whole lines (`bytes` ends with a newline).
-pub fn append(bytes: &[u8]) {
+fn append(bytes: &[u8]) {
     start_flusher();
     let full = {
         let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());

@@ -171,7 +171,7 @@ impl Observed {
                 .str("destination_cluster", &self.destination_cluster)
                 .str("strait_error", error);
             if let Some(t) = self.trace {
-                line.hex128("trace_id", t.trace_id);
+                line.token("trace_id", t.trace_id().as_str());
             }
             line.write();
         }

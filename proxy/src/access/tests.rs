@@ -47,7 +47,7 @@ fn sample(json: bool) -> String {
         .str("path", "/a\"b\nc")
         .num("status", 200)
         .millis("duration_ms", Duration::from_micros(3_104))
-        .hex128("trace_id", 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        .token("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736");
     line.finish()
 }
 
