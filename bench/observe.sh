@@ -18,7 +18,18 @@
 # Knobs: OBS_ROUNDS (3) DURATION (8s) WARMUP (2s) CONNS (50) THREADS (2)
 # OBS_IP (127.0.0.1: listeners, nginx, sink) OBS_VIP (127.77.0.3)
 # LOADGEN_CPUS (0) SERVER_CPUS (1) OBS_SPLIT (set: also the access log
-# alone and tracing alone, printed per round).
+# alone and tracing alone, printed per round) OBS_PAIRED (4: rounds of the
+# paired measurement below; 0 skips it) OBS_VIP2 (127.77.0.4).
+#
+# The paired measurement: on a host whose speed drifts by more than the
+# overhead being measured (a shared VM), runs taken one after the other
+# disagree. So the plain pair and the observed pair also run at the same
+# time, on the same server CPU, each under its own wrk (one thread, CONNS
+# connections), and each pair's sidecar CPU time per
+# request is read from /proc: both see the same host at the same moment,
+# and their ratio (cost_ratio, observed over plain; which pair gets which
+# ports alternates by round) holds within a few percent where throughput
+# runs drift by 15 %.
 set -euo pipefail
 : "${S:?strait binary}" "${B:?strait-bench binary}" "${W:?mesh certificates dir}" "${OUT:?output dir}"
 ROUNDS=${OBS_ROUNDS:-3}
@@ -98,6 +109,15 @@ EOF
   "$S" proxy --config "$D/server-$variant.yaml" --check > /dev/null
   "$S" proxy --config "$D/client-$variant.yaml" --check > /dev/null
 done
+# The second set of ports and VIP for the paired measurement.
+VIP2=${OBS_VIP2:-127.77.0.4}
+sed -e "s/$VIP/$VIP2/; s/19743/19843/" "$D/snapshot.yaml" > "$D/snapshot-b.yaml"
+for variant in plain observed; do
+  for side in server client; do
+    sed -e 's/:1974/:1984/; s/:1970/:1980/g' -e "s#$D/snapshot.yaml#$D/snapshot-b.yaml#" \
+      "$D/$side-$variant.yaml" > "$D/$side-$variant-b.yaml"
+  done
+done
 
 ready() { # what, command...: retries for 15 s
   local what=$1; shift
@@ -144,6 +164,46 @@ for r in $(seq "$ROUNDS"); do
     echo "  round $r: access log alone $(measure logged "$r") req/s, tracing alone $(measure traced "$r") req/s" >&2
   fi
 done
+# Paired: both pairs at once (see the top); prints "plain_us observed_us".
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" "/proc/$2/stat" | paste -sd+ | bc; }
+paired() { # round
+  local r=$1 a b n1 n2 t1 t2 ps1 pc1 ps2 pc2 f1 f2 u1 u2
+  if [ $((r % 2)) = 1 ]; then a=plain; b=observed; else a=observed; b=plain; fi
+  taskset -c "$SERVER_CPUS" "$S" proxy --log-format json --config "$D/server-$a.yaml" 2> "$D/logs/server-$a.log" > /dev/null & ps1=$!
+  taskset -c "$SERVER_CPUS" "$S" proxy --log-format json --config "$D/client-$a.yaml" 2> "$D/logs/client-$a.log" > /dev/null & pc1=$!
+  taskset -c "$SERVER_CPUS" "$S" proxy --log-format json --config "$D/server-$b-b.yaml" 2> "$D/logs/server-$b-b.log" > /dev/null & ps2=$!
+  taskset -c "$SERVER_CPUS" "$S" proxy --log-format json --config "$D/client-$b-b.yaml" 2> "$D/logs/client-$b-b.log" > /dev/null & pc2=$!
+  PIDS+=("$ps1" "$pc1" "$ps2" "$pc2")
+  ready "the paired $a pair" curl -sf "$URL"
+  ready "the paired $b pair" curl -sf "http://$VIP2:19082/"
+  f1=$OUT/observe-raw/paired_${r}_a.txt; f2=$OUT/observe-raw/paired_${r}_b.txt
+  taskset -c "$LOADGEN_CPUS" wrk -t1 -c"$CONNS" -d"$WARMUP" "$URL" > /dev/null 2>&1 &
+  taskset -c "$LOADGEN_CPUS" wrk -t1 -c"$CONNS" -d"$WARMUP" "http://$VIP2:19082/" > /dev/null 2>&1 || die "wrk (paired warm-up) failed"
+  wait $!
+  t1=$(cpu_ticks "$ps1" "$pc1"); t2=$(cpu_ticks "$ps2" "$pc2")
+  taskset -c "$LOADGEN_CPUS" wrk -t1 -c"$CONNS" -d"$DURATION" "$URL" > "$f1" 2>&1 &
+  local w=$!
+  taskset -c "$LOADGEN_CPUS" wrk -t1 -c"$CONNS" -d"$DURATION" "http://$VIP2:19082/" > "$f2" 2>&1 || die "wrk (paired) failed: $(tail -3 "$f2")"
+  wait "$w" || die "wrk (paired) failed: $(tail -3 "$f1")"
+  u1=$(cpu_ticks "$ps1" "$pc1"); u2=$(cpu_ticks "$ps2" "$pc2")
+  stop_all
+  rm -f "$D"/logs/server-*.log "$D"/logs/client-*.log
+  n1=$(awk '/requests in/ {print $1}' "$f1"); n2=$(awk '/requests in/ {print $1}' "$f2")
+  [ "${n1:-0}" -gt 0 ] && [ "${n2:-0}" -gt 0 ] || die "a paired run served no requests"
+  # Clock ticks (USER_HZ) per request, in microseconds.
+  local hz us1 us2
+  hz=$(getconf CLK_TCK)
+  us1=$(echo "scale=3; ($u1 - $t1) * 1000000 / $hz / $n1" | bc)
+  us2=$(echo "scale=3; ($u2 - $t2) * 1000000 / $hz / $n2" | bc)
+  if [ "$a" = plain ]; then echo "$us1 $us2"; else echo "$us2 $us1"; fi
+}
+PAIRED_ROUNDS=${OBS_PAIRED:-4}
+PAIRED=()
+for r in $(seq "$PAIRED_ROUNDS"); do
+  PAIRED+=("$(paired "$r")")
+  echo "  paired round $r: sidecar CPU per request, plain/observed: ${PAIRED[-1]} us" >&2
+done
+
 # The sink prints its count every 5 s: let it print the last one.
 sleep 6
 kill "$SINK" 2> /dev/null || true
@@ -151,9 +211,10 @@ wait "$SINK" 2> /dev/null || true
 SINK=
 spans=$(awk '/spans received/ {n=$2} END {print n+0}' "$D/logs/sink.log")
 [ "$spans" -gt 0 ] || die "the OTLP sink received no spans from the observed runs"
-python3 - "$OUT/observe.json" "$spans" "${PLAIN[*]}" "${OBSERVED[*]}" <<'EOF'
+python3 - "$OUT/observe.json" "$spans" "${PLAIN[*]}" "${OBSERVED[*]}" "$(IFS=,; echo "${PAIRED[*]}")" <<'EOF'
 import json, statistics, sys
 out, spans, plain, observed = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split()
+paired = [tuple(float(x) for x in p.split()) for p in sys.argv[5].split(",") if p.strip()]
 plain = [float(x) for x in plain]; observed = [float(x) for x in observed]
 p, o = statistics.median(plain), statistics.median(observed)
 r = {"path": "sidecar pair, wrk HTTP/1.1 keep-alive",
@@ -166,6 +227,13 @@ r = {"path": "sidecar pair, wrk HTTP/1.1 keep-alive",
      "round_ratios": [round(b / a, 4) for a, b in zip(plain, observed) if a],
      "spans_received": spans}
 r["median_round_ratio"] = statistics.median(r["round_ratios"]) if r["round_ratios"] else None
+# Both pairs at once: sidecar CPU microseconds per request, and observed
+# over plain (1.05 = the observed pair costs 5 % more per request).
+r["paired_us_per_request"] = [{"plain": a, "observed": b} for a, b in paired]
+r["paired_cost_ratios"] = [round(b / a, 4) for a, b in paired if a]
+r["cost_ratio"] = statistics.median(r["paired_cost_ratios"]) if r["paired_cost_ratios"] else None
 json.dump(r, open(out, "w"), indent=2)
 print(f"observability overhead: observed/plain = {r['ratio']} ({o:.0f} vs {p:.0f} req/s, median of {len(plain)}); median of the rounds' ratios {r['median_round_ratio']}; {spans} spans at the sink")
+if paired:
+    print(f"  paired (both pairs at once): observed costs {r['cost_ratio']}x the plain pair's sidecar CPU per request (rounds {r['paired_cost_ratios']})")
 EOF

@@ -207,6 +207,8 @@ if capture and "oha" in capture:
     lines.append(f"| transparent capture vs the explicit VIP, added p50 at fixed rate | {capture['oha']['p50_added_ms']:+.4f} ms | | <= +0.02 ms |")
 if observe:
     lines.append(f"| access log + tracing at 1% sampling vs neither, same pair, throughput (bench/observe.sh) | {f(observe.get('ratio'),3)}x ({f(observe.get('observed_median_rps'),0)} vs {f(observe.get('plain_median_rps'),0)} req/s, medians, {observe.get('spans_received')} spans exported) | | >= 0.95x |")
+    if observe.get("cost_ratio"):
+        lines.append(f"| ... the same, both pairs at once: sidecar CPU per request, observed over plain (median of {len(observe.get('paired_cost_ratios', []))} rounds) | {f(observe.get('cost_ratio'),3)}x | | |")
 lines.append(f"| server-side full mTLS handshake CPU | {f(s.get('strait_server_handshake_cpu_ms'),3)} ms (in memory) | {f(s.get('haproxy_server_handshake_cpu_ms'),3)} ms (s_time) | <= 0.4 ms |")
 lines.append(f"| idle sidecar RSS, 1,000-service snapshot ({mem.get('services')} VIP listeners) | {f(mem.get('idle_rss_mib'),1)} MiB | | <= 20 MiB |")
 if capture:

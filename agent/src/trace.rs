@@ -6,7 +6,9 @@
 //! tracer that batches spans to an OTLP/gRPC collector ([`TracingConfig`]:
 //! endpoint and sampling ratio). Sampling is parent-based: a caller's
 //! sampled flag is honoured, traces that start here are sampled at the
-//! configured ratio.
+//! configured ratio. The decision and the ids are this module's own
+//! ([`samples`]): a span that is not sampled is two ids and never
+//! touches the OpenTelemetry SDK, which only builds the sampled ones.
 //!
 //! What it is not: no `tracestate` handling (it travels unchanged, which
 //! W3C allows a participant that adds no entry) and no tracing-subscriber
@@ -31,7 +33,8 @@ use serde::Deserialize;
 pub use opentelemetry::trace::SpanKind;
 
 /// The `traceparent` header's name.
-pub const TRACEPARENT: &str = "traceparent";
+/// A `HeaderName` (not a `&str`): inserting by name then needs no parsing.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 /// The W3C Trace Context Level 2 response header: the gateway names its
 /// tunnel span to the client sidecar with it on the `CONNECT` answer.
 pub const TRACERESPONSE: &str = "traceresponse";
@@ -52,10 +55,17 @@ fn hex_digit(b: u8) -> Option<u8> {
     }
 }
 
+/// Lowercase hex digits as a number (at most 32 of them). Digits are
+/// gathered in 64-bit halves: this runs on every request's
+/// `traceparent`, and 128-bit shifts per digit cost more.
 fn hex(bytes: &[u8]) -> Option<u128> {
-    bytes
-        .iter()
-        .try_fold(0u128, |acc, b| Some(acc << 4 | u128::from(hex_digit(*b)?)))
+    let half = |part: &[u8]| {
+        part.iter()
+            .try_fold(0u64, |acc, b| Some(acc << 4 | u64::from(hex_digit(*b)?)))
+    };
+    let split = bytes.len().saturating_sub(16);
+    let (high, low) = bytes.split_at(split);
+    Some(u128::from(half(high)?) << (4 * low.len()) | u128::from(half(low)?))
 }
 
 impl TraceParent {
@@ -147,9 +157,12 @@ impl fmt::Display for TraceIdHex {
 /// and zero-padded (what `traceparent` and the logs use).
 fn put_hex(out: &mut [u8], value: u128) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let n = out.len();
-    for (i, digit) in out.iter_mut().enumerate() {
-        *digit = DIGITS[(value >> (4 * (n - 1 - i)) & 0xf) as usize];
+    // From the last digit back, in 64-bit halves (see `hex`).
+    let (mut low, mut high) = (value as u64, (value >> 64) as u64);
+    for (i, digit) in out.iter_mut().rev().enumerate() {
+        let v = if i < 16 { &mut low } else { &mut high };
+        *digit = DIGITS[(*v & 0xf) as usize];
+        *v >>= 4;
     }
 }
 
@@ -215,6 +228,36 @@ impl TracingConfig {
 pub struct Tracer {
     tracer: SdkTracer,
     provider: SdkTracerProvider,
+    /// New traces are sampled when their id is below this ([`bound`]).
+    bound: u64,
+}
+
+/// The sampling bound for `ratio` (0.0 to 1.0): what [`samples`] compares
+/// a trace id's low 63 bits with. The rule is OpenTelemetry's
+/// `TraceIdRatioBased`, so every participant using it agrees on a trace.
+fn bound(ratio: f64) -> u64 {
+    if ratio >= 1.0 {
+        u64::MAX
+    } else {
+        // 2^63 as f64 is exact; the product is below it.
+        (ratio.max(0.0) * (1u64 << 63) as f64) as u64
+    }
+}
+
+/// Whether a trace that starts here with `trace_id` is sampled under
+/// `bound`: its low 64 bits, shifted right once, are below the bound.
+pub fn samples(bound: u64, trace_id: u128) -> bool {
+    ((trace_id as u64) >> 1) < bound
+}
+
+/// A random id that is not zero (zero ids are invalid in W3C).
+fn nonzero<T: Default + PartialEq>(mut draw: impl FnMut() -> T) -> T {
+    loop {
+        let id = draw();
+        if id != T::default() {
+            return id;
+        }
+    }
 }
 
 /// How long spans wait in the batch before they are sent.
@@ -251,29 +294,44 @@ impl Tracer {
             .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                cfg.sampling,
-            ))))
+            // Sampling is decided in `span`; the SDK only sees sampled spans.
+            .with_sampler(Sampler::AlwaysOn)
             .with_resource(resource)
             .build();
         let tracer = provider.tracer("strait");
-        Ok(Self { tracer, provider })
+        Ok(Self {
+            tracer,
+            provider,
+            bound: bound(cfg.sampling),
+        })
     }
 
     /// A span named `name`, child of `parent` (a remote context) or the
-    /// root of a new trace. Unsampled spans record nothing but still carry
-    /// the ids to send on.
+    /// root of a new trace. Parent-based sampling: a caller's sampled flag
+    /// decides; a new trace is sampled at the configured ratio. Unsampled
+    /// spans record nothing and cost two random ids, but still carry the
+    /// ids to send on.
     pub fn span(&self, name: &'static str, kind: SpanKind, parent: Option<&TraceParent>) -> Span {
-        let cx = match parent {
-            Some(p) => Context::new().with_remote_span_context(p.span_context()),
-            None => Context::new(),
+        let trace_id = parent.map_or_else(|| nonzero(rand::random::<u128>), |p| p.trace_id);
+        let sampled = parent.map_or_else(|| samples(self.bound, trace_id), TraceParent::sampled);
+        let ctx = TraceParent {
+            trace_id,
+            parent_id: nonzero(rand::random::<u64>),
+            flags: u8::from(sampled),
         };
-        let inner = self
-            .tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .start_with_context(&self.tracer, &cx);
-        Span { inner }
+        let inner = sampled.then(|| {
+            let cx = match parent {
+                Some(p) => Context::new().with_remote_span_context(p.span_context()),
+                None => Context::new(),
+            };
+            self.tracer
+                .span_builder(name)
+                .with_kind(kind)
+                .with_trace_id(TraceId::from(ctx.trace_id))
+                .with_span_id(SpanId::from(ctx.parent_id))
+                .start_with_context(&self.tracer, &cx)
+        });
+        Span { ctx, inner }
     }
 
     /// Sends the spans still in the batch (on shutdown).
@@ -283,42 +341,45 @@ impl Tracer {
 }
 
 /// A span in progress; it ends (and is queued for export when sampled)
-/// when [`Span::end`] is called or it is dropped.
+/// when [`Span::end`] is called or it is dropped. Unsampled, it is only
+/// its context.
 #[derive(Debug)]
 pub struct Span {
-    inner: opentelemetry_sdk::trace::Span,
+    ctx: TraceParent,
+    inner: Option<opentelemetry_sdk::trace::Span>,
 }
 
 impl Span {
     /// The context to send on: this span as the parent.
     pub fn context(&self) -> TraceParent {
-        let sc = self.inner.span_context();
-        TraceParent {
-            trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
-            parent_id: u64::from_be_bytes(sc.span_id().to_bytes()),
-            flags: sc.trace_flags().to_u8(),
-        }
+        self.ctx
     }
 
     /// Whether the span records (sampled): attributes are only worth
     /// building then.
     pub fn is_recording(&self) -> bool {
-        self.inner.is_recording()
+        self.inner.is_some()
     }
 
-    /// Sets a string attribute.
+    /// Sets an attribute (nothing when not sampled).
     pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
-        self.inner.set_attribute(KeyValue::new(key, value));
+        if let Some(inner) = &mut self.inner {
+            inner.set_attribute(KeyValue::new(key, value));
+        }
     }
 
-    /// Marks the span failed with `why`.
+    /// Marks the span failed with `why` (nothing when not sampled).
     pub fn fail(&mut self, why: impl Into<std::borrow::Cow<'static, str>>) {
-        self.inner.set_status(Status::error(why));
+        if let Some(inner) = &mut self.inner {
+            inner.set_status(Status::error(why));
+        }
     }
 
     /// Ends the span now.
-    pub fn end(mut self) {
-        self.inner.end();
+    pub fn end(self) {
+        if let Some(mut inner) = self.inner {
+            inner.end();
+        }
     }
 }
 
@@ -431,6 +492,50 @@ mod tests {
         assert!(e.to_string().contains("not a URI"), "{e}");
     }
 
+    #[test]
+    fn new_traces_are_sampled_below_the_ratios_bound() {
+        const HALF: u128 = 1 << 63;
+        // (ratio, trace id, sampled)
+        let table: &[(f64, u128, bool)] = &[
+            (0.0, 1, false),
+            (0.0, 0, false),
+            (1.0, u128::MAX, true),
+            (1.0, 1, true),
+            (0.5, HALF - 1, true),
+            (0.5, HALF, false),
+            // Only the low 64 bits count.
+            (0.5, (u128::MAX << 64) | (HALF - 1), true),
+            (0.01, 1, true),
+            (0.01, HALF, false),
+            // Out of range ratios are refused by `validate`; clamped here.
+            (-1.0, 1, false),
+            (2.0, u128::MAX, true),
+        ];
+        for &(ratio, id, want) in table {
+            assert_eq!(samples(bound(ratio), id), want, "ratio {ratio}, id {id:x}");
+        }
+    }
+
+    #[test]
+    fn sampling_agrees_with_opentelemetrys_ratio_sampler() {
+        use opentelemetry_sdk::trace::ShouldSample;
+        for ratio in [0.0, 0.01, 0.3, 0.5, 0.99, 1.0] {
+            let sdk = Sampler::TraceIdRatioBased(ratio);
+            for _ in 0..2000 {
+                let id = rand::random::<u128>();
+                let theirs = sdk
+                    .should_sample(None, TraceId::from(id), "s", &SpanKind::Client, &[], &[])
+                    .decision
+                    == opentelemetry::trace::SamplingDecision::RecordAndSample;
+                assert_eq!(
+                    samples(bound(ratio), id),
+                    theirs,
+                    "ratio {ratio}, id {id:x}"
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_span_continues_the_callers_trace_or_starts_one() {
         let tracer = Tracer::start(
@@ -454,5 +559,35 @@ mod tests {
         assert!(!root.context().sampled() && !root.is_recording());
         assert_ne!(root.context().trace_id, 0);
         root.end();
+        // An unsampled caller: not recorded, the trace goes on unsampled
+        // under a new span id.
+        let unsampled = TraceParent { flags: 0, ..parent };
+        let span = tracer.span("s", SpanKind::Server, Some(&unsampled));
+        let cx = span.context();
+        assert!(!span.is_recording() && !cx.sampled());
+        assert_eq!(cx.trace_id, parent.trace_id);
+        assert_ne!(cx.parent_id, parent.parent_id);
+        assert_ne!(cx.parent_id, 0);
+    }
+
+    #[tokio::test]
+    async fn a_sampled_root_span_carries_the_ids_it_sends_on() {
+        let tracer = Tracer::start(
+            &TracingConfig {
+                otlp: "http://127.182.0.1:9".into(),
+                sampling: 1.0,
+            },
+            "test",
+            Vec::new(),
+        )
+        .expect("starts");
+        let span = tracer.span("s", SpanKind::Client, None);
+        assert!(span.is_recording() && span.context().sampled());
+        let sdk = span.inner.as_ref().expect("sampled").span_context();
+        let cx = span.context();
+        assert_eq!(u128::from_be_bytes(sdk.trace_id().to_bytes()), cx.trace_id);
+        assert_eq!(u64::from_be_bytes(sdk.span_id().to_bytes()), cx.parent_id);
+        assert!(sdk.is_sampled());
+        span.end();
     }
 }

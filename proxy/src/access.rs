@@ -32,6 +32,11 @@ const FLUSH_AT: usize = 64 * 1024;
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// A line's buffer, kept for the thread's next line.
+    static SCRATCH: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
 static JSON: AtomicBool = AtomicBool::new(false);
 
 /// Sets the lines' format: JSON (`true`) or text, as `--log-format`.
@@ -58,7 +63,11 @@ impl Line {
     }
 
     fn at(now: SystemTime, json: bool) -> Self {
-        let mut buf = String::with_capacity(512);
+        // The last line's buffer, when this thread wrote one: no
+        // allocation per line.
+        let mut buf = SCRATCH.take();
+        buf.clear();
+        buf.reserve(512);
         if json {
             buf.push_str("{\"timestamp\":\"");
             timestamp(&mut buf, now);
@@ -146,7 +155,9 @@ impl Line {
 
     /// Queues the line (see the module docs).
     pub fn write(self) {
-        append(self.finish().as_bytes());
+        let line = self.finish();
+        append(line.as_bytes());
+        SCRATCH.set(line);
     }
 }
 
@@ -183,23 +194,43 @@ fn escape(buf: &mut String, s: &str) {
 }
 
 /// RFC 3339 in UTC to the microsecond, as the other log lines' stamps.
+/// Digits are put in place (no `fmt` machinery: this runs per request).
 fn timestamp(buf: &mut String, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        buf,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_micros()
-    );
+    if y > 9999 {
+        let _ = write!(
+            buf,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60,
+            since.subsec_micros()
+        );
+        return;
+    }
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    for (range, value) in [
+        (0..4, y),
+        (5..7, m),
+        (8..10, d),
+        (11..13, rem / 3600),
+        (14..16, rem / 60 % 60),
+        (17..19, rem % 60),
+        (20..26, u64::from(since.subsec_micros())),
+    ] {
+        let mut v = value;
+        for digit in out[range].iter_mut().rev() {
+            *digit = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    // Only ASCII digits and separators.
+    buf.push_str(std::str::from_utf8(&out).unwrap_or_default());
 }
 
-/// Days since 1970-01-01 to (year, month, day): Howard Hinnant's
-/// `civil_from_days`, for dates on and after the epoch.
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
@@ -236,6 +267,10 @@ fn append(bytes: &[u8]) {
     start_flusher();
     let full = {
         let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.capacity() == 0 {
+            // Room for a whole batch: no growing (and copying) on the way.
+            pending.reserve(FLUSH_AT + 4096);
+        }
         pending.extend_from_slice(bytes);
         (pending.len() >= FLUSH_AT).then(|| std::mem::take(&mut *pending))
     };

@@ -25,8 +25,8 @@ use crate::transport::{Blame, Body, boxed, empty};
 use strait_agent::trace::TraceParent;
 
 /// Forwards `req` (already resolved to `service` and `port`) into the mesh.
-/// `observed` (the access log or tracing is on) gets the outcome; the
-/// request already carries its span's context.
+/// `observed` (the access log is on or the span is sampled) gets the
+/// outcome; the request already carries its span's context, `trace`.
 pub(crate) async fn forward(
     shared: Arc<Shared>,
     snapshot: Arc<Snapshot>,
@@ -34,6 +34,7 @@ pub(crate) async fn forward(
     port: u16,
     req: Request<Incoming>,
     observed: &mut Option<Box<Observed>>,
+    trace: Option<TraceParent>,
 ) -> Response<Body> {
     let started = Instant::now();
     let svc = shared.router.handle(service);
@@ -56,15 +57,16 @@ pub(crate) async fn forward(
     }
     // The request carries this sidecar's span's context; a tunnel it
     // opens replaces it with the gateway's span (see `attempt`).
-    let trace = observed.as_mut().and_then(|o| {
-        o.service = svc_name.to_string();
-        o.source_cluster = snapshot.local.cluster.to_string();
-        o.child()
-    });
+    if let Some(o) = observed.as_mut() {
+        o.service = Some(svc_name.clone());
+        o.source_cluster = Some(snapshot.local.cluster.clone());
+    }
     let route = service.route_for(&crate::path::for_routing(parts.uri.path()));
     let deadline = tokio::time::Instant::now() + route.timeout;
     let replayable = body.is_end_stream();
-    let counter = observed.as_ref().map(|o| o.req_bytes.clone());
+    let counter = observed
+        .as_mut()
+        .and_then(|o| o.req_bytes.counter(body.is_end_stream()));
     let mut body = Some(boxed(CountRequest::new(body, counter)));
     // The identity of the last endpoint tried (for the access log).
     let mut last_peer: Option<&strait_api::SpiffeId> = None;
@@ -208,8 +210,8 @@ pub(crate) async fn forward(
         started.elapsed(),
     );
     if let Some(o) = observed.as_mut() {
-        o.destination_cluster = dest_cluster.map(ToString::to_string).unwrap_or_default();
-        o.peer = last_peer.map(ToString::to_string).unwrap_or_default();
+        o.destination_cluster = dest_cluster.cloned();
+        o.peer = last_peer.cloned();
         o.retries = retries;
     }
     resp

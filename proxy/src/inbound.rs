@@ -272,26 +272,34 @@ fn streams_of(
 }
 
 /// Starts observing an inbound request when the access log or tracing is
-/// on: the caller and clusters are noted, the server span's context goes
-/// to the app as `traceparent`, and the request body's counter rides in
-/// the request's extensions to [`forward_to_app`].
+/// on: the server span's context goes to the app as `traceparent`; when
+/// there is a record (the access log, or a sampled span), the caller and
+/// clusters are noted on it and the request body's counter rides in the
+/// request's extensions to [`forward_to_app`].
 fn start_observing(
     shared: &Shared,
     peer: &Peer,
     req: &mut Request<Incoming>,
 ) -> Option<Box<Observed>> {
-    let mut o = Observed::start(shared, "inbound", req.method(), req.uri(), req.headers())?;
-    o.peer = peer.id.to_string();
-    o.source_cluster = peer.source_cluster().to_owned();
-    o.destination_cluster = shared.snapshot().local.cluster.to_string();
+    let (observed, child) =
+        Observed::start(shared, "inbound", req.method(), req.uri(), req.headers());
+    if let Some(ctx) = &child {
+        observe::propagate(req.headers_mut(), ctx);
+    }
+    let mut o = observed?;
+    o.peer = Some(peer.id.clone());
+    o.source_cluster = peer.cluster().cloned();
+    o.destination_cluster = Some(shared.snapshot().local.cluster.clone());
     if let Some(dst) = req.headers().get(headers::DST_NAME) {
         let dst = dst.to_str().unwrap_or_default();
-        o.service = dst.rsplit_once(':').map_or(dst, |(s, _)| s).to_owned();
+        o.service = Some(dst.rsplit_once(':').map_or(dst, |(s, _)| s).into());
     }
-    if let Some(ctx) = o.child() {
-        observe::propagate(req.headers_mut(), &ctx);
+    if let Some(counter) = o
+        .req_bytes
+        .counter(hyper::body::Body::is_end_stream(req.body()))
+    {
+        req.extensions_mut().insert(counter);
     }
-    req.extensions_mut().insert(o.req_bytes.clone());
     Some(o)
 }
 

@@ -2,8 +2,8 @@
 //! and the request's span, both written when the response body ends.
 //!
 //! What it is: [`Observed`], made for a request only when the access log
-//! or tracing is on (otherwise nothing here runs and nothing is
-//! allocated), and two body wrappers that count the body bytes the proxy
+//! is on or its span is sampled (otherwise nothing is allocated; with
+//! tracing on, an unsampled request only carries its context on), and two body wrappers that count the body bytes the proxy
 //! moves: [`CountRequest`] on the request body, [`Finish`] on the response
 //! body, which emits the line and ends the span when the body ends or is
 //! dropped. The trace id in the line comes from the request's
@@ -21,14 +21,38 @@ use http::{HeaderMap, HeaderValue, Method};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use strait_agent::trace::{self, Span, SpanKind, TraceParent};
 
+use strait_api::{ClusterName, SpiffeId};
+
 use crate::state::Shared;
 use crate::transport::{Body, boxed};
 use crate::{access, headers};
 
 /// Request body bytes, shared by the request body's counter and the
-/// request's [`Observed`].
+/// request's [`Observed`]; made only for a request that has a body (one
+/// without counts zero and allocates nothing).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct ReqBytes(Arc<AtomicU64>);
+pub(crate) struct ReqBytes(Option<Arc<AtomicU64>>);
+
+impl ReqBytes {
+    /// The counter for a request body, `None` when the body is already
+    /// ended (nothing to count).
+    pub(crate) fn counter(&mut self, body_ended: bool) -> Option<Self> {
+        if body_ended {
+            return None;
+        }
+        Some(Self(Some(self.0.get_or_insert_with(Arc::default).clone())))
+    }
+
+    fn get(&self) -> u64 {
+        self.0.as_ref().map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    fn add(&self, n: u64) {
+        if let Some(c) = &self.0 {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
 
 /// What one request's access-log line and span need.
 #[derive(Debug)]
@@ -37,12 +61,14 @@ pub(crate) struct Observed {
     started: Instant,
     direction: &'static str,
     method: Method,
-    authority: String,
-    path: String,
-    pub(crate) service: String,
-    pub(crate) source_cluster: String,
-    pub(crate) destination_cluster: String,
-    pub(crate) peer: String,
+    /// The request's URI and `Host` (shared, not copied): the line's
+    /// authority and path.
+    uri: http::Uri,
+    host: Option<HeaderValue>,
+    pub(crate) service: Option<Arc<str>>,
+    pub(crate) source_cluster: Option<ClusterName>,
+    pub(crate) destination_cluster: Option<ClusterName>,
+    pub(crate) peer: Option<SpiffeId>,
     pub(crate) retries: u32,
     status: u16,
     error: Option<HeaderValue>,
@@ -53,20 +79,22 @@ pub(crate) struct Observed {
 }
 
 impl Observed {
-    /// Starts observing a request with these headers, when the access log
-    /// or tracing is on; `kind` is the span's (client: outbound, server:
-    /// inbound). The span continues the request's `traceparent` (a
-    /// malformed one starts a new trace).
+    /// Starts observing a request with these headers: the record, made
+    /// only when the access log is on or the span is sampled, and the
+    /// context to send on, when this sidecar traces (an unsampled span is
+    /// only that context). `direction` names the span's kind (client:
+    /// outbound, server: inbound). The span continues the request's
+    /// `traceparent` (a malformed one starts a new trace).
     pub(crate) fn start(
         shared: &Shared,
         direction: &'static str,
         method: &Method,
         uri: &http::Uri,
         headers: &HeaderMap,
-    ) -> Option<Box<Self>> {
+    ) -> (Option<Box<Self>>, Option<TraceParent>) {
         let log = shared.cfg.access_log && access::enabled();
         if !log && shared.tracer.is_none() {
-            return None;
+            return (None, None);
         }
         let incoming = trace::from_headers(headers);
         let span = shared.tracer.as_ref().map(|t| {
@@ -76,38 +104,33 @@ impl Observed {
             };
             t.span(name, kind, incoming.as_ref())
         });
-        let trace = span.as_ref().map(Span::context).or(incoming);
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| headers::host_of(uri, headers))
-            .unwrap_or_default()
-            .to_owned();
-        Some(Box::new(Self {
+        let child = span.as_ref().map(Span::context);
+        if !log && !span.as_ref().is_some_and(Span::is_recording) {
+            return (None, child);
+        }
+        let observed = Box::new(Self {
             log,
             started: Instant::now(),
             direction,
             method: method.clone(),
-            authority,
-            path: uri.path().to_owned(),
-            service: String::new(),
-            source_cluster: String::new(),
-            destination_cluster: String::new(),
-            peer: String::new(),
+            uri: uri.clone(),
+            host: match uri.authority() {
+                Some(_) => None,
+                None => headers.get(http::header::HOST).cloned(),
+            },
+            service: None,
+            source_cluster: None,
+            destination_cluster: None,
+            peer: None,
             retries: 0,
             status: 0,
             error: None,
-            trace,
+            trace: child.or(incoming),
             span,
             req_bytes: ReqBytes::default(),
             resp_bytes: 0,
-        }))
-    }
-
-    /// The context to send on (this sidecar's span as the parent), when
-    /// this sidecar traces.
-    pub(crate) fn child(&self) -> Option<TraceParent> {
-        self.span.as_ref().map(Span::context)
+        });
+        (Some(observed), child)
     }
 
     /// Notes the answer and wraps its body, which emits the line and ends
@@ -123,26 +146,39 @@ impl Observed {
         })
     }
 
+    /// The request's authority: the URI's, else its `Host`.
+    fn authority(&self) -> &str {
+        match (self.uri.authority(), &self.host) {
+            (Some(a), _) => a.as_str(),
+            (None, Some(h)) => h.to_str().unwrap_or_default(),
+            (None, None) => "",
+        }
+    }
+
     fn emit(&mut self) {
-        let request_bytes = self.req_bytes.0.load(Ordering::Relaxed);
+        let request_bytes = self.req_bytes.get();
         let error = self
             .error
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        let service = self.service.as_deref().unwrap_or_default();
+        let source = self.source_cluster.as_ref().map_or("", ClusterName::as_str);
+        let destination = self
+            .destination_cluster
+            .as_ref()
+            .map_or("", ClusterName::as_str);
+        let peer = self.peer.as_ref().map_or("", SpiffeId::as_str);
         if let Some(mut span) = self.span.take() {
             if span.is_recording() {
                 span.set("http.request.method", self.method.to_string());
-                span.set("server.address", self.authority.clone());
-                span.set("url.path", self.path.clone());
+                span.set("server.address", self.authority().to_owned());
+                span.set("url.path", self.uri.path().to_owned());
                 span.set("http.response.status_code", i64::from(self.status));
-                span.set("strait.service", self.service.clone());
-                span.set("strait.source_cluster", self.source_cluster.clone());
-                span.set(
-                    "strait.destination_cluster",
-                    self.destination_cluster.clone(),
-                );
-                span.set("strait.peer_identity", self.peer.clone());
+                span.set("strait.service", service.to_owned());
+                span.set("strait.source_cluster", source.to_owned());
+                span.set("strait.destination_cluster", destination.to_owned());
+                span.set("strait.peer_identity", peer.to_owned());
                 span.set("strait.request_bytes", request_bytes as i64);
                 span.set("strait.response_bytes", self.resp_bytes as i64);
                 if !error.is_empty() {
@@ -158,17 +194,17 @@ impl Observed {
             let mut line = access::Line::new();
             line.str("direction", self.direction)
                 .token("method", self.method.as_str())
-                .str("authority", &self.authority)
-                .str("path", &self.path)
+                .str("authority", self.authority())
+                .str("path", self.uri.path())
                 .num("status", u64::from(self.status))
                 .millis("duration_ms", self.started.elapsed())
                 .num("request_bytes", request_bytes)
                 .num("response_bytes", self.resp_bytes)
                 .num("retries", u64::from(self.retries))
-                .str("service", &self.service)
-                .token("peer", &self.peer)
-                .str("source_cluster", &self.source_cluster)
-                .str("destination_cluster", &self.destination_cluster)
+                .str("service", service)
+                .token("peer", peer)
+                .str("source_cluster", source)
+                .str("destination_cluster", destination)
                 .str("strait_error", error);
             if let Some(t) = self.trace {
                 line.token("trace_id", t.trace_id().as_str());
@@ -260,7 +296,7 @@ impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for CountRequest<B> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(frame))), Some(n)) = (&polled, &self.bytes) {
             if let Some(data) = frame.data_ref() {
-                n.0.fetch_add(data.len() as u64, Ordering::Relaxed);
+                n.add(data.len() as u64);
             }
         }
         polled

@@ -32,6 +32,7 @@ use crate::router::{Kind, service_key};
 use crate::sniff::{self, Detected};
 use crate::state::Shared;
 use crate::transport::Body;
+use strait_agent::trace::TraceParent;
 
 /// What a listener was bound for.
 #[derive(Debug, Clone, Copy)]
@@ -185,11 +186,12 @@ async fn request(
 ) -> Response<Body> {
     // Only with the access log or tracing on (nothing is allocated
     // otherwise): the client span's context goes on with the request.
-    let mut observed = Observed::start(&shared, "outbound", req.method(), req.uri(), req.headers());
-    if let Some(ctx) = observed.as_ref().and_then(|o| o.child()) {
-        crate::observe::propagate(req.headers_mut(), &ctx);
+    let (mut observed, trace) =
+        Observed::start(&shared, "outbound", req.method(), req.uri(), req.headers());
+    if let Some(ctx) = &trace {
+        crate::observe::propagate(req.headers_mut(), ctx);
     }
-    let resp = resolve_and_send(shared, target, req, &mut observed).await;
+    let resp = resolve_and_send(shared, target, req, &mut observed, trace).await;
     match observed {
         Some(o) => o.finish(resp),
         None => resp,
@@ -201,6 +203,7 @@ async fn resolve_and_send(
     target: Target,
     req: Request<Incoming>,
     observed: &mut Option<Box<Observed>>,
+    trace: Option<TraceParent>,
 ) -> Response<Body> {
     let snapshot = shared.snapshot();
     let resolved = match target {
@@ -259,6 +262,7 @@ async fn resolve_and_send(
         port,
         req,
         observed,
+        trace,
     )
     .await
 }

@@ -72,9 +72,9 @@ pub(crate) async fn outbound(
     );
     count(&shared, &on, &proto, &resp);
     if let Some(o) = observed.as_mut() {
-        o.service = svc_name;
-        o.source_cluster = snapshot.local.cluster.to_string();
-        o.destination_cluster = dest_cluster;
+        o.service = Some(svc_name.into());
+        o.source_cluster = Some(snapshot.local.cluster.clone());
+        o.destination_cluster = strait_api::ClusterName::new(&dest_cluster).ok();
     }
     resp
 }

@@ -26,6 +26,8 @@ pub(crate) struct Peer {
     /// The cluster whose intermediate signed the peer's certificate, as
     /// the `source_cluster` label (empty when its issuer names none).
     source_cluster: String,
+    /// The same cluster, shared (for access lines and spans).
+    cluster: Option<ClusterName>,
     /// Metric handles of this connection's requests, so a request neither
     /// builds label strings nor hashes them.
     handles: Mutex<Vec<Handles>>,
@@ -50,9 +52,15 @@ impl Peer {
             xfcc: xfcc(shared, &id),
             principal: id.to_string(),
             source_cluster: cluster.map(ToString::to_string).unwrap_or_default(),
+            cluster: cluster.cloned(),
             id,
             handles: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The cluster whose intermediate signed the peer, if one is named.
+    pub(crate) fn cluster(&self) -> Option<&ClusterName> {
+        self.cluster.as_ref()
     }
 
     /// The cluster whose intermediate signed the peer (empty: none named).
@@ -171,6 +179,7 @@ mod tests {
             xfcc: None,
             principal: "spiffe://strait.local/ns/a/sa/b".into(),
             source_cluster: "west".into(),
+            cluster: ClusterName::new("west").ok(),
             handles: Mutex::new(Vec::new()),
         };
         let cluster = ClusterName::new("east").unwrap();
