@@ -12,7 +12,8 @@
 #   at 1 and 10 connections; strait-bench tunnel times opening a tunnel.
 # Observability overhead (bench/observe.sh): the sidecar pair with access
 #   logs and tracing at 1% sampling (to strait-bench otlp-sink) against the
-#   same pair without, alternating, as a throughput ratio (observe.json).
+#   same pair without, alternating, as a throughput ratio; then both pairs
+#   at once, as a ratio of sidecar CPU per request (observe.json).
 # Strait is the build users get by default: `cargo build --release -p
 # strait-cli` (fat LTO, one codegen unit, mimalloc). PGO=1 measures
 # scripts/build-production.sh's build instead (release plus profile-guided
