@@ -9,8 +9,11 @@
 //! caller's `traceparent`; the app must receive the server span's context;
 //! both sidecars' access-log lines (JSON) carry the trace id, byte counts,
 //! peer and clusters. With sampling 0 and no caller context nothing is
-//! exported, and the context still travels (unsampled) to the app.
-//! Addresses: 127.182.1.0/24 and 127.182.2.0/24.
+//! exported, and the context still travels (unsampled) to the app. With
+//! the access log off (no per-request record is kept for an unsampled
+//! request), unsampled requests still carry fresh contexts and a caller's
+//! sampled flag still makes the whole chain of spans.
+//! Addresses: 127.182.1.0/24, 127.182.2.0/24 and 127.182.3.0/24.
 
 mod support;
 
@@ -164,8 +167,8 @@ fn app(addr: &str) -> Arc<Mutex<Vec<String>>> {
 
 /// West's echo behind its sidecar, west's gateway (fixed export table),
 /// and east's client sidecar whose snapshot sends `echo` through that
-/// gateway; every one traces to `otlp` at `sampling` and writes JSON
-/// access logs.
+/// gateway; every one traces to `otlp` at `sampling`, and the sidecars
+/// write JSON access logs when `access_log`.
 struct Mesh {
     _procs: Vec<Proc>,
     dir: tempfile::TempDir,
@@ -173,7 +176,7 @@ struct Mesh {
     app_saw: Arc<Mutex<Vec<String>>>,
 }
 
-fn start(net: &str, otlp: &str, sampling: f64) -> Mesh {
+fn start(net: &str, otlp: &str, sampling: f64, access_log: bool) -> Mesh {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let ip = |host: u8| format!("{net}.{host}");
@@ -191,7 +194,7 @@ fn start(net: &str, otlp: &str, sampling: f64) -> Mesh {
     let echo = format!(
         "trust_domain: strait.local\n{}\
          listeners: {{ inbound: \"{a}:15006\", outbound: \"{a}:15001\", admin: \"{a}:15000\", bind_vips: false }}\n\
-         local_service: echo.demo\naccess_log: true\n{tracing}\
+         local_service: echo.demo\naccess_log: {access_log}\n{tracing}\
          snapshot_file: echo/snapshot.yaml\n\
          app: [{{ port: 8080, protocol: http1, target: \"{a}:18080\" }}]\n",
         identity_files("echo"),
@@ -233,7 +236,7 @@ fn start(net: &str, otlp: &str, sampling: f64) -> Mesh {
     let client = format!(
         "trust_domain: strait.local\n{}\
          listeners: {{ inbound: \"{a}:15006\", outbound: \"{a}:15001\", admin: \"{a}:15000\", bind_vips: false }}\n\
-         snapshot_file: client/snapshot.yaml\naccess_log: true\n{tracing}",
+         snapshot_file: client/snapshot.yaml\naccess_log: {access_log}\n{tracing}",
         identity_files("client"),
         a = ip(6)
     );
@@ -319,7 +322,7 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 fn one_cross_cluster_request_is_one_trace_client_then_gateway_then_server() {
     let otlp = "127.182.1.100:4317";
     let (spans, _rt) = collector(otlp);
-    let mesh = start("127.182.1", otlp, 1.0);
+    let mesh = start("127.182.1", otlp, 1.0, true);
     let caller = format!("00-{TRACE}-{CALLER_SPAN}-01");
     let (status, body) = get(mesh.client, Some(&caller));
     assert_eq!((status, body.as_str()), (200, "west"), "the request failed");
@@ -409,7 +412,7 @@ fn one_cross_cluster_request_is_one_trace_client_then_gateway_then_server() {
 fn sampling_zero_exports_nothing_but_the_context_still_travels() {
     let otlp = "127.182.2.100:4317";
     let (spans, _rt) = collector(otlp);
-    let mesh = start("127.182.2", otlp, 0.0);
+    let mesh = start("127.182.2", otlp, 0.0, true);
     for _ in 0..5 {
         let (status, _) = get(mesh.client, None);
         assert_eq!(status, 200);
@@ -441,4 +444,56 @@ fn sampling_zero_exports_nothing_but_the_context_still_travels() {
         assert!(outbound.contains(&id), "{id} not in {outbound:?}");
         assert!(!saw[..i].contains(tp), "a trace id was reused: {saw:?}");
     }
+}
+
+#[test]
+fn without_the_access_log_unsampled_requests_carry_context_and_a_sampled_caller_is_traced() {
+    let otlp = "127.182.3.100:4317";
+    let (spans, _rt) = collector(otlp);
+    let mesh = start("127.182.3", otlp, 0.0, false);
+    // A caller that sampled its trace: every hop records its span (first,
+    // so it opens the tunnel and the gateway makes one too).
+    let caller = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    assert_eq!(get(mesh.client, Some(&caller)).0, 200);
+    for _ in 0..5 {
+        assert_eq!(get(mesh.client, None).0, 200);
+    }
+    let all = || spans.0.lock().unwrap().clone();
+    let ok = holds_within(10, || all().len() >= 3);
+    // Past a batch interval, so spans of the unsampled requests would show.
+    pause(1500);
+    let got = all();
+    assert!(ok && got.len() == 3, "three spans expected: {got:#?}");
+    let by_name = |n: &str| {
+        let v: Vec<_> = got.iter().filter(|s| s.name == n).collect();
+        assert_eq!(v.len(), 1, "one {n} span expected: {got:#?}");
+        v[0].clone()
+    };
+    let (client, tunnel, server) = (
+        by_name("strait.outbound"),
+        by_name("strait.tunnel"),
+        by_name("strait.inbound"),
+    );
+    assert!(got.iter().all(|s| s.trace_id == TRACE), "{got:#?}");
+    assert_eq!(client.parent, CALLER_SPAN);
+    assert_eq!(tunnel.parent, client.span_id);
+    assert_eq!(server.parent, tunnel.span_id);
+    // Attributes come from the record a sampled request gets.
+    assert_eq!(server.attr("strait.peer_identity"), CLIENT_ID);
+    assert_eq!(client.attr("strait.destination_cluster"), "west");
+
+    let saw = mesh.app_saw.lock().unwrap().clone();
+    assert_eq!(saw.len(), 6, "{saw:?}");
+    assert_eq!(saw[0], format!("00-{TRACE}-{}-01", server.span_id));
+    for tp in &saw[1..] {
+        let t = strait_agent::trace::TraceParent::parse(tp.as_bytes())
+            .unwrap_or_else(|| panic!("the app got no valid traceparent: {tp:?}"));
+        assert!(!t.sampled(), "{tp}");
+    }
+    let ids: std::collections::HashSet<_> = saw[1..].iter().collect();
+    assert_eq!(ids.len(), 5, "each request its own context: {saw:?}");
+    // No access lines with the access log off.
+    let d = mesh.dir.path();
+    assert!(access_lines(d, "client.log").is_empty());
+    assert!(access_lines(d, "echo.log").is_empty());
 }
