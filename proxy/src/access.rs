@@ -231,6 +231,8 @@ fn timestamp(buf: &mut String, now: SystemTime) {
     buf.push_str(std::str::from_utf8(&out).unwrap_or_default());
 }
 
+/// Days since 1970-01-01 to (year, month, day): Howard Hinnant's
+/// `civil_from_days`, for dates on and after the epoch.
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;

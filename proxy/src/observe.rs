@@ -3,9 +3,10 @@
 //!
 //! What it is: [`Observed`], made for a request only when the access log
 //! is on or its span is sampled (otherwise nothing is allocated; with
-//! tracing on, an unsampled request only carries its context on), and two body wrappers that count the body bytes the proxy
-//! moves: [`CountRequest`] on the request body, [`Finish`] on the response
-//! body, which emits the line and ends the span when the body ends or is
+//! tracing on, an unsampled request only carries its context on), and
+//! two body wrappers that count the body bytes the proxy moves:
+//! [`CountRequest`] on the request body, [`Finish`] on the response body,
+//! which emits the line and ends the span when the body ends or is
 //! dropped. The trace id in the line comes from the request's
 //! `traceparent` (or the span this sidecar started), whether or not spans
 //! are exported.
