@@ -315,6 +315,13 @@ fn access_lines(dir: &Path, log: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The one span named `name` among `got`.
+fn one_span(got: &[Got], name: &str) -> Got {
+    let v: Vec<_> = got.iter().filter(|s| s.name == name).collect();
+    assert_eq!(v.len(), 1, "one {name} span expected: {got:#?}");
+    v[0].clone()
+}
+
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
@@ -331,11 +338,7 @@ fn one_cross_cluster_request_is_one_trace_client_then_gateway_then_server() {
     let ok = holds_within(10, || all().len() >= 3);
     let got = all();
     assert!(ok, "three spans expected, the collector has: {got:#?}");
-    let by_name = |n: &str| {
-        let v: Vec<_> = got.iter().filter(|s| s.name == n).collect();
-        assert_eq!(v.len(), 1, "one {n} span expected: {got:#?}");
-        v[0].clone()
-    };
+    let by_name = |n: &str| one_span(&got, n);
     let client = by_name("strait.outbound");
     let tunnel = by_name("strait.tunnel");
     let server = by_name("strait.inbound");
@@ -464,11 +467,7 @@ fn without_the_access_log_unsampled_requests_carry_context_and_a_sampled_caller_
     pause(1500);
     let got = all();
     assert!(ok && got.len() == 3, "three spans expected: {got:#?}");
-    let by_name = |n: &str| {
-        let v: Vec<_> = got.iter().filter(|s| s.name == n).collect();
-        assert_eq!(v.len(), 1, "one {n} span expected: {got:#?}");
-        v[0].clone()
-    };
+    let by_name = |n: &str| one_span(&got, n);
     let (client, tunnel, server) = (
         by_name("strait.outbound"),
         by_name("strait.tunnel"),
