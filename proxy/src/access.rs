@@ -94,7 +94,9 @@ impl Line {
             }
             self.buf.push('"');
             self.buf.push_str(key);
-            self.buf.push_str("\":");
+            // Single ASCII pushes: no copy call for two bytes.
+            self.buf.push('"');
+            self.buf.push(':');
         } else {
             self.buf.push(' ');
             self.buf.push_str(key);
@@ -171,10 +173,10 @@ impl Default for Line {
 /// one line whatever a request carried).
 fn escape(buf: &mut String, s: &str) {
     let plain = |c: char| c >= ' ' && c != '"' && c != '\\' && c != '\u{7f}';
-    // Bytes of multi-byte characters are all >= 0x80: plain.
-    if s.bytes()
-        .all(|b| b >= b' ' && b != b'"' && b != b'\\' && b != 0x7f)
-    {
+    // Bytes of multi-byte characters are all >= 0x80: plain. Checked
+    // without short-circuits, so the scan is vectorised.
+    let special = |b: u8| (b < b' ') | (b == b'"') | (b == b'\\') | (b == 0x7f);
+    if !s.bytes().fold(false, |any, b| any | special(b)) {
         buf.push_str(s);
         return;
     }
@@ -196,39 +198,52 @@ fn escape(buf: &mut String, s: &str) {
 /// RFC 3339 in UTC to the microsecond, as the other log lines' stamps.
 /// Digits are put in place (no `fmt` machinery: this runs per request).
 fn timestamp(buf: &mut String, now: SystemTime) {
+    thread_local! {
+        /// The last second written, and its text: only the microseconds
+        /// change between most lines.
+        static SECOND: std::cell::Cell<(u64, [u8; 27])> =
+            const { std::cell::Cell::new((u64::MAX, *b"0000-00-00T00:00:00.000000Z")) };
+    }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days);
-    if y > 9999 {
-        let _ = write!(
-            buf,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60,
-            since.subsec_micros()
-        );
-        return;
-    }
-    let mut out = *b"0000-00-00T00:00:00.000000Z";
-    for (range, value) in [
-        (0..4, y),
-        (5..7, m),
-        (8..10, d),
-        (11..13, rem / 3600),
-        (14..16, rem / 60 % 60),
-        (17..19, rem % 60),
-        (20..26, u64::from(since.subsec_micros())),
-    ] {
-        let mut v = value;
-        for digit in out[range].iter_mut().rev() {
-            *digit = b'0' + (v % 10) as u8;
-            v /= 10;
+    let (cached, mut out) = SECOND.get();
+    if cached != secs {
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, m, d) = civil_from_days(days);
+        if y > 9999 {
+            let _ = write!(
+                buf,
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+                rem / 3600,
+                rem / 60 % 60,
+                rem % 60,
+                since.subsec_micros()
+            );
+            return;
         }
+        for (range, value) in [
+            (0..4, y),
+            (5..7, m),
+            (8..10, d),
+            (11..13, rem / 3600),
+            (14..16, rem / 60 % 60),
+            (17..19, rem % 60),
+        ] {
+            put_digits(&mut out[range], value);
+        }
+        SECOND.set((secs, out));
     }
+    put_digits(&mut out[20..26], u64::from(since.subsec_micros()));
     // Only ASCII digits and separators.
     buf.push_str(std::str::from_utf8(&out).unwrap_or_default());
+}
+
+/// `value`'s last `out.len()` decimal digits, zero-padded, into `out`.
+fn put_digits(out: &mut [u8], mut value: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day): Howard Hinnant's

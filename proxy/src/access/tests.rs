@@ -9,8 +9,15 @@ fn timestamps_are_rfc3339_utc_to_the_microsecond() {
         // A leap day, and the last second of a leap year.
         (951_782_400, 0, "2000-02-29T00:00:00.000000Z"),
         (1_483_228_799, 999_999, "2016-12-31T23:59:59.999999Z"),
+        // The same second again (its text is kept per thread): only the
+        // microseconds change.
+        (1_483_228_799, 5, "2016-12-31T23:59:59.000005Z"),
         (1_796_601_600 + 3_723, 42, "2026-12-07T01:02:03.000042Z"),
         (4_107_542_400, 0, "2100-03-01T00:00:00.000000Z"),
+        // Five-digit years are written whole, and the next line is right.
+        (253_402_300_800, 7, "10000-01-01T00:00:00.000007Z"),
+        (4_107_542_400, 1, "2100-03-01T00:00:00.000001Z"),
+        (0, 0, "1970-01-01T00:00:00.000000Z"),
     ];
     for (secs, micros, want) in rows {
         let t = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros);
