@@ -224,11 +224,15 @@ pub fn parse_dst(v: &str) -> Option<(&str, &str, u16)> {
 
 /// The host a request names: its URI's authority, else its `Host` header.
 pub fn host_of<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    uri.authority().map(|a| a.as_str()).or_else(|| {
-        headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+    authority_of(uri, headers.get(http::header::HOST))
+}
+
+/// [`host_of`] given the `Host` header's value (for a caller that keeps
+/// only that header).
+pub fn authority_of<'a>(uri: &'a http::Uri, host: Option<&'a HeaderValue>) -> Option<&'a str> {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| host.and_then(|h| h.to_str().ok()))
 }
 
 #[cfg(test)]

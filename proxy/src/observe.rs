@@ -149,11 +149,7 @@ impl Observed {
 
     /// The request's authority: the URI's, else its `Host`.
     fn authority(&self) -> &str {
-        match (self.uri.authority(), &self.host) {
-            (Some(a), _) => a.as_str(),
-            (None, Some(h)) => h.to_str().unwrap_or_default(),
-            (None, None) => "",
-        }
+        headers::authority_of(&self.uri, self.host.as_ref()).unwrap_or_default()
     }
 
     fn emit(&mut self) {

@@ -26,6 +26,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use strait_api::ClusterName;
 use strait_api::snapshot::{Protocol, Service, Snapshot};
 use tokio::net::TcpStream;
 
@@ -56,11 +57,12 @@ pub(crate) async fn outbound(
     let started = Instant::now();
     let svc_name = service_key(service);
     let (resp, dest_cluster) = handshake(&shared, &snapshot, service, port, req, &proto).await;
+    let dest = dest_cluster.as_ref().map_or("", ClusterName::as_str);
     let code = resp.status().as_u16();
     shared.metrics.outbound_request(
         snapshot.local.cluster.as_str(),
         &svc_name,
-        &dest_cluster,
+        dest,
         code,
         started.elapsed(),
     );
@@ -68,13 +70,13 @@ pub(crate) async fn outbound(
         Direction::outbound,
         snapshot.local.cluster.as_str(),
         &svc_name,
-        &dest_cluster,
+        dest,
     );
     count(&shared, &on, &proto, &resp);
     if let Some(o) = observed.as_mut() {
         o.service = Some(svc_name.into());
         o.source_cluster = Some(snapshot.local.cluster.clone());
-        o.destination_cluster = strait_api::ClusterName::new(&dest_cluster).ok();
+        o.destination_cluster = dest_cluster;
     }
     resp
 }
@@ -88,30 +90,24 @@ async fn handshake(
     port: u16,
     mut req: Request<Incoming>,
     proto: &HeaderValue,
-) -> (Response<Body>, String) {
+) -> (Response<Body>, Option<ClusterName>) {
     let svc_name = service_key(service);
     let Some(_slot) = shared.enter_pending() else {
         shared.metrics.refuse(Direction::outbound, "pending_limit");
         let msg = "too many requests waiting for an upstream";
         return (
             error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", msg),
-            String::new(),
+            None,
         );
     };
     let app_side = hyper::upgrade::on(&mut req);
     let (mut parts, body) = req.into_parts();
     if let Some(why) = headers::smuggling(&parts.headers) {
         shared.metrics.refuse(Direction::outbound, "smuggling");
-        return (
-            error(StatusCode::BAD_REQUEST, "bad_framing", why),
-            String::new(),
-        );
+        return (error(StatusCode::BAD_REQUEST, "bad_framing", why), None);
     }
     if let Err(why) = prepare(&mut parts, &svc_name, port, proto) {
-        return (
-            error(StatusCode::BAD_REQUEST, "bad_request", why),
-            String::new(),
-        );
+        return (error(StatusCode::BAD_REQUEST, "bad_request", why), None);
     }
     let route = service.route_for(&crate::path::for_routing(parts.uri.path()));
     let deadline = tokio::time::Instant::now() + route.timeout;
@@ -136,11 +132,11 @@ async fn handshake(
                     "no_endpoints",
                     e.to_string(),
                 );
-                return (resp, String::new());
+                return (resp, None);
             }
         };
         tried.push(picked.index);
-        let cluster = picked.endpoint.cluster.to_string();
+        let cluster = Some(picked.endpoint.cluster.clone());
         let addr = picked.endpoint.address;
         let dedicated = shared
             .pool
@@ -182,7 +178,7 @@ async fn handshake(
             Direction::outbound,
             snapshot.local.cluster.as_str(),
             &svc_name,
-            &cluster,
+            picked.endpoint.cluster.as_str(),
         );
         let (shared_c, service_c) = (shared.clone(), service.clone());
         let done = move || finish(&shared_c, &service_c, addr, Outcome::Success);
@@ -191,7 +187,7 @@ async fn handshake(
     }
     let msg = format!("{svc_name}: no endpoint accepted a connection for the upgrade");
     let resp = error(StatusCode::SERVICE_UNAVAILABLE, "upstream_failure", msg);
-    (resp, String::new())
+    (resp, None)
 }
 
 /// The request as sent between sidecars: HTTP/1.1 origin form with `Host`,

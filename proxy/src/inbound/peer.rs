@@ -23,10 +23,8 @@ pub(crate) struct Peer {
     xfcc: Option<HeaderValue>,
     /// The peer's SPIFFE ID as a metric label.
     principal: String,
-    /// The cluster whose intermediate signed the peer's certificate, as
-    /// the `source_cluster` label (empty when its issuer names none).
-    source_cluster: String,
-    /// The same cluster, shared (for access lines and spans).
+    /// The cluster whose intermediate signed the peer's certificate (the
+    /// `source_cluster` label; none when its issuer names none).
     cluster: Option<ClusterName>,
     /// Metric handles of this connection's requests, so a request neither
     /// builds label strings nor hashes them.
@@ -51,7 +49,6 @@ impl Peer {
         Self {
             xfcc: xfcc(shared, &id),
             principal: id.to_string(),
-            source_cluster: cluster.map(ToString::to_string).unwrap_or_default(),
             cluster: cluster.cloned(),
             id,
             handles: Mutex::new(Vec::new()),
@@ -65,7 +62,7 @@ impl Peer {
 
     /// The cluster whose intermediate signed the peer (empty: none named).
     pub(crate) fn source_cluster(&self) -> &str {
-        &self.source_cluster
+        self.cluster.as_ref().map_or("", ClusterName::as_str)
     }
 
     /// Removes every identity a client may have claimed and states the
@@ -91,7 +88,7 @@ impl Peer {
         let counter = |m: &Metrics| {
             m.request_counter(
                 dir,
-                &self.source_cluster,
+                self.source_cluster(),
                 &self.principal,
                 service,
                 cluster.as_str(),
@@ -112,7 +109,7 @@ impl Peer {
                     let observe = took.map(|t| {
                         let h = metrics.duration_histogram(
                             dir,
-                            &self.source_cluster,
+                            self.source_cluster(),
                             service,
                             cluster.as_str(),
                         );
@@ -143,7 +140,12 @@ impl Peer {
             // one has none).
             let observe = took.map(|t| {
                 let hist = h.duration.get_or_insert_with(|| {
-                    metrics.duration_histogram(dir, &self.source_cluster, service, cluster.as_str())
+                    metrics.duration_histogram(
+                        dir,
+                        self.source_cluster(),
+                        service,
+                        cluster.as_str(),
+                    )
                 });
                 (hist.clone(), t)
             });
@@ -178,7 +180,6 @@ mod tests {
             id: "spiffe://strait.local/ns/a/sa/b".parse().unwrap(),
             xfcc: None,
             principal: "spiffe://strait.local/ns/a/sa/b".into(),
-            source_cluster: "west".into(),
             cluster: ClusterName::new("west").ok(),
             handles: Mutex::new(Vec::new()),
         };
