@@ -270,15 +270,20 @@ impl HttpBody for Finish {
 }
 
 /// A request body that counts its data bytes into [`ReqBytes`] (nothing
-/// when there is no counter: the access log and tracing are off).
+/// when there is no counter: nothing observes the request, or it has no
+/// body).
 pub(crate) struct CountRequest<B> {
     inner: B,
-    bytes: Option<ReqBytes>,
+    /// Empty (counts nothing) when there is no counter.
+    bytes: ReqBytes,
 }
 
 impl<B> CountRequest<B> {
     pub(crate) fn new(inner: B, bytes: Option<ReqBytes>) -> Self {
-        Self { inner, bytes }
+        Self {
+            inner,
+            bytes: bytes.unwrap_or_default(),
+        }
     }
 }
 
@@ -291,9 +296,9 @@ impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for CountRequest<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(n)) = (&polled, &self.bytes) {
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                n.add(data.len() as u64);
+                self.bytes.add(data.len() as u64);
             }
         }
         polled
